@@ -1,0 +1,1 @@
+"""The NumPy engine: hand-written forward/backward pairs per cell, never importing torch."""
