@@ -1,0 +1,31 @@
+"""Engines: the same model computed four ways, interchangeable, differing only in speed.
+
+  numpy           hand-written BPTT on NumPy arrays (never imports torch)
+  torch           the same hand-written BPTT on torch tensors (CPU or CUDA), as an autograd.Function
+  torch-autograd  the book's unrolled loop over time steps, differentiated by autograd
+  torch-builtin   torch.nn.RNN/LSTM/GRU (cuDNN on a GPU) plus torch.nn.Linear
+"""
+
+from __future__ import annotations
+
+from ..model import ModelSpec
+
+ENGINES = ("numpy", "torch", "torch-autograd", "torch-builtin")
+
+
+def get_engine(name: str, spec: ModelSpec, *, device: str | None = None,
+               dtype: str = "float32", precision: str = "fp32"):
+    """An engine instance by name; torch is imported only for the torch engines."""
+    if name not in ENGINES:
+        raise ValueError(f"expected engine one of {', '.join(ENGINES)}, got {name!r}")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"expected dtype 'float32' or 'float64', got {dtype!r}")
+    if name == "numpy":
+        if device not in (None, "cpu"):
+            raise ValueError(f"expected device 'cpu' for the numpy engine, got {device!r}")
+        from .numpy.model import NumpyEngine
+
+        return NumpyEngine(spec, dtype=dtype, precision=precision)
+    from .torch.model import TORCH_ENGINES
+
+    return TORCH_ENGINES[name](spec, device=device, dtype=dtype, precision=precision)

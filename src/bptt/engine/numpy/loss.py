@@ -1,0 +1,55 @@
+"""Losses with their gradients: softmax cross-entropy (mean over rows) and mean squared error.
+
+    p = softmax(s),  L = -(1/N) sum_n log p[n, y_n]     dL/ds = (p - onehot(y)) / N
+    L = (1/N) sum (yhat - y)^2                           dL/dyhat = 2 (yhat - y) / N
+
+Symbols: N rows (T*B tokens), V classes, s logits (N, V), y targets (N,) int.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy of ``logits`` (N, V) against ``targets`` (N,); returns (loss, dlogits).
+
+    Stable for any finite logits: the row maximum is subtracted before exponentiating, and the
+    log-probability is ``s - max - log(sum exp(s - max))``, so logits of 1e4 stay finite.
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"expected logits of shape (N, V), got {tuple(logits.shape)}")
+    N, V = logits.shape
+    targets = np.asarray(targets).reshape(-1)
+    if targets.shape[0] != N:
+        raise ValueError(
+            f"expected {N} targets for logits {tuple(logits.shape)}, got {targets.shape[0]}"
+        )
+    if N and (targets.min() < 0 or targets.max() >= V):
+        raise ValueError(
+            f"expected targets in [0, {V}), got values in [{targets.min()}, {targets.max()}]"
+        )
+    rows = np.arange(N)
+    shifted = logits - logits.max(axis=1, keepdims=True)      # s - max: exp never overflows
+    np.exp(shifted, out=shifted)
+    sums = shifted.sum(axis=1, keepdims=True)
+    probs = shifted
+    probs /= sums                                              # p = softmax(s)
+    # log p[y] = log(p[y]) computed from the shifted logits to keep tiny probabilities exact
+    logp_y = (logits[rows, targets] - logits.max(axis=1)) - np.log(sums[:, 0])
+    loss = float(-logp_y.mean())
+    dlogits = probs
+    dlogits[rows, targets] -= 1.0                              # dL/ds = (p - onehot(y)) / N
+    dlogits /= N
+    return loss, dlogits
+
+
+def mse(pred: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean squared error over every element; returns (loss, dpred)."""
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"expected target of shape {tuple(pred.shape)}, got {tuple(target.shape)}"
+        )
+    diff = pred - target
+    loss = float(np.mean(diff * diff))
+    return loss, diff * (2.0 / diff.size)                       # dL/dyhat = 2 (yhat - y) / N

@@ -1,0 +1,143 @@
+"""The model: a spec (cell, sizes, layers, ...) plus a flat dict of parameters named as torch.
+
+A language model (task ``lm``) reads token ids (one-hot input of size V = vocabulary), runs the
+recurrent stack and a linear head ``head.weight`` (V, D*H), ``head.bias`` (V,) giving logits;
+its loss is softmax cross-entropy. A regression model (task ``regression``) reads real-valued
+features (input_size >= 1) and its head predicts ``output_size`` values under mean squared error.
+
+The recurrent parameters load into plain ``torch.nn.RNN/LSTM/GRU`` and the head into
+``torch.nn.Linear``: names and shapes are torch's (``weight_ih_l0`` (G*H, I), ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+CELLS = ("rnn", "lstm", "gru")
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+TASKS = ("lm", "regression")
+INITS = ("torch", "d2l")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that fixes the parameter shapes and the computation."""
+
+    cell: str = "rnn"             # rnn | lstm | gru
+    input_size: int = 28          # vocabulary size (lm) or features per step (regression)
+    hidden_size: int = 512        # the book's 512 hidden units
+    output_size: int = 28         # vocabulary size (lm) or predicted values per step
+    num_layers: int = 1
+    nonlinearity: str = "tanh"    # rnn cell only: tanh (the book) or relu
+    bias: bool = True
+    dropout: float = 0.0          # between layers, training only (as torch)
+    bidirectional: bool = False   # a language model predicting the next token cannot be
+    task: str = "lm"              # lm (token ids, cross-entropy) | regression (floats, MSE)
+
+    def __post_init__(self) -> None:
+        def bad(what: str, got: object) -> ValueError:
+            return ValueError(f"expected {what}, got {got!r}")
+
+        if self.cell not in CELLS:
+            raise bad("cell 'rnn', 'lstm' or 'gru'", self.cell)
+        if self.task not in TASKS:
+            raise bad("task 'lm' or 'regression'", self.task)
+        for name in ("input_size", "hidden_size", "output_size", "num_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or value < 1:
+                raise bad(f"{name} a positive integer", value)
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise bad("nonlinearity 'tanh' or 'relu'", self.nonlinearity)
+        if not 0.0 <= self.dropout < 1.0:
+            raise bad("dropout in [0, 1)", self.dropout)
+        if self.task == "lm" and self.bidirectional:
+            raise ValueError(
+                "expected bidirectional=False for a language model (the reverse direction would "
+                "see the token it must predict), got bidirectional=True"
+            )
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.cell]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"expected model spec keys {sorted(known)}, got unknown {unknown}")
+        return cls(**d)
+
+
+def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every parameter's shape, in torch's order, then the head."""
+    G, H, D = spec.gates, spec.hidden_size, spec.directions
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in range(spec.num_layers):
+        in_size = spec.input_size if layer == 0 else D * H
+        for d in range(D):
+            s = f"_l{layer}" + ("_reverse" if d else "")
+            shapes[f"weight_ih{s}"] = (G * H, in_size)
+            shapes[f"weight_hh{s}"] = (G * H, H)
+            if spec.bias:
+                shapes[f"bias_ih{s}"] = (G * H,)
+                shapes[f"bias_hh{s}"] = (G * H,)
+    shapes["head.weight"] = (spec.output_size, D * H)
+    shapes["head.bias"] = (spec.output_size,)
+    return shapes
+
+
+def init_params(
+    spec: ModelSpec,
+    init: str = "torch",
+    rng: np.random.Generator | int | None = None,
+    dtype: str | np.dtype = "float32",
+) -> dict[str, np.ndarray]:
+    """Fresh parameters.
+
+    ``torch``: every recurrent parameter U(-1/sqrt(H), 1/sqrt(H)) as torch.nn.RNN, and the head
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as torch.nn.Linear.
+    ``d2l``: the book's N(0, 0.01^2) weights and zero biases.
+    """
+    if init not in INITS:
+        raise ValueError(f"expected init 'torch' or 'd2l', got {init!r}")
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    dtype = np.dtype(dtype)
+    params = {}
+    for name, shape in param_shapes(spec).items():
+        if init == "d2l":
+            is_bias = name.startswith("bias") or name == "head.bias"
+            value = np.zeros(shape) if is_bias else rng.normal(0.0, 0.01, size=shape)
+        else:
+            fan = shape[1] if name == "head.weight" else (
+                spec.directions * spec.hidden_size if name == "head.bias" else spec.hidden_size
+            )
+            bound = 1.0 / np.sqrt(fan)
+            value = rng.uniform(-bound, bound, size=shape)
+        params[name] = value.astype(dtype)
+    return params
+
+
+def check_params(spec: ModelSpec, params: dict) -> None:
+    """Raise a ValueError naming the first missing, unexpected or misshapen parameter."""
+    shapes = param_shapes(spec)
+    missing = [k for k in shapes if k not in params]
+    extra = [k for k in params if k not in shapes]
+    if missing or extra:
+        raise ValueError(
+            f"expected parameters {list(shapes)}, got missing {missing} and unexpected {extra}"
+        )
+    for name, shape in shapes.items():
+        if tuple(params[name].shape) != shape:
+            raise ValueError(
+                f"expected {name} of shape {shape}, got {tuple(params[name].shape)}"
+            )
