@@ -29,3 +29,10 @@ def get_engine(name: str, spec: ModelSpec, *, device: str | None = None,
     from .torch.model import TORCH_ENGINES
 
     return TORCH_ENGINES[name](spec, device=device, dtype=dtype, precision=precision)
+
+
+def as_numpy(x):
+    """A NumPy array from an engine's output (a NumPy array or a torch tensor on any device)."""
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return x

@@ -1,0 +1,31 @@
+"""``bptt demo``: a short end-to-end run (train, plot, checkpoint, continue a prefix)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="train briefly on The Time Machine and continue a prefix",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=60)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..lm.config import TrainConfig
+    from ..lm.generate import LanguageModel, generate
+    from ..lm.train import train
+
+    cfg = TrainConfig(data="timemachine", max_tokens=10_000, hidden_size=256, epochs=args.epochs,
+                      optimizer="adam", lr=0.01, out=args.out, sample_every=20)
+    result = train(cfg)
+    last = result.last
+    print(f"perplexity {last['perplexity']:.2f}, {last['tokens_per_s']:,.0f} tokens/s")
+    from ..lm import checkpoint as ck
+
+    model = LanguageModel.from_checkpoint(ck.load(result.out))
+    print(generate(model, "time traveller ", 80))
+    print(f"plot: {result.out}/perplexity.png, checkpoints: {result.out}/best.safetensors")
+    return 0

@@ -1,0 +1,115 @@
+"""``bptt train``: train a language model on a corpus name or any UTF-8 text file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..lm.config import RECIPES, TrainConfig
+
+_D = TrainConfig()
+
+
+def _none_or(kind):
+    def parse(s: str):
+        return None if s.lower() in ("none", "off", "0") and kind is not str else kind(s)
+
+    return parse
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--cell", choices=["rnn", "lstm", "gru"], default=_D.cell)
+    g.add_argument("--hidden-size", type=int, default=_D.hidden_size)
+    g.add_argument("--num-layers", type=int, default=_D.num_layers)
+    g.add_argument("--nonlinearity", choices=["tanh", "relu"], default=_D.nonlinearity)
+    g.add_argument("--dropout", type=float, default=_D.dropout,
+                   help="between stacked layers, training only")
+    g.add_argument("--init", choices=["torch", "d2l"], default=_D.init,
+                   help="torch: U(-1/sqrt(H), 1/sqrt(H)); d2l: the book's N(0, 0.01^2)")
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", default=_D.engine,
+                   choices=["numpy", "torch", "torch-autograd", "torch-builtin"])
+    g.add_argument("--device", default=None, help="cpu or cuda (torch engines; default: cuda "
+                   "when available)")
+    g.add_argument("--dtype", choices=["float32", "float64"], default=_D.dtype)
+    g.add_argument("--precision", choices=["fp32", "bf16"], default=_D.precision)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a language model",
+        description="Train an RNN/LSTM/GRU language model; writes checkpoints (best and last), "
+        "metrics.jsonl and perplexity.png into --out. --recipe d2l is the book's whole recipe.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="a named recipe; flags given explicitly override it")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=_D.data, help="corpus name (timemachine) or a text file")
+    g.add_argument("--val-data", default=None, help="a separate validation text file")
+    g.add_argument("--normalization", choices=["d2l", "none"], default=_D.normalization)
+    g.add_argument("--tokenization", choices=["char", "word"], default=_D.tokenization)
+    g.add_argument("--max-tokens", type=_none_or(int), default=_D.max_tokens)
+    g.add_argument("--min-freq", type=int, default=_D.min_freq)
+    g.add_argument("--val-frac", type=float, default=_D.val_frac)
+    add_model_args(p)
+    add_engine_args(p)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=_D.batch_size)
+    g.add_argument("--num-steps", type=int, default=_D.num_steps)
+    g.add_argument("--partition", choices=["sequential", "random"], default=_D.partition)
+    g.add_argument("--epochs", type=int, default=_D.epochs)
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adagrad"], default=_D.optimizer)
+    g.add_argument("--lr", type=float, default=_D.lr)
+    g.add_argument("--clip", type=_none_or(float), default=_D.clip, help="'none' disables")
+    g.add_argument("--clip-mode", choices=["norm", "value"], default=_D.clip_mode)
+    g.add_argument("--truncate", type=_none_or(int), default=_D.truncate,
+                   help="BPTT truncation k inside a batch")
+    g.add_argument("--lr-halving", action="store_true",
+                   help="halve the learning rate whenever the monitored loss rises")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default=_D.out, help="run folder")
+    g.add_argument("--seed", type=int, default=_D.seed)
+    g.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    g.add_argument("--sample-every", type=int, default=_D.sample_every)
+    g.add_argument("--sample-prefix", default=_D.sample_prefix)
+    g.add_argument("--sample-length", type=int, default=_D.sample_length)
+    g.add_argument("--progress", choices=["auto", "bar", "log"], default=_D.progress)
+    p.set_defaults(func=run, parser=p)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    fields = TrainConfig().to_dict()
+    given = {k: v for k, v in vars(args).items() if k in fields}
+    if args.recipe is None:
+        return TrainConfig(**given)
+    # explicit flags win over the recipe: those that differ from the parser's defaults
+    defaults = {k: args.parser.get_default(k) for k in given}
+    explicit = {k: v for k, v in given.items() if v != defaults[k]}
+    from ..lm.config import apply_recipe
+
+    return apply_recipe(TrainConfig(**given), args.recipe, explicit)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..lm.train import Diverged, train
+
+    cfg = config_from_args(args)
+    try:
+        result = train(cfg, resume=args.resume)
+    except Diverged as e:
+        print(f"bptt train: error: {e}", file=sys.stderr)
+        return 3
+    last = result.last
+    if last:
+        print(f"perplexity {last['perplexity']:.2f}"
+              + (f", validation perplexity {last['val_perplexity']:.2f}"
+                 if "val_perplexity" in last else "")
+              + f", {last['tokens_per_s']:,.0f} tokens/s ({cfg.engine})")
+    if result.sample:
+        print(result.sample)
+    print(f"checkpoints, metrics.jsonl and perplexity.png in {result.out}")
+    return 130 if result.interrupted else 0

@@ -1,0 +1,1 @@
+"""The language-model job: train, evaluate, generate, checkpoint."""

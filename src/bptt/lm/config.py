@@ -1,0 +1,73 @@
+"""The training configuration: every ``bptt train`` flag is one field here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+
+@dataclass
+class TrainConfig:
+    # -- data ---------------------------------------------------------------------------------
+    data: str = "timemachine"          # a registered corpus name or a path to a UTF-8 file
+    val_data: str | None = None        # a separate validation file (word corpora come split)
+    normalization: str = "d2l"         # d2l: lowercase letters and spaces, as the book
+    tokenization: str = "char"         # char (Chinese: one character = one token) or word
+    max_tokens: int | None = None      # the book keeps the first 10,000 tokens
+    min_freq: int = 0
+    val_frac: float = 0.0              # the last fraction of the tokens, held out
+    # -- model --------------------------------------------------------------------------------
+    cell: str = "rnn"
+    hidden_size: int = 512             # the book's 512
+    num_layers: int = 1
+    nonlinearity: str = "tanh"
+    dropout: float = 0.0
+    init: str = "torch"                # torch: U(-1/sqrt(H), 1/sqrt(H)); d2l: N(0, 0.01^2)
+    # -- engine -------------------------------------------------------------------------------
+    engine: str = "numpy"
+    device: str | None = None          # torch engines: cuda when available
+    dtype: str = "float32"
+    precision: str = "fp32"
+    # -- optimisation -------------------------------------------------------------------------
+    batch_size: int = 32               # the book's 32 sequences
+    num_steps: int = 35                # of 35 steps each
+    partition: str = "sequential"      # sequential (state carried) or random (fresh state)
+    epochs: int = 500                  # the book's 500
+    optimizer: str = "sgd"
+    lr: float = 1.0                    # the book's SGD learning rate
+    clip: float | None = 1.0           # the book clips the global norm at 1
+    clip_mode: str = "norm"            # norm (global rescale) or value (element-wise clamp)
+    truncate: int | None = None        # BPTT truncation inside a batch (None: the whole batch)
+    lr_halving: bool = False           # halve lr when the monitored loss rises (the seed's rule)
+    # -- run ----------------------------------------------------------------------------------
+    out: str = "runs/lm"
+    seed: int = 0
+    sample_every: int = 10             # print a continuation every N epochs (0: never)
+    sample_prefix: str = "time traveller"
+    sample_length: int = 50
+    progress: str = "auto"             # auto (a bar on a terminal), bar, log
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+RECIPES = {
+    # Dive into Deep Learning 8.5: the scratch RNN on the first 10,000 characters.
+    "d2l": dict(
+        data="timemachine", normalization="d2l", tokenization="char", max_tokens=10_000,
+        cell="rnn", hidden_size=512, num_layers=1, nonlinearity="tanh", init="d2l",
+        batch_size=32, num_steps=35, epochs=500, optimizer="sgd", lr=1.0, clip=1.0,
+        clip_mode="norm", partition="sequential", sample_prefix="time traveller",
+    ),
+}
+
+
+def apply_recipe(config: TrainConfig, name: str, overrides: dict | None = None) -> TrainConfig:
+    """The recipe's settings, then ``overrides`` (flags the user gave explicitly) on top."""
+    if name not in RECIPES:
+        raise ValueError(f"expected recipe one of {sorted(RECIPES)}, got {name!r}")
+    return replace(replace(config, **RECIPES[name]), **(overrides or {}))

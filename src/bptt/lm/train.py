@@ -1,0 +1,337 @@
+"""Train a language model: the book's ``train_ch8``, as a resumable, engine-agnostic loop.
+
+Read top to bottom: data -> model -> resume -> epochs (batches -> loss and BPTT -> clip -> step)
+-> evaluation, metrics, checkpoints, samples, plot. Randomness is derived from (seed, epoch,
+batch), so a run resumed from any checkpoint, even one written inside an epoch, continues
+exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import optim
+from ..data import DataError, batches, check_batchable, load_corpus, resolve, split_tokens
+from ..engine import get_engine
+from ..model import ModelSpec, init_params
+from . import checkpoint as ck
+from .config import TrainConfig
+from .evaluate import evaluate_tokens
+from .generate import LanguageModel, generate
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; the last finite state was saved."""
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    epochs: int
+    metrics: list = field(default_factory=list)
+    sample: str = ""
+    interrupted: bool = False
+
+    @property
+    def last(self) -> dict:
+        return self.metrics[-1] if self.metrics else {}
+
+
+def load_data(cfg: TrainConfig, vocab=None):
+    """Token ids for training and validation, and the vocabulary (built from the training text)."""
+    path = resolve(cfg.data)
+    ids, vocab = load_corpus(path, cfg.normalization, cfg.tokenization, cfg.max_tokens,
+                             vocab=vocab, min_freq=cfg.min_freq)
+    if cfg.val_data:
+        val, _ = load_corpus(resolve(cfg.val_data), cfg.normalization, cfg.tokenization,
+                             None, vocab=vocab)
+        train_ids = ids
+    else:
+        train_ids, val = split_tokens(ids, cfg.val_frac)
+    check_batchable(train_ids.size, cfg.batch_size, cfg.num_steps)
+    return train_ids, val, vocab
+
+
+def build_spec(cfg: TrainConfig, vocab_size: int) -> ModelSpec:
+    return ModelSpec(cell=cfg.cell, input_size=vocab_size, hidden_size=cfg.hidden_size,
+                     output_size=vocab_size, num_layers=cfg.num_layers,
+                     nonlinearity=cfg.nonlinearity, dropout=cfg.dropout, task="lm")
+
+
+def _validate(cfg: TrainConfig) -> None:
+    if cfg.partition not in ("sequential", "random"):
+        raise ValueError(f"expected partition 'sequential' or 'random', got {cfg.partition!r}")
+    if cfg.clip_mode not in ("norm", "value"):
+        raise ValueError(f"expected clip mode 'norm' or 'value', got {cfg.clip_mode!r}")
+    if cfg.clip is not None and cfg.clip <= 0:
+        raise ValueError(f"expected clip > 0 (or none), got {cfg.clip}")
+    for name in ("epochs", "batch_size", "num_steps"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"expected {name} >= 1, got {getattr(cfg, name)}")
+    if cfg.lr <= 0:
+        raise ValueError(f"expected lr > 0, got {cfg.lr}")
+
+
+class _StopFlag:
+    """Ctrl-C sets a flag; the loop stops after the current step and saves a checkpoint."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.stop:  # a second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
+    """Train per ``cfg``; with ``resume`` continue from ``cfg.out/last.safetensors``."""
+    _validate(cfg)
+    out = Path(cfg.out)
+    last_path, best_path, metrics_path = (out / "last.safetensors", out / "best.safetensors",
+                                          out / "metrics.jsonl")
+
+    # -- resume: the checkpoint's own config and vocabulary, the new epoch count -----------
+    ckpt = None
+    if resume:
+        ckpt = ck.load(last_path, prefer="last")
+        epochs = cfg.epochs
+        cfg = TrainConfig.from_dict({**ckpt.config, "epochs": epochs, "out": str(out),
+                                     "progress": cfg.progress, "device": cfg.device,
+                                     "engine": cfg.engine})
+
+    # -- data -------------------------------------------------------------------------------
+    train_ids, val_ids, vocab = load_data(cfg, vocab=ckpt.vocab if ckpt else None)
+    spec = build_spec(cfg, len(vocab))
+
+    # -- model, engine, optimiser -----------------------------------------------------------
+    engine = get_engine(cfg.engine, spec, device=cfg.device, dtype=cfg.dtype,
+                        precision=cfg.precision)
+    opt = optim.make_optimizer(cfg.optimizer, cfg.lr)
+    start_epoch, start_batch, carried, metrics = 0, 0, None, []
+    partial = {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0}
+    if ckpt is not None:
+        if ckpt.spec != spec:
+            raise ck.CheckpointError(f"checkpoint model {ckpt.spec} does not match {spec}")
+        params = engine.from_numpy(ckpt.params)
+        t = ckpt.train
+        start_epoch, start_batch = int(t["epoch"]), int(t.get("batch", 0))
+        opt.lr = float(t.get("lr", cfg.lr))
+        opt.state = {k: engine.from_numpy({k: v})[k] for k, v in ckpt.optim.items()}
+        opt.state.update(t.get("optim_scalars", {}))
+        partial = t.get("partial", partial)
+        carried = engine.state_from_numpy(
+            ckpt.state if ckpt.state is None or spec.cell == "lstm" else ckpt.state[0])
+        metrics = list(ckpt.metrics)
+        if start_epoch >= cfg.epochs:
+            log(f"already trained {start_epoch} epochs (asked for {cfg.epochs}); nothing to do")
+            return TrainResult(out, start_epoch, metrics)
+    else:
+        params = engine.from_numpy(init_params(spec, cfg.init, np.random.default_rng([cfg.seed, 0]),
+                                               dtype=cfg.dtype))
+        out.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text("")
+    lm_numpy = lambda: LanguageModel(spec, engine.to_numpy(params), vocab,  # noqa: E731
+                                     cfg.normalization, cfg.tokenization)
+
+    def save(path: Path, epoch: int, batch: int, state=None, part=None) -> None:
+        st = None
+        if state is not None:
+            st = engine.state_to_numpy(state)
+            st = tuple(st) if isinstance(st, tuple) else (st,)
+        arrays = {k: v for k, v in opt.state.items() if not isinstance(v, int | float)}
+        scalars = {k: v for k, v in opt.state.items() if isinstance(v, int | float)}
+        ck.save(ck.Checkpoint(
+            spec=spec, params=engine.to_numpy(params), vocab=vocab,
+            text={"normalization": cfg.normalization, "tokenization": cfg.tokenization},
+            config=cfg.to_dict(),
+            train={"epoch": epoch, "batch": batch, "lr": opt.lr, "optim_scalars": scalars,
+                   "seed": cfg.seed, "partial": part or {"loss_sum": 0.0, "tokens": 0,
+                                                          "seconds": 0.0}},
+            optim=engine.to_numpy(arrays), state=st, metrics=metrics), path)
+
+    best = min((m.get("val_perplexity") or m["perplexity"] for m in metrics), default=math.inf)
+    bar = _progress(cfg, start_epoch)
+    result = TrainResult(out, start_epoch, metrics)
+    log(f"training {spec.cell} H={spec.hidden_size} L={spec.num_layers} on {train_ids.size:,} "
+        f"tokens (vocab {len(vocab)}), engine {engine.name} on {engine.device}, "
+        f"epochs {start_epoch + 1}..{cfg.epochs}")
+
+    with _StopFlag() as flag:
+        for epoch in range(start_epoch, cfg.epochs):
+            # -- one epoch: the book's train_epoch_ch8 ------------------------------------
+            batch_rng = np.random.default_rng([cfg.seed, 1, epoch])
+            skip = start_batch if epoch == start_epoch else 0
+            state = carried if skip else None
+            loss_sum, n_tok, seconds = ((partial["loss_sum"], partial["tokens"],
+                                         partial["seconds"]) if skip else (0.0, 0, 0.0))
+            snapshot = ({k: v.copy() if hasattr(v, "copy") else v.clone()
+                         for k, v in params.items()}, dict(opt.state))
+            norms = []
+            t0 = time.perf_counter()
+            i = -1
+            for i, (X, Y) in enumerate(batches(train_ids, cfg.batch_size, cfg.num_steps,
+                                               cfg.partition, batch_rng)):
+                if i < skip:
+                    continue
+                if state is None or cfg.partition == "random":
+                    state = engine.begin_state(X.shape[0])       # fresh state (B, H)
+                else:
+                    state = engine.detach_state(state)            # carried, gradient stopped
+                loss, grads, state = engine.loss_and_grads(
+                    params, X, Y, state, truncate=cfg.truncate, training=True,
+                    rng=np.random.default_rng([cfg.seed, 2, epoch, i]))
+                if cfg.clip is not None:                          # clip, then step
+                    if cfg.clip_mode == "norm":
+                        norm = optim.clip_grad_norm_(grads, cfg.clip)
+                        after = None
+                    else:
+                        norm = optim.global_norm(grads)
+                        optim.clip_grad_value_(grads, cfg.clip)
+                        after = optim.global_norm(grads)
+                else:
+                    norm, after = optim.global_norm(grads), None
+                norms.append((norm, after))
+                opt.step(params, grads)
+                loss_sum = loss_sum + loss * X.size               # on the device: no sync
+                n_tok += X.size
+                if bar is not None:
+                    bar.set_postfix_str(f"batch {i + 1}", refresh=False)
+                if flag.stop:
+                    break
+            seconds += time.perf_counter() - t0
+            loss_sum = engine.scalar(loss_sum)
+
+            # -- a diverged loss: keep the epoch's starting point, stop loudly -------------
+            if not math.isfinite(loss_sum):
+                params.update(snapshot[0])
+                opt.state = snapshot[1]
+                save(last_path, epoch, 0)
+                raise Diverged(
+                    f"loss became {loss_sum / max(n_tok, 1)} in epoch {epoch + 1}; the last finite "
+                    f"parameters (start of epoch {epoch + 1}) are in {last_path}; lower --lr or "
+                    f"set --clip"
+                )
+            if flag.stop:
+                save(last_path, epoch, i + 1, state,
+                     {"loss_sum": loss_sum, "tokens": n_tok, "seconds": seconds})
+                result.interrupted = True
+                log(f"interrupted in epoch {epoch + 1} after batch {i + 1}; saved {last_path} "
+                    f"(continue with --resume)")
+                break
+
+            # -- evaluation, metrics, checkpoints --------------------------------------------
+            record = _epoch_record(epoch, loss_sum, n_tok, seconds, opt.lr, cfg, norms)
+            _write_steps(metrics_path, epoch, norms, engine, cfg)
+            if val_ids.size >= 2:
+                val = evaluate_tokens(engine, params, val_ids, cfg.batch_size, cfg.num_steps)
+                record["val_loss"], record["val_perplexity"] = val["loss"], val["perplexity"]
+            metrics.append(record)
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            monitored = record.get("val_loss", record["loss"])
+            if cfg.lr_halving and len(metrics) > 1:
+                prev = metrics[-2].get("val_loss", metrics[-2]["loss"])
+                if monitored > prev:
+                    opt.lr *= 0.5
+                    log(f"loss rose ({prev:.4f} -> {monitored:.4f}): lr halved to {opt.lr:g}")
+            save(last_path, epoch + 1, 0)
+            score = record.get("val_perplexity", record["perplexity"])
+            if score < best:
+                best = score
+                save(best_path, epoch + 1, 0)
+            result.epochs = epoch + 1
+
+            # -- report: progress, samples, plot --------------------------------------------
+            sample_now = cfg.sample_every and ((epoch + 1) % cfg.sample_every == 0
+                                               or epoch + 1 == cfg.epochs)
+            line = (f"epoch {epoch + 1}/{cfg.epochs}  perplexity {record['perplexity']:.2f}"
+                    + (f"  val {record['val_perplexity']:.2f}" if "val_perplexity" in record
+                       else "")
+                    + f"  {record['tokens_per_s']:,.0f} tokens/s")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(line.split("  ", 1)[1], refresh=True)
+            elif sample_now or epoch == start_epoch or epoch + 1 == cfg.epochs:
+                log(line)
+            if sample_now:
+                result.sample = _sample(lm_numpy(), cfg, engine.name)
+                (bar.write if bar is not None else log)(f"  {result.sample}")
+                _plot(metrics, out)
+    if bar is not None:
+        bar.close()
+    if metrics:
+        _plot(metrics, out)
+    result.metrics = metrics
+    return result
+
+
+def _epoch_record(epoch, loss_sum, n_tok, seconds, lr, cfg, norms) -> dict:
+    loss = loss_sum / n_tok
+    return {"kind": "epoch", "epoch": epoch + 1, "loss": loss,
+            "perplexity": math.exp(min(loss, 700.0)), "tokens_per_s": n_tok / max(seconds, 1e-9),
+            "seconds": seconds, "lr": lr, "steps": len(norms)}
+
+
+def _write_steps(path: Path, epoch: int, norms: list, engine, cfg: TrainConfig) -> None:
+    """Per-step gradient norms before/after clipping (one host sync per epoch, here)."""
+    with path.open("a") as f:
+        for j, (before, after) in enumerate(norms):
+            b = engine.scalar(before)
+            if cfg.clip is None:
+                a, fired = b, False
+            elif cfg.clip_mode == "norm":
+                a, fired = min(b, cfg.clip), b > cfg.clip
+            else:
+                a = engine.scalar(after)
+                fired = a < b
+            f.write(json.dumps({"kind": "step", "epoch": epoch + 1, "step": j + 1,
+                                "grad_norm": b, "grad_norm_clipped": a,
+                                "clipped": bool(fired)}) + "\n")
+
+
+def _sample(model: LanguageModel, cfg: TrainConfig, engine: str) -> str:
+    try:
+        return generate(model, cfg.sample_prefix, cfg.sample_length, engine=engine,
+                        device=cfg.device)
+    except (ValueError, DataError) as e:
+        return f"(no sample: {e})"
+
+
+def _progress(cfg: TrainConfig, start: int):
+    use_bar = cfg.progress == "bar" or (cfg.progress == "auto" and sys.stderr.isatty())
+    if not use_bar:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.epochs, initial=start, unit="epoch", dynamic_ncols=True)
+
+
+def _plot(metrics: list, out: Path) -> None:
+    from ..plot import plot_perplexity
+
+    plot_perplexity(metrics, out / "perplexity.png")
