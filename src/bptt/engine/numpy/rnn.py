@@ -57,9 +57,8 @@ def forward(
         )
     T, B = check_sequence(x, weight_ih.shape[1])
     h0 = check_state(h0, B, H, weight_hh.dtype)
-    bias = None
-    if bias_ih is not None:
-        bias = bias_ih + bias_hh
+    biases = [b for b in (bias_ih, bias_hh) if b is not None]
+    bias = sum(biases[1:], biases[0]) if biases else None   # b_ih + b_hh: one add for all t
 
     hs = project_inputs(x, weight_ih, bias)              # (T, B, H): x_t W_ih^T + b, all t
     w_hh_t = weight_hh.T
@@ -72,7 +71,8 @@ def forward(
         else:
             np.maximum(z, 0, out=z)                      # h_t = relu(z_t), in place
         h = z
-    cache = (x, h0, hs, weight_ih, weight_hh, bias_ih is not None, nonlinearity)
+    cache = (x, h0, hs, weight_ih, weight_hh, (bias_ih is not None, bias_hh is not None),
+             nonlinearity)
     return hs, hs[-1], cache
 
 
@@ -107,8 +107,9 @@ def backward(
 
     grads = {"weight_hh": recurrent_weight_grad(dz, hs, h0)}  # dW_hh = sum_t dz_t^T h_{t-1}
     dx, grads["weight_ih"] = project_inputs_backward(dz, x, weight_ih)  # dW_ih = sum dz_t^T x_t
-    if has_bias:
+    if any(has_bias):
         db = dz.sum(axis=(0, 1))                         # db_ih = db_hh = sum_t sum_b dz_t
-        grads["bias_ih"] = db
-        grads["bias_hh"] = db.copy()
+        for key, present in zip(("bias_ih", "bias_hh"), has_bias, strict=True):
+            if present:
+                grads[key] = db.copy()
     return dx, dh0, grads

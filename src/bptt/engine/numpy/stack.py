@@ -54,12 +54,17 @@ def _layer_params(params: dict, layer: int, direction: int) -> dict:
     }
 
 
-def _split_state(hx, cell: str, index: int):
+def _split_state(hx, cell: str, index: int, name: str = "hx"):
     """The initial state of one (layer, direction) from the stacked (L*D, B, H) state(s)."""
     if hx is None:
         return None
     if cell == "lstm":
-        return (hx[0][index], hx[1][index])
+        if not isinstance(hx, tuple | list) or len(hx) != 2:
+            raise ValueError(
+                f"expected the LSTM {name} as a pair (h, c) of (L*D, B, H) arrays, "
+                f"got {type(hx).__name__}"
+            )
+        return tuple(None if s is None else s[index] for s in hx)
     return hx[index]
 
 
@@ -132,7 +137,7 @@ def backward(dout: np.ndarray | None, dh_n, cache, truncate: int | None = None):
             if d_layer_out is not None:
                 dhs = d_layer_out[:, :, d * H:(d + 1) * H]
                 dhs = dhs[::-1] if d else dhs
-            dsn = _split_state(dh_n, cell, i)
+            dsn = _split_state(dh_n, cell, i, name="dh_n")
             dx, ds0, g = mod.backward(dhs, dsn, c, truncate)
             if dx is not None:
                 dx = dx[::-1] if d else dx
