@@ -1,0 +1,149 @@
+"""``bptt.check`` and ``bptt check``: the verification table and its command."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from bptt import check
+from bptt.check import (
+    CheckRow,
+    check_against_torch,
+    check_finite_differences,
+    default_table,
+    format_table,
+    rel_error,
+    run_checks,
+)
+from bptt.engine.numpy import rnn
+
+
+@pytest.fixture
+def main(monkeypatch):
+    """``bptt.cli.main`` with only the verbs whose modules exist (others are being written)."""
+    from bptt import cli
+
+    present = tuple(v for v in cli.VERBS if importlib.util.find_spec(f"bptt.cli.{v}"))
+    assert "check" in present
+    monkeypatch.setattr(cli, "VERBS", present)
+    return cli.main
+
+
+@pytest.fixture
+def broken_rnn_backward(monkeypatch):
+    """The RNN backward with dW_hh off by 1e-4 relative: every check must notice."""
+    good = rnn.backward
+
+    def broken(*args, **kwargs):
+        dx, dh0, grads = good(*args, **kwargs)
+        grads["weight_hh"] = grads["weight_hh"] * (1 + 1e-4)
+        return dx, dh0, grads
+
+    monkeypatch.setattr(rnn, "backward", broken)
+
+
+def test_verb_is_registered():
+    from bptt import cli
+
+    assert "check" in cli.VERBS
+
+
+def test_quick_rows_are_all_ok():
+    rows = run_checks(quick=True)
+    assert 5 <= len([r for r in rows if r.engine == "numpy"]) <= 12
+    assert all(r.ok for r in rows), format_table(rows)
+    assert {("rnn", "torch"), ("rnn", "fd")} <= {(r.cell, r.method) for r in rows}
+    assert any(r.truncate is not None for r in rows)
+    assert any(r.bidirectional and r.layers > 1 for r in rows)
+    for r in rows:
+        tol = 1e-9 if r.method == "torch" else r.tolerance
+        assert r.worst <= tol
+
+
+def test_full_table_size_and_rnn_grid():
+    table = default_table()
+    rnn_torch = [c for c in table if c["cell"] == "rnn" and c["method"] == "torch"]
+    assert 40 <= len(rnn_torch) <= 60
+    for key, values in [("nonlinearity", {"tanh", "relu"}), ("batch", {1, 3}), ("steps", {1, 5}),
+                        ("input_size", {1, 4}), ("hidden_size", {1, 5}),
+                        ("with_h0", {True, False}), ("truncate", {None, 2})]:
+        assert values <= {c.get(key) for c in rnn_torch}, key
+    assert len(default_table(quick=True)) <= 12
+
+
+def test_cli_quick_prints_the_table(main, capsys, tmp_path):
+    path = tmp_path / "rows.json"
+    assert main(["check", "--quick", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["cell", "engine", "method"]
+    assert "rows, all under" in out.splitlines()[-1]
+    rows = json.loads(path.read_text())
+    assert rows and all(r["ok"] for r in rows)
+    assert {"out", "h_n", "params", "dx", "dh0", "worst", "method"} <= set(rows[0])
+
+
+def test_cli_cell_filter(main, capsys):
+    assert main(["check", "--quick", "--cell", "rnn"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:-1]
+    assert lines and all(line.startswith("rnn") for line in lines)
+
+
+def test_a_broken_backward_fails_the_check(broken_rnn_backward, main, capsys):
+    row = check_against_torch("rnn", nonlinearity="tanh", batch=2, steps=3, input_size=2,
+                              hidden_size=3)
+    assert not row.ok and row.params == pytest.approx(1e-4, rel=1e-3)
+    assert row.out < 1e-15 and row.dx < 1e-12          # the forward and dx are still right
+    assert not check_finite_differences("rnn").ok
+    assert main(["check", "--quick", "--cell", "rnn"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out
+    assert " of " in out.splitlines()[-1] and "rows over" in out.splitlines()[-1]
+
+
+def test_help_explains_every_column(main, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["check", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("out", "h_n", "params", "dx", "dh0", "worst", "torch", "fd", "gradcheck",
+                 "1e-9", "--quick", "--cell", "--json"):
+        assert word in text, word
+
+
+def test_truncation_needs_one_layer_one_direction():
+    with pytest.raises(ValueError, match="expected truncate only with num_layers=1"):
+        check_against_torch("rnn", batch=1, steps=3, input_size=1, hidden_size=2,
+                            num_layers=2, truncate=1)
+
+
+def test_rel_error_and_worst():
+    assert rel_error(np.ones(3), np.ones(3)) == 0.0
+    assert rel_error(np.array([1.0, 2.0]), np.array([1.0, 4.0])) == 0.5
+    assert rel_error(np.zeros(2), np.zeros(2)) == 0.0
+    assert rel_error(np.zeros(2), np.zeros(3)) == math.inf
+    base = dict(cell="rnn", engine="numpy", nonlinearity="tanh", batch=1, steps=1,
+                input_size=1, hidden_size=1, layers=1, bidirectional=False, with_h0=True,
+                truncate=None, method="torch")
+    row = CheckRow(**base, out=1e-16, h_n=None, params=2e-10, dx=1e-12, dh0=0.0)
+    assert row.worst == 2e-10 and row.ok
+    assert not CheckRow(**base, out=math.nan, params=0.0).ok
+    assert not CheckRow(**base, params=2e-9).ok
+    assert format_table([row]).splitlines()[-1] == "1 rows, all under 1e-09"
+
+
+def test_torch_engine_hook_rows_are_included(monkeypatch):
+    extra = CheckRow(cell="rnn", engine="torch", nonlinearity="tanh", batch=1, steps=2,
+                     input_size=1, hidden_size=1, layers=1, bidirectional=False, with_h0=True,
+                     truncate=None, method="gradcheck", params=0.0, dx=0.0, dh0=0.0)
+    hook = types.ModuleType("bptt.engine.torch.check")
+    hook.rows = lambda quick: [extra]
+    monkeypatch.setitem(sys.modules, "bptt.engine.torch.check", hook)
+    monkeypatch.setattr(check, "default_table", lambda quick=False: [])
+    assert run_checks(quick=True) == [extra]
+    assert run_checks(quick=True, cells=["rnn"]) == [extra]
