@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bptt.check import numerical_gradient
-from bptt.engine.numpy import rnn
+from bptt.engine.numpy import rnn, stack
 from bptt.engine.numpy.loss import mse, softmax_cross_entropy
 from bptt.engine.numpy.model import NumpyEngine
 from bptt.model import ModelSpec, init_params
@@ -319,3 +319,17 @@ def test_negative_truncate_names_expected_and_got():
     hs, _, cache = rnn.forward(kw.pop("x"), kw.pop("h0"), **kw)
     with pytest.raises(ValueError, match=r"expected .*>= 0, got -1"):
         rnn.backward(np.ones_like(hs), None, cache, truncate=-1)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("shape", [(1, 3, 4), (3, 3, 4), (3, 4)])
+def test_stacked_state_with_wrong_layer_count_is_rejected(cell, shape):
+    from bptt.model import ModelSpec, init_params
+
+    spec = ModelSpec(cell=cell, input_size=5, hidden_size=4, output_size=5, num_layers=2)
+    params = init_params(spec, rng=0, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((6, 3, 5))
+    h = np.zeros(shape)
+    hx = (h, h) if cell == "lstm" else h
+    with pytest.raises(ValueError, match=r"expected hx of shape \(L\*D, B, H\) = \(2, 3, 4\)"):
+        stack.forward(cell, params, x, hx, num_layers=2)

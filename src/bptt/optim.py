@@ -31,14 +31,15 @@ def global_norm(grads: Arrays):
 def clip_grad_norm_(grads: Arrays, max_norm: float):
     """Rescale all gradients together so their global norm is at most ``max_norm``.
 
-    The book's rule: if ||g|| > theta then g <- theta / ||g|| * g. Returns the norm before
-    clipping (a 0-d array/tensor; no host synchronisation on torch).
+    The book's rule, if ||g|| > theta then g <- theta / ||g|| * g, with torch's 1e-6 added to
+    the norm so the clipped norm never exceeds theta by a rounding step. Returns the norm
+    before clipping (a 0-d array/tensor; no host synchronisation on torch).
     """
     norm = global_norm(grads)
     if _is_numpy(norm):
-        scale = min(1.0, max_norm / float(norm)) if float(norm) > 0 else 1.0
+        scale = min(1.0, max_norm / (float(norm) + 1e-6))
     else:
-        scale = (max_norm / norm).clamp(max=1.0).nan_to_num(nan=1.0, posinf=1.0)
+        scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
     for g in grads.values():
         g *= scale
     return norm

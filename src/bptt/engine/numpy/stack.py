@@ -4,6 +4,9 @@ Layer l (l >= 1) reads the concatenated outputs of both directions of layer l - 
 ``dropout = p`` those outputs are multiplied by a Bernoulli(1 - p) mask scaled by 1 / (1 - p)
 while training (never after the last layer). The reverse direction runs its cell on the
 time-reversed sequence. The mask is drawn in the forward pass and reused by the backward pass.
+Truncation (``truncate=k``) applies within each layer's recursion: in a stack the loss at step
+t can still reach layer 0 at steps down to t - L*k through the layers above, as when each
+layer's carried state is detached separately.
 
 Symbols: T steps, B batch, H hidden size, L layers, D directions (1 or 2).
   x    (T, B, I) float or (T, B) token ids
@@ -54,6 +57,19 @@ def _layer_params(params: dict, layer: int, direction: int) -> dict:
     }
 
 
+def _check_stacked(hx, cell: str, layers: int, batch: int, hidden: int, name: str) -> None:
+    """A stacked state must be (L*D, B, H) (a pair of them for the LSTM), or None."""
+    if hx is None:
+        return
+    parts = hx if cell == "lstm" and isinstance(hx, tuple | list) else (hx,)
+    for part in parts:
+        if part is not None and tuple(np.shape(part)) != (layers, batch, hidden):
+            raise ValueError(
+                f"expected {name} of shape (L*D, B, H) = ({layers}, {batch}, {hidden}), "
+                f"got {tuple(np.shape(part))}"
+            )
+
+
 def _split_state(hx, cell: str, index: int, name: str = "hx"):
     """The initial state of one (layer, direction) from the stacked (L*D, B, H) state(s)."""
     if hx is None:
@@ -84,6 +100,7 @@ def forward(
     """Run the stack; return ``(out, h_n, cache)`` (h_n is ``(h_n, c_n)`` for the LSTM)."""
     mod = cell_module(cell)
     D = 2 if bidirectional else 1
+    _check_stacked(hx, cell, num_layers * D, x.shape[1], params["weight_hh_l0"].shape[1], "hx")
     opts = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
     layer_in = x
     caches, masks, finals = [], [], []
@@ -111,7 +128,7 @@ def forward(
     else:
         h_n = np.stack(finals)
     hidden = params["weight_hh_l0"].shape[1]
-    cache = (cell, num_layers, D, hidden, caches, masks, x.ndim == 2)
+    cache = (cell, num_layers, D, hidden, x.shape[1], caches, masks, x.ndim == 2)
     return layer_in, h_n, cache
 
 
@@ -121,8 +138,9 @@ def backward(dout: np.ndarray | None, dh_n, cache, truncate: int | None = None):
     ``dout`` (T, B, D*H) or None; ``dh_n`` (L*D, B, H) or None (a pair for the LSTM).
     dx is None for token-id input; dhx has the layout of h_n.
     """
-    cell, num_layers, D, H, caches, masks, token_input = cache
+    cell, num_layers, D, H, B, caches, masks, token_input = cache
     mod = cell_module(cell)
+    _check_stacked(dh_n, cell, num_layers * D, B, H, "dh_n")
     grads: dict[str, np.ndarray] = {}
     dstate0 = [None] * (num_layers * D)
     d_layer_out = dout
