@@ -1,0 +1,406 @@
+"""The torch engines: the NumPy engine's interface on torch tensors, CPU or CUDA.
+
+Three ways to compute the same model (see :mod:`bptt.engine`), all offering exactly the
+:class:`bptt.engine.numpy.model.NumpyEngine` interface:
+
+    params = engine.from_numpy(numpy_params)          # dict of plain tensors on the device
+    state = engine.begin_state(batch_size)            # (L*D, B, H), or the pair (h, c)
+    loss, grads, state = engine.loss_and_grads(params, X, Y, state, truncate=..., training=...)
+    out, state = engine.forward(params, X, state)     # (B, T, O) logits / predictions
+
+  torch           :class:`TorchEngine`: the stack through ``StackFunction`` (our BPTT)
+  torch-autograd  :class:`TorchAutogradEngine`: the book's loop over time steps, autograd
+  torch-builtin   :class:`TorchBuiltinEngine`: torch.nn.RNN/LSTM/GRU (cuDNN on a GPU)
+
+The head (``head.weight``, ``head.bias``) and the loss (mean cross-entropy over the T*B targets
+for ``lm``, mean squared error for ``regression``) are torch ops differentiated by autograd in
+every engine. Parameters are plain tensors (``requires_grad`` False): ``loss_and_grads`` makes
+detached leaves sharing their storage, so an optimiser from :mod:`bptt.optim` updates them in
+place between calls. X and Y arrive batch-first as NumPy arrays, (B, T) int ids or (B, T, F)
+floats; they are checked on the host and copied to the device once per call. Nothing reads the
+device back inside a time loop; ``scalar`` is the one place a loss becomes a Python float.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...model import ModelSpec, check_params
+from . import stack, unrolled
+from .common import check_truncate, is_tokens
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# Only fp32 so far. bf16 (mixed precision) is a later issue: add "bf16" here, then branch on
+# ``self.precision`` where marked "precision:" below (the stack and head products, the loss).
+PRECISIONS = ("fp32",)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> "cuda" when available, else "cpu"; a CUDA device without CUDA is a ValueError."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"expected device 'cpu' (CUDA is not available here), got {device!r}")
+    return dev
+
+
+class _TorchBase:
+    """What the three engines share: conversions, state, input checks, head and loss."""
+
+    name = "torch-base"
+
+    def __init__(self, spec: ModelSpec, device: str | torch.device | None = None,
+                 dtype: str = "float32", precision: str = "fp32") -> None:
+        if not isinstance(spec, ModelSpec):
+            raise ValueError(f"expected a ModelSpec, got {type(spec).__name__}")
+        key = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+        if key not in DTYPES:
+            raise ValueError(f"expected dtype 'float32' or 'float64', got {dtype!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"expected precision 'fp32', got {precision!r} (only fp32 is implemented so far)"
+            )
+        self.spec = spec
+        self.device = resolve_device(device)
+        self.dtype = DTYPES[key]
+        self.np_dtype = np.dtype(key)
+        self.precision = precision
+        self.names = stack.param_names(spec.num_layers, spec.bidirectional, spec.bias)
+
+    # -- parameters and state -------------------------------------------------------------
+    def from_numpy(self, params: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Fresh tensors on the device (copies: updating them never touches the arrays)."""
+        check_params(self.spec, params)
+        return {k: torch.tensor(np.asarray(v), dtype=self.dtype, device=self.device)
+                for k, v in params.items()}
+
+    def to_numpy(self, params: dict) -> dict[str, np.ndarray]:
+        """CPU NumPy copies of the parameters (a snapshot)."""
+        return {k: v.detach().to("cpu", copy=True).numpy() for k, v in params.items()}
+
+    def state_from_numpy(self, state):
+        if state is None:
+            return None
+        if isinstance(state, tuple | list):
+            return tuple(torch.tensor(np.asarray(s), dtype=self.dtype, device=self.device)
+                         for s in state)
+        return torch.tensor(np.asarray(state), dtype=self.dtype, device=self.device)
+
+    def state_to_numpy(self, state):
+        if state is None:
+            return None
+        if isinstance(state, tuple | list):
+            return tuple(s.detach().to("cpu", copy=True).numpy() for s in state)
+        return state.detach().to("cpu", copy=True).numpy()
+
+    def begin_state(self, batch_size: int):
+        s = self.spec
+        shape = (s.num_layers * s.directions, batch_size, s.hidden_size)
+        zeros = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        if s.cell == "lstm":
+            return (zeros, torch.zeros_like(zeros))
+        return zeros
+
+    def detach_state(self, state):
+        """The state without its graph: the gradient stops at the batch boundary."""
+        if state is None:
+            return None
+        if isinstance(state, tuple | list):
+            return tuple(s.detach() for s in state)
+        return state.detach()
+
+    def scalar(self, x) -> float:
+        return float(x)
+
+    # -- inputs -------------------------------------------------------------------------------
+    def _check_batch(self, X, Y=None) -> tuple[int, int]:
+        """Shapes (and, for NumPy ids, the id range) on the host; returns (B, T)."""
+        s = self.spec
+        lm = s.task == "lm"
+        shape = tuple(X.shape)
+        if lm and (len(shape) != 2 or not _is_int(X)):
+            raise ValueError(f"expected X token ids of shape (B, T), got {_describe(X)}")
+        if not lm and (len(shape) != 3 or shape[2] != s.input_size):
+            raise ValueError(
+                f"expected X of shape (B, T, {s.input_size}), got {_describe(X)}"
+            )
+        if shape[0] < 1 or shape[1] < 1:
+            raise ValueError(f"expected X with B >= 1 and T >= 1, got shape {shape}")
+        if lm:
+            _check_ids(X, s.input_size, "X")
+        if Y is not None:
+            if lm:
+                if tuple(Y.shape) != shape[:2] or not _is_int(Y):
+                    raise ValueError(
+                        f"expected Y token ids of shape {shape[:2]}, got {_describe(Y)}"
+                    )
+                _check_ids(Y, s.output_size, "Y")
+            elif tuple(Y.shape) != (*shape[:2], s.output_size):
+                raise ValueError(
+                    f"expected Y of shape {(*shape[:2], s.output_size)}, got {_describe(Y)}"
+                )
+        return shape[0], shape[1]
+
+    def _to_device(self, a, dtype: torch.dtype) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=dtype).to(self.device, non_blocking=True)
+
+    def _inputs(self, X) -> torch.Tensor:
+        """Time-major on the device: (T, B) int64 ids or (T, B, I) floats."""
+        if isinstance(X, torch.Tensor):
+            x = X.transpose(0, 1)
+            dtype = torch.int64 if self.spec.task == "lm" else self.dtype
+            return x.to(self.device, dtype).contiguous()
+        X = np.asarray(X)
+        if self.spec.task == "lm":
+            return self._to_device(np.ascontiguousarray(X.T), torch.int64)
+        return self._to_device(np.ascontiguousarray(X.transpose(1, 0, 2)), self.dtype)
+
+    def _targets(self, Y) -> torch.Tensor:
+        """Time-major rows matching the head's: (T*B,) int64 ids or (T*B, O) floats."""
+        lm = self.spec.task == "lm"
+        if isinstance(Y, torch.Tensor):
+            y = Y.transpose(0, 1).to(self.device, torch.int64 if lm else self.dtype)
+            return y.reshape(-1) if lm else y.reshape(-1, y.shape[-1])
+        Y = np.asarray(Y)
+        if lm:
+            return self._to_device(np.ascontiguousarray(Y.T).reshape(-1), torch.int64)
+        y = np.ascontiguousarray(Y.transpose(1, 0, 2)).reshape(-1, Y.shape[2])
+        return self._to_device(y, self.dtype)
+
+    def _state_in(self, state, batch: int):
+        """The incoming state, detached, on the device; its shape (L*D, B, H) checked."""
+        if state is None:
+            return None
+        s = self.spec
+        lstm = s.cell == "lstm"
+        if lstm != isinstance(state, tuple | list) or (lstm and len(state) != 2):
+            raise ValueError(
+                f"expected the {s.cell.upper()} state as "
+                + ("a pair (h, c) of tensors" if lstm else "one tensor")
+                + f", got {type(state).__name__}"
+            )
+        shape = (s.num_layers * s.directions, batch, s.hidden_size)
+        parts = tuple(state) if lstm else (state,)
+        for part in parts:
+            if tuple(part.shape) != shape:
+                raise ValueError(
+                    f"expected state of shape (L*D, B, H) = {shape}, got {tuple(part.shape)}"
+                )
+        parts = tuple(torch.as_tensor(p).detach().to(self.device, self.dtype) for p in parts)
+        return parts if lstm else parts[0]
+
+    def _generator(self, rng, training: bool) -> torch.Generator | None:
+        """The dropout generator: a torch.Generator as given, one seeded from a NumPy
+        Generator (drawn only when masks will be drawn), or None (the global torch RNG)."""
+        s = self.spec
+        if rng is None or not (training and s.dropout > 0 and s.num_layers > 1):
+            return None
+        if isinstance(rng, torch.Generator):
+            if rng.device.type != self.device.type:
+                raise ValueError(
+                    f"expected a torch.Generator on {self.device.type} (the engine's device), "
+                    f"got one on {rng.device.type}"
+                )
+            return rng
+        if isinstance(rng, np.random.Generator):
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(int(rng.integers(0, 2**63 - 1)))
+            return gen
+        raise ValueError(
+            f"expected rng None, a torch.Generator or a numpy Generator, got {type(rng).__name__}"
+        )
+
+    # -- the model --------------------------------------------------------------------------
+    def _stack(self, params, x, state, *, training, generator, truncate):
+        """(out (T, B, D*H), state_n); differentiable w.r.t. the parameter leaves."""
+        raise NotImplementedError
+
+    def _stack_eval(self, params, x, state):
+        return self._stack(params, x, state, training=False, generator=None, truncate=None)
+
+    def _head(self, params, out: torch.Tensor) -> torch.Tensor:
+        T, B, DH = out.shape
+        # precision: fp32 head product (bf16 later)
+        return F.linear(out.reshape(T * B, DH), params["head.weight"], params["head.bias"])
+
+    def forward(self, params: dict, X, state=None):
+        """Outputs (B, T, O) (logits or predictions) and the last state; evaluation mode."""
+        B, _ = self._check_batch(X)
+        state = self._state_in(state, B)
+        with torch.no_grad():
+            x = self._inputs(X)
+            out, state_n = self._stack_eval(params, x, state)
+            T, B, _ = out.shape
+            y = self._head(params, out).view(T, B, -1).transpose(0, 1)
+        return y, state_n
+
+    def loss_and_grads(
+        self,
+        params: dict,
+        X,
+        Y,
+        state=None,
+        *,
+        truncate: int | None = None,
+        training: bool = True,
+        rng: torch.Generator | np.random.Generator | None = None,
+    ):
+        """Mean loss over the T*B targets (a 0-d tensor), gradients of every parameter (named
+        as ``params``), and the last state (detached).
+
+        ``truncate=k``: the loss at step t crosses at most k recurrent transitions (per layer,
+        as :func:`bptt.engine.numpy.common.bptt_loop`). ``rng`` drives the dropout masks.
+        """
+        check_truncate(truncate)
+        self._check_truncate_supported(truncate)
+        B, _ = self._check_batch(X, Y)
+        state = self._state_in(state, B)
+        x = self._inputs(X)
+        target = self._targets(Y)
+        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}  # no copy
+        generator = self._generator(rng, training)
+        with torch.enable_grad():
+            out, state_n = self._stack(leaves, x, state, training=training,
+                                       generator=generator, truncate=truncate)
+            y = self._head(leaves, out)
+            # precision: fp32 loss (bf16 later)
+            if self.spec.task == "lm":
+                loss = F.cross_entropy(y, target)
+            else:
+                loss = F.mse_loss(y, target)
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+        return loss.detach(), dict(zip(leaves, grads, strict=True)), self.detach_state(state_n)
+
+    def _check_truncate_supported(self, truncate) -> None:
+        pass
+
+
+class TorchEngine(_TorchBase):
+    """Hand-written BPTT on torch tensors: the stack is :class:`stack.StackFunction`."""
+
+    name = "torch"
+
+    def _config(self, training: bool, generator, truncate) -> stack.StackConfig:
+        s = self.spec
+        return stack.StackConfig(
+            cell=s.cell, names=tuple(self.names), num_layers=s.num_layers,
+            bidirectional=s.bidirectional, nonlinearity=s.nonlinearity, dropout=s.dropout,
+            training=training, truncate=truncate, generator=generator,
+        )
+
+    def _stack(self, params, x, state, *, training, generator, truncate):
+        out, state_n, _ = stack.apply(self._config(training, generator, truncate), x, params,
+                                      state)
+        return out, state_n
+
+    def _stack_eval(self, params, x, state):
+        s = self.spec
+        out, state_n, _ = stack.forward(
+            s.cell, params, x, state, num_layers=s.num_layers, bidirectional=s.bidirectional,
+            nonlinearity=s.nonlinearity, dropout=s.dropout, training=False,
+        )
+        return out, state_n
+
+
+class TorchAutogradEngine(_TorchBase):
+    """The book's way: a Python loop over time steps with torch ops, differentiated by autograd
+    (truncation by recomputing each step's window from a detached state)."""
+
+    name = "torch-autograd"
+
+    def _stack(self, params, x, state, *, training, generator, truncate):
+        s = self.spec
+        return unrolled.stack_forward(
+            s.cell, params, x, state, num_layers=s.num_layers, bidirectional=s.bidirectional,
+            nonlinearity=s.nonlinearity, dropout=s.dropout, training=training,
+            generator=generator, truncate=truncate,
+        )
+
+
+_BUILTIN_WARNING = ".*weights are not part of single contiguous chunk of memory.*"
+
+
+class TorchBuiltinEngine(_TorchBase):
+    """torch.nn.RNN/LSTM/GRU (cuDNN on a GPU) with our parameters, plus the head.
+
+    The module is built once; each call runs it through ``torch.func.functional_call`` with the
+    parameter tensors themselves (no copy). Token ids enter as one-hot vectors. Its dropout
+    masks are torch's own (an ``rng`` seeds the global RNG for the call on the CPU); it supports
+    full backpropagation only (``truncate=None``).
+    """
+
+    name = "torch-builtin"
+
+    def __init__(self, spec: ModelSpec, device=None, dtype: str = "float32",
+                 precision: str = "fp32") -> None:
+        super().__init__(spec, device=device, dtype=dtype, precision=precision)
+        cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[spec.cell]
+        kwargs = {"nonlinearity": spec.nonlinearity} if spec.cell == "rnn" else {}
+        self.module = cls(
+            spec.input_size, spec.hidden_size, num_layers=spec.num_layers, bias=spec.bias,
+            dropout=spec.dropout if spec.num_layers > 1 else 0.0,
+            bidirectional=spec.bidirectional, **kwargs,
+        ).to(device=self.device, dtype=self.dtype)
+        self.module.requires_grad_(False)
+
+    def _check_truncate_supported(self, truncate) -> None:
+        if truncate is not None:
+            raise ValueError(
+                f"expected truncate=None for the torch-builtin engine (torch.nn.RNN/LSTM/GRU "
+                f"backpropagate through the whole sequence), got {truncate!r}; "
+                f"truncated BPTT is supported by the engines 'numpy', 'torch' and "
+                f"'torch-autograd'"
+            )
+
+    def _stack(self, params, x, state, *, training, generator, truncate):
+        self._check_truncate_supported(truncate)
+        if is_tokens(x):
+            x = F.one_hot(x, self.spec.input_size).to(self.dtype)   # (T, B, V)
+        weights = {n: params[n] for n in self.names}
+        self.module.train(training)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_BUILTIN_WARNING)
+            if generator is None:
+                return torch.func.functional_call(self.module, weights, (x, state))
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator,
+                                     device=generator.device))
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+                torch.manual_seed(seed)
+                return torch.func.functional_call(self.module, weights, (x, state))
+
+
+def _is_int(a) -> bool:
+    if isinstance(a, torch.Tensor):
+        return is_tokens(a)
+    return np.issubdtype(np.asarray(a).dtype, np.integer)
+
+
+def _describe(a) -> str:
+    dtype = a.dtype if hasattr(a, "dtype") else type(a).__name__
+    return f"shape {tuple(np.shape(a))} of {dtype}"
+
+
+def _check_ids(a, size: int, name: str) -> None:
+    """Ids in [0, size); checked for host arrays only (a device tensor would synchronise)."""
+    if isinstance(a, torch.Tensor) and a.device.type != "cpu":
+        return
+    a = np.asarray(a)
+    if a.size and (a.min() < 0 or a.max() >= size):
+        raise ValueError(f"expected {name} token ids in [0, {size}), "
+                         f"got values in [{a.min()}, {a.max()}]")
+
+
+TORCH_ENGINES = {
+    "torch": TorchEngine,
+    "torch-autograd": TorchAutogradEngine,
+    "torch-builtin": TorchBuiltinEngine,
+}
+
+__all__ = ["TORCH_ENGINES", "TorchAutogradEngine", "TorchBuiltinEngine", "TorchEngine"]
