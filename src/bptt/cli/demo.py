@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub) -> None:
@@ -14,17 +15,24 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..lm import checkpoint as ck
     from ..lm.config import TrainConfig
     from ..lm.generate import LanguageModel, generate
-    from ..lm.train import train
+    from ..lm.train import Diverged, train
 
     cfg = TrainConfig(data="timemachine", max_tokens=10_000, hidden_size=256, epochs=args.epochs,
                       optimizer="adam", lr=0.01, out=args.out, sample_every=20)
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except Diverged as e:
+        print(f"bptt demo: error: {e}", file=sys.stderr)
+        return 3
+    if result.interrupted:  # Ctrl-C: the checkpoint is saved, nothing more to show
+        print(f"interrupted; continue with: bptt train --resume --out {result.out}")
+        return 130
     last = result.last
-    print(f"perplexity {last['perplexity']:.2f}, {last['tokens_per_s']:,.0f} tokens/s")
-    from ..lm import checkpoint as ck
-
+    if last:
+        print(f"perplexity {last['perplexity']:.2f}, {last['tokens_per_s']:,.0f} tokens/s")
     model = LanguageModel.from_checkpoint(ck.load(result.out))
     print(generate(model, "time traveller ", 80))
     print(f"plot: {result.out}/perplexity.png, checkpoints: {result.out}/best.safetensors")

@@ -9,6 +9,34 @@ from ..lm.config import RECIPES, TrainConfig
 
 _D = TrainConfig()
 
+# Settings a resumed run takes from the command line; every other one comes from the checkpoint.
+RESUME_FLAGS = ("epochs", "out", "progress", "device", "engine")
+
+
+def _mark_given(namespace: argparse.Namespace, dest: str) -> None:
+    """Remember that ``dest`` was given on the command line (even if equal to its default)."""
+    vars(namespace).setdefault("given", set()).add(dest)
+
+
+class _Store(argparse.Action):
+    """argparse's ``store``, also recording the flag as given."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        _mark_given(namespace, self.dest)
+
+
+class _StoreTrue(argparse.Action):
+    """argparse's ``store_true``, also recording the flag as given."""
+
+    def __init__(self, option_strings, dest, default=False, required=False, help=None):
+        super().__init__(option_strings, dest, nargs=0, const=True, default=default,
+                         required=required, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, True)
+        _mark_given(namespace, self.dest)
+
 
 def _none_or(kind):
     def parse(s: str):
@@ -45,6 +73,10 @@ def register(sub) -> None:
         description="Train an RNN/LSTM/GRU language model; writes checkpoints (best and last), "
         "metrics.jsonl and perplexity.png into --out. --recipe d2l is the book's whole recipe.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # flags given explicitly must win over a recipe even when they equal the parser's default
+    for name in (None, "store"):
+        p.register("action", name, _Store)
+    p.register("action", "store_true", _StoreTrue)
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="a named recipe; flags given explicitly override it")
     g = p.add_argument_group("data")
@@ -81,23 +113,52 @@ def register(sub) -> None:
     p.set_defaults(func=run, parser=p)
 
 
+def explicit_flags(args: argparse.Namespace) -> set[str]:
+    """The config fields given on the command line."""
+    return set(getattr(args, "given", ())) & set(TrainConfig().to_dict())
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = TrainConfig().to_dict()
     given = {k: v for k, v in vars(args).items() if k in fields}
     if args.recipe is None:
         return TrainConfig(**given)
-    # explicit flags win over the recipe: those that differ from the parser's defaults
-    defaults = {k: args.parser.get_default(k) for k in given}
-    explicit = {k: v for k, v in given.items() if v != defaults[k]}
+    # explicit flags win over the recipe, whatever their value
+    explicit = {k: given[k] for k in explicit_flags(args)}
     from ..lm.config import apply_recipe
 
     return apply_recipe(TrainConfig(**given), args.recipe, explicit)
+
+
+def resume_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
+    """On --resume: without --epochs, train up to the epochs the run was started with (not the
+    parser's default); warn about flags the checkpoint's settings override."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from ..lm import checkpoint as ck
+
+    last = Path(cfg.out) / "last.safetensors"
+    if not last.is_file():  # train() says what is missing
+        return cfg
+    saved = ck.load(last).config  # a damaged checkpoint fails here, before any warning
+    ignored = sorted(explicit - set(RESUME_FLAGS))
+    if ignored:
+        names = ", ".join("--" + k.replace("_", "-") for k in ignored)
+        print(f"bptt train: warning: {names} ignored with --resume (the checkpoint's settings "
+              f"are kept; only {', '.join('--' + k for k in RESUME_FLAGS)} apply)",
+              file=sys.stderr)
+    if "epochs" in explicit:
+        return cfg
+    return replace(cfg, epochs=int(saved.get("epochs", cfg.epochs)))
 
 
 def run(args: argparse.Namespace) -> int:
     from ..lm.train import Diverged, train
 
     cfg = config_from_args(args)
+    if args.resume:
+        cfg = resume_config(cfg, explicit_flags(args))
     try:
         result = train(cfg, resume=args.resume)
     except Diverged as e:

@@ -118,10 +118,15 @@ def load(path: str | Path, prefer: str = "best") -> Checkpoint:
         )
     try:
         meta = json.loads(meta_raw)
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__} instead of an object")
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}")
         if meta.get("version") != VERSION:
             raise ValueError(f"version {meta.get('version')!r}, this bptt reads {VERSION}")
+        for key, kind in (("text", dict), ("config", dict), ("train", dict), ("metrics", list)):
+            if not isinstance(meta.get(key, kind()), kind):
+                raise ValueError(f"{key!r} a {type(meta[key]).__name__}, not a {kind.__name__}")
         spec = ModelSpec.from_dict(meta["spec"])
         vocab = Vocab.from_dict(meta["vocab"]) if meta.get("vocab") is not None else None
     except (ValueError, KeyError, TypeError) as e:

@@ -26,6 +26,9 @@ def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> float:
 def evaluate_tokens(engine, params, ids: np.ndarray, batch_size: int = 32,
                     num_steps: int = 35) -> dict:
     """``{"loss", "perplexity", "bits_per_token", "tokens"}`` of ``ids`` under the model."""
+    for name, value in (("batch_size", batch_size), ("num_steps", num_steps)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"expected {name} a positive integer, got {value!r}")
     ids = np.asarray(ids, dtype=np.int64)
     if ids.size < 2:
         raise DataError(f"expected at least 2 tokens to evaluate, got {ids.size}")

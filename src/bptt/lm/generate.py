@@ -31,7 +31,8 @@ class LanguageModel:
     def from_checkpoint(cls, ckpt) -> LanguageModel:
         if ckpt.spec.task != "lm" or ckpt.vocab is None:
             raise ValueError(
-                f"expected a language-model checkpoint, got task {ckpt.spec.task!r}"
+                f"expected a language-model checkpoint (task 'lm' with a vocabulary), got task "
+                f"{ckpt.spec.task!r}" + (" without a vocabulary" if ckpt.vocab is None else "")
             )
         return cls(ckpt.spec, ckpt.params, ckpt.vocab,
                    ckpt.text.get("normalization", "d2l"), ckpt.text.get("tokenization", "char"))

@@ -13,6 +13,7 @@ import math
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,13 @@ from .generate import LanguageModel, generate
 
 
 class Diverged(RuntimeError):
-    """The loss became NaN or infinite; the last finite state was saved."""
+    """The loss or the parameters blew up; the last sound state was saved."""
+
+
+# An epoch whose mean loss exceeds this many times ln V (the loss of guessing uniformly among V
+# tokens) has diverged even when still finite: with tanh saturating, a huge learning rate drives
+# the loss to millions of nats without ever producing a NaN.
+DIVERGED_LOSS_FACTOR = 100.0
 
 
 @dataclass
@@ -78,6 +85,9 @@ def _validate(cfg: TrainConfig) -> None:
             raise ValueError(f"expected {name} >= 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0:
         raise ValueError(f"expected lr > 0, got {cfg.lr}")
+    for name in ("sample_every", "sample_length"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"expected {name} >= 0, got {getattr(cfg, name)}")
 
 
 class _StopFlag:
@@ -118,7 +128,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
     # -- resume: the checkpoint's own config and vocabulary, the new epoch count -----------
     ckpt = None
     if resume:
+        if not last_path.is_file():
+            raise ck.CheckpointError(
+                f"expected {last_path} to resume from, found none (train without --resume "
+                f"first, or pass the run's --out)"
+            )
         ckpt = ck.load(last_path, prefer="last")
+        missing = [what for what, ok in (("a vocabulary", ckpt.vocab is not None),
+                                         ("a training position", "epoch" in ckpt.train),
+                                         ("a training config", bool(ckpt.config))) if not ok]
+        if ckpt.spec.task != "lm" or missing:
+            raise ck.CheckpointError(
+                f"expected a language-model training checkpoint in {last_path}, got task "
+                f"{ckpt.spec.task!r}" + (f" without {', '.join(missing)}" if missing else "")
+            )
         epochs = cfg.epochs
         cfg = TrainConfig.from_dict({**ckpt.config, "epochs": epochs, "out": str(out),
                                      "progress": cfg.progress, "device": cfg.device,
@@ -133,7 +156,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
                         precision=cfg.precision)
     opt = optim.make_optimizer(cfg.optimizer, cfg.lr)
     start_epoch, start_batch, carried, metrics = 0, 0, None, []
-    partial = {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0}
+    partial = _no_partial()
     if ckpt is not None:
         if ckpt.spec != spec:
             raise ck.CheckpointError(f"checkpoint model {ckpt.spec} does not match {spec}")
@@ -155,6 +178,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
                                                dtype=cfg.dtype))
         out.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("")
+        for stale in (best_path, out / "perplexity.png"):  # a previous run's, in this folder
+            stale.unlink(missing_ok=True)
     lm_numpy = lambda: LanguageModel(spec, engine.to_numpy(params), vocab,  # noqa: E731
                                      cfg.normalization, cfg.tokenization)
 
@@ -170,28 +195,28 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
             text={"normalization": cfg.normalization, "tokenization": cfg.tokenization},
             config=cfg.to_dict(),
             train={"epoch": epoch, "batch": batch, "lr": opt.lr, "optim_scalars": scalars,
-                   "seed": cfg.seed, "partial": part or {"loss_sum": 0.0, "tokens": 0,
-                                                          "seconds": 0.0}},
+                   "seed": cfg.seed, "partial": part or _no_partial()},
             optim=engine.to_numpy(arrays), state=st, metrics=metrics), path)
 
     best = min((m.get("val_perplexity") or m["perplexity"] for m in metrics), default=math.inf)
+    max_loss = DIVERGED_LOSS_FACTOR * math.log(max(len(vocab), 2))
     bar = _progress(cfg, start_epoch)
     result = TrainResult(out, start_epoch, metrics)
-    log(f"training {spec.cell} H={spec.hidden_size} L={spec.num_layers} on {train_ids.size:,} "
-        f"tokens (vocab {len(vocab)}), engine {engine.name} on {engine.device}, "
-        f"epochs {start_epoch + 1}..{cfg.epochs}")
 
+    # the flag is up before the first line is logged: from then on Ctrl-C saves a checkpoint
     with _StopFlag() as flag:
+        log(f"training {spec.cell} H={spec.hidden_size} L={spec.num_layers} on "
+            f"{train_ids.size:,} tokens (vocab {len(vocab)}), engine {engine.name} on "
+            f"{engine.device}, epochs {start_epoch + 1}..{cfg.epochs}")
         for epoch in range(start_epoch, cfg.epochs):
             # -- one epoch: the book's train_epoch_ch8 ------------------------------------
             batch_rng = np.random.default_rng([cfg.seed, 1, epoch])
             skip = start_batch if epoch == start_epoch else 0
             state = carried if skip else None
-            loss_sum, n_tok, seconds = ((partial["loss_sum"], partial["tokens"],
-                                         partial["seconds"]) if skip else (0.0, 0, 0.0))
-            snapshot = ({k: v.copy() if hasattr(v, "copy") else v.clone()
-                         for k, v in params.items()}, dict(opt.state))
-            norms = []
+            part = partial if skip else _no_partial()
+            loss_sum, n_tok, seconds = part["loss_sum"], part["tokens"], part["seconds"]
+            norms = [(b, a) for b, a in part.get("norms", [])]   # steps before an interruption
+            snapshot = (_copy(params), _copy(opt.state), state, part)
             t0 = time.perf_counter()
             i = -1
             for i, (X, Y) in enumerate(batches(train_ids, cfg.batch_size, cfg.num_steps,
@@ -227,18 +252,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
             loss_sum = engine.scalar(loss_sum)
 
             # -- a diverged loss: keep the epoch's starting point, stop loudly -------------
-            if not math.isfinite(loss_sum):
+            mean_loss = loss_sum / max(n_tok, 1)
+            if not (mean_loss <= max_loss and _finite(engine.to_numpy(params))):
                 params.update(snapshot[0])
                 opt.state = snapshot[1]
-                save(last_path, epoch, 0)
+                save(last_path, epoch, skip, snapshot[2], snapshot[3] if skip else None)
+                where = f"start of epoch {epoch + 1}" + (f", batch {skip}" if skip else "")
                 raise Diverged(
-                    f"loss became {loss_sum / max(n_tok, 1)} in epoch {epoch + 1}; the last finite "
-                    f"parameters (start of epoch {epoch + 1}) are in {last_path}; lower --lr or "
-                    f"set --clip"
+                    f"loss became {mean_loss:.4g} in epoch {epoch + 1} (diverged: expected a "
+                    f"finite loss below {max_loss:.4g} = {DIVERGED_LOSS_FACTOR:g} x ln V); the "
+                    f"last sound parameters ({where}) are in {last_path}; lower --lr or set --clip"
                 )
             if flag.stop:
                 save(last_path, epoch, i + 1, state,
-                     {"loss_sum": loss_sum, "tokens": n_tok, "seconds": seconds})
+                     {"loss_sum": loss_sum, "tokens": n_tok, "seconds": seconds,
+                      "norms": _host_norms(norms, engine)})
                 result.interrupted = True
                 log(f"interrupted in epoch {epoch + 1} after batch {i + 1}; saved {last_path} "
                     f"(continue with --resume)")
@@ -246,13 +274,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
 
             # -- evaluation, metrics, checkpoints --------------------------------------------
             record = _epoch_record(epoch, loss_sum, n_tok, seconds, opt.lr, cfg, norms)
-            _write_steps(metrics_path, epoch, norms, engine, cfg)
+            _write_steps(metrics_path, epoch, _host_norms(norms, engine), cfg)
             if val_ids.size >= 2:
                 val = evaluate_tokens(engine, params, val_ids, cfg.batch_size, cfg.num_steps)
                 record["val_loss"], record["val_perplexity"] = val["loss"], val["perplexity"]
             metrics.append(record)
             with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(_json_line(record))
             monitored = record.get("val_loss", record["loss"])
             if cfg.lr_halving and len(metrics) > 1:
                 prev = metrics[-2].get("val_loss", metrics[-2]["loss"])
@@ -290,6 +318,33 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
     return result
 
 
+def _no_partial() -> dict:
+    """The running sums of an epoch that has not started: nothing carried over."""
+    return {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0, "norms": []}
+
+
+def _copy(arrays: dict) -> dict:
+    """A deep copy of a dict of arrays/tensors (scalars kept): optimisers update in place."""
+    return {k: v.clone() if hasattr(v, "clone") else v.copy() if hasattr(v, "copy") else v
+            for k, v in arrays.items()}
+
+
+def _finite(params: dict) -> bool:
+    return all(np.isfinite(v).all() for v in params.values())
+
+
+def _host_norms(norms: list, engine) -> list:
+    """The (before, after-or-None) gradient norms as Python floats (one host sync, here)."""
+    return [(engine.scalar(b), None if a is None else engine.scalar(a)) for b, a in norms]
+
+
+def _json_line(record: dict) -> str:
+    """One strict JSON line: a non-finite float (an overflowed norm) is written as null."""
+    clean = {k: v if not isinstance(v, float) or math.isfinite(v) else None
+             for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
+
+
 def _epoch_record(epoch, loss_sum, n_tok, seconds, lr, cfg, norms) -> dict:
     loss = loss_sum / n_tok
     return {"kind": "epoch", "epoch": epoch + 1, "loss": loss,
@@ -297,27 +352,28 @@ def _epoch_record(epoch, loss_sum, n_tok, seconds, lr, cfg, norms) -> dict:
             "seconds": seconds, "lr": lr, "steps": len(norms)}
 
 
-def _write_steps(path: Path, epoch: int, norms: list, engine, cfg: TrainConfig) -> None:
-    """Per-step gradient norms before/after clipping (one host sync per epoch, here)."""
+def _write_steps(path: Path, epoch: int, norms: list, cfg: TrainConfig) -> None:
+    """Per-step gradient norms (host floats) before/after clipping."""
     with path.open("a") as f:
-        for j, (before, after) in enumerate(norms):
-            b = engine.scalar(before)
+        for j, (b, after) in enumerate(norms):
             if cfg.clip is None:
                 a, fired = b, False
             elif cfg.clip_mode == "norm":
                 a, fired = min(b, cfg.clip), b > cfg.clip
             else:
-                a = engine.scalar(after)
-                fired = a < b
-            f.write(json.dumps({"kind": "step", "epoch": epoch + 1, "step": j + 1,
+                a, fired = after, after < b
+            f.write(_json_line({"kind": "step", "epoch": epoch + 1, "step": j + 1,
                                 "grad_norm": b, "grad_norm_clipped": a,
-                                "clipped": bool(fired)}) + "\n")
+                                "clipped": bool(fired)}))
 
 
 def _sample(model: LanguageModel, cfg: TrainConfig, engine: str) -> str:
+    """A greedy continuation of the sample prefix (unknown prefix tokens read as <unk>)."""
     try:
-        return generate(model, cfg.sample_prefix, cfg.sample_length, engine=engine,
-                        device=cfg.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a prefix outside the vocabulary: sample anyway
+            return generate(model, cfg.sample_prefix, cfg.sample_length, engine=engine,
+                            device=cfg.device)
     except (ValueError, DataError) as e:
         return f"(no sample: {e})"
 
