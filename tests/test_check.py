@@ -147,3 +147,29 @@ def test_torch_engine_hook_rows_are_included(monkeypatch):
     monkeypatch.setattr(check, "default_table", lambda quick=False: [])
     assert run_checks(quick=True) == [extra]
     assert run_checks(quick=True, cells=["rnn"]) == [extra]
+
+
+def test_torch_engine_rows_are_present_and_under_tolerance():
+    from bptt.engine.torch.check import rows
+
+    got = rows(quick=True)
+    assert {r.method for r in got} == {"torch", "gradcheck"}
+    assert {r.cell for r in got} == {"rnn", "lstm", "gru"}
+    assert all(r.engine == "torch" and r.ok for r in got), [r.to_dict() for r in got if not r.ok]
+
+
+def test_torch_engine_row_fails_when_its_backward_is_wrong(monkeypatch):
+    from bptt.engine.torch import rnn as torch_rnn
+    from bptt.engine.torch.check import gradcheck_row
+
+    real = torch_rnn.backward
+
+    def off_by_a_bit(*args, **kwargs):
+        dx, dh0, grads = real(*args, **kwargs)
+        grads["weight_hh"] = grads["weight_hh"] * 1.001
+        return dx, dh0, grads
+
+    monkeypatch.setattr(torch_rnn, "backward", off_by_a_bit)
+    assert not check_against_torch("rnn", batch=2, steps=3, input_size=2, hidden_size=3,
+                                   engine="torch").ok
+    assert not gradcheck_row("rnn").ok

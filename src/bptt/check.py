@@ -203,8 +203,19 @@ def _as_state(cell: str, states: tuple):
     return tuple(states) if cell == "lstm" else states[0]
 
 
-def _ours(cell, params, d, with_h0, num_layers, bidirectional, nonlinearity, truncate):
-    """Our forward and hand-written backward; returns (out, h_n, dx, dstate0, grads)."""
+def _ours(cell, params, d, with_h0, num_layers, bidirectional, nonlinearity, truncate,
+          engine: str = "numpy"):
+    """Our forward and hand-written backward; returns (out, h_n, dx, dstate0, grads).
+
+    ``engine="torch"`` runs the torch engine's ``StackFunction`` (its backward is the same
+    hand-written BPTT on tensors) instead of the NumPy stack.
+    """
+    if engine == "torch":
+        from .engine.torch.check import ours
+
+        return ours(cell, params, d, with_h0, num_layers, bidirectional, nonlinearity, truncate)
+    if engine != "numpy":
+        raise ValueError(f"expected engine 'numpy' or 'torch', got {engine!r}")
     from .engine.numpy import stack
 
     hx = _as_state(cell, d["state0"]) if with_h0 else None
@@ -252,6 +263,7 @@ def check_against_torch(
     truncate: int | None = None,
     bias: bool = True,
     seed: int = 0,
+    engine: str = "numpy",
 ) -> CheckRow:
     """Our stack forward/backward vs ``torch.nn.RNN/LSTM/GRU(...).double()`` and autograd.
 
@@ -270,7 +282,7 @@ def check_against_torch(
         d["state0"] = tuple(np.zeros_like(s) for s in d["state0"])
 
     out, h_n, dx, dstate0, grads = _ours(cell, params, d, with_h0, num_layers, bidirectional,
-                                         nonlinearity, truncate)
+                                         nonlinearity, truncate, engine)
 
     # the reference: autograd through torch.nn on the same weights and draws
     x_t = torch.tensor(d["x"], requires_grad=True)
@@ -298,7 +310,7 @@ def check_against_torch(
 
     ref_grads = {k: grad_of(p) for k, p in module.named_parameters()}
     return CheckRow(
-        cell=cell, engine="numpy", nonlinearity=nl, batch=batch, steps=steps,
+        cell=cell, engine=engine, nonlinearity=nl, batch=batch, steps=steps,
         input_size=input_size, hidden_size=hidden_size, layers=num_layers,
         bidirectional=bidirectional, with_h0=with_h0, truncate=truncate, method="torch",
         out=rel_error(out, ref_out.detach().numpy()),
