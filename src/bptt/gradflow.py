@@ -1,0 +1,310 @@
+r"""Gradient flow through time: the exact Jacobians dh_T/dh_t of a recurrent layer, by lag.
+
+The gradient a loss at step T sends back to step t is ``dL/dh_t = dL/dh_T . dh_T/dh_t`` with
+
+    dh_T/dh_t = prod_{s=t+1..T} dh_s/dh_{s-1}        (RNN: dh_s/dh_{s-1} = diag(f'(z_s)) W_hh)
+
+so the norm of that product, as a function of the lag k = T - t, says whether the gradient
+vanishes (norms -> 0), explodes (norms -> inf) or survives. For the tanh RNN each factor has
+``||diag(1 - h_s^2) W_hh|| <= ||W_hh||``, hence ``||dh_T/dh_t|| <= ||W_hh||^k``: small weights
+make the gradient vanish at least geometrically.
+
+How the Jacobian is measured (exactly, with the hand-written backward of ``bptt.engine.numpy``):
+the layer runs forward once to get every state s_t (h_t, or (h_t, c_t) for the LSTM). For each t
+the cell's own ``forward`` runs again over the inputs x_{t+1} .. x_T starting from s_t, on a batch
+of H copies of each sequence, and the cell's own ``backward`` runs with no gradient on the outputs
+and the upstream gradient ``dh_T = e_j`` (the j-th basis row) on copy j. Backward is linear in
+its upstream gradient, so copy j's ``dstate0`` is row j of the Jacobian, ``e_j^T dh_T/dh_t``: the
+H copies give the whole H x H matrix at once, with no finite differences and no autograd.
+
+The LSTM's state is the pair (h, c). Its ``dstate0`` is the pair (dh_T/dh_t, dh_T/dc_t): the
+main norm reported is the h-part, dh_T/dh_t with c_t held fixed as its own variable (the
+gradient reaching h_t along every path that leaves through h_t). The norm of the whole
+H x 2H Jacobian dh_T/d(h_t, c_t) is kept too (``state_spectral``): it includes the cell path
+c_t -> c_{t+1} -> ... that the forget gates keep open, which is where the LSTM's memory lives.
+
+Lag 0 is the identity (norm 1) by definition; lags 1 .. T follow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .engine.numpy import stack
+from .model import ModelSpec, init_params
+
+GATE_NAMES = {"rnn": ("hh",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
+
+
+# -- parameters and inputs ------------------------------------------------------------------------
+def layer_params(params: dict, layer: int = 0, reverse: bool = False) -> dict[str, np.ndarray]:
+    """One recurrent layer's weights (``weight_ih``, ``weight_hh``, biases or None) in float64."""
+    s = f"_l{layer}" + ("_reverse" if reverse else "")
+    if f"weight_hh{s}" not in params:
+        raise ValueError(f"expected parameters of recurrent layer {s[1:]}, found none")
+    out = {}
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        v = params.get(f"{name}{s}")
+        out[name] = None if v is None else np.array(v, dtype=np.float64)
+    return out
+
+
+def scale_to_radius(weight_hh: np.ndarray, radius: float) -> np.ndarray:
+    """``weight_hh`` with every square gate block rescaled to spectral radius ``radius``."""
+    H = weight_hh.shape[1]
+    out = np.array(weight_hh, dtype=np.float64)
+    for g in range(out.shape[0] // H):
+        block = out[g * H:(g + 1) * H]
+        rho = float(np.abs(np.linalg.eigvals(block)).max())
+        if rho > 0:
+            block *= radius / rho
+    return out
+
+
+def fresh_layer(
+    cell: str,
+    input_size: int,
+    hidden_size: int,
+    rng: np.random.Generator | int | None = 0,
+    *,
+    nonlinearity: str = "tanh",
+    radius: float | None = None,
+    nonnegative: bool = False,
+    forget_bias: float | None = None,
+) -> dict[str, np.ndarray]:
+    """Layer-0 weights of a fresh model (torch's initialisation), in float64.
+
+    ``nonnegative`` replaces W_hh by its entrywise absolute value (before any rescaling);
+    ``radius`` rescales every gate block of W_hh to that spectral radius; ``forget_bias``
+    (LSTM only) sets the forget gate's total bias (b_ih + b_hh) to that value, the usual
+    trick (Jozefowicz et al., 2015) to keep the cell path open at initialisation.
+    """
+    spec = ModelSpec(cell=cell, input_size=input_size, hidden_size=hidden_size, output_size=1,
+                     nonlinearity=nonlinearity, task="regression")
+    lp = layer_params(init_params(spec, "torch", rng, dtype="float64"))
+    if nonnegative:
+        lp["weight_hh"] = np.abs(lp["weight_hh"])
+    if radius is not None:
+        lp["weight_hh"] = scale_to_radius(lp["weight_hh"], radius)
+    if forget_bias is not None:
+        if cell != "lstm":
+            raise ValueError(f"expected forget_bias only for an lstm, got cell {cell!r}")
+        H = hidden_size
+        lp["bias_ih"][H:2 * H] = forget_bias
+        lp["bias_hh"][H:2 * H] = 0.0
+    return lp
+
+
+def random_inputs(input_size: int, steps: int, batch: int, rng: np.random.Generator | int | None,
+                  *, tokens: bool = False, scale: float = 1.0) -> np.ndarray:
+    """Time-major random inputs: (T, B, I) N(0, scale^2) floats, or (T, B) uniform token ids."""
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    if tokens:
+        return rng.integers(0, input_size, size=(steps, batch))
+    return scale * rng.standard_normal((steps, batch, input_size))
+
+
+def weight_spectrum(cell: str, weight_hh: np.ndarray) -> dict[str, dict]:
+    """Per gate block of W_hh: spectral radius (largest |eigenvalue|) and singular values."""
+    H = weight_hh.shape[1]
+    out = {}
+    for g, name in enumerate(GATE_NAMES[cell]):
+        block = np.asarray(weight_hh[g * H:(g + 1) * H], dtype=np.float64)
+        out[name] = {
+            "radius": float(np.abs(np.linalg.eigvals(block)).max()),
+            "singular_values": np.linalg.svd(block, compute_uv=False).tolist(),
+        }
+    return out
+
+
+# -- the Jacobians --------------------------------------------------------------------------------
+def _opts(cell: str, nonlinearity: str) -> dict:
+    return {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+
+
+def trajectory(cell: str, lp: dict, x: np.ndarray, state0=None, nonlinearity: str = "tanh"):
+    """Every state s_0 .. s_T (s_0 = ``state0`` or zeros), each (B, H) or the pair (h, c)."""
+    mod = stack.cell_module(cell)
+    T, B = x.shape[:2]
+    H = lp["weight_hh"].shape[1]
+    if state0 is None:
+        zeros = np.zeros((B, H))
+        state0 = (zeros, zeros.copy()) if cell == "lstm" else zeros
+    states = [state0]
+    s = state0
+    for t in range(T):
+        _, s, _ = mod.forward(x[t:t + 1], s, **lp, **_opts(cell, nonlinearity))
+        s = tuple(a.copy() for a in s) if cell == "lstm" else s.copy()
+        states.append(s)
+    return states
+
+
+def jacobians(cell: str, lp: dict, x: np.ndarray, state0=None,
+              nonlinearity: str = "tanh") -> dict[str, np.ndarray]:
+    """``{"h": J}`` with J[k] = dh_T/dh_{T-k}, shape (T+1, B, H, H), k = 0 .. T (J[0] = I).
+
+    For the LSTM also ``"c"``: dh_T/dc_{T-k} (zero at k = 0). Rows index h_T, columns the
+    state at T - k. Computed by the cells' own backward (module docstring); float64 throughout.
+    """
+    mod = stack.cell_module(cell)
+    lp = {k: (None if v is None else np.asarray(v, dtype=np.float64)) for k, v in lp.items()}
+    x = x if np.issubdtype(np.asarray(x).dtype, np.integer) else np.asarray(x, np.float64)
+    T, B = x.shape[:2]
+    H = lp["weight_hh"].shape[1]
+    states = trajectory(cell, lp, x, state0, nonlinearity)
+    eye_rows = np.tile(np.eye(H), (B, 1))                # copy b*H + j carries dh_T = e_j
+    J = np.empty((T + 1, B, H, H))
+    J[0] = np.eye(H)
+    Jc = None
+    if cell == "lstm":
+        Jc = np.empty((T + 1, B, H, H))
+        Jc[0] = 0.0
+    for t in range(T):                                   # lag k = T - t
+        sub = np.repeat(x[t:], H, axis=1)                # (T - t, B*H[, I]): H copies each
+        s = states[t]
+        s_rep = (tuple(np.repeat(a, H, axis=0) for a in s) if cell == "lstm"
+                 else np.repeat(s, H, axis=0))
+        _, _, cache = mod.forward(sub, s_rep, **lp, **_opts(cell, nonlinearity))
+        if cell == "lstm":
+            _, (dh0, dc0), _ = mod.backward(None, (eye_rows, np.zeros_like(eye_rows)), cache)
+            Jc[T - t] = dc0.reshape(B, H, H)
+        else:
+            _, dh0, _ = mod.backward(None, eye_rows, cache)
+        J[T - t] = dh0.reshape(B, H, H)
+    out = {"h": J}
+    if Jc is not None:
+        out["c"] = Jc
+    return out
+
+
+def spectral_norms(J: np.ndarray) -> np.ndarray:
+    """Largest singular value of every matrix in a stack (..., m, n)."""
+    return np.linalg.svd(J, compute_uv=False)[..., 0]
+
+
+def frobenius_norms(J: np.ndarray) -> np.ndarray:
+    return np.sqrt((J * J).sum(axis=(-2, -1)))
+
+
+@dataclass
+class GradFlow:
+    """Norms of dh_T/dh_t for lags 0 .. T on B sequences, and the spectrum of W_hh."""
+
+    label: str
+    cell: str
+    nonlinearity: str
+    spectral: np.ndarray                 # (B, T+1): ||dh_T/dh_{T-k}||_2
+    frobenius: np.ndarray                # (B, T+1): ||dh_T/dh_{T-k}||_F
+    weights: dict = field(default_factory=dict)        # weight_spectrum(...)
+    state_spectral: np.ndarray | None = None           # LSTM: ||dh_T/d(h, c)_{T-k}||_2
+
+    @property
+    def lags(self) -> np.ndarray:
+        return np.arange(self.spectral.shape[1])
+
+    def typical(self, kind: str = "spectral") -> np.ndarray:
+        """The geometric mean over the sequences, per lag (zeros stay zero)."""
+        a = getattr(self, kind)
+        with np.errstate(divide="ignore"):
+            return np.exp(np.log(a).mean(axis=0))
+
+    def to_dict(self) -> dict:
+        d = {"label": self.label, "cell": self.cell, "nonlinearity": self.nonlinearity,
+             "spectral": self.typical("spectral").tolist(),
+             "frobenius": self.typical("frobenius").tolist(), "weights": self.weights}
+        if self.state_spectral is not None:
+            d["state_spectral"] = self.typical("state_spectral").tolist()
+        return d
+
+
+def analyse(label: str, cell: str, lp: dict, x: np.ndarray, state0=None,
+            nonlinearity: str = "tanh") -> GradFlow:
+    """Jacobian norms by lag for one layer on inputs ``x`` (T, B[, I])."""
+    J = jacobians(cell, lp, x, state0, nonlinearity)
+    state = None
+    if "c" in J:
+        state = spectral_norms(np.concatenate([J["h"], J["c"]], axis=-1)).T
+    return GradFlow(label, cell, nonlinearity if cell == "rnn" else "-",
+                    spectral_norms(J["h"]).T, frobenius_norms(J["h"]).T,
+                    weight_spectrum(cell, lp["weight_hh"]), state)
+
+
+# -- ready-made comparisons -----------------------------------------------------------------------
+COMPARE = (("tanh RNN", "rnn", "tanh"), ("relu RNN", "rnn", "relu"),
+           ("LSTM", "lstm", "tanh"), ("GRU", "gru", "tanh"))
+
+
+def compare_cells(steps: int = 50, batch: int = 4, hidden_size: int = 32, input_size: int = 4,
+                  seed: int = 0, cells=None, radius: float | None = None,
+                  forget_bias: float | None = None) -> list[GradFlow]:
+    """Fresh tanh RNN, relu RNN, LSTM and GRU (torch init) on the same random inputs."""
+    x = random_inputs(input_size, steps, batch, np.random.default_rng([seed, 1]))
+    flows = []
+    for label, cell, nl in COMPARE:
+        if cells is not None and cell not in cells:
+            continue
+        lp = fresh_layer(cell, input_size, hidden_size, np.random.default_rng([seed, 2]),
+                         nonlinearity=nl, radius=radius,
+                         forget_bias=forget_bias if cell == "lstm" else None)
+        flows.append(analyse(label, cell, lp, x, nonlinearity=nl))
+    return flows
+
+
+# The demo's cases. Exploding uses a nonnegative W_hh: its largest eigenvalue is then real and
+# positive with a positive eigenvector (Perron-Frobenius), the state drifts into the positive
+# orthant where relu is the identity, and dh_T/dh_t grows like 1.5^k. A random-sign W_hh at the
+# same radius may not explode under relu: relu switches about half the units off at every step,
+# and whether the masked products still grow depends on the draw.
+DEMO = (
+    # label, cell, nonlinearity, W_hh spectral radius, nonnegative W_hh, LSTM forget-gate bias
+    ("vanishing: tanh RNN, rho 0.5", "rnn", "tanh", 0.5, False, None),
+    ("exploding: relu RNN, |W| rho 1.5", "rnn", "relu", 1.5, True, None),
+    ("LSTM, forget bias 1", "lstm", "tanh", None, False, 1.0),
+    ("GRU", "gru", "tanh", None, False, None),
+)
+
+
+def demo(steps: int = 50, batch: int = 4, hidden_size: int = 32, input_size: int = 4,
+         seed: int = 0) -> list[GradFlow]:
+    """Vanishing (tanh, small W_hh), exploding (relu, W_hh at spectral radius 1.5), LSTM, GRU."""
+    x = random_inputs(input_size, steps, batch, np.random.default_rng([seed, 1]))
+    flows = []
+    for label, cell, nl, radius, nonneg, fb in DEMO:
+        lp = fresh_layer(cell, input_size, hidden_size, np.random.default_rng([seed, 2]),
+                         nonlinearity=nl, radius=radius, nonnegative=nonneg, forget_bias=fb)
+        flows.append(analyse(label, cell, lp, x, nonlinearity=nl))
+    return flows
+
+
+def from_checkpoint(ckpt, steps: int = 50, batch: int = 4, seed: int = 0) -> GradFlow:
+    """Layer 0 (forward direction) of a checkpoint's model, on random inputs of its kind."""
+    spec = ckpt.spec
+    lp = layer_params(ckpt.params, 0)
+    x = random_inputs(spec.input_size, steps, batch, np.random.default_rng([seed, 1]),
+                      tokens=spec.task == "lm")
+    label = f"checkpoint {spec.cell}" + (f" ({spec.nonlinearity})" if spec.cell == "rnn" else "")
+    return analyse(label, spec.cell, lp, x, nonlinearity=spec.nonlinearity)
+
+
+def table_lags(steps: int) -> list[int]:
+    return [k for k in (1, 2, 5, 10, 20, 50, 100, 200) if k < steps] + [steps]
+
+
+def format_table(flows: list[GradFlow], lags: list[int] | None = None) -> str:
+    """A text table: per case, rho(W_hh), ||W_hh||_2 and ||dh_T/dh_t||_2 at a few lags."""
+    steps = flows[0].spectral.shape[1] - 1
+    lags = lags or table_lags(steps)
+    width = max(len(f.label) for f in flows)
+    head = f"{'case':<{width}}  {'rho(W)':>7} {'||W||':>7}  " + " ".join(
+        f"{'k=' + str(k):>9}" for k in lags)
+    lines = [head, "-" * len(head)]
+    for f in flows:
+        # the gated cells have one block per gate: show the largest
+        rho = max(w["radius"] for w in f.weights.values())
+        sig = max(w["singular_values"][0] for w in f.weights.values())
+        typ = f.typical()
+        lines.append(f"{f.label:<{width}}  {rho:7.3f} {sig:7.3f}  "
+                     + " ".join(f"{typ[k]:9.2e}" for k in lags))
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""The settings of ``bptt sine`` and ``bptt series``: plain dataclasses (no NumPy), so the
+command line can read their defaults without loading the models."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class SineConfig:
+    # -- data: the seed's windows ----------------------------------------------------------
+    points: int = 20                  # points per window (19 inputs, 19 targets)
+    span: float = 10.0                # a window covers linspace(s, s + span, points)
+    starts: int = 3                   # s = randint(starts): 0, 1 or 2
+    # -- model -----------------------------------------------------------------------------
+    cell: str = "rnn"
+    hidden_size: int = 10
+    num_layers: int = 1
+    nonlinearity: str = "tanh"
+    init: str = "torch"               # torch.nn.RNN's U(-1/sqrt(H), 1/sqrt(H)), as the seed
+    # -- optimisation ----------------------------------------------------------------------
+    iterations: int = 5000
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    clip: float | None = None
+    clip_mode: str = "norm"
+    carry_state: bool = True
+    # -- engine and run --------------------------------------------------------------------
+    engine: str = "numpy"
+    device: str | None = None
+    dtype: str = "float32"
+    seed: int = 0
+    out: str = "runs/sine"
+    log_every: int = 100
+    forecast_steps: int = 60
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SineConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+
+@dataclass
+class SeriesConfig:
+    # -- data ------------------------------------------------------------------------------
+    csv: str = ""
+    column: str = ""
+    window: int = 20                  # points per training window (window - 1 predictions)
+    val_frac: float = 0.2             # the last fraction of the series, held out
+    # -- model -----------------------------------------------------------------------------
+    cell: str = "rnn"
+    hidden_size: int = 32
+    num_layers: int = 1
+    nonlinearity: str = "tanh"
+    init: str = "torch"
+    # -- optimisation ----------------------------------------------------------------------
+    iterations: int = 2000
+    batch_size: int = 16
+    optimizer: str = "adam"
+    lr: float = 3e-3
+    clip: float | None = None
+    clip_mode: str = "norm"
+    carry_state: bool = False         # random windows: each starts from zeros
+    # -- engine and run --------------------------------------------------------------------
+    engine: str = "numpy"
+    device: str | None = None
+    dtype: str = "float32"
+    seed: int = 0
+    out: str = "runs/series"
+    log_every: int = 100
+    forecast_steps: int = 60          # past the end of the series, when val_frac = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SeriesConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,156 @@
+"""The seed's experiment ("RNN 时序链问题"): predict the next value of a sine wave.
+
+Each iteration draws a start s in {0, 1, 2} (the seed's ``np.random.randint(3)``), takes 20
+points of sin over ``linspace(s, s + 10, 20)``, feeds the first 19 in and asks for the next 19
+(the next value at every step). The model is the seed's: a one-layer tanh RNN with 10 hidden
+units and a linear head, trained by Adam at lr 1e-3 for 5000 iterations on the MSE, with the
+last hidden state carried (detached) from one iteration into the next.
+
+About the carried state: the seed writes ``output, hidden_prev = model(x, hidden_prv)`` with
+``hidden_prv`` (the zeros) where it meant ``hidden_prev``, so its code actually restarts every
+window from zeros. We carry the state as the seed intends (``carry_state=True``, the default);
+``carry_state=False`` (``bptt sine --reset-state``) is what its code does.
+
+The whole run is deterministic for a given seed: parameters from ``default_rng([seed, 0])``,
+the starts from ``default_rng([seed, 1])``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import optim
+from ..engine import get_engine
+from ..model import init_params
+from . import core
+from .config import SineConfig
+
+WARMUP = 3  # predictions left out of the "after warm-up" MSE: the state's first steps
+
+
+@dataclass
+class SineResult:
+    out: Path
+    final_mse: float              # mean training MSE over the last log_every iterations
+    eval_mse: float               # the trained model on every start's window, all 19 steps
+    eval_mse_after_warmup: float  # the same without the first WARMUP predictions
+    forecast_mse: float           # the free-running forecast against the true sine
+    seconds: float                # training time
+    iterations: int
+    mse_window: int = 100         # how many last iterations final_mse averages
+    losses: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
+    files: dict = field(default_factory=dict)
+
+
+def sine_window(start: float, points: int = 20, span: float = 10.0):
+    """(times, sin(times)) over ``linspace(start, start + span, points)``."""
+    t = np.linspace(start, start + span, points)
+    return t, np.sin(t)
+
+
+def _check(cfg: SineConfig) -> None:
+    if cfg.points < 2:
+        raise ValueError(f"expected points >= 2, got {cfg.points}")
+    if cfg.starts < 1:
+        raise ValueError(f"expected starts >= 1, got {cfg.starts}")
+    if cfg.forecast_steps < 1:
+        raise ValueError(f"expected forecast steps >= 1, got {cfg.forecast_steps}")
+    core.check_training_args(cfg.iterations, cfg.lr, cfg.clip, cfg.clip_mode,
+                             log_every=cfg.log_every)
+
+
+def train_sine(cfg: SineConfig | None = None, *, log=print, **overrides) -> SineResult:
+    """Run the seed's sine experiment per ``cfg`` (fields overridable by keyword); write
+    sine_fit.png, sine_forecast.png, grad_norms.png, last.safetensors and metrics.jsonl."""
+    cfg = cfg or SineConfig()
+    if overrides:
+        cfg = SineConfig(**{**cfg.to_dict(), **overrides})
+    _check(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    spec = core.regression_spec(cfg.cell, cfg.hidden_size, cfg.num_layers, cfg.nonlinearity)
+    engine = get_engine(cfg.engine, spec, device=cfg.device, dtype=cfg.dtype)
+    params = engine.from_numpy(init_params(spec, cfg.init, np.random.default_rng([cfg.seed, 0]),
+                                           dtype=cfg.dtype))
+    opt = optim.make_optimizer(cfg.optimizer, cfg.lr)
+    data_rng = np.random.default_rng([cfg.seed, 1])
+    starts: list[int] = []
+
+    def sample(i: int):
+        s = int(data_rng.integers(cfg.starts))           # the seed: np.random.randint(3)
+        starts.append(s)
+        _, v = sine_window(s, cfg.points, cfg.span)
+        return v[:-1].reshape(1, -1, 1), v[1:].reshape(1, -1, 1)
+
+    if log is not None:
+        log(f"sine: {spec.cell} H={spec.hidden_size} L={spec.num_layers}, {cfg.optimizer} lr "
+            f"{cfg.lr:g}, {cfg.iterations} iterations, engine {engine.name}, seed {cfg.seed}")
+    run = core.fit(engine, params, opt, sample, cfg.iterations, clip=cfg.clip,
+                   clip_mode=cfg.clip_mode, carry_state=cfg.carry_state,
+                   log_every=cfg.log_every, log=log)
+    final_mse = float(run.losses[-cfg.log_every:].mean())
+
+    # -- evaluation: every start's window from the state training ended in ------------------
+    eval_state = run.state if cfg.carry_state else None
+    errs = []
+    for s in range(cfg.starts):
+        _, v = sine_window(s, cfg.points, cfg.span)
+        pred, _ = core.one_step(engine, params, v[:-1], eval_state)
+        errs.append((pred - v[1:]) ** 2)
+    errs = np.array(errs)
+    eval_mse = float(errs.mean())
+    eval_warm = float(errs[:, WARMUP:].mean()) if errs.shape[1] > WARMUP else eval_mse
+
+    # -- the seed's plot: the last window, prediction vs truth ------------------------------
+    _, _, state0 = run.last_window
+    s_last = starts[-1]
+    t, v = sine_window(s_last, cfg.points, cfg.span)
+    pred, _ = core.one_step(engine, params, v[:-1], state0)
+    files = {}
+    from .plots import plot_fit, plot_forecast, plot_grad_norms
+
+    files["fit"] = plot_fit(t[1:], v[1:], pred, out / "sine_fit.png", inputs=(t[:-1], v[:-1]),
+                            losses=run.losses,
+                            title=f"sin over [{s_last}, {s_last + cfg.span:g}]: last window, "
+                                  f"MSE {float(np.mean((pred - v[1:]) ** 2)):.2e}")
+
+    # -- free-running forecast: warm up on the whole last window, then feed predictions back -
+    dt = cfg.span / (cfg.points - 1)
+    warm_pred, fc = core.free_run(engine, params, v, cfg.forecast_steps, state0)
+    t_fc = s_last + dt * np.arange(cfg.points, cfg.points + cfg.forecast_steps)
+    forecast_mse = float(np.mean((fc - np.sin(t_fc)) ** 2))
+    t_truth = np.linspace(t[0], t_fc[-1], 400)
+    files["forecast"] = plot_forecast(
+        t, v, warm_pred, t_fc, fc, out / "sine_forecast.png", t_truth=t_truth,
+        truth=np.sin(t_truth), ylabel="sin t",
+        title=f"free-running forecast of {cfg.forecast_steps} points after a "
+              f"{cfg.points}-point warm-up (MSE {forecast_mse:.2e})")
+    files["grad_norms"] = plot_grad_norms(run.steps, out / "grad_norms.png", threshold=(
+        cfg.clip if cfg.clip is not None and cfg.clip_mode == "norm" else None))
+
+    summary = {"final_mse": final_mse, "eval_mse": eval_mse,
+               "eval_mse_after_warmup": eval_warm, "warmup": WARMUP,
+               "forecast_mse": forecast_mse, "forecast_steps": cfg.forecast_steps,
+               "seconds": run.seconds, "iterations": cfg.iterations}
+    files["metrics"] = core.write_metrics(out / "metrics.jsonl", run, summary)
+    files["checkpoint"] = core.save_checkpoint(
+        out / "last.safetensors", spec, engine, params, opt, run.state,
+        config={"kind": "sine", **cfg.to_dict()},
+        train={"iterations": cfg.iterations, "seed": cfg.seed, "summary": summary},
+        metrics=run.logs)
+    return SineResult(out, final_mse, eval_mse, eval_warm, forecast_mse, run.seconds,
+                      cfg.iterations, min(cfg.log_every, cfg.iterations), run.losses, files)
+
+
+def main_summary(result: SineResult) -> str:
+    """The lines ``bptt sine`` prints at the end."""
+    return (f"final mse {result.final_mse:.3e} (mean of the last {result.mse_window} "
+            f"iterations); on every start's "
+            f"window {result.eval_mse:.3e}, {result.eval_mse_after_warmup:.3e} after {WARMUP} "
+            f"warm-up steps\nforecast mse {result.forecast_mse:.3e}; trained in "
+            f"{result.seconds:.1f} s\nsine_fit.png, sine_forecast.png, grad_norms.png, "
+            f"metrics.jsonl and last.safetensors in {result.out}")
