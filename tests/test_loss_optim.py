@@ -90,13 +90,12 @@ def test_clip_grad_norm(grads, max_norm):
     norm = clip_grad_norm_(grads, max_norm)
     assert float(norm) == pytest.approx(expected_norm, rel=1e-12, abs=1e-300)  # before clipping
     after = float(global_norm(grads))
-    scale = max_norm / (expected_norm + 1e-6)    # torch's guard: never above theta
+    scale = max_norm / (expected_norm * (1 + 8 * np.finfo(np.float64).eps) + 1e-6)
     if scale >= 1.0:
         for k in grads:                      # untouched, bit for bit
             assert np.array_equal(grads[k], before[k])
     else:
-        assert after == pytest.approx(max_norm * expected_norm / (expected_norm + 1e-6),
-                                      rel=1e-12)
+        assert after == pytest.approx(max_norm * expected_norm * scale / max_norm, rel=1e-12)
         for k in grads:                      # one common scale: directions kept
             assert np.allclose(grads[k], before[k] * scale, rtol=1e-12, atol=0)
     assert after <= max_norm                 # strictly: the clipped norm never exceeds theta
@@ -165,3 +164,15 @@ def test_optimizer_trajectory_equals_torch_optim(ours, theirs, kw, on_torch):
             assert type(params[k]) is (torch.Tensor if on_torch else np.ndarray)
             err = rel(got, ref[k].detach().numpy())
             assert err <= 1e-12, f"{ours.__name__} step {step} {k}: {err:.1e}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.floats(1e-3, 1e3), st.sampled_from(["numpy", "torch"]))
+def test_clipped_float32_norm_never_exceeds_the_threshold(seed, max_norm, kind):
+    rng = np.random.default_rng(seed)
+    grads = {k: (rng.standard_normal(n) * rng.uniform(0.1, 1e3)).astype(np.float32)
+             for k, n in (("a", 17), ("b", 300), ("c", 5))}
+    if kind == "torch":
+        grads = {k: torch.from_numpy(v) for k, v in grads.items()}
+    clip_grad_norm_(grads, max_norm)
+    assert float(global_norm(grads)) <= max_norm

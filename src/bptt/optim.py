@@ -9,14 +9,24 @@ Optimiser state is a flat dict of arrays too, so checkpoints store it in safeten
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import numpy as np
 
 Arrays = Mapping[str, object]
 
 
 def _is_numpy(x) -> bool:
     return type(x).__module__ == "numpy"
+
+
+def _eps(x) -> float:
+    """Machine epsilon of an array's or tensor's dtype (torch is already loaded for a tensor)."""
+    if _is_numpy(x):
+        return float(np.finfo(x.dtype).eps)
+    return float(sys.modules["torch"].finfo(x.dtype).eps)
 
 
 def _sqrt(x):
@@ -36,10 +46,13 @@ def clip_grad_norm_(grads: Arrays, max_norm: float):
     before clipping (a 0-d array/tensor; no host synchronisation on torch).
     """
     norm = global_norm(grads)
+    # A few units of rounding in the gradients' own dtype on top of torch's 1e-6: scaling
+    # float32 gradients rounds every element, which could otherwise lift the norm past theta.
+    margin = 1.0 + 8 * _eps(norm)
     if _is_numpy(norm):
-        scale = min(1.0, max_norm / (float(norm) + 1e-6))
+        scale = min(1.0, max_norm / (float(norm) * margin + 1e-6))
     else:
-        scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        scale = (max_norm / (norm * margin + 1e-6)).clamp(max=1.0)
     for g in grads.values():
         g *= scale
     return norm
