@@ -43,10 +43,10 @@ from .common import (
     bptt_loop,
     check_sequence,
     check_state,
-    check_truncate,
+    effective_truncate,
+    prev_weight_grad,
     project_inputs,
     project_inputs_backward,
-    recurrent_weight_grad,
 )
 
 GATES = 3
@@ -93,28 +93,31 @@ def forward(
     h0 = check_state(h0, B, H, dtype)
 
     gates = project_inputs(x, weight_ih, bias_ih)        # (T, B, 3H): a_t = x_t W_ih^T + b_ih
-    hs = np.empty((T, B, H), dtype=dtype)
+    h_buf = np.empty((T + 1, B, H), dtype=dtype)         # h_buf[0] = h0, h_buf[t + 1] = h_t
+    h_buf[0] = h0
+    hs = h_buf[1:]
     s_n = np.empty((T, B, H), dtype=dtype)               # s^n_t, needed by da^r_t
+    s = np.empty((B, GATES * H), dtype=dtype)
+    rs = np.empty((B, H), dtype=dtype)
     w_hh_t = weight_hh.T
-    h = h0
     for t in range(T):
         a = gates[t]
-        s = h @ w_hh_t                                   # s_t = h_{t-1} W_hh^T + b_hh
+        np.matmul(h_buf[t], w_hh_t, out=s)               # s_t = h_{t-1} W_hh^T + b_hh
         if bias_hh is not None:
             s += bias_hh
         a[:, :2 * H] += s[:, :2 * H]
         _sigmoid_(a[:, :2 * H])                          # r_t, u_t = sigmoid(a_t + s_t) (r, z)
         r, u, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
         s_n[t] = s[:, 2 * H:]
-        n += r * s_n[t]
+        np.multiply(r, s_n[t], out=rs)
+        n += rs
         np.tanh(n, out=n)                                # n_t = tanh(a^n_t + r_t * s^n_t)
         h_new = hs[t]
-        np.subtract(h, n, out=h_new)
+        np.subtract(h_buf[t], n, out=h_new)
         h_new *= u
         h_new += n                                       # h_t = n_t + u_t * (h_{t-1} - n_t)
-        h = h_new
-    cache = (x, h0, gates, s_n, hs, weight_ih, weight_hh,
-             bias_ih is not None, bias_hh is not None)
+    cache = (x, h_buf[0], gates, s_n, hs, weight_ih, weight_hh,
+             bias_ih is not None, bias_hh is not None, h_buf)
     return hs, hs[-1], cache
 
 
@@ -131,37 +134,95 @@ def backward(
     ``truncate=k`` lets the loss at step t reach back through at most k recurrent steps
     (module docstring and :func:`bptt.engine.numpy.common.bptt_loop`).
     """
-    x, h0, gates, s_n, hs, weight_ih, weight_hh, has_bias_ih, has_bias_hh = cache
-    check_truncate(truncate)
+    x, h0, gates, s_n, hs, weight_ih, weight_hh, has_bias_ih, has_bias_hh, h_buf = cache
     T, B, H = hs.shape
+    k = effective_truncate(truncate, T)
+    dtype = hs.dtype
     if dh_n is None:
-        dh_n = np.zeros((B, H), dtype=hs.dtype)
+        dh_n = np.zeros((B, H), dtype=dtype)
 
-    def step(t: int, dstate: tuple) -> tuple[np.ndarray, tuple]:
+    # The factors that do not depend on the incoming gradient, for all T at once, laid out as
+    # the gates [F^r | F^z | F^n]:
+    #   da^n_t = dh_t * F^n,     F^n = (1 - u) (1 - n^2)
+    #   da^z_t = dh_t * F^z,     F^z = (h_{t-1} - n) u (1 - u)
+    #   da^r_t = da^n_t * F^r,   F^r = s^n r (1 - r)
+    G3 = gates.reshape(T, B, GATES, H)
+    r, u, n = G3[:, :, 0], G3[:, :, 1], G3[:, :, 2]
+    F = np.empty((T, B, GATES, H), dtype=dtype)
+    np.subtract(1.0, r, out=F[:, :, 0])
+    F[:, :, 0] *= r
+    F[:, :, 0] *= s_n
+    np.subtract(h_buf[:-1], n, out=F[:, :, 1])
+    F[:, :, 1] *= u
+    F[:, :, 1] *= 1.0 - u
+    np.multiply(n, n, out=F[:, :, 2])
+    np.subtract(1.0, F[:, :, 2], out=F[:, :, 2])
+    F[:, :, 2] *= 1.0 - u
+    A = 1 if k is None else k + 1
+    ds = np.empty((A, B, GATES * H), dtype=dtype)
+    du = np.empty((A, B, H), dtype=dtype)
+
+    def step(t: int, dstate: tuple, da_out: np.ndarray, prev_out: tuple) -> None:
         (dh,) = dstate                                   # (A, B, H): dh_t by age
-        gt = gates[t]
-        r, u, n = gt[:, :H], gt[:, H:2 * H], gt[:, 2 * H:]
-        h_prev = h0 if t == 0 else hs[t - 1]
-        da = np.empty((*dh.shape[:2], GATES * H), dtype=dh.dtype)
-        da_n = da[..., 2 * H:]
-        # da^n_t = dh_t * (1 - u_t) * (1 - n_t^2)
-        np.multiply(dh, (1.0 - u) * (1.0 - n * n), out=da_n)
+        da3 = da_out.reshape(A, B, GATES, H)
         # da^z_t = dh_t * (h_{t-1} - n_t) * u_t (1 - u_t)
-        da[..., H:2 * H] = dh * ((h_prev - n) * u * (1.0 - u))
+        # da^n_t = dh_t * (1 - u_t) * (1 - n_t^2)
+        np.multiply(dh[:, :, None, :], F[t][:, 1:], out=da3[:, :, 1:])
         # da^r_t = da^n_t * s^n_t * r_t (1 - r_t)
-        da[..., :H] = da_n * (s_n[t] * r * (1.0 - r))
-        ds = da.copy()
-        ds[..., 2 * H:] *= r                             # ds_t = [da^r_t | da^z_t | da^n_t r_t]
-        return da, (ds @ weight_hh + dh * u,)            # dh_{t-1} = ds_t W_hh + dh_t * u_t
+        np.multiply(da3[:, :, 2], F[t][:, 0], out=da3[:, :, 0])
+        (dh_prev,) = prev_out
+        K = dh_prev.shape[0]
+        if K:
+            dsK = ds[:K]
+            np.copyto(dsK, da_out[:K])
+            dsK.reshape(K, B, GATES, H)[:, :, 2] *= r[t]  # ds_t = [da^r_t | da^z_t | da^n_t r_t]
+            np.matmul(dsK.reshape(K * B, GATES * H), weight_hh,
+                      out=dh_prev.reshape(K * B, H))
+            np.multiply(dh[:K], u[t], out=du[:K])
+            dh_prev += du[:K]                            # dh_{t-1} = ds_t W_hh + dh_t * u_t
 
-    da, (dh0,) = bptt_loop(step, dhs, (dh_n,), T, truncate)
+    da, (dh0,) = bptt_loop(step, dhs, (dh_n,), T, k, GATES * H)
     ds = da.copy()
     ds[..., 2 * H:] *= gates[..., :H]                    # ds_t = [da^r_t | da^z_t | da^n_t r_t]
 
-    grads = {"weight_hh": recurrent_weight_grad(ds, hs, h0)}  # dW_hh = sum_t ds_t^T h_{t-1}
+    grads = {"weight_hh": prev_weight_grad(ds, h_buf[:-1])}  # dW_hh = sum_t ds_t^T h_{t-1}
     dx, grads["weight_ih"] = project_inputs_backward(da, x, weight_ih)  # dW_ih = sum da_t^T x_t
     if has_bias_ih:
         grads["bias_ih"] = da.sum(axis=(0, 1))           # db_ih = sum_t sum_b da_t
     if has_bias_hh:
         grads["bias_hh"] = ds.sum(axis=(0, 1))           # db_hh = sum_t sum_b ds_t
     return dx, dh0, grads
+
+
+def step(
+    x: np.ndarray,
+    h: np.ndarray,
+    weight_ih: np.ndarray,
+    weight_hh: np.ndarray,
+    bias_ih: np.ndarray | None = None,
+    bias_hh: np.ndarray | None = None,
+) -> np.ndarray:
+    """One step, no checks and no cache (generation): h_t (B, H) from x_t and h_{t-1} (B, H).
+
+    ``x`` is (B,) token ids or (B, I) features; the same operations as one step of
+    :func:`forward`.
+    """
+    H = weight_hh.shape[1]
+    if x.dtype.kind in "iu":
+        a = weight_ih.T[x]                               # one-hot x_t W_ih^T: a row gather
+    else:
+        a = x.astype(weight_ih.dtype, copy=False) @ weight_ih.T
+    if bias_ih is not None:
+        a += bias_ih
+    s = h @ weight_hh.T                                  # s_t = h_{t-1} W_hh^T + b_hh
+    if bias_hh is not None:
+        s += bias_hh
+    a[:, :2 * H] += s[:, :2 * H]
+    _sigmoid_(a[:, :2 * H])                              # r_t, u_t
+    r, u, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
+    n += r * s[:, 2 * H:]
+    np.tanh(n, out=n)                                    # n_t = tanh(a^n_t + r_t * s^n_t)
+    h_new = h - n
+    h_new *= u
+    h_new += n                                           # h_t = n_t + u_t * (h_{t-1} - n_t)
+    return h_new

@@ -43,10 +43,10 @@ from .common import (
     bptt_loop,
     check_sequence,
     check_state,
-    check_truncate,
+    effective_truncate,
+    prev_weight_grad,
     project_inputs,
     project_inputs_backward,
-    recurrent_weight_grad,
 )
 
 GATES = 4
@@ -116,26 +116,30 @@ def forward(
             bias = b if bias is None else bias + b
 
     gates = project_inputs(x, weight_ih, bias)           # (T, B, 4H): x_t W_ih^T + b, all t
-    hs = np.empty((T, B, H), dtype=dtype)
-    cs = np.empty((T, B, H), dtype=dtype)
+    h_buf = np.empty((T + 1, B, H), dtype=dtype)         # h_buf[0] = h0, h_buf[t + 1] = h_t
+    c_buf = np.empty((T + 1, B, H), dtype=dtype)         # c_buf[0] = c0, c_buf[t + 1] = c_t
+    h_buf[0], c_buf[0] = h0, c0
+    hs, cs = h_buf[1:], c_buf[1:]
     tanh_cs = np.empty((T, B, H), dtype=dtype)
+    rec = np.empty((B, GATES * H), dtype=dtype)
+    ig = np.empty((B, H), dtype=dtype)
     w_hh_t = weight_hh.T
-    h, c = h0, c0
     for t in range(T):
         z = gates[t]
-        z += h @ w_hh_t                                  # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
+        np.matmul(h_buf[t], w_hh_t, out=rec)
+        z += rec                                         # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
         _sigmoid_(z[:, :2 * H])                          # i_t, f_t = sigmoid(z^i_t, z^f_t)
         np.tanh(z[:, 2 * H:3 * H], out=z[:, 2 * H:3 * H])  # g_t = tanh(z^g_t)
         _sigmoid_(z[:, 3 * H:])                          # o_t = sigmoid(z^o_t)
         i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
         c = cs[t]
-        np.multiply(f, c0 if t == 0 else cs[t - 1], out=c)
-        c += i * g                                       # c_t = f_t * c_{t-1} + i_t * g_t
+        np.multiply(f, c_buf[t], out=c)
+        np.multiply(i, g, out=ig)
+        c += ig                                          # c_t = f_t * c_{t-1} + i_t * g_t
         np.tanh(c, out=tanh_cs[t])
-        h = hs[t]
-        np.multiply(o, tanh_cs[t], out=h)                # h_t = o_t * tanh(c_t)
-    cache = (x, h0, c0, gates, cs, tanh_cs, hs, weight_ih, weight_hh,
-             bias_ih is not None, bias_hh is not None)
+        np.multiply(o, tanh_cs[t], out=hs[t])            # h_t = o_t * tanh(c_t)
+    cache = (x, h_buf[0], c_buf[0], gates, cs, tanh_cs, hs, weight_ih, weight_hh,
+             bias_ih is not None, bias_hh is not None, h_buf, c_buf)
     return hs, (hs[-1], cs[-1]), cache
 
 
@@ -154,33 +158,65 @@ def backward(
     :func:`bptt.engine.numpy.common.bptt_loop`).
     """
     (x, h0, c0, gates, cs, tanh_cs, hs, weight_ih, weight_hh,
-     has_bias_ih, has_bias_hh) = cache
-    check_truncate(truncate)
+     has_bias_ih, has_bias_hh, h_buf, c_buf) = cache
     T, B, H = hs.shape
+    k = effective_truncate(truncate, T)
+    dtype = hs.dtype
     dh_n, dc_n = (None, None) if dstate_n is None else dstate_n
     if dh_n is None:
-        dh_n = np.zeros((B, H), dtype=hs.dtype)
+        dh_n = np.zeros((B, H), dtype=dtype)
     if dc_n is None:
-        dc_n = np.zeros((B, H), dtype=hs.dtype)
+        dc_n = np.zeros((B, H), dtype=dtype)
 
-    def step(t: int, dstate: tuple) -> tuple[np.ndarray, tuple]:
+    # The factors that do not depend on the incoming gradient, for all T at once (few large
+    # element-wise passes instead of many small ones inside the loop), laid out as the gates:
+    #   dc_t  = dc_{t+1} f_{t+1} + dh_t * F^c_t,          F^c = o (1 - tanh(c)^2)
+    #   dz^i, dz^f, dz^g = dc_t * [F^i | F^f | F^g],      F^i = g i (1 - i),
+    #                                                     F^f = c_{t-1} f (1 - f), F^g = i (1 - g^2)
+    #   dz^o  = dh_t * F^o,                               F^o = tanh(c) o (1 - o)
+    G4 = gates.reshape(T, B, GATES, H)
+    i, f, g, o = G4[:, :, 0], G4[:, :, 1], G4[:, :, 2], G4[:, :, 3]
+    F = np.empty((T, B, GATES + 1, H), dtype=dtype)     # [F^i | F^f | F^g | F^o | F^c]
+    np.subtract(1.0, i, out=F[:, :, 0])
+    F[:, :, 0] *= i
+    F[:, :, 0] *= g
+    np.subtract(1.0, f, out=F[:, :, 1])
+    F[:, :, 1] *= f
+    F[:, :, 1] *= c_buf[:-1]
+    np.multiply(g, g, out=F[:, :, 2])
+    np.subtract(1.0, F[:, :, 2], out=F[:, :, 2])
+    F[:, :, 2] *= i
+    np.subtract(1.0, o, out=F[:, :, 3])
+    F[:, :, 3] *= o
+    F[:, :, 3] *= tanh_cs
+    np.multiply(tanh_cs, tanh_cs, out=F[:, :, 4])
+    np.subtract(1.0, F[:, :, 4], out=F[:, :, 4])
+    F[:, :, 4] *= o
+    A = 1 if k is None else k + 1
+    dc = np.empty((A, B, H), dtype=dtype)
+
+    def step(t: int, dstate: tuple, dz_out: np.ndarray, prev_out: tuple) -> None:
         dh, dc_next = dstate                             # (A, B, H) each: dh_t, dc_{t+1} f_{t+1}
-        gt = gates[t]
-        i, f, g, o = gt[:, :H], gt[:, H:2 * H], gt[:, 2 * H:3 * H], gt[:, 3 * H:]
-        tc = tanh_cs[t]
-        c_prev = c0 if t == 0 else cs[t - 1]
+        Ft = F[t]
         # dc_t = dc_{t+1} * f_{t+1} + dh_t * o_t * (1 - tanh(c_t)^2)
-        dc = dc_next + dh * (o * (1.0 - tc * tc))
-        dz = np.empty((*dh.shape[:2], GATES * H), dtype=dh.dtype)
-        dz[..., :H] = dc * (g * i * (1.0 - i))           # dz^i_t = dc_t * g_t * i_t (1 - i_t)
-        dz[..., H:2 * H] = dc * (c_prev * f * (1.0 - f))  # dz^f_t = dc_t * c_{t-1} * f_t (1 - f_t)
-        dz[..., 2 * H:3 * H] = dc * (i * (1.0 - g * g))  # dz^g_t = dc_t * i_t * (1 - g_t^2)
-        dz[..., 3 * H:] = dh * (tc * o * (1.0 - o))      # dz^o_t = dh_t * tanh(c_t) * o_t (1 - o_t)
-        return dz, (dz @ weight_hh, dc * f)              # dh_{t-1} = dz_t W_hh,  dc_t * f_t
+        np.multiply(dh, Ft[:, 4], out=dc)
+        np.add(dc, dc_next, out=dc)
+        dz4 = dz_out.reshape(A, B, GATES, H)
+        # dz^i_t = dc_t * g_t * i_t (1 - i_t)
+        # dz^f_t = dc_t * c_{t-1} * f_t (1 - f_t)
+        # dz^g_t = dc_t * i_t * (1 - g_t^2)
+        np.multiply(dc[:, :, None, :], Ft[:, :3], out=dz4[:, :, :3])
+        np.multiply(dh, Ft[:, 3], out=dz4[:, :, 3])     # dz^o_t = dh_t * tanh(c_t) * o_t (1 - o_t)
+        dh_prev, dc_prev = prev_out
+        K = dh_prev.shape[0]
+        if K:
+            np.matmul(dz_out[:K].reshape(K * B, GATES * H), weight_hh,
+                      out=dh_prev.reshape(K * B, H))    # dh_{t-1} = dz_t W_hh
+            np.multiply(dc[:K], f[t], out=dc_prev)       # dc_t * f_t
 
-    dz, (dh0, dc0) = bptt_loop(step, dhs, (dh_n, dc_n), T, truncate)
+    dz, (dh0, dc0) = bptt_loop(step, dhs, (dh_n, dc_n), T, k, GATES * H)
 
-    grads = {"weight_hh": recurrent_weight_grad(dz, hs, h0)}  # dW_hh = sum_t dz_t^T h_{t-1}
+    grads = {"weight_hh": prev_weight_grad(dz, h_buf[:-1])}  # dW_hh = sum_t dz_t^T h_{t-1}
     dx, grads["weight_ih"] = project_inputs_backward(dz, x, weight_ih)  # dW_ih = sum dz_t^T x_t
     if has_bias_ih or has_bias_hh:
         db = dz.sum(axis=(0, 1))                         # db_ih = db_hh = sum_t sum_b dz_t
@@ -189,3 +225,36 @@ def backward(
         if has_bias_hh:
             grads["bias_hh"] = db.copy() if has_bias_ih else db
     return dx, (dh0, dc0), grads
+
+
+def step(
+    x: np.ndarray,
+    state: tuple[np.ndarray, np.ndarray],
+    weight_ih: np.ndarray,
+    weight_hh: np.ndarray,
+    bias_ih: np.ndarray | None = None,
+    bias_hh: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One step, no checks and no cache (generation): (h_t, c_t) from x_t and (h_{t-1}, c_{t-1}).
+
+    ``x`` is (B,) token ids or (B, I) features; the same operations as one step of
+    :func:`forward`.
+    """
+    h, c = state
+    H = weight_hh.shape[1]
+    if x.dtype.kind in "iu":
+        z = weight_ih.T[x]                               # one-hot x_t W_ih^T: a row gather
+    else:
+        z = x.astype(weight_ih.dtype, copy=False) @ weight_ih.T
+    bias = None
+    for b in (bias_ih, bias_hh):                         # b_ih + b_hh first, as forward
+        if b is not None:
+            bias = b if bias is None else bias + b
+    if bias is not None:
+        z += bias
+    z += h @ weight_hh.T                                 # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
+    _sigmoid_(z[:, :2 * H])                              # i_t, f_t
+    np.tanh(z[:, 2 * H:3 * H], out=z[:, 2 * H:3 * H])    # g_t
+    _sigmoid_(z[:, 3 * H:])                              # o_t
+    c = z[:, H:2 * H] * c + z[:, :H] * z[:, 2 * H:3 * H]  # c_t = f_t c_{t-1} + i_t g_t
+    return z[:, 3 * H:] * np.tanh(c), c                  # h_t = o_t tanh(c_t)

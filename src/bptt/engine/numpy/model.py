@@ -11,6 +11,14 @@ evaluator only ever call it, so engines are interchangeable:
 Inputs are batch-first as the batch iterators give them: X (B, T) token ids for a language
 model, (B, T, I) floats for regression; Y (B, T) ids or (B, T, O) floats. Inside, everything is
 time-major (T, B, ...), as the book and the cells are.
+
+Fast paths (docs/performance.md), same results up to float rounding:
+  * the book's model (one unidirectional RNN layer) skips the stack bookkeeping, computes the
+    head and the softmax over all T*B rows at once in place, and hands the RNN's backward the
+    head's gradient lazily, chunk by chunk (``dL/dh = dy W_head``), so besides the states only
+    chunk-sized buffers are allocated: that is what keeps a long sequence's memory small;
+  * ``forward`` over a single step (generation) goes through :meth:`NumpyEngine.step`, one
+    cell step per layer without checks of the whole stack or a cache.
 """
 
 from __future__ import annotations
@@ -18,8 +26,9 @@ from __future__ import annotations
 import numpy as np
 
 from ...model import ModelSpec
-from . import stack
-from .loss import mse, softmax_cross_entropy
+from . import rnn, stack
+from .common import check_sequence
+from .loss import mse, softmax_cross_entropy_
 
 
 class NumpyEngine:
@@ -31,6 +40,12 @@ class NumpyEngine:
     def __init__(self, spec: ModelSpec, dtype: str = "float32", **_: object) -> None:
         self.spec = spec
         self.dtype = np.dtype(dtype)
+        # for step(): the cell's one-step function and each layer's parameter names
+        self._step_fn = (stack.cell_module(spec.cell).step,
+                         {"nonlinearity": spec.nonlinearity} if spec.cell == "rnn" else {})
+        self._layer_keys = [tuple(f"{k}_l{layer}" for k in
+                                  ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                            for layer in range(spec.num_layers)]
 
     # -- parameters and state -------------------------------------------------------------
     def from_numpy(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -76,13 +91,62 @@ class NumpyEngine:
             nonlinearity=s.nonlinearity, dropout=s.dropout, training=training, rng=rng,
         )
 
+    def _fused(self) -> bool:
+        s = self.spec
+        return s.cell == "rnn" and s.num_layers == 1 and not s.bidirectional
+
     def forward(self, params: dict, X: np.ndarray, state=None):
         """Outputs (B, T, O) (logits or predictions) and the last state; evaluation mode."""
         x = self._inputs(X)
+        if x.shape[0] == 1 and not self.spec.bidirectional:
+            check_sequence(x, self.spec.input_size)      # shapes and the id range
+            y, state_n = self.step(params, x[0], state)
+            return y[:, None, :], state_n
         out, state_n, _ = self._stack_forward(params, x, state, False, None)
         T, B, DH = out.shape
         y = out.reshape(T * B, DH) @ params["head.weight"].T + params["head.bias"]
         return y.reshape(T, B, -1).transpose(1, 0, 2), state_n
+
+    def step(self, params: dict, x: np.ndarray, state=None):
+        """One time step of every sequence: ``x`` (B,) token ids or (B, I) features.
+
+        Returns the outputs (B, O) and the new state, laid out as ``begin_state``. The cell's
+        single-step function per layer, no stack bookkeeping and no cache (generation).
+        Unidirectional models (every language model); evaluation mode.
+        """
+        s = self.spec
+        if s.bidirectional:
+            raise ValueError("expected a unidirectional model for step(), got bidirectional")
+        B = x.shape[0]
+        if x.dtype.kind in "iu":
+            if x.ndim != 1:
+                raise ValueError(f"expected token ids of shape (B,), got {tuple(x.shape)}")
+        else:
+            x = np.asarray(x, dtype=self.dtype)
+        lstm = s.cell == "lstm"
+        if state is None:
+            state = self.begin_state(B)
+        parts = state if lstm else (state,)
+        shape = (s.num_layers, B, s.hidden_size)
+        for part in parts:
+            if not isinstance(part, np.ndarray) or part.shape != shape:
+                got = tuple(part.shape) if hasattr(part, "shape") else type(part).__name__
+                raise ValueError(f"expected a state of shape {shape}, got {got}")
+        new = [np.empty(shape, dtype=self.dtype) for _ in parts]
+        step, opts = self._step_fn
+        inp = x
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self._layer_keys):
+            p = (params[w_ih], params[w_hh], params.get(b_ih), params.get(b_hh))
+            if lstm:
+                h, c = step(inp, (parts[0][layer], parts[1][layer]), *p)
+                new[1][layer] = c
+            else:
+                h = step(inp, parts[0][layer], *p, **opts)
+            new[0][layer] = h
+            inp = h
+        y = inp @ params["head.weight"].T
+        y += params["head.bias"]
+        return y, (tuple(new) if lstm else new[0])
 
     def loss_and_grads(
         self,
@@ -97,19 +161,33 @@ class NumpyEngine:
     ):
         """Mean loss over the T*B targets, gradients of every parameter, and the last state."""
         x = self._inputs(X)
+        W = params["head.weight"]
         # forward: the stack, then the head over all T*B rows at once
-        out, state_n, cache = self._stack_forward(params, x, state, training, rng)  # (T, B, DH)
+        if self._fused():
+            hs, h_n, cache = rnn.forward(
+                x, stack._split_state(state, "rnn", 0), **stack._layer_params(params, 0, 0),
+                nonlinearity=self.spec.nonlinearity)
+            out, state_n = hs, h_n[None].copy()          # (T, B, H); (1, B, H) as the stack
+        else:
+            out, state_n, cache = self._stack_forward(params, x, state, training, rng)
         T, B, DH = out.shape
         rows = out.reshape(T * B, DH)
-        y = rows @ params["head.weight"].T + params["head.bias"]              # (T*B, O)
+        y = rows @ W.T                                                        # (T*B, O)
+        y += params["head.bias"]
         if self.spec.task == "lm":
-            loss, dy = softmax_cross_entropy(y, np.asarray(Y).T.reshape(-1))
+            loss, dy = softmax_cross_entropy_(y, np.asarray(Y).T.reshape(-1))  # y becomes dy
         else:
             target = np.asarray(Y, dtype=self.dtype).transpose(1, 0, 2).reshape(T * B, -1)
             loss, dy = mse(y, target)
         # backward: head (dW = dy^T out, db = sum dy, dout = dy W), then BPTT through the stack
         grads = {"head.weight": dy.T @ rows, "head.bias": dy.sum(axis=0)}
-        dout = (dy @ params["head.weight"]).reshape(T, B, DH)
-        _, _, g = stack.backward(dout, None, cache, truncate)
-        grads.update(g)
+        if self._fused():
+            def dout(s: int, e: int, buf: np.ndarray) -> None:   # dL/dh_t = dy_t W, t in s..e-1
+                np.matmul(dy[s * B:e * B], W, out=buf.reshape((e - s) * B, DH))
+
+            _, _, g = rnn.backward(dout, None, cache, truncate)
+            grads.update({f"{k}_l0": v for k, v in g.items()})
+        else:
+            _, _, g = stack.backward((dy @ W).reshape(T, B, DH), None, cache, truncate)
+            grads.update(g)
         return loss, grads, state_n
