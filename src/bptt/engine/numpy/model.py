@@ -37,7 +37,13 @@ class NumpyEngine:
     name = "numpy"
     device = "cpu"
 
-    def __init__(self, spec: ModelSpec, dtype: str = "float32", **_: object) -> None:
+    def __init__(self, spec: ModelSpec, dtype: str = "float32", precision: str = "fp32",
+                 **_: object) -> None:
+        if precision != "fp32":
+            raise ValueError(
+                f"expected precision 'fp32' for the numpy engine (NumPy has no bfloat16 matrix "
+                f"product; bf16 is the 'torch' engine's), got {precision!r}"
+            )
         self.spec = spec
         self.dtype = np.dtype(dtype)
         # for step(): the cell's one-step function and each layer's parameter names

@@ -30,14 +30,15 @@ import torch
 import torch.nn.functional as F
 
 from ...model import ModelSpec, check_params
-from . import stack, unrolled
+from . import rnn, stack, unrolled
 from .common import check_truncate, is_tokens
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-# Only fp32 so far. bf16 (mixed precision) is a later issue: add "bf16" here, then branch on
-# ``self.precision`` where marked "precision:" below (the stack and head products, the loss).
-PRECISIONS = ("fp32",)
+# fp32 everywhere; bf16 (bfloat16 matrix products with float32 accumulation, float32 master
+# weights, state and loss) in the "torch" engine for the rnn cell: see ``TorchEngine``. Branches
+# on ``self.precision`` are marked "precision:" below.
+PRECISIONS = ("fp32", "bf16")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -54,6 +55,7 @@ class _TorchBase:
     """What the three engines share: conversions, state, input checks, head and loss."""
 
     name = "torch-base"
+    precisions: tuple[str, ...] = ("fp32",)
 
     def __init__(self, spec: ModelSpec, device: str | torch.device | None = None,
                  dtype: str = "float32", precision: str = "fp32") -> None:
@@ -62,10 +64,11 @@ class _TorchBase:
         key = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
         if key not in DTYPES:
             raise ValueError(f"expected dtype 'float32' or 'float64', got {dtype!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(
-                f"expected precision 'fp32', got {precision!r} (only fp32 is implemented so far)"
-            )
+        if precision not in self.precisions:
+            expected = " or ".join(repr(p) for p in self.precisions)
+            note = "" if "bf16" in self.precisions else (
+                f" (the {self.name} engine computes in fp32; bf16 is the 'torch' engine's)")
+            raise ValueError(f"expected precision {expected}, got {precision!r}{note}")
         self.spec = spec
         self.device = resolve_device(device)
         self.dtype = DTYPES[key]
@@ -226,8 +229,11 @@ class _TorchBase:
 
     def _head(self, params, out: torch.Tensor) -> torch.Tensor:
         T, B, DH = out.shape
-        # precision: fp32 head product (bf16 later)
-        return F.linear(out.reshape(T * B, DH), params["head.weight"], params["head.bias"])
+        rows, W, b = out.reshape(T * B, DH), params["head.weight"], params["head.bias"]
+        if self.precision == "bf16":                     # precision: a bf16 product, fp32 out
+            low = torch.bfloat16
+            return F.linear(rows.to(low), W.to(low), b.to(low)).to(self.dtype)
+        return F.linear(rows, W, b)
 
     def forward(self, params: dict, X, state=None):
         """Outputs (B, T, O) (logits or predictions) and the last state; evaluation mode."""
@@ -269,7 +275,7 @@ class _TorchBase:
             out, state_n = self._stack(leaves, x, state, training=training,
                                        generator=generator, truncate=truncate)
             y = self._head(leaves, out)
-            # precision: fp32 loss (bf16 later)
+            # precision: the loss is always computed in float32 (or float64) from fp32 logits
             if self.spec.task == "lm":
                 loss = F.cross_entropy(y, target)
             else:
@@ -282,9 +288,27 @@ class _TorchBase:
 
 
 class TorchEngine(_TorchBase):
-    """Hand-written BPTT on torch tensors: the stack is :class:`stack.StackFunction`."""
+    """Hand-written BPTT on torch tensors: the stack is :class:`stack.StackFunction`.
+
+    ``precision="bf16"`` (rnn cell, float32 parameters): every matrix product -- recurrent,
+    weight-gradient and head -- takes bfloat16 operands and accumulates in float32 (oneDNN on
+    the CPU), its bfloat16 result added into float32 tensors; the master weights, the state, the
+    pre-activations, the gradients and the loss stay float32. A single step (generation) skips
+    the stack: one :func:`bptt.engine.torch.rnn.step` per layer, under no_grad.
+    """
 
     name = "torch"
+    precisions = PRECISIONS
+
+    def __init__(self, spec: ModelSpec, device: str | torch.device | None = None,
+                 dtype: str = "float32", precision: str = "fp32") -> None:
+        super().__init__(spec, device=device, dtype=dtype, precision=precision)
+        stack.check_precision(spec.cell, precision)
+        if precision == "bf16" and self.dtype != torch.float32:
+            raise ValueError(
+                f"expected dtype 'float32' with precision 'bf16' (float32 master weights), "
+                f"got {dtype!r}"
+            )
 
     def _config(self, training: bool, generator, truncate) -> stack.StackConfig:
         s = self.spec
@@ -292,7 +316,28 @@ class TorchEngine(_TorchBase):
             cell=s.cell, names=tuple(self.names), num_layers=s.num_layers,
             bidirectional=s.bidirectional, nonlinearity=s.nonlinearity, dropout=s.dropout,
             training=training, truncate=truncate, generator=generator,
+            precision=self.precision,
         )
+
+    def forward(self, params: dict, X, state=None):
+        """Outputs (B, T, O) and the last state; a single step of an rnn stack (generation)
+        runs the cell's step per layer, without the stack's bookkeeping."""
+        s = self.spec
+        if s.cell != "rnn" or s.bidirectional or len(np.shape(X)) < 2 or np.shape(X)[1] != 1:
+            return super().forward(params, X, state)
+        B, _ = self._check_batch(X)
+        state = self._state_in(state, B)
+        with torch.no_grad():
+            inp = self._inputs(X)[0]                     # (B,) ids or (B, I) features
+            finals = []
+            for layer in range(s.num_layers):
+                h_prev = (params["weight_hh_l0"].new_zeros((B, s.hidden_size))
+                          if state is None else state[layer])
+                inp = rnn.step(inp, h_prev, **stack._layer_params(params, layer, 0),
+                               nonlinearity=s.nonlinearity, precision=self.precision)
+                finals.append(inp)
+            y = self._head(params, inp.unsqueeze(0))     # (B, O)
+        return y.view(1, B, -1).transpose(0, 1), torch.stack(finals)
 
     def _stack(self, params, x, state, *, training, generator, truncate):
         out, state_n, _ = stack.apply(self._config(training, generator, truncate), x, params,
@@ -304,6 +349,7 @@ class TorchEngine(_TorchBase):
         out, state_n, _ = stack.forward(
             s.cell, params, x, state, num_layers=s.num_layers, bidirectional=s.bidirectional,
             nonlinearity=s.nonlinearity, dropout=s.dropout, training=False,
+            precision=self.precision,
         )
         return out, state_n
 

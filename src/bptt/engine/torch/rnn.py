@@ -17,8 +17,19 @@ Backward, with dh_t the total gradient reaching h_t (from the loss at t and from
 
 The input projection of every step is one product before the loop; the loop does one
 ``addmm_`` and one in-place activation per step into the preallocated ``hs``. The backward
-computes f'(z_t) for all steps at once, then per step one multiply and one product, and (3)-(5)
-as single products after the loop.
+computes f'(z_t) for all steps at once, then (without truncation) folds it into the recursion:
+with u_t = dL/dh_t * f'(z_t) for every t at once, (1)-(2) become
+
+    dz_{t-1} = u_{t-1} + (dz_t W_hh) * f'(z_{t-1})
+
+one product and one ``addcmul_`` per step; (3)-(5) are single products after the loop.
+
+Precision ``bf16`` (the torch engine's ``precision="bf16"``): every matrix product -- the
+recurrent h_{t-1} W_hh^T and dz_t W_hh per step, the weight gradients, a float input's
+projection -- takes bfloat16 operands (the weights converted once per call, the states kept in a
+bfloat16 copy written once per step), accumulates in float32 inside oneDNN and returns bfloat16,
+which is added into float32. Everything else -- the states h_t, z_t, the gradients dz_t, the
+master weights and their gradients -- stays float32.
 
 Symbols: T steps, B batch, I input size, H hidden size.
   x   (T, B, I) float, or (T, B) int64 token ids (one-hot input; projected as a gather)
@@ -43,6 +54,14 @@ from .common import (
 )
 
 GATES = 1
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def low_dtype(precision: str) -> torch.dtype | None:
+    """The dtype of the matrix products' operands: None (the tensors' own) or bfloat16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"expected precision 'fp32' or 'bf16', got {precision!r}")
+    return PRECISIONS[precision]
 
 
 def forward(
@@ -53,9 +72,11 @@ def forward(
     bias_ih: torch.Tensor | None = None,
     bias_hh: torch.Tensor | None = None,
     nonlinearity: str = "tanh",
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor, tuple]:
     """Run the layer over ``x``; return ``(hs, h_n, cache)`` with hs (T, B, H), h_n (B, H)."""
     check_nonlinearity(nonlinearity)
+    low = low_dtype(precision)
     H = weight_hh.shape[1]
     if weight_hh.shape != (H, H) or weight_ih.dim() != 2 or weight_ih.shape[0] != H:
         raise ValueError(
@@ -64,21 +85,68 @@ def forward(
         )
     T, B = check_sequence(x, weight_ih.shape[1])
     h0 = check_state(h0, B, weight_hh)
+    bias = sum_biases(bias_ih, bias_hh)
 
-    hs = project_inputs(x, weight_ih, sum_biases(bias_ih, bias_hh))  # x_t W_ih^T + b, all t
-    w_hh_t = weight_hh.t()
-    h = h0
-    for t in range(T):
-        z = hs[t]
-        z.addmm_(h, w_hh_t)                              # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
-        if nonlinearity == "tanh":
-            z.tanh_()                                    # h_t = tanh(z_t), in place
+    if low is None:
+        hs = project_inputs(x, weight_ih, bias)          # x_t W_ih^T + b, all t
+        w_hh_t = weight_hh.t()
+        h = h0
+        for z in hs.unbind(0):                           # z = hs[t], a view
+            z.addmm_(h, w_hh_t)                          # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
+            if nonlinearity == "tanh":
+                z.tanh_()                                # h_t = tanh(z_t), in place
+            else:
+                z.relu_()                                # h_t = relu(z_t), in place
+            h = z
+        states_low = None
+    else:
+        if x.is_floating_point():                        # x_t W_ih^T + b: bf16 operands
+            hs = torch.mm(x.reshape(T * B, -1).to(low), weight_ih.t().to(low)).float()
+            hs = hs.view(T, B, H)
+            if bias is not None:
+                hs += bias
         else:
-            z.relu_()                                    # h_t = relu(z_t), in place
-        h = z
+            hs = project_inputs(x, weight_ih, bias)      # a gather: no product
+        w_low_t = weight_hh.t().to(low)
+        states_low = hs.new_empty((T + 1, B, H), dtype=low)  # [h0, h_0 .. h_{T-1}] in bf16
+        states_low[0].copy_(h0)
+        lows = states_low.unbind(0)
+        for t, z in enumerate(hs.unbind(0)):
+            z.add_(torch.mm(lows[t], w_low_t))           # z_t += h_{t-1} W_hh^T (bf16 product)
+            if nonlinearity == "tanh":
+                z.tanh_()
+            else:
+                z.relu_()
+            lows[t + 1].copy_(z)
     cache = (x, h0, hs, weight_ih, weight_hh, bias_ih is not None, bias_hh is not None,
-             nonlinearity)
+             nonlinearity, precision, states_low)
     return hs, hs[-1], cache
+
+
+def step(x: torch.Tensor, h: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor,
+         bias_ih: torch.Tensor | None = None, bias_hh: torch.Tensor | None = None,
+         nonlinearity: str = "tanh", precision: str = "fp32") -> torch.Tensor:
+    """One step, no checks and no cache (generation): h_t (B, H) from x_t and h_{t-1} (B, H).
+
+    ``x`` is (B,) int64 token ids or (B, I) features; the operations of one step of
+    :func:`forward`.
+    """
+    low = low_dtype(precision)
+    if x.is_floating_point():
+        if low is None:
+            z = x.to(weight_ih.dtype) @ weight_ih.t()
+        else:
+            z = torch.mm(x.to(low), weight_ih.t().to(low)).float()
+    else:
+        z = weight_ih.t()[x]                             # one-hot x_t W_ih^T: a row gather
+    bias = sum_biases(bias_ih, bias_hh)
+    if bias is not None:
+        z += bias
+    if low is None:
+        z.addmm_(h, weight_hh.t())
+    else:
+        z.add_(torch.mm(h.to(low), weight_hh.t().to(low)))
+    return z.tanh_() if nonlinearity == "tanh" else z.relu_()
 
 
 def backward(
@@ -96,23 +164,57 @@ def backward(
     the loss at step t reach back through at most k recurrent steps
     (:func:`bptt.engine.torch.common.bptt_loop`).
     """
-    x, h0, hs, weight_ih, weight_hh, has_bias_ih, has_bias_hh, nonlinearity = cache
+    (x, h0, hs, weight_ih, weight_hh, has_bias_ih, has_bias_hh, nonlinearity, precision,
+     states_low) = cache
     check_truncate(truncate)
-    H = hs.shape[2]
+    low = low_dtype(precision)
+    T, B, H = hs.shape
+    if truncate is not None and truncate >= T:
+        truncate = None                                  # no path is ever cut: full BPTT
     if nonlinearity == "tanh":
         fprime = torch.square(hs).neg_().add_(1.0)      # f'(z_t) = 1 - h_t^2, every t at once
     else:
         fprime = (hs > 0).to(hs.dtype)                   # f'(z_t) = [h_t > 0]
+    w_low = None if low is None else weight_hh.to(low)
 
-    def step(t: int, dstate: tuple, g: torch.Tensor) -> None:
-        (dh,) = dstate                                   # (A, B, H): dh_t by age       (1)
-        torch.mul(dh, fprime[t], out=g)                  # dz_t = dh_t * f'(z_t)        (2)
-        torch.mm(g.view(-1, H), weight_hh, out=dh.view(-1, H))  # dh_{t-1} = dz_t W_hh  (1)
+    if truncate is None:
+        # u_t = dL/dh_t * f'(z_t);  dz_{t-1} = u_{t-1} + (dz_t W_hh) * f'(z_{t-1})     (1, 2)
+        dz = hs.new_zeros((T, B, H)) if dhs is None else torch.mul(dhs, fprime)
+        if dh_n is not None:
+            dz[-1].addcmul_(dh_n, fprime[-1])
+        rows, fps = dz.unbind(0), fprime.unbind(0)
+        carried = hs.new_empty((B, H))
+        for t in range(T - 1, 0, -1):
+            if low is None:
+                torch.mm(rows[t], weight_hh, out=carried)    # dh_{t-1} from step t   (1)
+                rows[t - 1].addcmul_(carried, fps[t - 1])
+            else:
+                rows[t - 1].addcmul_(torch.mm(rows[t].to(low), w_low), fps[t - 1])
+        dh0 = rows[0] @ weight_hh if low is None else torch.mm(rows[0].to(low), w_low).float()
+    else:
+        def step(t: int, dstate: tuple, g: torch.Tensor) -> None:
+            (dh,) = dstate                               # (A, B, H): dh_t by age       (1)
+            torch.mul(dh, fprime[t], out=g)              # dz_t = dh_t * f'(z_t)        (2)
+            if low is None:
+                torch.mm(g.view(-1, H), weight_hh, out=dh.view(-1, H))  # dz_t W_hh     (1)
+            else:
+                dh.view(-1, H).copy_(torch.mm(g.view(-1, H).to(low), w_low))
 
-    dz, (dh0,) = bptt_loop(step, dhs, (dh_n,), hs, H, truncate)
+        dz, (dh0,) = bptt_loop(step, dhs, (dh_n,), hs, H, truncate)
 
-    grads = {"weight_hh": recurrent_weight_grad(dz, hs, h0)}  # dW_hh = sum dz_t^T h_{t-1} (3)
-    dx, grads["weight_ih"] = project_inputs_backward(dz, x, weight_ih, need_dx)  # dW_ih  (4, 6)
+    if low is None:
+        grads = {"weight_hh": recurrent_weight_grad(dz, hs, h0)}  # sum dz_t^T h_{t-1}   (3)
+        dx, grads["weight_ih"] = project_inputs_backward(dz, x, weight_ih, need_dx)  # (4, 6)
+    else:
+        dz_low = dz.to(low).view(T * B, H)
+        grads = {"weight_hh": torch.mm(dz_low.t(), states_low[:-1].view(T * B, H)).float()}
+        if x.is_floating_point():
+            x_low = x.reshape(T * B, -1).to(low)
+            grads["weight_ih"] = torch.mm(dz_low.t(), x_low).float()              # (4)
+            dx = (torch.mm(dz_low, weight_ih.to(low)).float().view(T, B, -1)
+                  if need_dx else None)                                            # (6)
+        else:
+            dx, grads["weight_ih"] = project_inputs_backward(dz, x, weight_ih, need_dx)
     if has_bias_ih or has_bias_hh:
         db = dz.sum(dim=(0, 1))                          # db_ih = db_hh = sum_t sum_b dz_t (5)
         if has_bias_ih:

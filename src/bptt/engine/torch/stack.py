@@ -90,6 +90,18 @@ def _split_state(hx, cell: str, index: int):
     return hx[index]
 
 
+def check_precision(cell: str, precision: str) -> None:
+    """fp32 for every cell; bf16 (bfloat16 matrix products) for the rnn cell."""
+    if precision == "fp32" or (precision == "bf16" and cell == "rnn"):
+        return
+    if precision == "bf16":
+        raise ValueError(
+            f"expected precision 'fp32', got 'bf16' for the {cell} cell (bfloat16 products are "
+            f"implemented for the rnn cell, the book's model)"
+        )
+    raise ValueError(f"expected precision 'fp32' or 'bf16', got {precision!r}")
+
+
 def draw_mask(shape, dropout: float, *, like: torch.Tensor,
               generator: torch.Generator | None = None) -> torch.Tensor:
     """A dropout mask: Bernoulli(1 - p) / (1 - p), of ``like``'s dtype and device.
@@ -116,17 +128,23 @@ def forward(
     training: bool = False,
     generator: torch.Generator | None = None,
     masks: list | tuple | None = None,
+    precision: str = "fp32",
 ):
     """Run the stack; return ``(out, h_n, cache)`` (h_n is ``(h_n, c_n)`` for the LSTM).
 
     While training with ``dropout > 0`` the masks are drawn from ``generator`` (None: the global
     torch RNG), unless ``masks`` gives them: one (T, B, D*H) tensor per layer but the last.
+    ``precision="bf16"`` (the rnn cell): bfloat16 matrix products, float32 everything else
+    (:mod:`bptt.engine.torch.rnn`).
     """
     mod = cell_module(cell)
     D = 2 if bidirectional else 1
     hidden = params["weight_hh_l0"].shape[1]
     _check_stacked(hx, cell, num_layers * D, x.shape[1], hidden, "hx")
+    check_precision(cell, precision)
     opts = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+    if precision != "fp32":
+        opts["precision"] = precision
     use_dropout = training and dropout > 0 and num_layers > 1
     if masks is not None and use_dropout and len(masks) != num_layers - 1:
         raise ValueError(f"expected {num_layers - 1} dropout masks, got {len(masks)}")
@@ -230,6 +248,7 @@ class StackConfig:
     truncate: int | None = None
     generator: torch.Generator | None = None
     masks: tuple[torch.Tensor, ...] | None = None
+    precision: str = "fp32"
 
 
 class _Slot:
@@ -287,7 +306,7 @@ class StackFunction(torch.autograd.Function):
             cfg.cell, params, x, hx, num_layers=cfg.num_layers,
             bidirectional=cfg.bidirectional, nonlinearity=cfg.nonlinearity,
             dropout=cfg.dropout, training=cfg.training, generator=cfg.generator,
-            masks=cfg.masks,
+            masks=cfg.masks, precision=cfg.precision,
         )
         tensors: list[torch.Tensor] = []
         ctx.skeleton = _flatten(cache, tensors)
