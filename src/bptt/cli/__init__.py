@@ -13,7 +13,7 @@ import importlib
 import sys
 
 # The verbs, in the order ``bptt --help`` lists them.
-VERBS = ("train", "generate", "evaluate", "check", "demo", "sine", "series", "gradflow")
+VERBS = ("train", "generate", "evaluate", "check", "bench", "demo", "sine", "series", "gradflow")
 
 
 class CLIError(Exception):

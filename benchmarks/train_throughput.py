@@ -1,0 +1,16 @@
+"""Training throughput (tokens/s) of every engine and reference, interleaved, medians.
+
+    python benchmarks/train_throughput.py [--configs book,large] [--repeats 7] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import parser, run  # noqa: E402
+
+if __name__ == "__main__":
+    run(parser(__doc__.splitlines()[0]).parse_args(), ("train",))

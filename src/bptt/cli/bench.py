@@ -1,0 +1,89 @@
+"""``bptt bench``: training throughput, generation speed and peak memory of every engine."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+subjects (rows):
+  numpy, torch, torch-autograd, torch-builtin   our engines (torch-bf16: the torch engine with
+                                                --precision bf16)
+  torch.nn.RNN   reference: torch.nn.RNN + torch.nn.Linear, torch.optim.SGD, clip_grad_norm_;
+                 generation steps one character at a time under torch.no_grad()
+  book           reference: the book's from-scratch model (unrolled loop, one-hot torch.mm,
+                 autograd, grad_clipping, sgd); generation is its predict_ch8 loop
+
+columns:
+  train tok/s    tokens per second of whole training steps (forward, BPTT, clip, SGD step)
+  gen char/s     characters per second of greedy generation at batch 1
+  peak MiB       resident-memory growth of a few training steps over the post-setup baseline,
+                 each in a fresh process; (..t) = NumPy's tracemalloc peak
+  x nn.RNN, x book   ratios of medians measured in the same run
+
+Every subject runs in its own worker process; the timed blocks go round-robin over the
+subjects, repeated, and the median is reported: compare ratios, not absolute numbers, on a
+shared machine.
+"""
+
+
+def _names(choices):
+    def parse(s: str) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in s.split(",") if n.strip())
+        bad = [n for n in names if n not in choices]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list among {', '.join(choices)}, got {s!r}")
+        return names
+
+    return parse
+
+
+def register(sub) -> None:
+    from ..bench import CONFIGS, PARTS, SUBJECTS
+
+    p = sub.add_parser(
+        "bench", help="measure training and generation speed and memory of every engine",
+        description="Benchmark every engine against torch.nn.RNN and the book's model: "
+        "training tokens/s, single-stream generation characters/s and peak memory, in "
+        "the configurations book, small, large and long; print a table, optionally write JSON.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny version of everything (seconds; what CI runs)")
+    p.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
+    p.add_argument("--configs", type=_names(tuple(CONFIGS)), default=tuple(CONFIGS),
+                   help=f"comma-separated, among {','.join(CONFIGS)} (default: all)")
+    p.add_argument("--subjects", type=_names(SUBJECTS), default=SUBJECTS,
+                   help=f"comma-separated, among {','.join(SUBJECTS)} (default: all)")
+    p.add_argument("--parts", type=_names(PARTS), default=PARTS,
+                   help="comma-separated, among train,generate,memory (default: all)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 7; "
+                   "quick 3)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="length of one timed training block (default 0.4)")
+    p.add_argument("--gen-chars", type=int, default=None,
+                   help="characters per generation block (default 300)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ..bench import BenchSettings, format_table
+    from ..bench import run as run_bench
+    from . import CLIError
+
+    kw = {"configs": args.configs, "subjects": args.subjects, "parts": args.parts}
+    for name in ("repeats", "seconds", "gen_chars"):
+        value = getattr(args, name)
+        if value is not None:
+            if value <= 0:
+                raise CLIError(f"expected --{name.replace('_', '-')} > 0, got {value}")
+            kw[name] = value
+    settings = BenchSettings.quick_settings(**kw) if args.quick else BenchSettings(**kw)
+    out = run_bench(settings)
+    print(format_table(out))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+        print(f"results in {args.json}")
+    return 0

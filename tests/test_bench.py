@@ -1,0 +1,347 @@
+"""``bptt bench`` end to end, and the correctness of every speed optimisation (no timings here).
+
+The optimised NumPy paths are checked in float64 against torch autograd (torch.nn.RNN + Linear +
+cross-entropy, or the torch-autograd engine's unrolled loop for truncation); the bf16 torch
+engine against its own float32 results within bfloat16's tolerance; and the NumPy engine's
+import graph (training and generation must never load torch).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bptt import bench
+from bptt.cli import main
+from bptt.engine import get_engine
+from bptt.engine.numpy import rnn
+from bptt.engine.numpy.loss import softmax_cross_entropy, softmax_cross_entropy_
+from bptt.engine.numpy.model import NumpyEngine
+from bptt.model import ModelSpec, init_params
+
+
+def rel(a, b) -> float:
+    """max |a - b| / max |b|."""
+    a = a.detach().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    b = b.detach().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+def lm_spec(cell="rnn", V=7, H=5, L=1, nonlinearity="tanh") -> ModelSpec:
+    return ModelSpec(cell=cell, input_size=V, hidden_size=H, output_size=V, num_layers=L,
+                     nonlinearity=nonlinearity, task="lm")
+
+
+def batch(V, B, T, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T)), rng
+
+
+def torch_nn_reference(spec, params, X, Y, state):
+    """Loss, gradients and final state of torch.nn.RNN + Linear + cross-entropy, float64."""
+    module = torch.nn.RNN(spec.input_size, spec.hidden_size, nonlinearity=spec.nonlinearity,
+                          dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(torch.from_numpy(params[name]))
+    W = torch.tensor(params["head.weight"], requires_grad=True)
+    b = torch.tensor(params["head.bias"], requires_grad=True)
+    x = F.one_hot(torch.as_tensor(X).T, spec.input_size).double()
+    out, h_n = module(x, torch.as_tensor(state))
+    logits = out.reshape(-1, spec.hidden_size) @ W.T + b
+    loss = F.cross_entropy(logits, torch.as_tensor(Y).T.reshape(-1))
+    loss.backward()
+    grads = {n: p.grad for n, p in module.named_parameters()}
+    grads |= {"head.weight": W.grad, "head.bias": b.grad}
+    return float(loss.detach()), grads, h_n.detach()
+
+
+# -- the NumPy engine's optimised paths, float64, against torch autograd -------------------------
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("chunk_rows", [None, 6, 1])
+def test_fused_rnn_path_matches_torch_nn(monkeypatch, nonlinearity, chunk_rows):
+    """The book's model skips the stack: forward into one state buffer, head + in-place softmax
+    over all T*B rows, the head's gradient handed lazily chunk by chunk to the RNN backward.
+    chunk_rows forces several chunks (6 rows = 2 steps of B = 3; 1 = one step per chunk)."""
+    if chunk_rows is not None:
+        monkeypatch.setattr(rnn, "CHUNK_ROWS", chunk_rows)
+    spec = lm_spec(V=7, H=5, nonlinearity=nonlinearity)
+    engine = NumpyEngine(spec, dtype="float64")
+    assert engine._fused()
+    params = init_params(spec, rng=1, dtype="float64")
+    X, Y, rng = batch(7, 3, 9, seed=2)
+    state = 0.5 * rng.standard_normal((1, 3, 5))
+
+    loss, grads, state_n = engine.loss_and_grads(engine.from_numpy(params), X, Y, state)
+    ref_loss, ref_grads, ref_state = torch_nn_reference(spec, params, X, Y, state)
+
+    assert abs(loss - ref_loss) <= 1e-12 * abs(ref_loss)
+    assert set(grads) == set(ref_grads)
+    for name in grads:
+        assert grads[name].dtype == np.float64
+        assert rel(grads[name], ref_grads[name]) <= 1e-10, name
+    assert rel(state_n, ref_state) <= 1e-12
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 8, 20])
+@pytest.mark.parametrize("chunk_rows", [None, 6])
+def test_fused_rnn_truncation_matches_torch_autograd_engine(monkeypatch, k, chunk_rows):
+    """Truncated BPTT through the chunked backward (ages in two preallocated buffers used in
+    turn, no per-step zeros) against the torch-autograd engine's recomputed windows."""
+    if chunk_rows is not None:
+        monkeypatch.setattr(rnn, "CHUNK_ROWS", chunk_rows)
+    spec = lm_spec(V=6, H=4)
+    params = init_params(spec, rng=3, dtype="float64")
+    X, Y, rng = batch(6, 3, 8, seed=4)
+    state = 0.5 * rng.standard_normal((1, 3, 4))
+
+    ours = NumpyEngine(spec, dtype="float64")
+    loss, grads, _ = ours.loss_and_grads(ours.from_numpy(params), X, Y, state, truncate=k)
+    ref = get_engine("torch-autograd", spec, device="cpu", dtype="float64")
+    ref_loss, ref_grads, _ = ref.loss_and_grads(ref.from_numpy(params), X, Y,
+                                                ref.state_from_numpy(state), truncate=k)
+    assert abs(loss - float(ref_loss)) <= 1e-12 * abs(float(ref_loss))
+    for name in grads:
+        assert rel(grads[name], ref_grads[name]) <= 1e-10, name
+
+
+@pytest.mark.parametrize("truncate", [None, 2])
+def test_chunked_layer_backward_equals_one_chunk(monkeypatch, truncate):
+    """rnn.backward with float inputs (dx written chunk by chunk) and an upstream on h_n: the
+    same gradients whatever the chunk size."""
+    rng = np.random.default_rng(5)
+    T, B, I, H = 7, 2, 3, 4
+    w = {"weight_ih": rng.standard_normal((H, I)), "weight_hh": 0.5 * rng.standard_normal((H, H)),
+         "bias_ih": rng.standard_normal(H), "bias_hh": rng.standard_normal(H)}
+    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
+    dhs, dh_n = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
+    _, _, cache = rnn.forward(x, h0, **w)
+    whole = rnn.backward(dhs, dh_n, cache, truncate)
+    monkeypatch.setattr(rnn, "CHUNK_ROWS", 3)             # one step per chunk
+    chunked = rnn.backward(dhs, dh_n, cache, truncate)
+    for a, b in zip(whole[:2], chunked[:2], strict=True):
+        assert rel(b, a) <= 1e-13
+    for name in whole[2]:
+        assert rel(chunked[2][name], whole[2][name]) <= 1e-13, name
+
+
+def test_in_place_cross_entropy_equals_the_copying_one_and_torch():
+    rng = np.random.default_rng(6)
+    logits = 4.0 * rng.standard_normal((12, 9))
+    logits[0, 3] = 1e4                                    # huge logits stay finite
+    targets = rng.integers(0, 9, 12)
+    loss, grad = softmax_cross_entropy(logits, targets)
+    buf = logits.copy()
+    loss_, grad_ = softmax_cross_entropy_(buf, targets)
+    assert grad_ is buf                                   # in place: no (N, V) allocation
+    assert loss_ == loss and np.array_equal(grad_, grad)
+    t = torch.tensor(logits, requires_grad=True)
+    ref = F.cross_entropy(t, torch.as_tensor(targets))
+    ref.backward()
+    assert abs(loss - ref.detach().item()) <= 1e-12 * abs(ref.detach().item())
+    assert rel(grad, t.grad) <= 1e-12
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_step_path_equals_the_sequence_forward(cell, layers):
+    """forward() over one step goes through NumpyEngine.step (generation's path, no stack
+    bookkeeping): fed token by token it gives the sequence forward's logits and state."""
+    spec = lm_spec(cell=cell, V=6, H=5, L=layers)
+    engine = NumpyEngine(spec, dtype="float64")
+    params = engine.from_numpy(init_params(spec, rng=7, dtype="float64"))
+    X, _, rng = batch(6, 2, 5, seed=8)
+    state0 = engine.begin_state(2)
+    state0 = (tuple(s + rng.standard_normal(s.shape) for s in state0) if cell == "lstm"
+              else state0 + rng.standard_normal(state0.shape))
+    whole, whole_state = engine.forward(params, X, state0)
+    state, rows = state0, []
+    for t in range(X.shape[1]):
+        y, state = engine.forward(params, X[:, t:t + 1], state)
+        assert y.shape == (2, 1, 6)
+        rows.append(y[:, 0])
+    assert rel(np.stack(rows, axis=1), whole) <= 1e-13
+    for a, b in zip(state if cell == "lstm" else (state,),
+                    whole_state if cell == "lstm" else (whole_state,), strict=True):
+        assert rel(a, b) <= 1e-13
+
+
+def test_step_path_rejects_bad_ids_and_states():
+    spec = lm_spec(V=6, H=5)
+    engine = NumpyEngine(spec)
+    params = engine.from_numpy(init_params(spec, rng=0))
+    with pytest.raises(ValueError, match=r"\[0, 6\)"):
+        engine.forward(params, np.array([[6]]), None)
+    with pytest.raises(ValueError, match="expected a state of shape"):
+        engine.forward(params, np.array([[1]]), np.zeros((1, 2, 5), np.float32))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_float32_end_to_end(cell):
+    """Every gradient, output and state of a float32 engine is float32 (no silent upcast)."""
+    spec = lm_spec(cell=cell, V=6, H=5)
+    engine = NumpyEngine(spec)
+    params = engine.from_numpy(init_params(spec, rng=0))
+    X, Y, _ = batch(6, 3, 4, seed=9)
+    loss, grads, state = engine.loss_and_grads(params, X, Y, engine.begin_state(3), truncate=2)
+    assert np.isfinite(loss)
+    for g in grads.values():
+        assert g.dtype == np.float32
+    for s in state if cell == "lstm" else (state,):
+        assert s.dtype == np.float32
+    y, _ = engine.forward(params, X[:, :1], None)
+    assert y.dtype == np.float32
+
+
+def test_numpy_engine_never_imports_torch():
+    """Training and generation with the NumPy engine, in a fresh interpreter: no torch."""
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import bptt.engine.numpy.model, bptt.lm.generate
+        from bptt import optim
+        from bptt.data import Vocab
+        from bptt.engine import get_engine
+        from bptt.lm.generate import LanguageModel, generate
+        from bptt.model import ModelSpec, init_params
+        vocab = Vocab(list("abcdefghijklmnopqrstuvwxyz "))
+        spec = ModelSpec(input_size=len(vocab), hidden_size=8, output_size=len(vocab))
+        engine = get_engine("numpy", spec)
+        params = engine.from_numpy(init_params(spec, rng=0))
+        X = np.random.default_rng(0).integers(0, len(vocab), (2, 5))
+        loss, grads, state = engine.loss_and_grads(params, X, X, engine.begin_state(2))
+        optim.clip_grad_norm_(grads, 1.0)
+        optim.SGD(lr=1.0).step(params, grads)
+        text = generate(LanguageModel(spec, params, vocab), "time ", 5)
+        assert len(text) == 10, text
+        assert "torch" not in sys.modules, "the NumPy path imported torch"
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_torch_engine_step_path_equals_the_sequence_forward(layers):
+    """TorchEngine.forward over one step runs rnn.step per layer (generation's path)."""
+    spec = lm_spec(V=6, H=5, L=layers)
+    engine = get_engine("torch", spec, device="cpu", dtype="float64")
+    params = engine.from_numpy(init_params(spec, rng=14, dtype="float64"))
+    X, _, rng = batch(6, 2, 5, seed=15)
+    state0 = torch.as_tensor(rng.standard_normal((layers, 2, 5)))
+    whole, whole_state = engine.forward(params, X, state0)
+    state, rows = state0, []
+    for t in range(X.shape[1]):
+        y, state = engine.forward(params, X[:, t:t + 1], state)
+        rows.append(y[:, 0])
+    assert rel(torch.stack(rows, dim=1), whole) <= 1e-13
+    assert rel(state, whole_state) <= 1e-13
+    y, state = engine.forward(params, X[:, :1])                 # no state: zeros
+    assert y.shape == (2, 1, 6) and state.shape == (layers, 2, 5)
+
+
+def test_numpy_engine_rejects_bf16():
+    with pytest.raises(ValueError, match="no bfloat16 matrix product"):
+        get_engine("numpy", lm_spec(), precision="bf16")
+
+
+# -- bf16 -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("truncate", [None, 3])
+def test_bf16_torch_engine_within_bf16_tolerance_of_fp32(truncate):
+    """precision='bf16': products in bfloat16, float32 master weights, state and loss."""
+    spec = lm_spec(V=28, H=64)
+    params = init_params(spec, rng=10)
+    X, Y, _ = batch(28, 8, 12, seed=11)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        engine = get_engine("torch", spec, device="cpu", precision=precision)
+        loss, grads, state = engine.loss_and_grads(engine.from_numpy(params), X, Y,
+                                                   engine.begin_state(8), truncate=truncate)
+        results[precision] = (float(loss), grads, state)
+        for g in grads.values():
+            assert g.dtype == torch.float32                # master weights' gradients
+        assert state.dtype == torch.float32 and loss.dtype == torch.float32
+    (l32, g32, s32), (l16, g16, s16) = results["fp32"], results["bf16"]
+    assert abs(l16 - l32) <= 1e-2 * abs(l32)
+    for name in g32:
+        err = float((g16[name] - g32[name]).norm() / g32[name].norm())
+        assert err <= 5e-2, (name, err)
+    assert rel(s16, s32) <= 5e-2
+
+
+def test_bf16_forward_and_other_engines():
+    spec = lm_spec(V=28, H=32)
+    params = init_params(spec, rng=12)
+    X, _, _ = batch(28, 2, 6, seed=13)
+    e32 = get_engine("torch", spec, device="cpu")
+    e16 = get_engine("torch", spec, device="cpu", precision="bf16")
+    y32, _ = e32.forward(e32.from_numpy(params), X)
+    y16, _ = e16.forward(e16.from_numpy(params), X)
+    assert y16.dtype == torch.float32
+    assert rel(y16, y32) <= 5e-2
+    y1, s1 = e16.forward(e16.from_numpy(params), X[:, :1])      # the single-step path
+    assert y1.dtype == torch.float32 and rel(y1[:, 0], y32[:, 0]) <= 5e-2
+    with pytest.raises(ValueError, match="expected precision 'fp32' or 'bf16', got 'fp8'"):
+        get_engine("torch", spec, device="cpu", precision="fp8")
+    with pytest.raises(ValueError, match="dtype 'float32' with precision 'bf16'"):
+        get_engine("torch", spec, device="cpu", dtype="float64", precision="bf16")
+    for name in ("torch-autograd", "torch-builtin"):
+        with pytest.raises(ValueError, match="expected precision 'fp32', got 'bf16'"):
+            get_engine(name, spec, device="cpu", precision="bf16")
+    with pytest.raises(ValueError, match="got 'bf16' for the lstm cell"):
+        get_engine("torch", lm_spec(cell="lstm"), device="cpu", precision="bf16")
+
+
+# -- bptt bench -----------------------------------------------------------------------------------
+
+def test_bench_quick_json_end_to_end(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--json", str(path)]) == 0
+    table = capsys.readouterr().out
+    out = json.loads(path.read_text())
+    assert set(out["results"]) == set(bench.CONFIGS)
+    for name, rows in out["results"].items():
+        assert set(rows) == set(bench.SUBJECTS), name
+        for subject, r in rows.items():
+            assert r["train"]["error"] is None, (name, subject, r["train"]["error"])
+            assert r["train"]["tokens_per_s"] > 0
+            assert r["train"]["ratio_to_reference"] > 0
+            assert r["generate"]["error"] is None, (name, subject, r["generate"]["error"])
+            assert r["generate"]["chars_per_s"] > 0
+        assert rows[bench.REFERENCE]["train"]["ratio_to_reference"] == pytest.approx(1.0)
+    long = out["results"]["long"]
+    for subject in bench.SUBJECTS:
+        assert long[subject]["memory"]["error"] is None, subject
+        assert long[subject]["memory"]["peak_mb"] is not None
+    assert long["numpy"]["memory"]["torch_imported"] is False    # its own process, no torch
+    assert long["numpy"]["memory_tracemalloc"]["peak_mb"] > 0
+    assert {t["target"] for t in out["targets"]} == {t[-1] for t in bench.TARGETS}
+    assert "torch.nn.RNN" in table and "targets:" in table
+
+
+def test_bench_rejects_unknown_names():
+    with pytest.raises(SystemExit):
+        main(["bench", "--configs", "huge"])
+    with pytest.raises(ValueError, match="subjects"):
+        bench.run(bench.BenchSettings(subjects=("tensorflow",)))
+
+
+def test_gemm_shapes_and_rates_are_sane():
+    cfg = bench.QUICK_CONFIGS["book"]
+    shapes = bench.gemm_shapes(cfg)
+    assert shapes["step (B,H)x(H,H)"] == (cfg.batch, cfg.hidden, cfg.hidden)
+    assert shapes["weight grad (H,TB)x(TB,H)"] == (cfg.hidden, cfg.tokens, cfg.hidden)
+    rates = bench.gemm_rates(cfg, with_torch=False, min_seconds=0.001)
+    assert all(r["numpy_fp32"] > 0 for r in rates.values())
