@@ -251,6 +251,52 @@ def test_torch_engine_step_path_equals_the_sequence_forward(layers):
     assert y.shape == (2, 1, 6) and state.shape == (layers, 2, 5)
 
 
+@pytest.mark.parametrize("truncate", [None, 2])
+def test_torch_engine_fp32_products_through_onednn_equal_torch_mm(monkeypatch, truncate):
+    """Float32 CPU products go through torch's oneDNN linear when the build has it (and the
+    activation through NumPy's tanh); the results equal the torch.mm path and the NumPy
+    engine to float32 rounding."""
+    from bptt.engine.torch import common
+
+    spec = lm_spec(V=28, H=48)
+    params = init_params(spec, rng=16)
+    X, Y, rng = batch(28, 8, 10, seed=17)
+    state = 0.3 * rng.standard_normal((1, 8, 48)).astype(np.float32)
+
+    def run():
+        engine = get_engine("torch", spec, device="cpu")
+        loss, grads, st = engine.loss_and_grads(engine.from_numpy(params), X, Y,
+                                                engine.state_from_numpy(state),
+                                                truncate=truncate)
+        y, _ = engine.forward(engine.from_numpy(params), X, engine.state_from_numpy(state))
+        return float(loss), grads, st, y
+
+    fast = run()
+    monkeypatch.setattr(common, "_ONEDNN", [None])             # torch.mm everywhere
+    plain = run()
+    ref_engine = NumpyEngine(spec)
+    ref_loss, ref_grads, ref_state = ref_engine.loss_and_grads(
+        ref_engine.from_numpy(params), X, Y, state, truncate=truncate)
+    for ours in (fast, plain):
+        assert abs(ours[0] - ref_loss) <= 1e-5 * abs(ref_loss)
+        for name in ref_grads:
+            assert rel(ours[1][name], ref_grads[name]) <= 1e-4, name
+        assert rel(ours[2], ref_state) <= 1e-5
+    assert rel(fast[3], plain[3]) <= 1e-5
+
+
+def test_tanh_into_equals_torch_tanh():
+    from bptt.engine.torch.common import tanh_into
+
+    z = torch.randn(4, 6) * 4
+    z[0, :3] = torch.tensor([1e-8, 30.0, -30.0])
+    out = torch.empty_like(z)
+    assert tanh_into(z, out) is out
+    assert torch.allclose(out, torch.tanh(z), rtol=3e-7, atol=0)
+    g = z.clone().requires_grad_()                             # autograd tensors: torch's own
+    assert torch.allclose(tanh_into(g.detach(), g.detach().clone()), torch.tanh(z), rtol=3e-7)
+
+
 def test_numpy_engine_rejects_bf16():
     with pytest.raises(ValueError, match="no bfloat16 matrix product"):
         get_engine("numpy", lm_spec(), precision="bf16")

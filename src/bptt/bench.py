@@ -523,6 +523,14 @@ def machine_info() -> dict:
     return info
 
 
+def _loadavg() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages: how busy the (shared) machine was."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -539,6 +547,7 @@ def run(settings: BenchSettings, log=_log) -> dict:
     results: dict[str, dict[str, dict]] = {c.name: {s: {} for s in settings.subjects}
                                            for c in configs}
     t_start = time.perf_counter()
+    load_before = _loadavg()
     if "train" in settings.parts or "generate" in settings.parts:
         workers = {s: Worker(settings.threads) for s in settings.subjects}
         try:
@@ -553,7 +562,7 @@ def run(settings: BenchSettings, log=_log) -> dict:
             if cfg.name in names:
                 _memory_part(cfg, settings, results[cfg.name], log)
     out = {
-        "machine": machine_info(),
+        "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": _loadavg()},
         "settings": {**asdict(settings), "worker_threads": settings.threads or cores()},
         "configs": {c.name: asdict(c) for c in configs},
         "results": results,
@@ -702,7 +711,8 @@ def format_table(out: dict) -> str:
                  f"({m.get('numpy_blas', '?')}), torch {m.get('torch', '-')}; "
                  f"{'quick; ' if out['settings']['quick'] else ''}"
                  f"{out['settings']['worker_threads']} thread(s) per worker; "
-                 f"medians of {out['settings']['repeats']} interleaved rounds")
+                 f"medians of {out['settings']['repeats']} interleaved rounds; load average "
+                 f"{m.get('loadavg_before')} before, {m.get('loadavg_after')} after")
     head = (f"{'subject':<15} {'train tok/s':>12} {'x nn.RNN':>9} {'gen char/s':>11} "
             f"{'x nn.RNN':>9} {'x book':>7} {'peak MiB':>9} {'x book':>7}")
     for name, cfg in out["configs"].items():

@@ -62,6 +62,8 @@ def register(sub) -> None:
                    help="length of one timed training block (default 0.4)")
     p.add_argument("--gen-chars", type=int, default=None,
                    help="characters per generation block (default 300)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch and BLAS threads per worker (default: every core; quick: 1)")
     p.set_defaults(func=run)
 
 
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from . import CLIError
 
     kw = {"configs": args.configs, "subjects": args.subjects, "parts": args.parts}
-    for name in ("repeats", "seconds", "gen_chars"):
+    for name in ("repeats", "seconds", "gen_chars", "threads"):
         value = getattr(args, name)
         if value is not None:
             if value <= 0:

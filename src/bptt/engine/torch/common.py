@@ -15,11 +15,80 @@ of the rows of dz into the V rows of dW_ih^T, never a V-wide product.
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 NONLINEARITIES = ("tanh", "relu")
+
+# -- float32 matrix products through oneDNN on the CPU ---------------------------------------------
+#
+# On the CPU torch multiplies float32 matrices with its BLAS (MKL), which on AMD processors
+# runs AVX2 kernels; its oneDNN linear (the op torch's compiler fuses CPU linears into) runs
+# AVX-512 kernels and is about twice as fast for this package's shapes (docs/performance.md).
+# The hand-written BPTT computes its float32 CPU products ``a @ w^T`` there when the build has
+# it and it passes a numerical self-check; everywhere else (CUDA, float64, no oneDNN, or
+# BPTT_ONEDNN=0) it is ``torch.mm``. Same arithmetic: float32 products, float32 accumulation.
+
+_ONEDNN: list = []          # [op or None], resolved on first use
+
+
+def _onednn_linear():
+    if not _ONEDNN:
+        op = None
+        if os.environ.get("BPTT_ONEDNN", "1") != "0":
+            try:
+                candidate = torch.ops.mkldnn._linear_pointwise
+                if torch.backends.mkldnn.is_available():
+                    gen = torch.Generator().manual_seed(0)
+                    a, w = torch.randn(3, 7, generator=gen), torch.randn(5, 7, generator=gen)
+                    z = torch.randn(3, 5, generator=gen)
+                    ok = torch.allclose(candidate(a, w, None, "none", [], ""), a @ w.t(),
+                                        rtol=1e-5, atol=1e-5)
+                    ok = ok and torch.allclose(candidate.binary(a, z, w, None, "add"),
+                                               torch.addmm(z, a, w.t()), rtol=1e-5, atol=1e-5)
+                    op = candidate if ok else None
+            except (AttributeError, RuntimeError):
+                op = None
+        _ONEDNN.append(op)
+    return _ONEDNN[0]
+
+
+def _use_onednn(*tensors: torch.Tensor) -> bool:
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and _onednn_linear() is not None)
+
+
+def linear(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``a @ w^T`` (a (M, K), w (N, K)): oneDNN for float32 CPU tensors, else torch.mm."""
+    if _use_onednn(a, w):
+        return _onednn_linear()(a, w, None, "none", [], "")
+    return a @ w.t()
+
+
+def tanh_into(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = tanh(src)`` (same shape; ``src`` may be ``out``).
+
+    On the CPU through NumPy's vectorised tanh on the tensors' own memory (no copy): torch's
+    CPU tanh kernel is about ten times slower for a (B, H) step, which made it a tenth of the
+    RNN's step time. Both are correctly rounded to within an ulp.
+    """
+    if (out.device.type == "cpu" and src.device.type == "cpu" and out.is_contiguous()
+            and src.is_contiguous() and out.dtype == src.dtype
+            and out.dtype in (torch.float32, torch.float64)
+            and not (out.requires_grad or src.requires_grad)):
+        np.tanh(src.numpy(), out=out.numpy())
+        return out
+    return torch.tanh(src, out=out)
+
+
+def linear_add(a: torch.Tensor, w: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``a @ w^T + other`` as a fresh tensor, in one product."""
+    if _use_onednn(a, w, other):
+        return _onednn_linear().binary(a, other, w, None, "add")
+    return torch.addmm(other, a, w.t())
 
 
 def is_tokens(x: torch.Tensor) -> bool:
@@ -86,7 +155,10 @@ def project_inputs(x: torch.Tensor, weight_ih: torch.Tensor,
     """All steps at once: ``x_t W_ih^T + bias`` for every t.  (T, B, G*H), a fresh tensor."""
     T, B = x.shape[:2]
     if is_tokens(x):
-        out = weight_ih.t()[x]                         # (T, B, GH): one-hot W_ih^T = a gather
+        table = weight_ih.t()                          # (V, GH); contiguous rows gather faster
+        if weight_ih.shape[1] <= 4 * T * B:
+            table = table.contiguous()
+        out = table[x]                                 # (T, B, GH): one-hot W_ih^T = a gather
         if bias is not None:
             out += bias
         return out

@@ -47,10 +47,12 @@ from .common import (
     check_sequence,
     check_state,
     check_truncate,
+    linear,
+    linear_add,
     project_inputs,
     project_inputs_backward,
-    recurrent_weight_grad,
     sum_biases,
+    tanh_into,
 )
 
 GATES = 1
@@ -89,14 +91,13 @@ def forward(
 
     if low is None:
         hs = project_inputs(x, weight_ih, bias)          # x_t W_ih^T + b, all t
-        w_hh_t = weight_hh.t()
         h = h0
         for z in hs.unbind(0):                           # z = hs[t], a view
-            z.addmm_(h, w_hh_t)                          # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
+            # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T;  h_t = f(z_t), written into hs[t]
             if nonlinearity == "tanh":
-                z.tanh_()                                # h_t = tanh(z_t), in place
+                tanh_into(linear_add(h, weight_hh, z), z)
             else:
-                z.relu_()                                # h_t = relu(z_t), in place
+                torch.clamp(linear_add(h, weight_hh, z), min=0.0, out=z)  # relu
             h = z
         states_low = None
     else:
@@ -114,7 +115,7 @@ def forward(
         for t, z in enumerate(hs.unbind(0)):
             z.add_(torch.mm(lows[t], w_low_t))           # z_t += h_{t-1} W_hh^T (bf16 product)
             if nonlinearity == "tanh":
-                z.tanh_()
+                tanh_into(z, z)
             else:
                 z.relu_()
             lows[t + 1].copy_(z)
@@ -146,7 +147,7 @@ def step(x: torch.Tensor, h: torch.Tensor, weight_ih: torch.Tensor, weight_hh: t
         z.addmm_(h, weight_hh.t())
     else:
         z.add_(torch.mm(h.to(low), weight_hh.t().to(low)))
-    return z.tanh_() if nonlinearity == "tanh" else z.relu_()
+    return tanh_into(z, z) if nonlinearity == "tanh" else z.relu_()
 
 
 def backward(
@@ -176,6 +177,7 @@ def backward(
     else:
         fprime = (hs > 0).to(hs.dtype)                   # f'(z_t) = [h_t > 0]
     w_low = None if low is None else weight_hh.to(low)
+    w_hh_t = weight_hh.t().contiguous() if low is None else None  # dz W_hh = dz (W_hh^T)^T
 
     if truncate is None:
         # u_t = dL/dh_t * f'(z_t);  dz_{t-1} = u_{t-1} + (dz_t W_hh) * f'(z_{t-1})     (1, 2)
@@ -183,27 +185,29 @@ def backward(
         if dh_n is not None:
             dz[-1].addcmul_(dh_n, fprime[-1])
         rows, fps = dz.unbind(0), fprime.unbind(0)
-        carried = hs.new_empty((B, H))
         for t in range(T - 1, 0, -1):
             if low is None:
-                torch.mm(rows[t], weight_hh, out=carried)    # dh_{t-1} from step t   (1)
-                rows[t - 1].addcmul_(carried, fps[t - 1])
+                carried = linear(rows[t], w_hh_t)       # dh_{t-1} = dz_t W_hh       (1)
             else:
-                rows[t - 1].addcmul_(torch.mm(rows[t].to(low), w_low), fps[t - 1])
-        dh0 = rows[0] @ weight_hh if low is None else torch.mm(rows[0].to(low), w_low).float()
+                carried = torch.mm(rows[t].to(low), w_low)
+            rows[t - 1].addcmul_(carried, fps[t - 1])
+        dh0 = linear(rows[0], w_hh_t) if low is None else torch.mm(rows[0].to(low),
+                                                                   w_low).float()
     else:
         def step(t: int, dstate: tuple, g: torch.Tensor) -> None:
             (dh,) = dstate                               # (A, B, H): dh_t by age       (1)
             torch.mul(dh, fprime[t], out=g)              # dz_t = dh_t * f'(z_t)        (2)
             if low is None:
-                torch.mm(g.view(-1, H), weight_hh, out=dh.view(-1, H))  # dz_t W_hh     (1)
+                dh.view(-1, H).copy_(linear(g.view(-1, H), w_hh_t))  # dz_t W_hh       (1)
             else:
                 dh.view(-1, H).copy_(torch.mm(g.view(-1, H).to(low), w_low))
 
         dz, (dh0,) = bptt_loop(step, dhs, (dh_n,), hs, H, truncate)
 
     if low is None:
-        grads = {"weight_hh": recurrent_weight_grad(dz, hs, h0)}  # sum dz_t^T h_{t-1}   (3)
+        h_prev = torch.cat((h0.unsqueeze(0), hs[:-1])).view(T * B, H)  # h_{t-1}, every t
+        dz2 = dz.view(T * B, H)
+        grads = {"weight_hh": linear(dz2.t(), h_prev.t())}  # dW_hh = sum dz_t^T h_{t-1} (3)
         dx, grads["weight_ih"] = project_inputs_backward(dz, x, weight_ih, need_dx)  # (4, 6)
     else:
         dz_low = dz.to(low).view(T * B, H)
