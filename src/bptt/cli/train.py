@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..lm.config import RECIPES, TrainConfig
+from ..lm.distributed import DEFAULT_TIMEOUT as DIST_TIMEOUT
 
 _D = TrainConfig()
 
@@ -110,6 +111,9 @@ def register(sub) -> None:
     g.add_argument("--sample-prefix", default=_D.sample_prefix)
     g.add_argument("--sample-length", type=int, default=_D.sample_length)
     g.add_argument("--progress", choices=["auto", "bar", "log"], default=_D.progress)
+    g.add_argument("--dist-timeout", type=float, default=DIST_TIMEOUT, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for its peers before the run "
+                   "ends with an error (a dead or hung process)")
     p.set_defaults(func=run, parser=p)
 
 
@@ -137,13 +141,14 @@ def resume_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     from pathlib import Path
 
     from ..lm import checkpoint as ck
+    from ..lm.distributed import is_main
 
     last = Path(cfg.out) / "last.safetensors"
     if not last.is_file():  # train() says what is missing
         return cfg
     saved = ck.load(last).config  # a damaged checkpoint fails here, before any warning
     ignored = sorted(explicit - set(RESUME_FLAGS))
-    if ignored:
+    if ignored and is_main():
         names = ", ".join("--" + k.replace("_", "-") for k in ignored)
         print(f"bptt train: warning: {names} ignored with --resume (the checkpoint's settings "
               f"are kept; only {', '.join('--' + k for k in RESUME_FLAGS)} apply)",
@@ -154,16 +159,24 @@ def resume_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..lm.distributed import ConfigError, PeerError, is_main
     from ..lm.train import Diverged, train
 
+    # under torchrun every rank runs this; rank 0 alone reports what all ranks share
     cfg = config_from_args(args)
-    if args.resume:
-        cfg = resume_config(cfg, explicit_flags(args))
     try:
-        result = train(cfg, resume=args.resume)
-    except Diverged as e:
+        if args.resume:
+            cfg = resume_config(cfg, explicit_flags(args))
+        result = train(cfg, resume=args.resume, dist_timeout=args.dist_timeout)
+    except (Diverged, ConfigError) as e:
+        if is_main():
+            print(f"bptt train: error: {e}", file=sys.stderr)
+        return 3 if isinstance(e, Diverged) else 2
+    except PeerError as e:  # this rank's own view: every surviving rank says it
         print(f"bptt train: error: {e}", file=sys.stderr)
-        return 3
+        return 4
+    if not is_main():
+        return 130 if result.interrupted else 0
     last = result.last
     if last:
         print(f"perplexity {last['perplexity']:.2f}"

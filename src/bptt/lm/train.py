@@ -4,6 +4,10 @@ Read top to bottom: data -> model -> resume -> epochs (batches -> loss and BPTT 
 -> evaluation, metrics, checkpoints, samples, plot. Randomness is derived from (seed, epoch,
 batch), so a run resumed from any checkpoint, even one written inside an epoch, continues
 exactly as the uninterrupted run would have.
+
+Launched by torchrun, each process is one data-parallel rank: the hooks ``dist.*`` (from
+lm/distributed.py) give it its rows of every batch, average gradients and loss over the ranks,
+agree on Ctrl-C, and leave all writing and printing to rank 0. In one process they do nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from ..data import DataError, batches, check_batchable, load_corpus, resolve, sp
 from ..engine import get_engine
 from ..model import ModelSpec, init_params
 from . import checkpoint as ck
+from . import distributed
 from .config import TrainConfig
 from .evaluate import evaluate_tokens
 from .generate import LanguageModel, generate
@@ -118,9 +123,23 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
-    """Train per ``cfg``; with ``resume`` continue from ``cfg.out/last.safetensors``."""
+def _silent(msg: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, log=_log,
+          dist_timeout: float = distributed.DEFAULT_TIMEOUT) -> TrainResult:
+    """Train per ``cfg``; with ``resume`` continue from ``cfg.out/last.safetensors``.
+
+    Under torchrun (WORLD_SIZE > 1) this process is one data-parallel rank of the run, and a
+    collective waits at most ``dist_timeout`` seconds for its peers (see lm/distributed.py).
+    """
     _validate(cfg)
+    with distributed.session(cfg.engine, cfg.device, dist_timeout) as dist:
+        return _train(cfg, resume, log if dist.is_main else _silent, dist)
+
+
+def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single) -> TrainResult:
     out = Path(cfg.out)
     last_path, best_path, metrics_path = (out / "last.safetensors", out / "best.safetensors",
                                           out / "metrics.jsonl")
@@ -147,12 +166,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
                                      "progress": cfg.progress, "device": cfg.device,
                                      "engine": cfg.engine})
 
+    dist.check_batch(cfg.batch_size)  # each rank takes batch_size / world_size rows
+
     # -- data -------------------------------------------------------------------------------
     train_ids, val_ids, vocab = load_data(cfg, vocab=ckpt.vocab if ckpt else None)
     spec = build_spec(cfg, len(vocab))
 
     # -- model, engine, optimiser -----------------------------------------------------------
-    engine = get_engine(cfg.engine, spec, device=cfg.device, dtype=cfg.dtype,
+    engine = get_engine(cfg.engine, spec, device=dist.device or cfg.device, dtype=cfg.dtype,
                         precision=cfg.precision)
     opt = optim.make_optimizer(cfg.optimizer, cfg.lr)
     start_epoch, start_batch, carried, metrics = 0, 0, None, []
@@ -164,11 +185,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
         t = ckpt.train
         start_epoch, start_batch = int(t["epoch"]), int(t.get("batch", 0))
         opt.lr = float(t.get("lr", cfg.lr))
-        opt.state = {k: engine.from_numpy({k: v})[k] for k, v in ckpt.optim.items()}
+        # plain array conversions (from_numpy would check the arrays are the model's params)
+        opt.state = {k: engine.state_from_numpy(v) for k, v in ckpt.optim.items()}
         opt.state.update(t.get("optim_scalars", {}))
         partial = t.get("partial", partial)
+        saved = dist.state_rows(ckpt.state)   # the global state, this rank's rows of it
         carried = engine.state_from_numpy(
-            ckpt.state if ckpt.state is None or spec.cell == "lstm" else ckpt.state[0])
+            saved if saved is None or spec.cell == "lstm" else saved[0])
         metrics = list(ckpt.metrics)
         if start_epoch >= cfg.epochs:
             log(f"already trained {start_epoch} epochs (asked for {cfg.epochs}); nothing to do")
@@ -176,14 +199,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
     else:
         params = engine.from_numpy(init_params(spec, cfg.init, np.random.default_rng([cfg.seed, 0]),
                                                dtype=cfg.dtype))
-        out.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text("")
-        for stale in (best_path, out / "perplexity.png"):  # a previous run's, in this folder
-            stale.unlink(missing_ok=True)
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            metrics_path.write_text("")
+            for stale in (best_path, out / "perplexity.png"):  # a previous run's, in this folder
+                stale.unlink(missing_ok=True)
     lm_numpy = lambda: LanguageModel(spec, engine.to_numpy(params), vocab,  # noqa: E731
                                      cfg.normalization, cfg.tokenization)
 
     def save(path: Path, epoch: int, batch: int, state=None, part=None) -> None:
+        state = dist.gather_rows(state)   # every rank takes part; rank 0 alone writes,
+        if dist.is_main:
+            write(path, epoch, batch, state, part)
+        dist.barrier()                    # and no rank exits before it has written
+
+    def write(path: Path, epoch: int, batch: int, state, part) -> None:
         st = None
         if state is not None:
             st = engine.state_to_numpy(state)
@@ -200,14 +230,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
 
     best = min((m.get("val_perplexity") or m["perplexity"] for m in metrics), default=math.inf)
     max_loss = DIVERGED_LOSS_FACTOR * math.log(max(len(vocab), 2))
-    bar = _progress(cfg, start_epoch)
+    bar = _progress(cfg, start_epoch) if dist.is_main else None
     result = TrainResult(out, start_epoch, metrics)
 
     # the flag is up before the first line is logged: from then on Ctrl-C saves a checkpoint
     with _StopFlag() as flag:
         log(f"training {spec.cell} H={spec.hidden_size} L={spec.num_layers} on "
             f"{train_ids.size:,} tokens (vocab {len(vocab)}), engine {engine.name} on "
-            f"{engine.device}, epochs {start_epoch + 1}..{cfg.epochs}")
+            f"{engine.device}{dist.describe()}, epochs {start_epoch + 1}..{cfg.epochs}")
         for epoch in range(start_epoch, cfg.epochs):
             # -- one epoch: the book's train_epoch_ch8 ------------------------------------
             batch_rng = np.random.default_rng([cfg.seed, 1, epoch])
@@ -223,13 +253,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
                                                cfg.partition, batch_rng)):
                 if i < skip:
                     continue
+                X, Y = dist.rows(X), dist.rows(Y)                # this rank's rows
                 if state is None or cfg.partition == "random":
                     state = engine.begin_state(X.shape[0])       # fresh state (B, H)
                 else:
                     state = engine.detach_state(state)            # carried, gradient stopped
                 loss, grads, state = engine.loss_and_grads(
                     params, X, Y, state, truncate=cfg.truncate, training=True,
-                    rng=np.random.default_rng([cfg.seed, 2, epoch, i]))
+                    rng=np.random.default_rng([cfg.seed, 2, epoch, i, *dist.rng_key]))
+                loss = dist.average(grads, loss)                  # global means, before clipping
                 if cfg.clip is not None:                          # clip, then step
                     if cfg.clip_mode == "norm":
                         norm = optim.clip_grad_norm_(grads, cfg.clip)
@@ -242,11 +274,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
                     norm, after = optim.global_norm(grads), None
                 norms.append((norm, after))
                 opt.step(params, grads)
-                loss_sum = loss_sum + loss * X.size               # on the device: no sync
-                n_tok += X.size
+                tokens = X.size * dist.world_size                 # the global batch's
+                loss_sum = loss_sum + loss * tokens               # on the device: no sync
+                n_tok += tokens
                 if bar is not None:
                     bar.set_postfix_str(f"batch {i + 1}", refresh=False)
-                if flag.stop:
+                if dist.agree_stop(flag.stop):                    # all ranks stop together
                     break
             seconds += time.perf_counter() - t0
             loss_sum = engine.scalar(loss_sum)
@@ -263,7 +296,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
                     f"finite loss below {max_loss:.4g} = {DIVERGED_LOSS_FACTOR:g} x ln V); the "
                     f"last sound parameters ({where}) are in {last_path}; lower --lr or set --clip"
                 )
-            if flag.stop:
+            if dist.agree_stop(flag.stop):
                 save(last_path, epoch, i + 1, state,
                      {"loss_sum": loss_sum, "tokens": n_tok, "seconds": seconds,
                       "norms": _host_norms(norms, engine)})
@@ -274,13 +307,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
 
             # -- evaluation, metrics, checkpoints --------------------------------------------
             record = _epoch_record(epoch, loss_sum, n_tok, seconds, opt.lr, cfg, norms)
-            _write_steps(metrics_path, epoch, _host_norms(norms, engine), cfg)
-            if val_ids.size >= 2:
+            if dist.is_main:
+                _write_steps(metrics_path, epoch, _host_norms(norms, engine), cfg)
+            if val_ids.size >= 2:  # every rank evaluates the whole stream; rank 0's numbers rule
                 val = evaluate_tokens(engine, params, val_ids, cfg.batch_size, cfg.num_steps)
-                record["val_loss"], record["val_perplexity"] = val["loss"], val["perplexity"]
+                record["val_loss"], record["val_perplexity"] = dist.from_main(
+                    [val["loss"], val["perplexity"]])
             metrics.append(record)
-            with metrics_path.open("a") as f:
-                f.write(_json_line(record))
+            if dist.is_main:
+                with metrics_path.open("a") as f:
+                    f.write(_json_line(record))
             monitored = record.get("val_loss", record["loss"])
             if cfg.lr_halving and len(metrics) > 1:
                 prev = metrics[-2].get("val_loss", metrics[-2]["loss"])
@@ -306,13 +342,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=_log) -> TrainResult:
                 bar.set_postfix_str(line.split("  ", 1)[1], refresh=True)
             elif sample_now or epoch == start_epoch or epoch + 1 == cfg.epochs:
                 log(line)
-            if sample_now:
+            if sample_now and dist.is_main:
                 result.sample = _sample(lm_numpy(), cfg, engine.name)
                 (bar.write if bar is not None else log)(f"  {result.sample}")
                 _plot(metrics, out)
     if bar is not None:
         bar.close()
-    if metrics:
+    if metrics and dist.is_main:
         _plot(metrics, out)
     result.metrics = metrics
     return result
