@@ -288,8 +288,8 @@ def test_validation_split_metrics_and_plot(tmp_path, hello_corpus, cli):
     assert steps and all(s["grad_norm_clipped"] <= 0.5 for s in steps)
     assert {r["kind"] for r in records} == {"epoch", "step"}
     assert (run / "perplexity.png").read_bytes()[:8] == PNG_SIGNATURE
-    assert sorted(files_under(run)) == ["best.safetensors", "last.safetensors", "metrics.jsonl",
-                                        "perplexity.png"]
+    assert sorted(files_under(run)) == ["best.safetensors", "grad_norms.png", "last.safetensors",
+                                        "metrics.jsonl", "perplexity.png"]
 
 
 # -- generate and evaluate -----------------------------------------------------------------------

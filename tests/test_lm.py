@@ -490,6 +490,7 @@ def test_metrics_validation_split_and_plot(tmp_path, make_corpus):
         assert s["grad_norm_clipped"] == pytest.approx(min(s["grad_norm"], 0.5))
     assert any(s["clipped"] for s in steps)
     assert (tmp_path / "run" / "perplexity.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert (tmp_path / "run" / "grad_norms.png").read_bytes()[:8] == PNG_SIGNATURE
     # the best checkpoint is the epoch with the lowest validation perplexity
     best = ck.load(tmp_path / "run" / "best.safetensors")
     lowest = min(epochs, key=lambda r: r["val_perplexity"])

@@ -202,7 +202,8 @@ def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single) -> Tra
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
             metrics_path.write_text("")
-            for stale in (best_path, out / "perplexity.png"):  # a previous run's, in this folder
+            # a previous run's files in this folder
+            for stale in (best_path, out / "perplexity.png", out / "grad_norms.png"):
                 stale.unlink(missing_ok=True)
     lm_numpy = lambda: LanguageModel(spec, engine.to_numpy(params), vocab,  # noqa: E731
                                      cfg.normalization, cfg.tokenization)
@@ -345,11 +346,11 @@ def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single) -> Tra
             if sample_now and dist.is_main:
                 result.sample = _sample(lm_numpy(), cfg, engine.name)
                 (bar.write if bar is not None else log)(f"  {result.sample}")
-                _plot(metrics, out)
+                _plot(metrics, out, cfg)
     if bar is not None:
         bar.close()
     if metrics and dist.is_main:
-        _plot(metrics, out)
+        _plot(metrics, out, cfg)
     result.metrics = metrics
     return result
 
@@ -423,7 +424,13 @@ def _progress(cfg: TrainConfig, start: int):
     return tqdm(total=cfg.epochs, initial=start, unit="epoch", dynamic_ncols=True)
 
 
-def _plot(metrics: list, out: Path) -> None:
+def _plot(metrics: list, out: Path, cfg: TrainConfig) -> None:
+    """perplexity.png, and grad_norms.png: every step's norm before and after clipping."""
     from ..plot import plot_perplexity
+    from ..series.plots import plot_grad_norms, read_step_records
 
     plot_perplexity(metrics, out / "perplexity.png")
+    steps = read_step_records(out / "metrics.jsonl")
+    if steps:
+        threshold = cfg.clip if cfg.clip_mode == "norm" else None
+        plot_grad_norms(steps, out / "grad_norms.png", threshold=threshold)
