@@ -74,6 +74,7 @@ def test_fused_rnn_path_matches_torch_nn(monkeypatch, nonlinearity, chunk_rows):
     chunk_rows forces several chunks (6 rows = 2 steps of B = 3; 1 = one step per chunk)."""
     if chunk_rows is not None:
         monkeypatch.setattr(rnn, "CHUNK_ROWS", chunk_rows)
+        assert rnn._chunk_steps(9, 3) < 9                  # several chunks indeed
     spec = lm_spec(V=7, H=5, nonlinearity=nonlinearity)
     engine = NumpyEngine(spec, dtype="float64")
     assert engine._fused()
@@ -93,12 +94,13 @@ def test_fused_rnn_path_matches_torch_nn(monkeypatch, nonlinearity, chunk_rows):
 
 
 @pytest.mark.parametrize("k", [0, 1, 3, 8, 20])
-@pytest.mark.parametrize("chunk_rows", [None, 6])
+@pytest.mark.parametrize("chunk_rows", [None, 5])
 def test_fused_rnn_truncation_matches_torch_autograd_engine(monkeypatch, k, chunk_rows):
     """Truncated BPTT through the chunked backward (ages in two preallocated buffers used in
     turn, no per-step zeros) against the torch-autograd engine's recomputed windows."""
     if chunk_rows is not None:
         monkeypatch.setattr(rnn, "CHUNK_ROWS", chunk_rows)
+        assert rnn._chunk_steps(8, 3) == 1
     spec = lm_spec(V=6, H=4)
     params = init_params(spec, rng=3, dtype="float64")
     X, Y, rng = batch(6, 3, 8, seed=4)
@@ -127,11 +129,30 @@ def test_chunked_layer_backward_equals_one_chunk(monkeypatch, truncate):
     _, _, cache = rnn.forward(x, h0, **w)
     whole = rnn.backward(dhs, dh_n, cache, truncate)
     monkeypatch.setattr(rnn, "CHUNK_ROWS", 3)             # one step per chunk
+    assert rnn._chunk_steps(T, B) == 1
     chunked = rnn.backward(dhs, dh_n, cache, truncate)
     for a, b in zip(whole[:2], chunked[:2], strict=True):
         assert rel(b, a) <= 1e-13
     for name in whole[2]:
         assert rel(chunked[2][name], whole[2][name]) <= 1e-13, name
+
+
+@pytest.mark.parametrize("one_hot_max", [0, 256])
+def test_token_weight_gradient_both_ways_equal_torch(monkeypatch, one_hot_max):
+    """dW_ih for token ids: a one-hot product (small vocabularies) or a sort and segment sum
+    (large ones), against autograd of the one-hot input through torch.nn.RNN."""
+    from bptt.engine.numpy import common
+
+    monkeypatch.setattr(common, "ONE_HOT_MAX_VOCAB", one_hot_max)
+    spec = lm_spec(V=9, H=4)
+    engine = NumpyEngine(spec, dtype="float64")
+    params = init_params(spec, rng=18, dtype="float64")
+    X, Y, rng = batch(9, 4, 6, seed=19)
+    X[0, :3] = 2                                          # repeated ids add up
+    state = rng.standard_normal((1, 4, 4))
+    _, grads, _ = engine.loss_and_grads(engine.from_numpy(params), X, Y, state)
+    _, ref, _ = torch_nn_reference(spec, params, X, Y, state)
+    assert rel(grads["weight_ih_l0"], ref["weight_ih_l0"]) <= 1e-10
 
 
 def test_in_place_cross_entropy_equals_the_copying_one_and_torch():

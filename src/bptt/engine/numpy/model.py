@@ -31,6 +31,22 @@ from .common import check_sequence
 from .loss import mse, softmax_cross_entropy_
 
 
+def _head_product(rows: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """``rows @ W^T`` (N, O): one product, or for a long sequence one per block of rows.
+
+    For N large next to O, OpenBLAS copies the whole (N, DH) operand into its own buffer, which
+    would double a long sequence's memory; blocks of ``rnn.CHUNK_ROWS`` rows keep that copy
+    small (docs/performance.md, "Memory"). The book's 35 x 32 rows are one product.
+    """
+    N = rows.shape[0]
+    if N <= 4 * rnn.CHUNK_ROWS:
+        return rows @ W.T
+    y = np.empty((N, W.shape[0]), dtype=np.result_type(rows, W))
+    for s in range(0, N, rnn.CHUNK_ROWS):
+        np.matmul(rows[s:s + rnn.CHUNK_ROWS], W.T, out=y[s:s + rnn.CHUNK_ROWS])
+    return y
+
+
 class NumpyEngine:
     """Hand-written BPTT on NumPy arrays, on the CPU."""
 
@@ -178,7 +194,7 @@ class NumpyEngine:
             out, state_n, cache = self._stack_forward(params, x, state, training, rng)
         T, B, DH = out.shape
         rows = out.reshape(T * B, DH)
-        y = rows @ W.T                                                        # (T*B, O)
+        y = _head_product(rows, W)                                            # (T*B, O)
         y += params["head.bias"]
         if self.spec.task == "lm":
             loss, dy = softmax_cross_entropy_(y, np.asarray(Y).T.reshape(-1))  # y becomes dy

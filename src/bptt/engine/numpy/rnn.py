@@ -46,9 +46,10 @@ from .common import (
 
 GATES = 1
 
-CHUNK_ROWS = 2048
+CHUNK_ROWS = 1024
 """Rows (steps x batch) per backward chunk: enough for efficient weight-gradient products, few
-enough that the chunk buffers stay small next to the states of a long sequence."""
+enough that the chunk buffers stay small next to the states of a long sequence. A sequence of
+at most ``4 * CHUNK_ROWS`` rows (the book's 35 x 32) is one chunk."""
 
 Upstream = Callable[[int, int, np.ndarray], None]
 """``upstream(s, e, out)`` writes dL/dh_t for steps s..e-1 into ``out`` (e - s, B, H)."""
@@ -127,7 +128,7 @@ def step(
 
 
 def _chunk_steps(T: int, B: int) -> int:
-    return T if T * B <= CHUNK_ROWS else max(1, CHUNK_ROWS // B)
+    return T if T * B <= 4 * CHUNK_ROWS else max(1, CHUNK_ROWS // B)
 
 
 def backward(
