@@ -4,6 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# Corpora are fetched once into $BPTT_DATA_DIR; with none set, use a checked-out data folder
+# beside the repository when there is one (CI has the book's corpus in ../shared/data).
+ifeq ($(BPTT_DATA_DIR),)
+ifneq ($(wildcard ../shared/data/timemachine.txt),)
+export BPTT_DATA_DIR := $(abspath ../shared/data)
+endif
+endif
+
 .PHONY: demo test lint check bench clean
 
 $(STAMP): pyproject.toml constraints.txt

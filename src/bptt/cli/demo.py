@@ -10,7 +10,7 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="train briefly on The Time Machine and continue a prefix",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=100)
     p.set_defaults(func=run)
 
 
@@ -20,8 +20,11 @@ def run(args: argparse.Namespace) -> int:
     from ..lm.generate import LanguageModel, generate
     from ..lm.train import Diverged, train
 
-    cfg = TrainConfig(data="timemachine", max_tokens=10_000, hidden_size=256, epochs=args.epochs,
-                      optimizer="adam", lr=0.01, out=args.out, sample_every=20)
+    # The book's data and model (first 10,000 characters, 512 tanh units, batch 32 x 35 steps,
+    # clipping at 1) with Adam at 3e-3 instead of SGD at 1: perplexity ~1.1 in 100 epochs
+    # (~20 s on 2 cores) where the book's recipe needs 500.
+    cfg = TrainConfig(data="timemachine", max_tokens=10_000, hidden_size=512, epochs=args.epochs,
+                      optimizer="adam", lr=0.003, out=args.out, sample_every=25)
     try:
         result = train(cfg)
     except Diverged as e:
@@ -35,5 +38,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"perplexity {last['perplexity']:.2f}, {last['tokens_per_s']:,.0f} tokens/s")
     model = LanguageModel.from_checkpoint(ck.load(result.out))
     print(generate(model, "time traveller ", 80))
-    print(f"plot: {result.out}/perplexity.png, checkpoints: {result.out}/best.safetensors")
+    print(f"plots: {result.out}/perplexity.png, {result.out}/grad_norms.png; "
+          f"checkpoints: {result.out}/best.safetensors")
     return 0
