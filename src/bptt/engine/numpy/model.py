@@ -121,7 +121,13 @@ class NumpyEngine:
         """Outputs (B, T, O) (logits or predictions) and the last state; evaluation mode."""
         x = self._inputs(X)
         if x.shape[0] == 1 and not self.spec.bidirectional:
-            check_sequence(x, self.spec.input_size)      # shapes and the id range
+            if x.dtype.kind in "iu" and x.ndim == 2 and 0 < x.size <= 64:
+                ids = x.ravel().tolist()                 # a few ids: checked without reductions
+                if min(ids) < 0 or max(ids) >= self.spec.input_size:
+                    raise ValueError(f"expected input token ids in [0, {self.spec.input_size}),"
+                                     f" got values in [{min(ids)}, {max(ids)}]")
+            else:
+                check_sequence(x, self.spec.input_size)  # shapes and the id range
             y, state_n = self.step(params, x[0], state)
             return y[:, None, :], state_n
         out, state_n, _ = self._stack_forward(params, x, state, False, None)
@@ -154,21 +160,23 @@ class NumpyEngine:
             if not isinstance(part, np.ndarray) or part.shape != shape:
                 got = tuple(part.shape) if hasattr(part, "shape") else type(part).__name__
                 raise ValueError(f"expected a state of shape {shape}, got {got}")
-        new = [np.empty(shape, dtype=self.dtype) for _ in parts]
         step, opts = self._step_fn
-        inp = x
+        inp, hs, cs = x, [], []
         for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self._layer_keys):
             p = (params[w_ih], params[w_hh], params.get(b_ih), params.get(b_hh))
             if lstm:
-                h, c = step(inp, (parts[0][layer], parts[1][layer]), *p)
-                new[1][layer] = c
+                inp, c = step(inp, (parts[0][layer], parts[1][layer]), *p)
+                cs.append(c)
             else:
-                h = step(inp, parts[0][layer], *p, **opts)
-            new[0][layer] = h
-            inp = h
+                inp = step(inp, parts[0][layer], *p, **opts)
+            hs.append(inp)
         y = inp @ params["head.weight"].T
         y += params["head.bias"]
-        return y, (tuple(new) if lstm else new[0])
+        # the new state (L, B, H): fresh arrays from the steps, stacked (one layer: a view)
+        h_n = hs[0][None] if len(hs) == 1 else np.stack(hs)
+        if lstm:
+            return y, (h_n, cs[0][None] if len(cs) == 1 else np.stack(cs))
+        return y, h_n
 
     def loss_and_grads(
         self,

@@ -68,6 +68,15 @@ def linear(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return a @ w.t()
 
 
+def numpy_view(t: torch.Tensor):
+    """``t``'s memory as a NumPy array (no copy) when NumPy can compute on it in place -- a
+    contiguous float32/float64 CPU tensor outside autograd -- else None."""
+    if (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+            and t.is_contiguous() and not t.requires_grad):
+        return t.numpy()
+    return None
+
+
 def tanh_into(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out = tanh(src)`` (same shape; ``src`` may be ``out``).
 
@@ -158,7 +167,8 @@ def project_inputs(x: torch.Tensor, weight_ih: torch.Tensor,
         table = weight_ih.t()                          # (V, GH); contiguous rows gather faster
         if weight_ih.shape[1] <= 4 * T * B:
             table = table.contiguous()
-        out = table[x]                                 # (T, B, GH): one-hot W_ih^T = a gather
+        # (T, B, GH): one-hot W_ih^T = a row gather (index_select: ~5x advanced indexing)
+        out = torch.index_select(table, 0, x.reshape(-1)).view(T, B, -1)
         if bias is not None:
             out += bias
         return out

@@ -39,6 +39,7 @@ Symbols: T steps, B batch, I input size, H hidden size.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .common import (
@@ -49,6 +50,7 @@ from .common import (
     check_truncate,
     linear,
     linear_add,
+    numpy_view,
     project_inputs,
     project_inputs_backward,
     sum_biases,
@@ -92,12 +94,17 @@ def forward(
     if low is None:
         hs = project_inputs(x, weight_ih, bias)          # x_t W_ih^T + b, all t
         h = h0
-        for z in hs.unbind(0):                           # z = hs[t], a view
+        hs_np = numpy_view(hs) if nonlinearity == "tanh" else None  # NumPy's tanh (common.py)
+        for t, z in enumerate(hs.unbind(0)):             # z = hs[t], a view
             # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T;  h_t = f(z_t), written into hs[t]
-            if nonlinearity == "tanh":
-                tanh_into(linear_add(h, weight_hh, z), z)
+            r = linear_add(h, weight_hh, z)
+            r_np = None if hs_np is None else numpy_view(r)
+            if r_np is not None:
+                np.tanh(r_np, out=hs_np[t])
+            elif nonlinearity == "tanh":
+                torch.tanh(r, out=z)
             else:
-                torch.clamp(linear_add(h, weight_hh, z), min=0.0, out=z)  # relu
+                torch.clamp(r, min=0.0, out=z)           # relu
             h = z
         states_low = None
     else:
@@ -112,10 +119,13 @@ def forward(
         states_low = hs.new_empty((T + 1, B, H), dtype=low)  # [h0, h_0 .. h_{T-1}] in bf16
         states_low[0].copy_(h0)
         lows = states_low.unbind(0)
+        hs_np = numpy_view(hs) if nonlinearity == "tanh" else None
         for t, z in enumerate(hs.unbind(0)):
             z.add_(torch.mm(lows[t], w_low_t))           # z_t += h_{t-1} W_hh^T (bf16 product)
-            if nonlinearity == "tanh":
-                tanh_into(z, z)
+            if hs_np is not None:
+                np.tanh(hs_np[t], out=hs_np[t])
+            elif nonlinearity == "tanh":
+                z.tanh_()
             else:
                 z.relu_()
             lows[t + 1].copy_(z)
@@ -138,8 +148,8 @@ def step(x: torch.Tensor, h: torch.Tensor, weight_ih: torch.Tensor, weight_hh: t
             z = x.to(weight_ih.dtype) @ weight_ih.t()
         else:
             z = torch.mm(x.to(low), weight_ih.t().to(low)).float()
-    else:
-        z = weight_ih.t()[x]                             # one-hot x_t W_ih^T: a row gather
+    else:                                                # one-hot x_t W_ih^T: a row gather
+        z = torch.index_select(weight_ih.t(), 0, x.reshape(-1))
     bias = sum_biases(bias_ih, bias_hh)
     if bias is not None:
         z += bias
@@ -172,8 +182,14 @@ def backward(
     T, B, H = hs.shape
     if truncate is not None and truncate >= T:
         truncate = None                                  # no path is ever cut: full BPTT
-    if nonlinearity == "tanh":
-        fprime = torch.square(hs).neg_().add_(1.0)      # f'(z_t) = 1 - h_t^2, every t at once
+    if nonlinearity == "tanh":                          # f'(z_t) = 1 - h_t^2, every t at once
+        fprime = torch.empty_like(hs)
+        f_np, hs_np = numpy_view(fprime), numpy_view(hs)
+        if f_np is not None and hs_np is not None:      # CPU: NumPy, two passes instead of 3
+            np.multiply(hs_np, hs_np, out=f_np)
+            np.subtract(1.0, f_np, out=f_np)
+        else:
+            torch.mul(hs, hs, out=fprime).neg_().add_(1.0)
     else:
         fprime = (hs > 0).to(hs.dtype)                   # f'(z_t) = [h_t > 0]
     w_low = None if low is None else weight_hh.to(low)
@@ -185,14 +201,21 @@ def backward(
         if dh_n is not None:
             dz[-1].addcmul_(dh_n, fprime[-1])
         rows, fps = dz.unbind(0), fprime.unbind(0)
+        if low is not None:                              # bf16 copies of the rows, as made
+            dz_low = hs.new_empty((T, B, H), dtype=low)
+            lows = dz_low.unbind(0)
         for t in range(T - 1, 0, -1):
             if low is None:
                 carried = linear(rows[t], w_hh_t)       # dh_{t-1} = dz_t W_hh       (1)
             else:
-                carried = torch.mm(rows[t].to(low), w_low)
+                lows[t].copy_(rows[t])
+                carried = torch.mm(lows[t], w_low)
             rows[t - 1].addcmul_(carried, fps[t - 1])
-        dh0 = linear(rows[0], w_hh_t) if low is None else torch.mm(rows[0].to(low),
-                                                                   w_low).float()
+        if low is None:
+            dh0 = linear(rows[0], w_hh_t)
+        else:
+            lows[0].copy_(rows[0])
+            dh0 = torch.mm(lows[0], w_low).float()
     else:
         def step(t: int, dstate: tuple, g: torch.Tensor) -> None:
             (dh,) = dstate                               # (A, B, H): dh_t by age       (1)
@@ -210,7 +233,7 @@ def backward(
         grads = {"weight_hh": linear(dz2.t(), h_prev.t())}  # dW_hh = sum dz_t^T h_{t-1} (3)
         dx, grads["weight_ih"] = project_inputs_backward(dz, x, weight_ih, need_dx)  # (4, 6)
     else:
-        dz_low = dz.to(low).view(T * B, H)
+        dz_low = (dz_low if truncate is None else dz.to(low)).view(T * B, H)
         grads = {"weight_hh": torch.mm(dz_low.t(), states_low[:-1].view(T * B, H)).float()}
         if x.is_floating_point():
             x_low = x.reshape(T * B, -1).to(low)
