@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...model import ModelSpec
+from ..layout import layer_params, split_state
 from . import rnn, stack
 from .common import check_sequence
 from .loss import mse, softmax_cross_entropy_
@@ -195,7 +196,7 @@ class NumpyEngine:
         # forward: the stack, then the head over all T*B rows at once
         if self._fused():
             hs, h_n, cache = rnn.forward(
-                x, stack._split_state(state, "rnn", 0), **stack._layer_params(params, 0, 0),
+                x, split_state(state, "rnn", 0), **layer_params(params, 0, 0),
                 nonlinearity=self.spec.nonlinearity)
             out, state_n = hs, h_n[None].copy()          # (T, B, H); (1, B, H) as the stack
         else:

@@ -16,72 +16,22 @@ Symbols: T steps, B batch, H hidden size, L layers, D directions (1 or 2).
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
-
 import numpy as np
 
-CELLS = ("rnn", "lstm", "gru")
+from ..layout import (  # noqa: F401 (CELLS, param_names: re-exported for callers)
+    CELLS,
+    check_stacked,
+    layer_params,
+    param_names,
+    split_state,
+    suffix,
+)
+from ..layout import cell_module as _cell_module
 
 
-def cell_module(cell: str) -> ModuleType:
-    """The module (``rnn``, ``lstm`` or ``gru``) holding a cell's forward/backward pair."""
-    if cell not in CELLS:
-        raise ValueError(f"expected cell 'rnn', 'lstm' or 'gru', got {cell!r}")
-    return importlib.import_module(f"{__package__}.{cell}")
-
-
-def _suffix(layer: int, direction: int) -> str:
-    return f"_l{layer}" + ("_reverse" if direction else "")
-
-
-def param_names(num_layers: int, bidirectional: bool, bias: bool) -> list[str]:
-    """torch's parameter names, in torch's order."""
-    names = []
-    for layer in range(num_layers):
-        for d in range(2 if bidirectional else 1):
-            s = _suffix(layer, d)
-            names += [f"weight_ih{s}", f"weight_hh{s}"]
-            if bias:
-                names += [f"bias_ih{s}", f"bias_hh{s}"]
-    return names
-
-
-def _layer_params(params: dict, layer: int, direction: int) -> dict:
-    s = _suffix(layer, direction)
-    return {
-        "weight_ih": params[f"weight_ih{s}"],
-        "weight_hh": params[f"weight_hh{s}"],
-        "bias_ih": params.get(f"bias_ih{s}"),
-        "bias_hh": params.get(f"bias_hh{s}"),
-    }
-
-
-def _check_stacked(hx, cell: str, layers: int, batch: int, hidden: int, name: str) -> None:
-    """A stacked state must be (L*D, B, H) (a pair of them for the LSTM), or None."""
-    if hx is None:
-        return
-    parts = hx if cell == "lstm" and isinstance(hx, tuple | list) else (hx,)
-    for part in parts:
-        if part is not None and tuple(np.shape(part)) != (layers, batch, hidden):
-            raise ValueError(
-                f"expected {name} of shape (L*D, B, H) = ({layers}, {batch}, {hidden}), "
-                f"got {tuple(np.shape(part))}"
-            )
-
-
-def _split_state(hx, cell: str, index: int, name: str = "hx"):
-    """The initial state of one (layer, direction) from the stacked (L*D, B, H) state(s)."""
-    if hx is None:
-        return None
-    if cell == "lstm":
-        if not isinstance(hx, tuple | list) or len(hx) != 2:
-            raise ValueError(
-                f"expected the LSTM {name} as a pair (h, c) of (L*D, B, H) arrays, "
-                f"got {type(hx).__name__}"
-            )
-        return tuple(None if s is None else s[index] for s in hx)
-    return hx[index]
+def cell_module(cell: str):
+    """The module (``rnn``, ``lstm`` or ``gru``) of this engine holding a cell's pair."""
+    return _cell_module(__package__, cell)
 
 
 def forward(
@@ -100,16 +50,16 @@ def forward(
     """Run the stack; return ``(out, h_n, cache)`` (h_n is ``(h_n, c_n)`` for the LSTM)."""
     mod = cell_module(cell)
     D = 2 if bidirectional else 1
-    _check_stacked(hx, cell, num_layers * D, x.shape[1], params["weight_hh_l0"].shape[1], "hx")
+    check_stacked(hx, cell, num_layers * D, x.shape[1], params["weight_hh_l0"].shape[1], "hx")
     opts = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
     layer_in = x
     caches, masks, finals = [], [], []
     for layer in range(num_layers):
         outs = []
         for d in range(D):
-            p = _layer_params(params, layer, d)
+            p = layer_params(params, layer, d)
             seq = layer_in[::-1] if d else layer_in
-            hs, state_n, c = mod.forward(seq, _split_state(hx, cell, layer * D + d), **p, **opts)
+            hs, state_n, c = mod.forward(seq, split_state(hx, cell, layer * D + d), **p, **opts)
             outs.append(hs[::-1] if d else hs)
             caches.append(c)
             finals.append(state_n)
@@ -140,7 +90,7 @@ def backward(dout: np.ndarray | None, dh_n, cache, truncate: int | None = None):
     """
     cell, num_layers, D, H, B, caches, masks, token_input = cache
     mod = cell_module(cell)
-    _check_stacked(dh_n, cell, num_layers * D, B, H, "dh_n")
+    check_stacked(dh_n, cell, num_layers * D, B, H, "dh_n")
     grads: dict[str, np.ndarray] = {}
     dstate0 = [None] * (num_layers * D)
     d_layer_out = dout
@@ -155,13 +105,13 @@ def backward(dout: np.ndarray | None, dh_n, cache, truncate: int | None = None):
             if d_layer_out is not None:
                 dhs = d_layer_out[:, :, d * H:(d + 1) * H]
                 dhs = dhs[::-1] if d else dhs
-            dsn = _split_state(dh_n, cell, i, name="dh_n")
+            dsn = split_state(dh_n, cell, i)
             dx, ds0, g = mod.backward(dhs, dsn, c, truncate)
             if dx is not None:
                 dx = dx[::-1] if d else dx
                 d_in = dx if d_in is None else d_in + dx
             dstate0[i] = ds0
-            s = _suffix(layer, d)
+            s = suffix(layer, d)
             for k, v in g.items():
                 grads[f"{k}{s}"] = v
         d_layer_out = d_in

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ...model import ModelSpec, check_params
+from ..layout import layer_params
 from . import rnn, stack, unrolled
 from .common import check_truncate, is_tokens
 
@@ -333,7 +334,7 @@ class TorchEngine(_TorchBase):
             for layer in range(s.num_layers):
                 h_prev = (params["weight_hh_l0"].new_zeros((B, s.hidden_size))
                           if state is None else state[layer])
-                inp = rnn.step(inp, h_prev, **stack._layer_params(params, layer, 0),
+                inp = rnn.step(inp, h_prev, **layer_params(params, layer, 0),
                                nonlinearity=s.nonlinearity, precision=self.precision)
                 finals.append(inp)
             y = self._head(params, inp.unsqueeze(0))     # (B, O)

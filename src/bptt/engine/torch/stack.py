@@ -19,75 +19,20 @@ Symbols: T steps, B batch, H hidden size, L layers, D directions (1 or 2).
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from types import ModuleType
 
 import torch
 
+from ..layout import (  # noqa: F401 (CELLS, param_names: re-exported for callers)
+    CELLS,
+    check_stacked,
+    layer_params,
+    param_names,
+    split_state,
+    suffix,
+)
+from ..layout import cell_module as _cell_module
 from .common import check_truncate, is_tokens
-
-CELLS = ("rnn", "lstm", "gru")
-
-
-def cell_module(cell: str) -> ModuleType:
-    """The module (``rnn``, ``lstm`` or ``gru``) holding a cell's forward/backward pair."""
-    if cell not in CELLS:
-        raise ValueError(f"expected cell 'rnn', 'lstm' or 'gru', got {cell!r}")
-    return importlib.import_module(f"{__package__}.{cell}")
-
-
-def _suffix(layer: int, direction: int) -> str:
-    return f"_l{layer}" + ("_reverse" if direction else "")
-
-
-def param_names(num_layers: int, bidirectional: bool, bias: bool) -> list[str]:
-    """torch's parameter names, in torch's order."""
-    names = []
-    for layer in range(num_layers):
-        for d in range(2 if bidirectional else 1):
-            s = _suffix(layer, d)
-            names += [f"weight_ih{s}", f"weight_hh{s}"]
-            if bias:
-                names += [f"bias_ih{s}", f"bias_hh{s}"]
-    return names
-
-
-def _layer_params(params: dict, layer: int, direction: int) -> dict:
-    s = _suffix(layer, direction)
-    return {
-        "weight_ih": params[f"weight_ih{s}"],
-        "weight_hh": params[f"weight_hh{s}"],
-        "bias_ih": params.get(f"bias_ih{s}"),
-        "bias_hh": params.get(f"bias_hh{s}"),
-    }
-
-
-def _check_stacked(hx, cell: str, layers: int, batch: int, hidden: int, name: str) -> None:
-    """A stacked state must be (L*D, B, H) (for the LSTM a pair (h, c) of them), or None."""
-    if hx is None:
-        return
-    if cell == "lstm" and (not isinstance(hx, tuple | list) or len(hx) != 2):
-        raise ValueError(
-            f"expected the LSTM {name} as a pair (h, c) of (L*D, B, H) tensors, "
-            f"got {type(hx).__name__}"
-        )
-    for part in hx if cell == "lstm" else (hx,):
-        if part is not None and tuple(part.shape) != (layers, batch, hidden):
-            raise ValueError(
-                f"expected {name} of shape (L*D, B, H) = ({layers}, {batch}, {hidden}), "
-                f"got {tuple(part.shape)}"
-            )
-
-
-def _split_state(hx, cell: str, index: int):
-    """The state of one (layer, direction) from the stacked (L*D, B, H) state(s); None parts
-    stay None."""
-    if hx is None:
-        return None
-    if cell == "lstm":
-        return tuple(None if s is None else s[index] for s in hx)
-    return hx[index]
 
 
 def check_precision(cell: str, precision: str) -> None:
@@ -115,6 +60,11 @@ def draw_mask(shape, dropout: float, *, like: torch.Tensor,
     return mask.div_(keep)
 
 
+def cell_module(cell: str):
+    """The module (``rnn``, ``lstm`` or ``gru``) of this engine holding a cell's pair."""
+    return _cell_module(__package__, cell)
+
+
 def forward(
     cell: str,
     params: dict[str, torch.Tensor],
@@ -140,7 +90,7 @@ def forward(
     mod = cell_module(cell)
     D = 2 if bidirectional else 1
     hidden = params["weight_hh_l0"].shape[1]
-    _check_stacked(hx, cell, num_layers * D, x.shape[1], hidden, "hx")
+    check_stacked(hx, cell, num_layers * D, x.shape[1], hidden, "hx")
     check_precision(cell, precision)
     opts = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
     if precision != "fp32":
@@ -153,9 +103,9 @@ def forward(
     for layer in range(num_layers):
         outs = []
         for d in range(D):
-            p = _layer_params(params, layer, d)
+            p = layer_params(params, layer, d)
             seq = layer_in.flip(0) if d else layer_in
-            hs, state_n, c = mod.forward(seq, _split_state(hx, cell, layer * D + d), **p, **opts)
+            hs, state_n, c = mod.forward(seq, split_state(hx, cell, layer * D + d), **p, **opts)
             outs.append(hs.flip(0) if d else hs)
             caches.append(c)
             finals.append(state_n)
@@ -194,7 +144,7 @@ def backward(dout: torch.Tensor | None, dh_n, cache, truncate: int | None = None
     cell, num_layers, D, H, caches, masks, token_input = cache
     mod = cell_module(cell)
     if dout is not None:
-        _check_stacked(dh_n, cell, num_layers * D, dout.shape[1], H, "dh_n")
+        check_stacked(dh_n, cell, num_layers * D, dout.shape[1], H, "dh_n")
     grads: dict[str, torch.Tensor] = {}
     dstate0 = [None] * (num_layers * D)
     d_layer_out = dout
@@ -209,13 +159,13 @@ def backward(dout: torch.Tensor | None, dh_n, cache, truncate: int | None = None
             if d_layer_out is not None:
                 dhs = d_layer_out[:, :, d * H:(d + 1) * H]
                 dhs = dhs.flip(0) if d else dhs
-            dx, ds0, g = mod.backward(dhs, _split_state(dh_n, cell, i), caches[i], truncate,
+            dx, ds0, g = mod.backward(dhs, split_state(dh_n, cell, i), caches[i], truncate,
                                       need_dx=want_dx)
             if dx is not None:
                 dx = dx.flip(0) if d else dx
                 d_in = dx if d_in is None else d_in.add_(dx)
             dstate0[i] = ds0
-            s = _suffix(layer, d)
+            s = suffix(layer, d)
             for k, v in g.items():
                 grads[f"{k}{s}"] = v
         d_layer_out = d_in

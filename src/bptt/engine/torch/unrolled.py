@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from .stack import _layer_params, _split_state, draw_mask
+from ..layout import layer_params, split_state
+from .stack import draw_mask
 
 
 def _input_term(x_t: torch.Tensor, weight_ih: torch.Tensor) -> torch.Tensor:
@@ -123,8 +124,8 @@ def stack_forward(cell: str, params: dict, x: torch.Tensor, hx=None, *, num_laye
     for layer in range(num_layers):
         outs = []
         for d in range(D):
-            p = _layer_params(params, layer, d)
-            s0 = _split_state(hx, cell, layer * D + d)
+            p = layer_params(params, layer, d)
+            s0 = split_state(hx, cell, layer * D + d)
             if cell == "lstm":
                 h0, c0 = (None, None) if s0 is None else s0
                 s0 = (ref.new_zeros((B, H)) if h0 is None else h0,
