@@ -382,5 +382,5 @@ def test_demo_runs_end_to_end(tmp_path, data_dir, cli):
     ran = cli("demo", "--epochs", "1", "--out", tmp_path / "demo")
     assert ran.rc == 0, ran.err
     lines = ran.out.splitlines()
-    assert lines[0].startswith("perplexity ") and lines[-1].startswith("plot: ")
+    assert lines[0].startswith("perplexity ") and lines[-1].startswith("plots: ")
     assert (tmp_path / "demo" / "best.safetensors").is_file()
