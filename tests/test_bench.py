@@ -306,6 +306,28 @@ def test_torch_engine_fp32_products_through_onednn_equal_torch_mm(monkeypatch, t
     assert rel(fast[3], plain[3]) <= 1e-5
 
 
+def test_head_function_gradients():
+    """The torch engine's head (products through oneDNN) against gradcheck in float64, and its
+    float32 and bfloat16 forms against F.linear's autograd."""
+    from bptt.engine.torch.model import HeadFunction
+
+    gen = torch.Generator().manual_seed(0)
+    x, W, b = (torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True)
+               for s in ((6, 5), (3, 5), (3,)))
+    assert torch.autograd.gradcheck(lambda x, W, b: HeadFunction.apply(x, W, b, None), (x, W, b))
+    dy = torch.randn(40, 7, generator=gen)
+    ref_in = [torch.randn(*s, generator=gen, requires_grad=True) for s in ((40, 16), (7, 16), (7,))]
+    F.linear(*ref_in).backward(dy)
+    for low, tol in ((None, 1e-5), (torch.bfloat16, 2e-2)):
+        ins = [t.detach().clone().requires_grad_() for t in ref_in]
+        y = HeadFunction.apply(*ins, low)
+        assert y.dtype == torch.float32
+        assert rel(y, F.linear(*ref_in)) <= tol
+        y.backward(dy)
+        for ours, ref in zip(ins, ref_in, strict=True):
+            assert ours.grad.dtype == torch.float32 and rel(ours.grad, ref.grad) <= tol
+
+
 def test_tanh_into_equals_torch_tanh():
     from bptt.engine.torch.common import tanh_into
 

@@ -23,49 +23,77 @@ import torch
 
 NONLINEARITIES = ("tanh", "relu")
 
-# -- float32 matrix products through oneDNN on the CPU ---------------------------------------------
+# -- matrix products through oneDNN on the CPU ----------------------------------------------------
 #
 # On the CPU torch multiplies float32 matrices with its BLAS (MKL), which on AMD processors
 # runs AVX2 kernels; its oneDNN linear (the op torch's compiler fuses CPU linears into) runs
 # AVX-512 kernels and is about twice as fast for this package's shapes (docs/performance.md).
-# The hand-written BPTT computes its float32 CPU products ``a @ w^T`` there when the build has
-# it and it passes a numerical self-check; everywhere else (CUDA, float64, no oneDNN, or
-# BPTT_ONEDNN=0) it is ``torch.mm``. Same arithmetic: float32 products, float32 accumulation.
+# The hand-written BPTT computes its float32 and bfloat16 CPU products ``a @ w^T`` there when
+# the build has it and it passes a numerical self-check; everywhere else (CUDA, float64, no
+# oneDNN, or BPTT_ONEDNN=0) with ``torch.mm``. A weight used by every step of a sequence is
+# reordered once per call into oneDNN's blocked layout (``pack``), which spares each step's
+# small product the repacking of the whole (H, H) matrix: 1.7x on a (32, 512) x (512, 512)
+# step. Same arithmetic: the operands' precision, float32 accumulation.
 
-_ONEDNN: list = []          # [op or None], resolved on first use
+_ONEDNN: list = []          # [(linear op, reorder op) or None], resolved on first use
 
 
-def _onednn_linear():
+def _onednn():
     if not _ONEDNN:
-        op = None
+        ops = None
         if os.environ.get("BPTT_ONEDNN", "1") != "0":
             try:
-                candidate = torch.ops.mkldnn._linear_pointwise
+                lin = torch.ops.mkldnn._linear_pointwise
+                reorder = torch.ops.mkldnn._reorder_linear_weight
                 if torch.backends.mkldnn.is_available():
                     gen = torch.Generator().manual_seed(0)
                     a, w = torch.randn(3, 7, generator=gen), torch.randn(5, 7, generator=gen)
                     z = torch.randn(3, 5, generator=gen)
-                    ok = torch.allclose(candidate(a, w, None, "none", [], ""), a @ w.t(),
-                                        rtol=1e-5, atol=1e-5)
-                    ok = ok and torch.allclose(candidate.binary(a, z, w, None, "add"),
-                                               torch.addmm(z, a, w.t()), rtol=1e-5, atol=1e-5)
-                    op = candidate if ok else None
+                    ref = a @ w.t()
+                    packed = reorder(w, 3)
+                    ok = all(torch.allclose(r, ref, rtol=1e-5, atol=1e-5) for r in (
+                        lin(a, w, None, "none", [], ""), lin(a, packed, None, "none", [], ""),
+                        lin.binary(a, z, packed, None, "add") - z))
+                    ops = (lin, reorder) if ok else None
             except (AttributeError, RuntimeError):
-                op = None
-        _ONEDNN.append(op)
+                ops = None
+        _ONEDNN.append(ops)
     return _ONEDNN[0]
 
 
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def _use_onednn(*tensors: torch.Tensor) -> bool:
-    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and _onednn_linear() is not None)
+    return (all(t.device.type == "cpu" and t.dtype in _ONEDNN_DTYPES for t in tensors)
+            and _onednn() is not None)
+
+
+def pack(w: torch.Tensor, batch: int) -> torch.Tensor:
+    """``w`` (N, K), reordered once for repeated :func:`linear` products with ``batch`` rows
+    (oneDNN's blocked layout; an opaque tensor only :func:`linear` and :func:`linear_add`
+    read); ``w`` itself where oneDNN is not used."""
+    if _use_onednn(w):
+        try:
+            return _onednn()[1](w.contiguous(), batch)
+        except RuntimeError:
+            return w
+    return w
 
 
 def linear(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``a @ w^T`` (a (M, K), w (N, K)): oneDNN for float32 CPU tensors, else torch.mm."""
-    if _use_onednn(a, w):
-        return _onednn_linear()(a, w, None, "none", [], "")
+    """``a @ w^T`` (a (M, K), w (N, K) or :func:`pack` of it): oneDNN for float32 and
+    bfloat16 CPU tensors, else torch.mm."""
+    if w.layout == torch._mkldnn or _use_onednn(a, w):
+        return _onednn()[0](a, w, None, "none", [], "")
     return a @ w.t()
+
+
+def linear_add(a: torch.Tensor, w: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``a @ w^T + other`` as a fresh tensor, in one product (``other`` of ``a``'s dtype)."""
+    if w.layout == torch._mkldnn or _use_onednn(a, w, other):
+        return _onednn()[0].binary(a, other, w, None, "add")
+    return torch.addmm(other, a, w.t())
 
 
 def numpy_view(t: torch.Tensor):
@@ -91,13 +119,6 @@ def tanh_into(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         np.tanh(src.numpy(), out=out.numpy())
         return out
     return torch.tanh(src, out=out)
-
-
-def linear_add(a: torch.Tensor, w: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """``a @ w^T + other`` as a fresh tensor, in one product."""
-    if _use_onednn(a, w, other):
-        return _onednn_linear().binary(a, other, w, None, "add")
-    return torch.addmm(other, a, w.t())
 
 
 def is_tokens(x: torch.Tensor) -> bool:

@@ -14,9 +14,11 @@ Three ways to compute the same model (see :mod:`bptt.engine`), all offering exac
 
 The head (``head.weight``, ``head.bias``) and the loss (mean cross-entropy over the T*B targets
 for ``lm``, mean squared error for ``regression``) are torch ops differentiated by autograd in
-every engine. Parameters are plain tensors (``requires_grad`` False): ``loss_and_grads`` makes
-detached leaves sharing their storage, so an optimiser from :mod:`bptt.optim` updates them in
-place between calls. X and Y arrive batch-first as NumPy arrays, (B, T) int ids or (B, T, F)
+every engine (in the ``torch`` engine the head is :class:`HeadFunction`, the same product with
+its three-line gradient written out so that its products run through oneDNN on the CPU).
+Parameters are plain tensors (``requires_grad`` False): ``loss_and_grads`` makes detached
+leaves sharing their storage, so an optimiser from :mod:`bptt.optim` updates them in place
+between calls. X and Y arrive batch-first as NumPy arrays, (B, T) int ids or (B, T, F)
 floats; they are checked on the host and copied to the device once per call. Nothing reads the
 device back inside a time loop; ``scalar`` is the one place a loss becomes a Python float.
 """
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from ...model import ModelSpec, check_params
 from ..layout import layer_params
 from . import rnn, stack, unrolled
-from .common import check_truncate, is_tokens
+from .common import check_truncate, is_tokens, linear
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -230,11 +232,8 @@ class _TorchBase:
 
     def _head(self, params, out: torch.Tensor) -> torch.Tensor:
         T, B, DH = out.shape
-        rows, W, b = out.reshape(T * B, DH), params["head.weight"], params["head.bias"]
-        if self.precision == "bf16":                     # precision: a bf16 product, fp32 out
-            low = torch.bfloat16
-            return F.linear(rows.to(low), W.to(low), b.to(low)).to(self.dtype)
-        return F.linear(rows, W, b)
+        # precision: fp32 head product (bf16 is TorchEngine's, see HeadFunction)
+        return F.linear(out.reshape(T * B, DH), params["head.weight"], params["head.bias"])
 
     def forward(self, params: dict, X, state=None):
         """Outputs (B, T, O) (logits or predictions) and the last state; evaluation mode."""
@@ -288,14 +287,44 @@ class _TorchBase:
         pass
 
 
+class HeadFunction(torch.autograd.Function):
+    """The linear head ``y = x W^T + b`` over all T*B rows, with its three products through
+    :func:`bptt.engine.torch.common.linear` (oneDNN on the CPU; torch.mm elsewhere):
+
+        y = x W^T + b,      dx = dy W,      dW = dy^T x,      db = sum_rows dy
+
+    ``low`` = torch.bfloat16: the products take bfloat16 operands (float32 accumulation) and
+    return float32; x, W, b, y and the gradients stay float32.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, low):
+        xl = x if low is None else x.to(low)
+        wl = weight if low is None else weight.to(low)
+        y = linear(xl, wl).to(x.dtype)
+        y += bias
+        ctx.save_for_backward(xl, wl)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        xl, wl = ctx.saved_tensors
+        dyl = dy if dy.dtype == xl.dtype else dy.to(xl.dtype)
+        dx = linear(dyl, wl.t().contiguous()).to(dy.dtype)      # dy W
+        dW = linear(dyl.t(), xl.t()).to(dy.dtype)               # dy^T x
+        return dx, dW, dy.sum(dim=0), None
+
+
 class TorchEngine(_TorchBase):
     """Hand-written BPTT on torch tensors: the stack is :class:`stack.StackFunction`.
 
     ``precision="bf16"`` (rnn cell, float32 parameters): every matrix product -- recurrent,
     weight-gradient and head -- takes bfloat16 operands and accumulates in float32 (oneDNN on
     the CPU), its bfloat16 result added into float32 tensors; the master weights, the state, the
-    pre-activations, the gradients and the loss stay float32. A single step (generation) skips
-    the stack: one :func:`bptt.engine.torch.rnn.step` per layer, under no_grad.
+    pre-activations, the gradients and the loss stay float32. The head is
+    :class:`HeadFunction` (its gradient written out, its products through oneDNN on the CPU);
+    the loss is torch's, differentiated by autograd. A single step (generation) skips the stack:
+    one :func:`bptt.engine.torch.rnn.step` per layer, under no_grad.
     """
 
     name = "torch"
@@ -319,6 +348,14 @@ class TorchEngine(_TorchBase):
             training=training, truncate=truncate, generator=generator,
             precision=self.precision,
         )
+
+    def _head(self, params, out: torch.Tensor) -> torch.Tensor:
+        """The head through :class:`HeadFunction` (oneDNN products on the CPU; precision:
+        bfloat16 operands with ``precision="bf16"``)."""
+        T, B, DH = out.shape
+        low = torch.bfloat16 if self.precision == "bf16" else None
+        return HeadFunction.apply(out.reshape(T * B, DH), params["head.weight"],
+                                  params["head.bias"], low)
 
     def forward(self, params: dict, X, state=None):
         """Outputs (B, T, O) and the last state; a single step of an rnn stack (generation)

@@ -51,6 +51,7 @@ from .common import (
     linear,
     linear_add,
     numpy_view,
+    pack,
     project_inputs,
     project_inputs_backward,
     sum_biases,
@@ -95,9 +96,10 @@ def forward(
         hs = project_inputs(x, weight_ih, bias)          # x_t W_ih^T + b, all t
         h = h0
         hs_np = numpy_view(hs) if nonlinearity == "tanh" else None  # NumPy's tanh (common.py)
+        w_hh = pack(weight_hh, B)                        # reordered once for all T steps
         for t, z in enumerate(hs.unbind(0)):             # z = hs[t], a view
             # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T;  h_t = f(z_t), written into hs[t]
-            r = linear_add(h, weight_hh, z)
+            r = linear_add(h, w_hh, z)
             r_np = None if hs_np is None else numpy_view(r)
             if r_np is not None:
                 np.tanh(r_np, out=hs_np[t])
@@ -115,13 +117,13 @@ def forward(
                 hs += bias
         else:
             hs = project_inputs(x, weight_ih, bias)      # a gather: no product
-        w_low_t = weight_hh.t().to(low)
+        w_low = pack(weight_hh.to(low), B)               # bf16, reordered once for all T steps
         states_low = hs.new_empty((T + 1, B, H), dtype=low)  # [h0, h_0 .. h_{T-1}] in bf16
         states_low[0].copy_(h0)
         lows = states_low.unbind(0)
         hs_np = numpy_view(hs) if nonlinearity == "tanh" else None
         for t, z in enumerate(hs.unbind(0)):
-            z.add_(torch.mm(lows[t], w_low_t))           # z_t += h_{t-1} W_hh^T (bf16 product)
+            z.add_(linear(lows[t], w_low))               # z_t += h_{t-1} W_hh^T (bf16 product)
             if hs_np is not None:
                 np.tanh(hs_np[t], out=hs_np[t])
             elif nonlinearity == "tanh":
@@ -192,8 +194,10 @@ def backward(
             torch.mul(hs, hs, out=fprime).neg_().add_(1.0)
     else:
         fprime = (hs > 0).to(hs.dtype)                   # f'(z_t) = [h_t > 0]
-    w_low = None if low is None else weight_hh.to(low)
-    w_hh_t = weight_hh.t().contiguous() if low is None else None  # dz W_hh = dz (W_hh^T)^T
+    # dz W_hh = dz (W_hh^T)^T: the products' weight is W_hh^T, reordered once for all steps
+    A = 1 if truncate is None else truncate + 1
+    w_hh_t = weight_hh.t().contiguous()
+    w_hh_t = pack(w_hh_t if low is None else w_hh_t.to(low), A * B)
 
     if truncate is None:
         # u_t = dL/dh_t * f'(z_t);  dz_{t-1} = u_{t-1} + (dz_t W_hh) * f'(z_{t-1})     (1, 2)
@@ -209,13 +213,13 @@ def backward(
                 carried = linear(rows[t], w_hh_t)       # dh_{t-1} = dz_t W_hh       (1)
             else:
                 lows[t].copy_(rows[t])
-                carried = torch.mm(lows[t], w_low)
+                carried = linear(lows[t], w_hh_t)
             rows[t - 1].addcmul_(carried, fps[t - 1])
         if low is None:
             dh0 = linear(rows[0], w_hh_t)
         else:
             lows[0].copy_(rows[0])
-            dh0 = torch.mm(lows[0], w_low).float()
+            dh0 = linear(lows[0], w_hh_t).float()
     else:
         def step(t: int, dstate: tuple, g: torch.Tensor) -> None:
             (dh,) = dstate                               # (A, B, H): dh_t by age       (1)
@@ -223,7 +227,7 @@ def backward(
             if low is None:
                 dh.view(-1, H).copy_(linear(g.view(-1, H), w_hh_t))  # dz_t W_hh       (1)
             else:
-                dh.view(-1, H).copy_(torch.mm(g.view(-1, H).to(low), w_low))
+                dh.view(-1, H).copy_(linear(g.view(-1, H).to(low), w_hh_t))
 
         dz, (dh0,) = bptt_loop(step, dhs, (dh_n,), hs, H, truncate)
 
