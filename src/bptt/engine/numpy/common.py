@@ -75,7 +75,7 @@ def project_inputs(x: np.ndarray, weight_ih: np.ndarray, bias: np.ndarray | None
         table = weight_ih.T
         if weight_ih.shape[1] <= 4 * T * B:
             table = np.ascontiguousarray(table)
-        np.take(table, x, axis=0, out=out, mode="clip")
+        np.take(table, x, 0, out, "clip")  # (T, B, GH): one-hot times W_ih^T is a column gather
     else:
         np.matmul(x.reshape(T * B, -1).astype(weight_ih.dtype, copy=False), weight_ih.T,
                   out=out.reshape(T * B, GH))
@@ -202,8 +202,8 @@ def bptt_loop(step, dhs: np.ndarray | None, dstate_n: tuple, T: int,
         step(t, tuple(cur), out, tuple(n[A - K:] for n in nxt))
         if by_age is not None:
             np.sum(by_age, axis=0, out=dz[t])        # dz_t: all ages together
-        if truncate is not None:
-            for n in nxt:                            # age a -> a + 1 (written by step), age k
-                n[0] = 0                             # dropped; age 0 starts empty
+        if truncate is not None:                     # age a -> a + 1, age k dropped
+            for n in nxt:                            # (ages 1..k were written by step; the
+                n[0] = 0                             # new age 0 starts empty)
         cur, nxt = nxt, cur
     return dz, tuple(c.sum(axis=0) if A > 1 else c[0] for c in cur)

@@ -209,10 +209,10 @@ def backward(
         np.multiply(dh, Ft[:, 3], out=dz4[:, :, 3])     # dz^o_t = dh_t * tanh(c_t) * o_t (1 - o_t)
         dh_prev, dc_prev = prev_out
         K = dh_prev.shape[0]
-        if K:
+        if K:                                            # dh_{t-1} = dz_t W_hh,  dc_t * f_t
             np.matmul(dz_out[:K].reshape(K * B, GATES * H), weight_hh,
-                      out=dh_prev.reshape(K * B, H))    # dh_{t-1} = dz_t W_hh
-            np.multiply(dc[:K], f[t], out=dc_prev)       # dc_t * f_t
+                      out=dh_prev.reshape(K * B, H))
+            np.multiply(dc[:K], f[t], out=dc_prev)
 
     dz, (dh0, dc0) = bptt_loop(step, dhs, (dh_n, dc_n), T, k, GATES * H)
 

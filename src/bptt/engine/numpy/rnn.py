@@ -166,7 +166,7 @@ def backward(
         dh = np.zeros((B, H), dtype=dtype) if dh_n is None else dh_n.astype(dtype, copy=True)
     else:                                                # by age: (k + 1, B, H), two in turn
         A = k + 1
-        cur = np.zeros((A, B, H), dtype=dtype)
+        cur = np.zeros((A, B, H), dtype=dtype)           # (A, B, H): dh_t by age
         nxt = np.zeros((A, B, H), dtype=dtype)
         by_age = np.empty((A, B, H), dtype=dtype)
         if dh_n is not None:
@@ -182,24 +182,25 @@ def backward(
             dhs(s, e, dz)
         else:
             dz[...] = dhs[s:e]
+        # f'(z_t) for the chunk's steps, the factor of dz_t = dh_t * f'(z_t):
         if nonlinearity == "tanh":
-            np.multiply(hs[s:e], hs[s:e], out=act)       # f'(z_t) = 1 - h_t^2
-            np.subtract(1.0, act, out=act)
+            np.multiply(hs[s:e], hs[s:e], out=act)
+            np.subtract(1.0, act, out=act)               # dz_t = dh_t * (1 - h_t^2)
         else:
-            np.sign(hs[s:e], out=act)                    # f'(z_t) = [h_t > 0]   (h_t >= 0)
+            np.sign(hs[s:e], out=act)                    # dz_t = dh_t * [h_t > 0]
         for j in reversed(range(n)):
             if k is None:
-                dz[j] += dh                              # dh_t = dL/dh_t + dz_{t+1} W_hh
+                dz[j] += dh                              # dh_t += dL/dh_t (age 0)
                 dz[j] *= act[j]                          # dz_t = dh_t * f'(z_t)
                 np.matmul(dz[j], weight_hh, out=dh)      # dh_{t-1} = dz_t W_hh
             else:
-                cur[0] += dz[j]                          # dL/dh_t enters at age 0
-                np.multiply(cur, act[j], out=by_age)     # dz_t by age
+                cur[0] += dz[j]                          # dh_t += dL/dh_t (age 0)
+                np.multiply(cur, act[j], out=by_age)     # dz_t = dh_t * f'(z_t), by age
                 np.sum(by_age, axis=0, out=dz[j])        # dz_t: all ages together
-                if k:                                    # ages 0..k-1 cross to h_{t-1} (age +1)
+                if k:                                    # dh_{t-1} = dz_t W_hh (ages 0..k-1)
                     np.matmul(by_age[:k].reshape(k * B, H), weight_hh,
                               out=nxt[1:].reshape(k * B, H))
-                nxt[0] = 0                               # age k dropped; age 0 starts empty
+                nxt[0] = 0                               # age a -> a + 1, age k dropped
                 cur, nxt = nxt, cur
         # this chunk's share of the weight gradients: one product each
         rows = dz.reshape(n * B, H)
