@@ -354,8 +354,16 @@ class TorchEngine(_TorchBase):
         bfloat16 operands with ``precision="bf16"``)."""
         T, B, DH = out.shape
         low = torch.bfloat16 if self.precision == "bf16" else None
-        return HeadFunction.apply(out.reshape(T * B, DH), params["head.weight"],
-                                  params["head.bias"], low)
+        rows, W, b = out.reshape(T * B, DH), params["head.weight"], params["head.bias"]
+        if torch.is_grad_enabled():
+            return HeadFunction.apply(rows, W, b, low)
+        if low is not None:                              # no graph: the product alone
+            return F.linear(rows.to(low), W.to(low), b.to(low)).to(out.dtype)
+        if rows.shape[0] < 64:                           # a generation step: torch.addmm
+            return F.linear(rows, W, b)
+        y = linear(rows, W)
+        y += b
+        return y
 
     def forward(self, params: dict, X, state=None):
         """Outputs (B, T, O) and the last state; a single step of an rnn stack (generation)
