@@ -617,9 +617,15 @@ def _timed_parts(cfg: BenchConfig, st: BenchSettings, workers: dict, res: dict, 
     ref_t = res.get(REFERENCE, {}).get("train", {}).get("tokens_per_s")
     ref_g = res.get(REFERENCE, {}).get("generate", {}).get("chars_per_s")
     book_g = res.get(BOOK, {}).get("generate", {}).get("chars_per_s")
+    ref_samples = res.get(REFERENCE, {}).get("train", {}).get("samples", [])
     for s in subjects:
         if "train" in res[s]:
-            res[s]["train"]["ratio_to_reference"] = _ratio(res[s]["train"]["tokens_per_s"], ref_t)
+            t = res[s]["train"]
+            t["ratio_to_reference"] = _ratio(t["tokens_per_s"], ref_t)
+            # the same ratio from each round's pair (both measured within seconds of each
+            # other), then the median: less sensitive to a busy round than medians' ratio
+            pairs = [a / b for a, b in zip(t["samples"], ref_samples, strict=False) if b]
+            t["paired_ratio_median"] = float(np.median(pairs)) if pairs else None
         if "generate" in res[s]:
             g = res[s]["generate"]
             g["ratio_to_reference"] = _ratio(g["chars_per_s"], ref_g)

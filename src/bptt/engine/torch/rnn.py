@@ -186,7 +186,7 @@ def backward(
         truncate = None                                  # no path is ever cut: full BPTT
     if nonlinearity == "tanh":                          # f'(z_t) = 1 - h_t^2, every t at once
         fprime = torch.empty_like(hs)
-        f_np, hs_np = numpy_view(fprime), numpy_view(hs)
+        f_np, hs_np = numpy_view(fprime), numpy_view(hs.detach())  # hs: a saved output
         if f_np is not None and hs_np is not None:      # CPU: NumPy, two passes instead of 3
             np.multiply(hs_np, hs_np, out=f_np)
             np.subtract(1.0, f_np, out=f_np)
