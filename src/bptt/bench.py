@@ -806,11 +806,20 @@ def gemm_shapes(cfg: BenchConfig) -> dict[str, tuple[int, int, int]]:
 
 
 def gemm_rates(cfg: BenchConfig, with_torch: bool = True, min_seconds: float = 0.2) -> dict:
-    """GFLOP/s of each product of :func:`gemm_shapes`: NumPy float32, torch float32 and bf16."""
+    """GFLOP/s of each product of :func:`gemm_shapes`, ``a (m, k) @ b (k, n)``.
+
+    ``numpy_fp32``: NumPy's matmul (its BLAS). ``torch_fp32``: torch.mm (torch's CPU BLAS,
+    MKL), what torch.nn.RNN uses. ``onednn_fp32``: torch's oneDNN linear, what the torch
+    engine uses for float32 on the CPU; ``onednn_fp32_packed``: the same with the weight
+    reordered once (the per-step products). ``torch_bf16``: torch.mm on bfloat16 operands;
+    ``onednn_bf16_packed``: oneDNN with a reordered bfloat16 weight (the bf16 engine's steps).
+    """
     rng = np.random.default_rng(0)
     rates = {}
     if with_torch:
         import torch
+
+        from .engine.torch.common import linear, pack
 
         _set_torch_threads()
     for name, (m, k, n) in gemm_shapes(cfg).items():
@@ -824,10 +833,18 @@ def gemm_rates(cfg: BenchConfig, with_torch: bool = True, min_seconds: float = 0
         if with_torch:
             ta, tb = torch.from_numpy(a), torch.from_numpy(b)
             tc = torch.empty(m, n)
+            w = tb.t().contiguous()                      # (n, k): a linear's weight
             row["torch_fp32"] = _rate(lambda ta=ta, tb=tb, tc=tc: torch.mm(ta, tb, out=tc),
                                       flop, min_seconds)
+            row["onednn_fp32"] = _rate(lambda ta=ta, w=w: linear(ta, w), flop, min_seconds)
+            wp = pack(w, m)
+            row["onednn_fp32_packed"] = _rate(lambda ta=ta, wp=wp: linear(ta, wp), flop,
+                                              min_seconds)
             ha, hb = ta.bfloat16(), tb.bfloat16()
             row["torch_bf16"] = _rate(lambda ha=ha, hb=hb: torch.mm(ha, hb), flop, min_seconds)
+            hp = pack(w.bfloat16(), m)
+            row["onednn_bf16_packed"] = _rate(lambda ha=ha, hp=hp: linear(ha, hp), flop,
+                                              min_seconds)
         rates[name] = row
     return rates
 
