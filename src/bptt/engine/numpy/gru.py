@@ -41,41 +41,22 @@ import numpy as np
 
 from .common import (
     bptt_loop,
+    check_gate_weights,
     check_sequence,
     check_state,
     effective_truncate,
     prev_weight_grad,
     project_inputs,
     project_inputs_backward,
+    sigmoid_,
 )
 
 GATES = 3
 
 
-def _sigmoid_(a: np.ndarray) -> np.ndarray:
-    """In place, overflow-free: sigmoid(a) = (1 + tanh(a / 2)) / 2; keeps the dtype."""
-    a *= 0.5
-    np.tanh(a, out=a)
-    a += 1.0
-    a *= 0.5
-    return a
-
-
 def _check_weights(weight_ih, weight_hh, bias_ih, bias_hh) -> int:
-    """Validate torch-shaped GRU parameters; return H."""
-    if weight_hh.ndim != 2 or weight_hh.shape[0] != GATES * weight_hh.shape[1]:
-        raise ValueError(
-            f"expected weight_hh of shape (3H, H), got {tuple(weight_hh.shape)}"
-        )
-    H = weight_hh.shape[1]
-    if weight_ih.ndim != 2 or weight_ih.shape[0] != GATES * H:
-        raise ValueError(
-            f"expected weight_ih of shape ({GATES * H}, I), got {tuple(weight_ih.shape)}"
-        )
-    for name, b in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
-        if b is not None and b.shape != (GATES * H,):
-            raise ValueError(f"expected {name} of shape ({GATES * H},), got {tuple(b.shape)}")
-    return H
+    """Validate torch-shaped parameters; return H."""
+    return check_gate_weights(weight_ih, weight_hh, bias_ih, bias_hh, GATES)
 
 
 def forward(
@@ -106,7 +87,7 @@ def forward(
         if bias_hh is not None:
             s += bias_hh
         a[:, :2 * H] += s[:, :2 * H]
-        _sigmoid_(a[:, :2 * H])                          # r_t, u_t = sigmoid(a_t + s_t) (r, z)
+        sigmoid_(a[:, :2 * H])                          # r_t, u_t = sigmoid(a_t + s_t) (r, z)
         r, u, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
         s_n[t] = s[:, 2 * H:]
         np.multiply(r, s_n[t], out=rs)
@@ -218,7 +199,7 @@ def step(
     if bias_hh is not None:
         s += bias_hh
     a[:, :2 * H] += s[:, :2 * H]
-    _sigmoid_(a[:, :2 * H])                              # r_t, u_t
+    sigmoid_(a[:, :2 * H])                              # r_t, u_t
     r, u, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
     n += r * s[:, 2 * H:]
     np.tanh(n, out=n)                                    # n_t = tanh(a^n_t + r_t * s^n_t)

@@ -16,32 +16,12 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[floa
 
     Stable for any finite logits: the row maximum is subtracted before exponentiating, and the
     log-probability is ``s - max - log(sum exp(s - max))``, so logits of 1e4 stay finite.
+    ``logits`` is left untouched (see :func:`softmax_cross_entropy_` for the in-place form).
     """
-    if logits.ndim != 2:
-        raise ValueError(f"expected logits of shape (N, V), got {tuple(logits.shape)}")
-    N, V = logits.shape
-    targets = np.asarray(targets).reshape(-1)
-    if targets.shape[0] != N:
-        raise ValueError(
-            f"expected {N} targets for logits {tuple(logits.shape)}, got {targets.shape[0]}"
-        )
-    if N and (targets.min() < 0 or targets.max() >= V):
-        raise ValueError(
-            f"expected targets in [0, {V}), got values in [{targets.min()}, {targets.max()}]"
-        )
-    rows = np.arange(N)
-    shifted = logits - logits.max(axis=1, keepdims=True)      # s - max: exp never overflows
-    np.exp(shifted, out=shifted)
-    sums = shifted.sum(axis=1, keepdims=True)
-    probs = shifted
-    probs /= sums                                              # p = softmax(s)
-    # log p[y] = log(p[y]) computed from the shifted logits to keep tiny probabilities exact
-    logp_y = (logits[rows, targets] - logits.max(axis=1)) - np.log(sums[:, 0])
-    loss = float(-logp_y.mean())
-    dlogits = probs
-    dlogits[rows, targets] -= 1.0                              # dL/ds = (p - onehot(y)) / N
-    dlogits /= N
-    return loss, dlogits
+    if not isinstance(logits, np.ndarray) or logits.ndim != 2:
+        raise ValueError(f"expected logits of shape (N, V), got {tuple(np.shape(logits))}")
+    return softmax_cross_entropy_(np.array(logits, dtype=np.result_type(logits, np.float32)),
+                                  targets)
 
 
 def softmax_cross_entropy_(logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:

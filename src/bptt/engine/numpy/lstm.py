@@ -41,41 +41,22 @@ import numpy as np
 
 from .common import (
     bptt_loop,
+    check_gate_weights,
     check_sequence,
     check_state,
     effective_truncate,
     prev_weight_grad,
     project_inputs,
     project_inputs_backward,
+    sigmoid_,
 )
 
 GATES = 4
 
 
-def _sigmoid_(a: np.ndarray) -> np.ndarray:
-    """In place, overflow-free: sigmoid(a) = (1 + tanh(a / 2)) / 2; keeps the dtype."""
-    a *= 0.5
-    np.tanh(a, out=a)
-    a += 1.0
-    a *= 0.5
-    return a
-
-
 def _check_weights(weight_ih, weight_hh, bias_ih, bias_hh) -> int:
-    """Validate torch-shaped LSTM parameters; return H."""
-    if weight_hh.ndim != 2 or weight_hh.shape[0] != GATES * weight_hh.shape[1]:
-        raise ValueError(
-            f"expected weight_hh of shape (4H, H), got {tuple(weight_hh.shape)}"
-        )
-    H = weight_hh.shape[1]
-    if weight_ih.ndim != 2 or weight_ih.shape[0] != GATES * H:
-        raise ValueError(
-            f"expected weight_ih of shape ({GATES * H}, I), got {tuple(weight_ih.shape)}"
-        )
-    for name, b in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
-        if b is not None and b.shape != (GATES * H,):
-            raise ValueError(f"expected {name} of shape ({GATES * H},), got {tuple(b.shape)}")
-    return H
+    """Validate torch-shaped parameters; return H."""
+    return check_gate_weights(weight_ih, weight_hh, bias_ih, bias_hh, GATES)
 
 
 def _check_state_pair(state0, batch: int, hidden: int, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -128,9 +109,9 @@ def forward(
         z = gates[t]
         np.matmul(h_buf[t], w_hh_t, out=rec)
         z += rec                                         # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
-        _sigmoid_(z[:, :2 * H])                          # i_t, f_t = sigmoid(z^i_t, z^f_t)
+        sigmoid_(z[:, :2 * H])                          # i_t, f_t = sigmoid(z^i_t, z^f_t)
         np.tanh(z[:, 2 * H:3 * H], out=z[:, 2 * H:3 * H])  # g_t = tanh(z^g_t)
-        _sigmoid_(z[:, 3 * H:])                          # o_t = sigmoid(z^o_t)
+        sigmoid_(z[:, 3 * H:])                          # o_t = sigmoid(z^o_t)
         i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
         c = cs[t]
         np.multiply(f, c_buf[t], out=c)
@@ -253,8 +234,8 @@ def step(
     if bias is not None:
         z += bias
     z += h @ weight_hh.T                                 # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
-    _sigmoid_(z[:, :2 * H])                              # i_t, f_t
+    sigmoid_(z[:, :2 * H])                              # i_t, f_t
     np.tanh(z[:, 2 * H:3 * H], out=z[:, 2 * H:3 * H])    # g_t
-    _sigmoid_(z[:, 3 * H:])                              # o_t
+    sigmoid_(z[:, 3 * H:])                              # o_t
     c = z[:, H:2 * H] * c + z[:, :H] * z[:, 2 * H:3 * H]  # c_t = f_t c_{t-1} + i_t g_t
     return z[:, 3 * H:] * np.tanh(c), c                  # h_t = o_t tanh(c_t)
