@@ -72,3 +72,24 @@ def split_state(hx, cell: str, index: int):
     if cell == "lstm":
         return tuple(None if s is None else s[index] for s in hx)
     return hx[index]
+
+
+def check_gate_weights(weight_ih, weight_hh, bias_ih, bias_hh, gates: int) -> int:
+    """Validate torch-shaped parameters of a cell with ``gates`` gates; return H.
+
+    Arrays or tensors alike: only shapes are read.
+    """
+    g = {3: "3H", 4: "4H"}.get(gates, f"{gates}H")
+    if len(weight_hh.shape) != 2 or weight_hh.shape[0] != gates * weight_hh.shape[1]:
+        raise ValueError(
+            f"expected weight_hh of shape ({g}, H), got {tuple(weight_hh.shape)}"
+        )
+    H = weight_hh.shape[1]
+    if len(weight_ih.shape) != 2 or weight_ih.shape[0] != gates * H:
+        raise ValueError(
+            f"expected weight_ih of shape ({gates * H}, I), got {tuple(weight_ih.shape)}"
+        )
+    for name, b in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
+        if b is not None and tuple(b.shape) != (gates * H,):
+            raise ValueError(f"expected {name} of shape ({gates * H},), got {tuple(b.shape)}")
+    return H

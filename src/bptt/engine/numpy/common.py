@@ -216,21 +216,3 @@ def sigmoid_(a: np.ndarray) -> np.ndarray:
     a += 1.0
     a *= 0.5
     return a
-
-
-def check_gate_weights(weight_ih, weight_hh, bias_ih, bias_hh, gates: int) -> int:
-    """Validate torch-shaped parameters of a cell with ``gates`` gates; return H."""
-    g = {3: "3H", 4: "4H"}.get(gates, f"{gates}H")
-    if weight_hh.ndim != 2 or weight_hh.shape[0] != gates * weight_hh.shape[1]:
-        raise ValueError(
-            f"expected weight_hh of shape ({g}, H), got {tuple(weight_hh.shape)}"
-        )
-    H = weight_hh.shape[1]
-    if weight_ih.ndim != 2 or weight_ih.shape[0] != gates * H:
-        raise ValueError(
-            f"expected weight_ih of shape ({gates * H}, I), got {tuple(weight_ih.shape)}"
-        )
-    for name, b in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
-        if b is not None and b.shape != (gates * H,):
-            raise ValueError(f"expected {name} of shape ({gates * H},), got {tuple(b.shape)}")
-    return H

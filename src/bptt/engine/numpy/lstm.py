@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..layout import check_gate_weights
 from .common import (
     bptt_loop,
-    check_gate_weights,
     check_sequence,
     check_state,
     effective_truncate,

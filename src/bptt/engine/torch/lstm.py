@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import torch
 
+from ..layout import check_gate_weights
 from .common import (
     bptt_loop,
     check_sequence,
@@ -53,18 +54,8 @@ GATES = 4
 
 
 def _check_weights(weight_ih, weight_hh, bias_ih, bias_hh) -> int:
-    """Validate torch-shaped LSTM parameters; return H."""
-    if weight_hh.dim() != 2 or weight_hh.shape[0] != GATES * weight_hh.shape[1]:
-        raise ValueError(f"expected weight_hh of shape (4H, H), got {tuple(weight_hh.shape)}")
-    H = weight_hh.shape[1]
-    if weight_ih.dim() != 2 or weight_ih.shape[0] != GATES * H:
-        raise ValueError(
-            f"expected weight_ih of shape ({GATES * H}, I), got {tuple(weight_ih.shape)}"
-        )
-    for name, b in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
-        if b is not None and tuple(b.shape) != (GATES * H,):
-            raise ValueError(f"expected {name} of shape ({GATES * H},), got {tuple(b.shape)}")
-    return H
+    """Validate torch-shaped parameters; return H."""
+    return check_gate_weights(weight_ih, weight_hh, bias_ih, bias_hh, GATES)
 
 
 def _check_state_pair(state0, batch: int, like: torch.Tensor):
