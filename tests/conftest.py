@@ -160,3 +160,24 @@ def cli_process() -> Callable[..., Ran]:
         return Ran(done.returncode, done.stdout, done.stderr)
 
     return run
+
+
+class StopAfter:
+    """A stand-in for train's Ctrl-C flag (``_StopFlag``), raised after ``n`` looks.
+
+    train looks once after every step and once at each epoch's end, so ``n`` counts those.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    @property
+    def stop(self) -> bool:
+        self.n -= 1
+        return self.n < 0

@@ -26,7 +26,7 @@ from bptt.lm import checkpoint as ck
 from bptt.lm import distributed
 from bptt.lm import train as train_mod
 from bptt.lm.train import train
-from conftest import Ran, quiet, subprocess_env, tiny_config
+from conftest import Ran, StopAfter, quiet, subprocess_env, tiny_config
 
 pytestmark = [
     pytest.mark.usefixtures("no_network"),
@@ -242,24 +242,6 @@ def test_a_two_process_run_stopped_mid_epoch_continues_on_one(tmp_path, corpus, 
     assert result.epochs == 2 and not result.interrupted
     train(tiny_config(corpus, tmp_path / "straight", **{**FLAGS, **kw}), log=quiet)
     assert_same_run(tmp_path / "run", tmp_path / "straight")
-
-
-class StopAfter:
-    """train's Ctrl-C flag, raised after ``n`` looks (one a step, one at each epoch's end)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    @property
-    def stop(self) -> bool:
-        self.n -= 1
-        return self.n < 0
 
 
 def test_a_one_process_run_stopped_mid_epoch_continues_on_two(tmp_path, corpus, monkeypatch):

@@ -21,7 +21,7 @@ from bptt.lm.evaluate import evaluate_tokens
 from bptt.lm.generate import LanguageModel, generate
 from bptt.lm.train import Diverged, train
 from bptt.model import ModelSpec, init_params
-from conftest import HELLO, quiet, tiny_config
+from conftest import HELLO, StopAfter, quiet, tiny_config
 
 pytestmark = pytest.mark.usefixtures("no_network")
 
@@ -277,24 +277,6 @@ def test_resume_between_epochs_equals_straight_run(tmp_path, make_corpus, partit
                .splitlines()] for d in ("straight", "resumed")]
     assert [r["epoch"] for r in epochs[1] if r["kind"] == "epoch"] == [1, 2, 3, 4]
     assert len(epochs[0]) == len(epochs[1])
-
-
-class StopAfter:
-    """A stand-in for train's Ctrl-C flag that is raised after ``n`` steps have been taken."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    @property
-    def stop(self) -> bool:
-        self.n -= 1
-        return self.n < 0
 
 
 @pytest.mark.parametrize("partition, cell, dropout", [
