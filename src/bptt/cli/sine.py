@@ -48,6 +48,10 @@ def register(sub) -> None:
         "last.safetensors into --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_regression_args(p, _D)
+    p.add_argument("--warmup", type=int, default=_D.warmup,
+                   help="predictions per window left out of the headline MSE (the first ones "
+                   "are made before the state has seen the window); the whole-window MSE is "
+                   "printed beside it")
     p.add_argument("--reset-state", action="store_true",
                    help="start every window from zeros instead of carrying the hidden state "
                    "(what the seed's code does through its hidden_prv typo)")
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         nonlinearity=args.nonlinearity, iterations=args.iterations, optimizer=args.optimizer,
         lr=args.lr, clip=args.clip, clip_mode=args.clip_mode, carry_state=not args.reset_state,
         engine=args.engine, device=args.device, dtype=args.dtype, seed=args.seed, out=args.out,
-        log_every=args.log_every, forecast_steps=args.forecast_steps)
+        log_every=args.log_every, forecast_steps=args.forecast_steps, warmup=args.warmup)
     result = train_sine(cfg)
     print(main_summary(result))
     return 0

@@ -43,9 +43,10 @@ def _running_mean(values: np.ndarray, width: int) -> np.ndarray:
 
 def plot_fit(t: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: str | Path, *,
              inputs: tuple[np.ndarray, np.ndarray] | None = None,
-             losses: np.ndarray | None = None, title: str = "") -> Path:
+             losses: np.ndarray | None = None, title: str = "", warmup: int = 0) -> Path:
     """Left: truth (red) and one-step predictions (blue) at the target times ``t``, as the
-    seed's plot; the inputs as dots when given. Right: the training MSE per iteration."""
+    seed's plot; the inputs as dots when given; the first ``warmup`` predictions shaded.
+    Right: the training MSE per iteration."""
     plt = _pyplot()
     panels = 2 if losses is not None and len(losses) else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.6), dpi=120, squeeze=False)
@@ -54,6 +55,10 @@ def plot_fit(t: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: str | Pat
         ax.plot(inputs[0], inputs[1], "o", color="0.6", ms=3, label="input")
     ax.plot(t, truth, "r-", label="truth (next value)")
     ax.plot(t, pred, "b-", label="prediction")
+    if warmup:
+        edge = t[warmup - 1] + 0.5 * (t[warmup] - t[warmup - 1]) if warmup < len(t) else t[-1]
+        ax.axvspan(t[0] - 0.5 * (t[1] - t[0]), edge, color="0.9", zorder=0,
+                   label=f"warm-up ({warmup} not scored)")
     ax.set_xlabel("t")
     ax.set_title(title or "one-step prediction")
     ax.grid(alpha=0.3)
