@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bptt.data import sha1_of
 from bptt.lm import checkpoint as ck
 from bptt.lm.train import train
 from conftest import HELLO, bptt_command, quiet, subprocess_env, tiny_config
@@ -243,6 +244,69 @@ def test_resume_continues_to_the_checkpoints_epochs_unless_told(tmp_path, hello_
     last = ck.load(run / "last.safetensors")
     assert last.train["epoch"] == 5 and last.config["epochs"] == 5
     assert last.train["lr"] == 0.02 and last.config["lr"] == 0.02
+
+
+def test_resume_from_another_folder_after_a_relative_data_path(tmp_path, hello_corpus, cli,
+                                                               monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "text.txt").write_bytes(hello_corpus.read_bytes())
+    monkeypatch.chdir(work)
+    assert cli("train", "--data", "text.txt", "--out", "run", *TINY, "--epochs", "2").rc == 0
+    saved = ck.load(work / "run" / "last.safetensors")
+    assert saved.config["data"] == str((work / "text.txt").resolve())
+    assert saved.train["data_sha1"] == {"data": sha1_of(work / "text.txt")}
+    monkeypatch.chdir(tmp_path)
+    ran = cli("train", "--resume", "--out", work / "run", "--epochs", "3")
+    assert ran.rc == 0, ran.err
+    assert ck.load(work / "run" / "last.safetensors").train["epoch"] == 3
+
+
+def test_resume_reads_the_same_text_or_says_where_it_went(tmp_path, hello_corpus, cli):
+    text, moved, run = tmp_path / "text.txt", tmp_path / "moved.txt", tmp_path / "run"
+    text.write_bytes(hello_corpus.read_bytes())
+    assert cli("train", "--data", text, "--out", run, *TINY, "--epochs", "2").rc == 0
+    text.rename(moved)
+    ran = cli("train", "--resume", "--out", run, "--epochs", "3")
+    assert_one_line_error(ran, "train")
+    assert "no such file" in ran.err and "give its new place with --resume --data PATH" in ran.err
+    assert ck.load(run / "last.safetensors").train["epoch"] == 2          # nothing written
+
+    ran = cli("train", "--resume", "--out", run, "--epochs", "3", "--data", moved)
+    assert ran.rc == 0 and "warning" not in ran.err, ran.err
+    last = ck.load(run / "last.safetensors")
+    assert last.train["epoch"] == 3 and last.config["data"] == str(moved.resolve())
+
+    moved.write_text(HELLO + "and more\n", encoding="utf-8")              # edited since
+    ran = cli("train", "--resume", "--out", run, "--epochs", "4")
+    assert_one_line_error(ran, "train")
+    assert "expected --data to be the text this run was trained on (SHA-1 " in ran.err
+    assert ck.load(run / "last.safetensors").train["epoch"] == 3
+
+
+def test_resume_drops_metric_lines_written_after_its_checkpoint(tmp_path, hello_corpus, cli):
+    """A process killed after writing an epoch's metric lines but before its checkpoint: the
+    resume repeats that epoch, and metrics.jsonl holds each epoch once."""
+    run = tmp_path / "run"
+    assert cli("train", "--data", hello_corpus, "--out", run, *TINY, "--epochs", "2").rc == 0
+    at_two = (run / "last.safetensors").read_bytes()
+    assert cli("train", "--resume", "--out", run, "--epochs", "3").rc == 0
+    (run / "last.safetensors").write_bytes(at_two)                      # the kill
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"kind": "step", "epoch": 3, "st')                     # a line cut short
+
+    assert cli("train", "--resume", "--out", run, "--epochs", "3").rc == 0
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in recs if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    for e in epochs:
+        steps = [r["step"] for r in recs if r["kind"] == "step" and r["epoch"] == e["epoch"]]
+        assert steps == list(range(1, e["steps"] + 1))
+
+    (run / "metrics.jsonl").unlink()                                     # gone: rebuilt
+    assert cli("train", "--resume", "--out", run, "--epochs", "4").rc == 0
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == [1, 2, 3, 4]
 
 
 def test_recipe_keeps_its_settings_under_explicit_overrides(tmp_path, data_dir, cli):

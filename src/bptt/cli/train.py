@@ -11,7 +11,7 @@ from ..lm.distributed import DEFAULT_TIMEOUT as DIST_TIMEOUT
 _D = TrainConfig()
 
 # Settings a resumed run takes from the command line; every other one comes from the checkpoint.
-RESUME_FLAGS = ("epochs", "out", "progress", "device", "engine")
+RESUME_FLAGS = ("epochs", "out", "progress", "device", "engine", "data", "val_data")
 
 
 def _mark_given(namespace: argparse.Namespace, dest: str) -> None:
@@ -150,9 +150,9 @@ def resume_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     ignored = sorted(explicit - set(RESUME_FLAGS))
     if ignored and is_main():
         names = ", ".join("--" + k.replace("_", "-") for k in ignored)
+        kept = ", ".join("--" + k.replace("_", "-") for k in RESUME_FLAGS)
         print(f"bptt train: warning: {names} ignored with --resume (the checkpoint's settings "
-              f"are kept; only {', '.join('--' + k for k in RESUME_FLAGS)} apply)",
-              file=sys.stderr)
+              f"are kept; only {kept} apply)", file=sys.stderr)
     if "epochs" in explicit:
         return cfg
     return replace(cfg, epochs=int(saved.get("epochs", cfg.epochs)))
@@ -167,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.resume:
             cfg = resume_config(cfg, explicit_flags(args))
-        result = train(cfg, resume=args.resume, dist_timeout=args.dist_timeout)
+        moved = {k: getattr(cfg, k) for k in ("data", "val_data")
+                 if args.resume and k in explicit_flags(args)}
+        result = train(cfg, resume=args.resume, dist_timeout=args.dist_timeout, moved=moved)
     except (Diverged, ConfigError) as e:
         if is_main():
             print(f"bptt train: error: {e}", file=sys.stderr)

@@ -18,13 +18,22 @@ import signal
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .. import optim
-from ..data import DataError, batches, check_batchable, load_corpus, resolve, split_tokens
+from ..data import (
+    CORPORA,
+    DataError,
+    batches,
+    check_batchable,
+    load_corpus,
+    resolve,
+    sha1_of,
+    split_tokens,
+)
 from ..engine import get_engine
 from ..model import ModelSpec, init_params
 from . import checkpoint as ck
@@ -70,6 +79,64 @@ def load_data(cfg: TrainConfig, vocab=None):
         train_ids, val = split_tokens(ids, cfg.val_frac)
     check_batchable(train_ids.size, cfg.batch_size, cfg.num_steps)
     return train_ids, val, vocab
+
+
+DATA_KEYS = ("data", "val_data")
+
+
+def _absolute(data: str | None) -> str | None:
+    """A file path as an absolute one (a resume may run from another folder); corpus names and
+    None unchanged."""
+    if data is None or data in CORPORA:
+        return data
+    return str(Path(data).expanduser().resolve())
+
+
+def data_digests(cfg: TrainConfig) -> dict[str, str]:
+    """SHA-1 of the training (and validation) text, kept in the checkpoint: a resume must read
+    the bytes the run was trained on."""
+    return {k: sha1_of(resolve(getattr(cfg, k))) for k in DATA_KEYS if getattr(cfg, k)}
+
+
+def relocate_data(cfg: TrainConfig, saved: dict, moved: dict) -> TrainConfig:
+    """On resume: the checkpoint's data files, or ``moved`` ({"data": path, ...}) in their
+    place, each checked against the SHA-1 ``saved`` with the run (when it has one)."""
+    cfg = replace(cfg, **{k: _absolute(v) for k, v in moved.items() if k in DATA_KEYS})
+    for key in DATA_KEYS:
+        value = getattr(cfg, key)
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        try:
+            path = resolve(value)
+        except DataError as e:
+            raise DataError(f"{e}; the run was trained on it: give its new place with "
+                            f"--resume {flag} PATH") from None
+        want = saved.get(key)
+        if want and (got := sha1_of(path)) != want:
+            raise ck.CheckpointError(
+                f"expected {flag} to be the text this run was trained on (SHA-1 {want}), got "
+                f"{path} with SHA-1 {got}; train a new run (another --out) on changed text")
+    return cfg
+
+
+def _trim_metrics(path: Path, epoch: int, metrics: list) -> None:
+    """On resume: metrics.jsonl without the lines of epochs after the checkpoint's ``epoch``
+    (a process killed between writing them and the checkpoint), or rebuilt from the
+    checkpoint's epoch records when the file is gone."""
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else [
+        _json_line(m).rstrip("\n") for m in metrics]
+    kept = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue                                  # a line cut short by the kill
+        if isinstance(rec, dict) and int(rec.get("epoch", 0)) <= epoch:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.replace(path)
 
 
 def build_spec(cfg: TrainConfig, vocab_size: int) -> ModelSpec:
@@ -128,18 +195,22 @@ def _silent(msg: str) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, log=_log,
-          dist_timeout: float = distributed.DEFAULT_TIMEOUT) -> TrainResult:
-    """Train per ``cfg``; with ``resume`` continue from ``cfg.out/last.safetensors``.
+          dist_timeout: float = distributed.DEFAULT_TIMEOUT,
+          moved: dict | None = None) -> TrainResult:
+    """Train per ``cfg``; with ``resume`` continue from ``cfg.out/last.safetensors``, reading
+    the data files the run was trained on, or ``moved`` ({"data": path, "val_data": path}) when
+    they have moved (the same bytes: SHA-1 checked).
 
     Under torchrun (WORLD_SIZE > 1) this process is one data-parallel rank of the run, and a
     collective waits at most ``dist_timeout`` seconds for its peers (see lm/distributed.py).
     """
     _validate(cfg)
     with distributed.session(cfg.engine, cfg.device, dist_timeout) as dist:
-        return _train(cfg, resume, log if dist.is_main else _silent, dist)
+        return _train(cfg, resume, log if dist.is_main else _silent, dist, moved or {})
 
 
-def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single) -> TrainResult:
+def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single,
+           moved: dict) -> TrainResult:
     out = Path(cfg.out)
     last_path, best_path, metrics_path = (out / "last.safetensors", out / "best.safetensors",
                                           out / "metrics.jsonl")
@@ -165,11 +236,15 @@ def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single) -> Tra
         cfg = TrainConfig.from_dict({**ckpt.config, "epochs": epochs, "out": str(out),
                                      "progress": cfg.progress, "device": cfg.device,
                                      "engine": cfg.engine})
+        cfg = relocate_data(cfg, ckpt.train.get("data_sha1", {}), moved)
+    else:
+        cfg = replace(cfg, **{k: _absolute(getattr(cfg, k)) for k in DATA_KEYS})
 
     dist.check_batch(cfg.batch_size)  # each rank takes batch_size / world_size rows
 
     # -- data -------------------------------------------------------------------------------
     train_ids, val_ids, vocab = load_data(cfg, vocab=ckpt.vocab if ckpt else None)
+    digests = data_digests(cfg)
     spec = build_spec(cfg, len(vocab))
 
     # -- model, engine, optimiser -----------------------------------------------------------
@@ -193,6 +268,8 @@ def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single) -> Tra
         carried = engine.state_from_numpy(
             saved if saved is None or spec.cell == "lstm" else saved[0])
         metrics = list(ckpt.metrics)
+        if dist.is_main:
+            _trim_metrics(metrics_path, start_epoch, metrics)
         if start_epoch >= cfg.epochs:
             log(f"already trained {start_epoch} epochs (asked for {cfg.epochs}); nothing to do")
             return TrainResult(out, start_epoch, metrics)
@@ -226,7 +303,7 @@ def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single) -> Tra
             text={"normalization": cfg.normalization, "tokenization": cfg.tokenization},
             config=cfg.to_dict(),
             train={"epoch": epoch, "batch": batch, "lr": opt.lr, "optim_scalars": scalars,
-                   "seed": cfg.seed, "partial": part or _no_partial()},
+                   "seed": cfg.seed, "partial": part or _no_partial(), "data_sha1": digests},
             optim=engine.to_numpy(arrays), state=st, metrics=metrics), path)
 
     best = min((m.get("val_perplexity") or m["perplexity"] for m in metrics), default=math.inf)
