@@ -149,6 +149,55 @@ def test_sine_scoring_covers_every_window_and_carried_state(tmp_path, carry):
     np.testing.assert_allclose(errs[row], (pred - v[1:]) ** 2, rtol=1e-6)
 
 
+def strict_records(path: Path) -> list[dict]:
+    """metrics.jsonl parsed as strict JSON (NaN or Infinity tokens fail)."""
+    def refuse(token):
+        raise AssertionError(f"non-strict JSON token {token} in {path}")
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_a_diverging_sine_run_exits_3_and_keeps_the_last_sound_parameters(tmp_path, capsys):
+    """Adam at lr 1 with relu: the MSE jumps to ~1e14 at iteration 5 (finite, but over 100 x
+    the targets' mean square). The checkpoint holds the parameters that gave iteration 4's
+    sound loss: exactly those of the same run stopped after 3 iterations."""
+    flags = ("--optimizer", "adam", "--lr", "1", "--nonlinearity", "relu")
+    rc, _, err = run_cli(capsys, "sine", *flags, "--out", tmp_path / "bad")
+    assert rc == 3
+    assert err.count("\n") == 1 and "Traceback" not in err and "Warning" not in err
+    assert err.startswith("bptt sine: error: the loss became ")
+    assert "at iteration 5 (diverged: expected a finite MSE below 50.16 = 100 x the targets' " \
+           "mean square); the last sound parameters (after 3 iterations) are in " in err
+    assert err.rstrip().endswith("lower --lr or set --clip")
+    bad = ck.load(tmp_path / "bad" / "last.safetensors")
+    recs = strict_records(tmp_path / "bad" / "metrics.jsonl")
+    assert recs[-1]["kind"] == "summary" and recs[-1]["iterations"] == 3
+    assert [r["step"] for r in recs if r["kind"] == "step"] == [1, 2, 3, 4]   # all steps taken
+    assert (tmp_path / "bad" / "grad_norms.png").is_file()
+
+    rc, _, err = run_cli(capsys, "sine", *flags, "--iterations", "3", "--out", tmp_path / "ok")
+    assert rc == 0, err
+    ok = ck.load(tmp_path / "ok" / "last.safetensors")
+    for name in ok.params:
+        np.testing.assert_array_equal(bad.params[name], ok.params[name])
+        assert np.isfinite(bad.params[name]).all()
+    for name in ok.optim:
+        np.testing.assert_array_equal(bad.optim[name], ok.optim[name])
+    np.testing.assert_array_equal(bad.state[0], ok.state[0])
+
+
+def test_a_diverging_series_run_exits_3_with_a_checkpoint(tmp_path, capsys):
+    csv = noisy_sine_csv(tmp_path / "level.csv")
+    out = tmp_path / "run"
+    rc, _, err = run_cli(capsys, "series", "--csv", csv, "--column", "level", "--lr", "1e6",
+                         "--out", out)
+    assert rc == 3 and err.count("\n") == 1, err
+    assert err.startswith("bptt series: error: the loss became ")
+    c = ck.load(out / "last.safetensors")
+    assert c.config["kind"] == "series" and "mean" in c.config
+    assert all(np.isfinite(v).all() for v in c.params.values())
+    assert strict_records(out / "metrics.jsonl")[-1]["diverged"].startswith("the loss became")
+
+
 # -- bptt series ---------------------------------------------------------------------------------
 def noisy_sine_csv(path: Path, n: int = 400, seed: int = 0) -> Path:
     """A header row, a time column and a noisy sine around 10 (period 40, noise sd 0.2)."""

@@ -12,6 +12,8 @@ import argparse
 import importlib
 import sys
 
+from ..errors import Diverged
+
 # The verbs, in the order ``bptt --help`` lists them.
 VERBS = ("train", "generate", "evaluate", "check", "bench", "demo", "sine", "series", "gradflow")
 
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bptt: interrupted", file=sys.stderr)
         return 130
+    except Diverged as e:  # the last sound state is saved; the message says where
+        print(f"bptt {args.verb}: error: {e}", file=sys.stderr)
+        return 3
     except (CLIError, ValueError, OSError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"bptt {args.verb}: error: {message}", file=sys.stderr)

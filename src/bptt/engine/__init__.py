@@ -36,3 +36,9 @@ def as_numpy(x):
     if hasattr(x, "detach"):
         return x.detach().cpu().numpy()
     return x
+
+
+def copy_arrays(arrays: dict) -> dict:
+    """A deep copy of a dict of arrays or tensors (scalars kept): optimisers update in place."""
+    return {k: v.clone() if hasattr(v, "clone") else v.copy() if hasattr(v, "copy") else v
+            for k, v in arrays.items()}

@@ -34,18 +34,15 @@ from ..data import (
     sha1_of,
     split_tokens,
 )
-from ..engine import get_engine
+from ..engine import copy_arrays, get_engine
+from ..errors import Diverged
+from ..jsonl import json_line
 from ..model import ModelSpec, init_params
 from . import checkpoint as ck
 from . import distributed
 from .config import TrainConfig
 from .evaluate import evaluate_tokens
 from .generate import LanguageModel, generate
-
-
-class Diverged(RuntimeError):
-    """The loss or the parameters blew up; the last sound state was saved."""
-
 
 # An epoch whose mean loss exceeds this many times ln V (the loss of guessing uniformly among V
 # tokens) has diverged even when still finite: with tanh saturating, a huge learning rate drives
@@ -125,7 +122,7 @@ def _trim_metrics(path: Path, epoch: int, metrics: list) -> None:
     (a process killed between writing them and the checkpoint), or rebuilt from the
     checkpoint's epoch records when the file is gone."""
     lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else [
-        _json_line(m).rstrip("\n") for m in metrics]
+        json_line(m).rstrip("\n") for m in metrics]
     kept = []
     for line in lines:
         try:
@@ -279,8 +276,9 @@ def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single,
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
             metrics_path.write_text("")
-            # a previous run's files in this folder
-            for stale in (best_path, out / "perplexity.png", out / "grad_norms.png"):
+            # a previous run's files in this folder (a restarted launch must not resume them)
+            for stale in (last_path, best_path, out / "perplexity.png",
+                          out / "grad_norms.png"):
                 stale.unlink(missing_ok=True)
     lm_numpy = lambda: LanguageModel(spec, engine.to_numpy(params), vocab,  # noqa: E731
                                      cfg.normalization, cfg.tokenization)
@@ -324,7 +322,7 @@ def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single,
             part = partial if skip else _no_partial()
             loss_sum, n_tok, seconds = part["loss_sum"], part["tokens"], part["seconds"]
             norms = [(b, a) for b, a in part.get("norms", [])]   # steps before an interruption
-            snapshot = (_copy(params), _copy(opt.state), state, part)
+            snapshot = (copy_arrays(params), copy_arrays(opt.state), state, part)
             t0 = time.perf_counter()
             i = -1
             for i, (X, Y) in enumerate(batches(train_ids, cfg.batch_size, cfg.num_steps,
@@ -394,7 +392,7 @@ def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single,
             metrics.append(record)
             if dist.is_main:
                 with metrics_path.open("a") as f:
-                    f.write(_json_line(record))
+                    f.write(json_line(record))
             monitored = record.get("val_loss", record["loss"])
             if cfg.lr_halving and len(metrics) > 1:
                 prev = metrics[-2].get("val_loss", metrics[-2]["loss"])
@@ -437,12 +435,6 @@ def _no_partial() -> dict:
     return {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0, "norms": []}
 
 
-def _copy(arrays: dict) -> dict:
-    """A deep copy of a dict of arrays/tensors (scalars kept): optimisers update in place."""
-    return {k: v.clone() if hasattr(v, "clone") else v.copy() if hasattr(v, "copy") else v
-            for k, v in arrays.items()}
-
-
 def _finite(params: dict) -> bool:
     return all(np.isfinite(v).all() for v in params.values())
 
@@ -450,13 +442,6 @@ def _finite(params: dict) -> bool:
 def _host_norms(norms: list, engine) -> list:
     """The (before, after-or-None) gradient norms as Python floats (one host sync, here)."""
     return [(engine.scalar(b), None if a is None else engine.scalar(a)) for b, a in norms]
-
-
-def _json_line(record: dict) -> str:
-    """One strict JSON line: a non-finite float (an overflowed norm) is written as null."""
-    clean = {k: v if not isinstance(v, float) or math.isfinite(v) else None
-             for k, v in record.items()}
-    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 def _epoch_record(epoch, loss_sum, n_tok, seconds, lr, cfg, norms) -> dict:
@@ -476,7 +461,7 @@ def _write_steps(path: Path, epoch: int, norms: list, cfg: TrainConfig) -> None:
                 a, fired = min(b, cfg.clip), b > cfg.clip
             else:
                 a, fired = after, after < b
-            f.write(_json_line({"kind": "step", "epoch": epoch + 1, "step": j + 1,
+            f.write(json_line({"kind": "step", "epoch": epoch + 1, "step": j + 1,
                                 "grad_norm": b, "grad_norm_clipped": a,
                                 "clipped": bool(fired)}))
 

@@ -10,7 +10,6 @@ loop runs the NumPy hand-written BPTT or any torch engine.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -20,8 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from .. import optim
-from ..engine import as_numpy
+from ..engine import as_numpy, copy_arrays
+from ..errors import Diverged
+from ..jsonl import json_line
 from ..model import ModelSpec
+
+# A window whose MSE exceeds this many times the targets' mean square (the MSE of predicting 0
+# everywhere) has diverged even when still finite: tanh saturates, so a huge learning rate
+# drives the head's output, and the loss, to 1e15 without a NaN.
+DIVERGED_MSE_FACTOR = 100.0
 
 
 def regression_spec(cell: str, hidden_size: int, num_layers: int = 1,
@@ -57,23 +63,31 @@ class Fit:
     steps: list = field(default_factory=list)      # {"kind": "step", ...} per iteration
     logs: list = field(default_factory=list)       # {"kind": "log", ...} every log_every
     seconds: float = 0.0
+    diverged: str = ""                  # why training stopped early; "" when it did not
+
+    @property
+    def iterations(self) -> int:
+        return len(self.losses)
 
 
 def fit(engine, params: dict, opt, sample: Callable[[int], tuple[np.ndarray, np.ndarray]],
         iterations: int, *, clip: float | None = None, clip_mode: str = "norm",
         carry_state: bool = True, log_every: int = 100,
-        log: Callable[[str], None] | None = print) -> Fit:
+        log: Callable[[str], None] | None = print, max_loss: float = math.inf) -> Fit:
     """Train in place: each iteration ``X, Y = sample(i)`` ((B, T, 1) each), the MSE and its
     hand-written (or torch) gradients, optional clipping, one optimiser step.
 
     With ``carry_state`` the last state of an iteration is the first of the next, detached (no
     gradient crosses iterations), as the seed carries ``hidden_prev``; otherwise every window
-    starts from zeros. A loss that becomes NaN or infinite stops training with a ValueError.
+    starts from zeros. A loss that is NaN, infinite or above ``max_loss`` stops training: the
+    parameters, optimiser state and carried state go back to where the last sound loss was
+    computed, and ``Fit.diverged`` says why (``Fit.losses`` ends at the last sound iteration).
     """
     losses = np.empty(iterations)
     steps, logs = [], []
     state = None
     last_window = None
+    diverged, sound = "", None
     t0 = time.perf_counter()
     for i in range(iterations):
         X, Y = sample(i)
@@ -82,11 +96,23 @@ def fit(engine, params: dict, opt, sample: Callable[[int], tuple[np.ndarray, np.
         else:
             state = engine.detach_state(state)
         start_state = state
-        loss, grads, state = engine.loss_and_grads(params, X, Y, state, training=True)
+        with np.errstate(over="ignore", invalid="ignore"):   # a blow-up is caught just below
+            loss, grads, state = engine.loss_and_grads(params, X, Y, state, training=True)
         loss = engine.scalar(loss)
-        if not math.isfinite(loss):
-            raise ValueError(f"the loss became {loss} at iteration {i + 1}; lower --lr or set "
-                             f"--clip")
+        if not loss <= max_loss:                              # NaN, inf, or diverged
+            if sound is not None:
+                params.update(sound[0])
+                opt.state = sound[1]
+                state = sound[2]
+            diverged = (f"the loss became {loss:.4g} at iteration {i + 1} (diverged: expected "
+                        f"a finite MSE below {max_loss:.4g} = {DIVERGED_MSE_FACTOR:g} x the "
+                        f"targets' mean square)")
+            done = max(i - 1, 0)                              # steps behind the restored state
+            losses = losses[:done]                            # the step records keep them all
+            logs = [r for r in logs if r["iteration"] <= done]
+            last_window = None
+            break
+        sound = (copy_arrays(params), copy_arrays(opt.state), start_state)  # gave a sound loss
         if clip is None:
             before = after = float(engine.scalar(optim.global_norm(grads)))
             fired = False
@@ -113,7 +139,26 @@ def fit(engine, params: dict, opt, sample: Callable[[int], tuple[np.ndarray, np.
                     f"{recent:.3e})")
         if i == iterations - 1:
             last_window = (X, Y, start_state)
-    return Fit(losses, state, last_window, steps, logs, time.perf_counter() - t0)
+    return Fit(losses, state, last_window, steps, logs, time.perf_counter() - t0, diverged)
+
+
+def save_diverged(run: Fit, out: Path, spec: ModelSpec, engine, params: dict, opt,
+                  config: dict, clip: float | None) -> Diverged:
+    """After ``fit`` stopped on a blown-up loss: last.safetensors with the restored (last sound)
+    parameters, metrics.jsonl and grad_norms.png up to there; the error to raise."""
+    from .plots import plot_grad_norms
+
+    summary = {"diverged": run.diverged, "iterations": run.iterations}
+    write_metrics(out / "metrics.jsonl", run, summary)
+    if run.steps:
+        plot_grad_norms(run.steps, out / "grad_norms.png", threshold=clip)
+    path = save_checkpoint(out / "last.safetensors", spec, engine, params, opt, run.state,
+                           config=config, train={"iterations": run.iterations,
+                                                 "seed": config.get("seed"), "summary": summary},
+                           metrics=run.logs)
+    where = f"after {run.iterations} iterations" if run.iterations else "the initial ones"
+    return Diverged(f"{run.diverged}; the last sound parameters ({where}) are in {path}; "
+                    f"lower --lr or set --clip")
 
 
 # -- prediction ---------------------------------------------------------------------------------
@@ -167,9 +212,6 @@ def save_checkpoint(path: Path, spec: ModelSpec, engine, params: dict, opt, stat
 def write_metrics(path: Path, run: Fit, summary: dict) -> Path:
     """metrics.jsonl: the log records, every step record, and one summary record."""
     with path.open("w", encoding="utf-8") as f:
-        for rec in run.logs:
-            f.write(json.dumps(rec) + "\n")
-        for rec in run.steps:
-            f.write(json.dumps(rec) + "\n")
-        f.write(json.dumps({"kind": "summary", **summary}) + "\n")
+        for rec in [*run.logs, *run.steps, {"kind": "summary", **summary}]:
+            f.write(json_line(rec))
     return path

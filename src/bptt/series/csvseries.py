@@ -182,7 +182,14 @@ def train_series(cfg: SeriesConfig, *, log=print) -> SeriesResult:
             f"H={spec.hidden_size}, engine {engine.name}")
     run = core.fit(engine, params, opt, sample, cfg.iterations, clip=cfg.clip,
                    clip_mode=cfg.clip_mode, carry_state=cfg.carry_state,
-                   log_every=cfg.log_every, log=log)
+                   log_every=cfg.log_every, log=log,
+                   max_loss=core.DIVERGED_MSE_FACTOR * float(np.mean(z_train[1:] ** 2)))
+    threshold = cfg.clip if cfg.clip is not None and cfg.clip_mode == "norm" else None
+    config = {"kind": "series", **cfg.to_dict(), "mean": mean, "std": std,
+              "n_train": n_train, "n_val": n_val}
+    if run.diverged:
+        raise core.save_diverged(run, Path(cfg.out), spec, engine, params, opt, config,
+                                 threshold)
     final_mse = float(run.losses[-cfg.log_every:].mean())
 
     # -- one-step predictions over the whole series, from zeros (teacher forcing) -----------
@@ -218,8 +225,8 @@ def train_series(cfg: SeriesConfig, *, log=print) -> SeriesResult:
         truth=values[n_train - tail:] if n_val else None,
         one_step=pred[n_train - 1:] * std + mean if n_val else None,
         title=title, xlabel="row", ylabel=cfg.column)
-    files["grad_norms"] = plot_grad_norms(run.steps, Path(cfg.out) / "grad_norms.png", threshold=(
-        cfg.clip if cfg.clip is not None and cfg.clip_mode == "norm" else None))
+    files["grad_norms"] = plot_grad_norms(run.steps, Path(cfg.out) / "grad_norms.png",
+                                          threshold=threshold)
 
     summary = {"n_train": n_train, "n_val": n_val, "mean": mean, "std": std,
                "final_mse": final_mse, "train_mse": train_mse, "val_mse": val_mse,
@@ -229,8 +236,7 @@ def train_series(cfg: SeriesConfig, *, log=print) -> SeriesResult:
     files["metrics"] = core.write_metrics(out / "metrics.jsonl", run, summary)
     files["checkpoint"] = core.save_checkpoint(
         out / "last.safetensors", spec, engine, params, opt, run.state,
-        config={"kind": "series", **cfg.to_dict(), "mean": mean, "std": std,
-                "n_train": n_train, "n_val": n_val},
+        config=config,
         train={"iterations": cfg.iterations, "seed": cfg.seed, "summary": summary},
         metrics=run.logs)
     return SeriesResult(out, n_train, n_val, mean, std, final_mse, train_mse, val_mse, val_norm,

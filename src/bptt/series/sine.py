@@ -122,9 +122,16 @@ def train_sine(cfg: SineConfig | None = None, *, log=print, **overrides) -> Sine
     if log is not None:
         log(f"sine: {spec.cell} H={spec.hidden_size} L={spec.num_layers}, {cfg.optimizer} lr "
             f"{cfg.lr:g}, {cfg.iterations} iterations, engine {engine.name}, seed {cfg.seed}")
+    targets = np.concatenate([sine_window(s, cfg.points, cfg.span)[1][1:]
+                              for s in range(cfg.starts)])
     run = core.fit(engine, params, opt, sample, cfg.iterations, clip=cfg.clip,
                    clip_mode=cfg.clip_mode, carry_state=cfg.carry_state,
-                   log_every=cfg.log_every, log=log)
+                   log_every=cfg.log_every, log=log,
+                   max_loss=core.DIVERGED_MSE_FACTOR * float(np.mean(targets ** 2)))
+    threshold = cfg.clip if cfg.clip is not None and cfg.clip_mode == "norm" else None
+    if run.diverged:
+        raise core.save_diverged(run, out, spec, engine, params, opt,
+                                 {"kind": "sine", **cfg.to_dict()}, threshold)
     final_mse = float(run.losses[-cfg.log_every:].mean())
 
     # -- evaluation: every window after every carried state, per step ---------------------
@@ -157,8 +164,7 @@ def train_sine(cfg: SineConfig | None = None, *, log=print, **overrides) -> Sine
         truth=np.sin(t_truth), ylabel="sin t",
         title=f"free-running forecast of {cfg.forecast_steps} points after a "
               f"{cfg.points}-point warm-up (MSE {forecast_mse:.2e})")
-    files["grad_norms"] = plot_grad_norms(run.steps, out / "grad_norms.png", threshold=(
-        cfg.clip if cfg.clip is not None and cfg.clip_mode == "norm" else None))
+    files["grad_norms"] = plot_grad_norms(run.steps, out / "grad_norms.png", threshold=threshold)
 
     summary = {"final_mse": final_mse, "eval_mse": eval_mse,
                "eval_mse_after_warmup": eval_warm, "warmup": cfg.warmup,
