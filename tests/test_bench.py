@@ -253,6 +253,35 @@ def test_numpy_engine_never_imports_torch():
     assert done.stdout.strip() == "ok"
 
 
+def test_package_reexports_the_public_names_lazily():
+    """Every name in bptt.__all__ resolves to the object its module defines, and loading them
+    all imports neither torch nor matplotlib (a fresh interpreter)."""
+    code = textwrap.dedent("""
+        import importlib, sys
+        import bptt
+        assert "numpy" not in sys.modules, "import bptt loaded numpy"
+        for name in bptt.__all__:
+            value = getattr(bptt, name)
+            if name != "__version__":
+                module, attr = bptt._LAZY[name]
+                assert value is getattr(importlib.import_module(module), attr), name
+        assert bptt.train.__module__ == "bptt.lm.train"
+        assert bptt.load_checkpoint.__module__ == "bptt.lm.checkpoint"
+        assert sorted(bptt.__all__) == sorted(set(bptt.__all__))
+        assert set(bptt.__all__) <= set(dir(bptt))
+        assert "torch" not in sys.modules and "matplotlib" not in sys.modules
+        try:
+            bptt.no_such_name
+        except AttributeError as e:
+            assert "no_such_name" in str(e)
+        print(len(bptt.__all__))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 30
+
+
 @pytest.mark.parametrize("layers", [1, 2])
 def test_torch_engine_step_path_equals_the_sequence_forward(layers):
     """TorchEngine.forward over one step runs rnn.step per layer (generation's path)."""
