@@ -42,7 +42,8 @@ FLAGS = dict(engine="torch", hidden_size=16, batch_size=8, num_steps=10, optimiz
 
 # Runs ``bptt`` with train's Ctrl-C flag replaced by a script: on rank SCRIPT_RANK, after
 # SCRIPT_AFTER looks at the flag (one per step, one per epoch end), "stop" raises the flag,
-# "die" ends the process at once, "hang" stops answering.
+# "die" ends the process at once, "hang" stops answering; with SCRIPT_FIRST_ATTEMPT set, only
+# in torchrun's first attempt (not after a restart).
 SCRIPTED = '''
 import os, sys, time
 from bptt.cli import main
@@ -64,6 +65,9 @@ class Scripted:
     def stop(self):
         self.looks += 1
         if not self.mine or self.looks <= int(os.environ["SCRIPT_AFTER"]):
+            return False
+        if os.environ.get("SCRIPT_FIRST_ATTEMPT") and \
+                os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
             return False
         action = os.environ["SCRIPT_ACTION"]
         if action == "die":
@@ -258,6 +262,50 @@ def test_a_one_process_run_stopped_mid_epoch_continues_on_two(tmp_path, corpus, 
     assert ran.rc == 0, ran.err
     train(tiny_config(corpus, tmp_path / "straight", **{**FLAGS, **kw}), log=quiet)
     assert_same_run(tmp_path / "run", tmp_path / "straight")
+
+
+def test_torchrun_max_restarts_resumes_the_run_from_its_last_checkpoint(tmp_path, corpus,
+                                                                        scripted):
+    """Rank 1 dies in epoch 2 of torchrun's first attempt; --max-restarts 1 runs the same
+    command again, which resumes from epoch 1's checkpoint (instead of starting over) and
+    ends where the uninterrupted run ends."""
+    kw = dict(epochs=3)
+    ran = launch([*torchrun(2), "--max-restarts", "1", str(scripted),
+                  *train_args(corpus, tmp_path / "run", **kw)],
+                 SCRIPT_RANK="1", SCRIPT_AFTER="60", SCRIPT_ACTION="die",
+                 SCRIPT_FIRST_ATTEMPT="1")
+    assert ran.rc == 0, ran.err
+    assert len(lines(ran.err, "bptt train: torchrun restart 1: resuming from")) == 1, ran.err
+    assert "epochs 2..3" in ran.err
+    train(tiny_config(corpus, tmp_path / "straight", **{**FLAGS, **kw}), log=quiet)
+    assert_same_run(tmp_path / "run", tmp_path / "straight")
+    epochs = [json.loads(s)["epoch"] for s in (tmp_path / "run" / "metrics.jsonl").read_text()
+              .splitlines() if json.loads(s)["kind"] == "epoch"]
+    assert epochs == [1, 2, 3]
+
+
+def test_a_restart_before_the_first_checkpoint_starts_afresh(tmp_path, corpus, cli,
+                                                             monkeypatch):
+    """An attempt that dies before its first checkpoint leaves no checkpoint behind, not even
+    an earlier run's from the same folder (a fresh start removes it), so the restart trains
+    this run from the start instead of resuming another."""
+    out = tmp_path / "run"
+    assert cli(*train_args(corpus, out, epochs=1, hidden_size=8)).rc == 0    # an earlier run
+
+    class DiesAtOnce(StopAfter):
+        @property
+        def stop(self):
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(train_mod, "_StopFlag", lambda: DiesAtOnce(0))
+    with pytest.raises(RuntimeError, match="killed"):
+        cli(*train_args(corpus, out, epochs=1))                             # attempt 0 dies
+    assert not (out / "last.safetensors").exists()
+    monkeypatch.undo()
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    ran = cli(*train_args(corpus, out, epochs=1))
+    assert ran.rc == 0 and "resuming" not in ran.err, ran.err
+    assert ck.load(out / "last.safetensors").spec.hidden_size == 16
 
 
 # -- failures: a dead or hung rank, a bad launch -------------------------------------------------

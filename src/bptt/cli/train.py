@@ -159,16 +159,26 @@ def resume_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lm.distributed import ConfigError, PeerError, is_main
+    from pathlib import Path
+
+    from ..lm.distributed import ConfigError, PeerError, is_main, restart_count
     from ..lm.train import Diverged, train
 
     # under torchrun every rank runs this; rank 0 alone reports what all ranks share
     cfg = config_from_args(args)
+    explicit = explicit_flags(args)
     try:
+        # torchrun --max-restarts runs the same command again: continue, do not start over
+        restarted = restart_count() > 0 and not args.resume
+        if restarted and (Path(cfg.out) / "last.safetensors").is_file():
+            if is_main():
+                print(f"bptt train: torchrun restart {restart_count()}: resuming from "
+                      f"{Path(cfg.out) / 'last.safetensors'}", file=sys.stderr)
+            args.resume, explicit = True, explicit & {"epochs"}
         if args.resume:
-            cfg = resume_config(cfg, explicit_flags(args))
+            cfg = resume_config(cfg, explicit)
         moved = {k: getattr(cfg, k) for k in ("data", "val_data")
-                 if args.resume and k in explicit_flags(args)}
+                 if args.resume and k in explicit}
         result = train(cfg, resume=args.resume, dist_timeout=args.dist_timeout, moved=moved)
     except (Diverged, ConfigError) as e:
         if is_main():

@@ -44,6 +44,12 @@ def world_size() -> int:
     return _env_int("WORLD_SIZE", 1)
 
 
+def restart_count() -> int:
+    """How many times torchrun has restarted the worker group (``--max-restarts``): 0 for the
+    first attempt and without torchrun. A restarted run resumes from its last checkpoint."""
+    return _env_int("TORCHELASTIC_RESTART_COUNT", 0)
+
+
 def is_main() -> bool:
     """Whether this process reports (rank 0, or the only process)."""
     return world_size() <= 1 or _env_int("RANK", 0) == 0
@@ -241,9 +247,15 @@ def session(engine: str, device: str | None, timeout: float = DEFAULT_TIMEOUT):
         backend = "gloo"
     owned = not dist.is_initialized()
     if owned:
+        wait = datetime.timedelta(seconds=timeout)
         try:
-            dist.init_process_group(backend, rank=rank, world_size=n,
-                                    timeout=datetime.timedelta(seconds=timeout))
+            # torchrun's store (MASTER_ADDR:MASTER_PORT), under a prefix of its own per attempt:
+            # after a restart (--max-restarts) the store still holds the last attempt's keys,
+            # dead workers' addresses among them, which a new rank could otherwise read
+            store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=n, timeout=wait))
+            store = dist.PrefixStore(f"bptt/attempt{restart_count()}/", store)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=n,
+                                    timeout=wait)
         except (RuntimeError, ValueError) as e:
             raise PeerError(f"rank {rank}: could not join the process group of {n} within "
                             f"--dist-timeout {timeout:g} s ({_first_line(e)})") from None
