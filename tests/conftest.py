@@ -163,7 +163,7 @@ def cli_process() -> Callable[..., Ran]:
 
 
 class StopAfter:
-    """A stand-in for train's Ctrl-C flag (``_StopFlag``), raised after ``n`` looks.
+    """A stand-in for train's Ctrl-C flag (``StopFlag``), raised after ``n`` looks.
 
     train looks once after every step and once at each epoch's end, so ``n`` counts those.
     """

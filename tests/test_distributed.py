@@ -77,7 +77,7 @@ class Scripted:
         return True
 
 
-train_mod._StopFlag = Scripted
+train_mod.StopFlag = Scripted
 sys.exit(main(sys.argv[1:]))
 '''
 
@@ -250,7 +250,7 @@ def test_a_two_process_run_stopped_mid_epoch_continues_on_one(tmp_path, corpus, 
 
 def test_a_one_process_run_stopped_mid_epoch_continues_on_two(tmp_path, corpus, monkeypatch):
     kw = dict(cell="gru", epochs=2)
-    monkeypatch.setattr(train_mod, "_StopFlag", lambda: StopAfter(60))
+    monkeypatch.setattr(train_mod, "StopFlag", lambda: StopAfter(60))
     first = train(tiny_config(corpus, tmp_path / "run", **{**FLAGS, **kw}), log=quiet)
     monkeypatch.undo()
     assert first.interrupted
@@ -297,7 +297,7 @@ def test_a_restart_before_the_first_checkpoint_starts_afresh(tmp_path, corpus, c
         def stop(self):
             raise RuntimeError("killed")
 
-    monkeypatch.setattr(train_mod, "_StopFlag", lambda: DiesAtOnce(0))
+    monkeypatch.setattr(train_mod, "StopFlag", lambda: DiesAtOnce(0))
     with pytest.raises(RuntimeError, match="killed"):
         cli(*train_args(corpus, out, epochs=1))                             # attempt 0 dies
     assert not (out / "last.safetensors").exists()

@@ -290,7 +290,7 @@ def test_resume_inside_an_epoch_equals_straight_run(tmp_path, make_corpus, monke
     kw = dict(partition=partition, cell=cell, num_layers=2, dropout=dropout)
     train(tiny_config(corpus, tmp_path / "straight", epochs=3, **kw), log=quiet)
 
-    monkeypatch.setattr(train_mod, "_StopFlag", lambda: StopAfter(40))  # epochs: ~28 steps
+    monkeypatch.setattr(train_mod, "StopFlag", lambda: StopAfter(40))  # epochs: ~28 steps
     first = train(tiny_config(corpus, tmp_path / "resumed", epochs=3, **kw), log=quiet)
     assert first.interrupted and first.epochs == 1
     stopped = ck.load(tmp_path / "resumed" / "last.safetensors")
@@ -542,7 +542,7 @@ def test_stop_flag_turns_ctrl_c_into_a_request(tmp_path):
     import signal
 
     before = signal.getsignal(signal.SIGINT)
-    with train_mod._StopFlag() as flag:
+    with train_mod.StopFlag() as flag:
         assert not flag.stop
         os.kill(os.getpid(), signal.SIGINT)
         assert flag.stop

@@ -4,7 +4,10 @@ training results, outputs, checkpoints, determinism, and one-line errors for bad
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +15,9 @@ import pytest
 
 from bptt.cli import main as bptt_main
 from bptt.lm import checkpoint as ck
-from bptt.series import SineConfig, read_column, sine_window, split_series, train_sine
+from bptt.series import SineConfig, core, read_column, sine_window, split_series, train_sine
 from bptt.series.csvseries import SeriesError, min_length
+from conftest import StopAfter, bptt_command, subprocess_env
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -198,6 +202,27 @@ def test_a_diverging_series_run_exits_3_with_a_checkpoint(tmp_path, capsys):
     assert strict_records(out / "metrics.jsonl")[-1]["diverged"].startswith("the loss became")
 
 
+def test_ctrl_c_stops_sine_after_the_step_and_keeps_the_work(tmp_path, capsys, monkeypatch):
+    """Ctrl-C (the flag raised after 120 looks, one per iteration): the outputs are written
+    for the model trained so far, which is exactly the model of a 120-iteration run; exit 130."""
+    monkeypatch.setattr(core, "StopFlag", lambda: StopAfter(119))
+    rc, stdout, err = run_cli(capsys, "sine", "--out", tmp_path / "cut")
+    assert rc == 130, err
+    assert "interrupted after 120 of 5000 iterations" in stdout
+    assert "final training mse" in stdout
+    summary = records(tmp_path / "cut" / "metrics.jsonl")[-1]
+    assert summary["iterations"] == 120 and summary["interrupted"] is True
+    monkeypatch.undo()
+    rc, _, err = run_cli(capsys, "sine", "--iterations", "120", "--out", tmp_path / "full")
+    assert rc == 0, err
+    cut, full = (ck.load(tmp_path / d / "last.safetensors") for d in ("cut", "full"))
+    assert cut.train["iterations"] == 120
+    for name in full.params:
+        np.testing.assert_array_equal(cut.params[name], full.params[name])
+    for name in ("sine_fit.png", "sine_forecast.png", "grad_norms.png"):
+        assert (tmp_path / "cut" / name).is_file()
+
+
 # -- bptt series ---------------------------------------------------------------------------------
 def noisy_sine_csv(path: Path, n: int = 400, seed: int = 0) -> Path:
     """A header row, a time column and a noisy sine around 10 (period 40, noise sd 0.2)."""
@@ -243,6 +268,29 @@ def test_series_without_validation_forecasts_past_the_end(tmp_path, capsys):
     s = records(tmp_path / "run" / "metrics.jsonl")[-1]
     assert s["n_val"] == 0 and s["val_mse"] is None
     assert "validation one-step" not in stdout
+
+
+@pytest.mark.skipif(os.name == "nt", reason="signals")
+def test_a_real_ctrl_c_ends_a_long_series_run_with_its_outputs(tmp_path):
+    csv = noisy_sine_csv(tmp_path / "level.csv")
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        bptt_command("series", "--csv", csv, "--column", "level", "--iterations", "10000000",
+                     "--out", out),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=subprocess_env(PYTHONUNBUFFERED="1"))
+    try:
+        seen = [proc.stdout.readline() for _ in range(3)]            # the start, iters 0, 100
+        assert seen[-1].startswith("iter"), seen
+        proc.send_signal(signal.SIGINT)
+        out_text, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted after " in out_text and "validation one-step mse" in out_text
+    summary = records(out / "metrics.jsonl")[-1]
+    assert summary["interrupted"] is True and 100 < summary["iterations"] < 10_000_000
+    assert ck.load(out / "last.safetensors").train["iterations"] == summary["iterations"]
 
 
 def test_split_is_contiguous_and_the_minimum_length_is_exact():

@@ -51,4 +51,4 @@ def run(args: argparse.Namespace) -> int:
               f"forecast mse {r.forecast_mse:.4g}")
     print(f"trained in {r.seconds:.1f} s; series_forecast.png, grad_norms.png, metrics.jsonl "
           f"and last.safetensors in {r.out}")
-    return 0
+    return 130 if r.interrupted else 0

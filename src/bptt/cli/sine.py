@@ -69,4 +69,4 @@ def run(args: argparse.Namespace) -> int:
         log_every=args.log_every, forecast_steps=args.forecast_steps, warmup=args.warmup)
     result = train_sine(cfg)
     print(main_summary(result))
-    return 0
+    return 130 if result.interrupted else 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
 import time
 import warnings
@@ -35,7 +34,7 @@ from ..data import (
     split_tokens,
 )
 from ..engine import copy_arrays, get_engine
-from ..errors import Diverged
+from ..errors import Diverged, StopFlag
 from ..jsonl import json_line
 from ..model import ModelSpec, init_params
 from . import checkpoint as ck
@@ -157,30 +156,6 @@ def _validate(cfg: TrainConfig) -> None:
     for name in ("sample_every", "sample_length"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"expected {name} >= 0, got {getattr(cfg, name)}")
-
-
-class _StopFlag:
-    """Ctrl-C sets a flag; the loop stops after the current step and saves a checkpoint."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self._old = None
-
-    def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._old = None
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.stop:  # a second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        self.stop = True
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
 
 
 def _log(msg: str) -> None:
@@ -310,7 +285,7 @@ def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single,
     result = TrainResult(out, start_epoch, metrics)
 
     # the flag is up before the first line is logged: from then on Ctrl-C saves a checkpoint
-    with _StopFlag() as flag:
+    with StopFlag() as flag:
         log(f"training {spec.cell} H={spec.hidden_size} L={spec.num_layers} on "
             f"{train_ids.size:,} tokens (vocab {len(vocab)}), engine {engine.name} on "
             f"{engine.device}{dist.describe()}, epochs {start_epoch + 1}..{cfg.epochs}")

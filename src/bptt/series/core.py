@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import optim
 from ..engine import as_numpy, copy_arrays
-from ..errors import Diverged
+from ..errors import Diverged, StopFlag
 from ..jsonl import json_line
 from ..model import ModelSpec
 
@@ -64,6 +64,7 @@ class Fit:
     logs: list = field(default_factory=list)       # {"kind": "log", ...} every log_every
     seconds: float = 0.0
     diverged: str = ""                  # why training stopped early; "" when it did not
+    interrupted: bool = False           # Ctrl-C: stopped after ``iterations`` steps
 
     @property
     def iterations(self) -> int:
@@ -82,64 +83,70 @@ def fit(engine, params: dict, opt, sample: Callable[[int], tuple[np.ndarray, np.
     starts from zeros. A loss that is NaN, infinite or above ``max_loss`` stops training: the
     parameters, optimiser state and carried state go back to where the last sound loss was
     computed, and ``Fit.diverged`` says why (``Fit.losses`` ends at the last sound iteration).
+    Ctrl-C stops after the current step with ``Fit.interrupted`` set (a second one at once).
     """
     losses = np.empty(iterations)
     steps, logs = [], []
     state = None
     last_window = None
-    diverged, sound = "", None
+    diverged, sound, interrupted = "", None, False
     t0 = time.perf_counter()
-    for i in range(iterations):
-        X, Y = sample(i)
-        if state is None or not carry_state:
-            state = engine.begin_state(X.shape[0])
-        else:
-            state = engine.detach_state(state)
-        start_state = state
-        with np.errstate(over="ignore", invalid="ignore"):   # a blow-up is caught just below
-            loss, grads, state = engine.loss_and_grads(params, X, Y, state, training=True)
-        loss = engine.scalar(loss)
-        if not loss <= max_loss:                              # NaN, inf, or diverged
-            if sound is not None:
-                params.update(sound[0])
-                opt.state = sound[1]
-                state = sound[2]
-            diverged = (f"the loss became {loss:.4g} at iteration {i + 1} (diverged: expected "
-                        f"a finite MSE below {max_loss:.4g} = {DIVERGED_MSE_FACTOR:g} x the "
-                        f"targets' mean square)")
-            done = max(i - 1, 0)                              # steps behind the restored state
-            losses = losses[:done]                            # the step records keep them all
-            logs = [r for r in logs if r["iteration"] <= done]
-            last_window = None
-            break
-        sound = (copy_arrays(params), copy_arrays(opt.state), start_state)  # gave a sound loss
-        if clip is None:
-            before = after = float(engine.scalar(optim.global_norm(grads)))
-            fired = False
-        elif clip_mode == "norm":
-            before = float(engine.scalar(optim.clip_grad_norm_(grads, clip)))
-            after = float(engine.scalar(optim.global_norm(grads)))
-            fired = before > clip
-        else:
-            before = float(engine.scalar(optim.global_norm(grads)))
-            optim.clip_grad_value_(grads, clip)
-            after = float(engine.scalar(optim.global_norm(grads)))
-            fired = after < before
-        opt.step(params, grads)
-        losses[i] = loss
-        steps.append({"kind": "step", "step": i + 1, "mse": loss, "grad_norm": before,
-                      "grad_norm_clipped": after, "clipped": bool(fired)})
-        if i % log_every == 0 or i == iterations - 1:
-            recent = float(losses[max(0, i + 1 - log_every):i + 1].mean())
-            logs.append({"kind": "log", "iteration": i + 1, "mse": loss,
-                         f"mse_mean_{log_every}": recent,
-                         "seconds": time.perf_counter() - t0})
-            if log is not None:
-                log(f"iter {i:>6}  mse {loss:.3e}  (mean of last {min(i + 1, log_every)}: "
-                    f"{recent:.3e})")
-        if i == iterations - 1:
+    with StopFlag() as flag:
+        for i in range(iterations):
+            X, Y = sample(i)
+            if state is None or not carry_state:
+                state = engine.begin_state(X.shape[0])
+            else:
+                state = engine.detach_state(state)
+            start_state = state
+            with np.errstate(over="ignore", invalid="ignore"):   # a blow-up is caught just below
+                loss, grads, state = engine.loss_and_grads(params, X, Y, state, training=True)
+            loss = engine.scalar(loss)
+            if not loss <= max_loss:                              # NaN, inf, or diverged
+                if sound is not None:
+                    params.update(sound[0])
+                    opt.state = sound[1]
+                    state = sound[2]
+                diverged = (f"the loss became {loss:.4g} at iteration {i + 1} (diverged: expected "
+                            f"a finite MSE below {max_loss:.4g} = {DIVERGED_MSE_FACTOR:g} x the "
+                            f"targets' mean square)")
+                done = max(i - 1, 0)                              # steps behind the restored state
+                losses = losses[:done]                            # the step records keep them all
+                logs = [r for r in logs if r["iteration"] <= done]
+                last_window = None
+                break
+            sound = (copy_arrays(params), copy_arrays(opt.state), start_state)  # gave a sound loss
+            if clip is None:
+                before = after = float(engine.scalar(optim.global_norm(grads)))
+                fired = False
+            elif clip_mode == "norm":
+                before = float(engine.scalar(optim.clip_grad_norm_(grads, clip)))
+                after = float(engine.scalar(optim.global_norm(grads)))
+                fired = before > clip
+            else:
+                before = float(engine.scalar(optim.global_norm(grads)))
+                optim.clip_grad_value_(grads, clip)
+                after = float(engine.scalar(optim.global_norm(grads)))
+                fired = after < before
+            opt.step(params, grads)
+            losses[i] = loss
+            steps.append({"kind": "step", "step": i + 1, "mse": loss, "grad_norm": before,
+                          "grad_norm_clipped": after, "clipped": bool(fired)})
+            if i % log_every == 0 or i == iterations - 1:
+                recent = float(losses[max(0, i + 1 - log_every):i + 1].mean())
+                logs.append({"kind": "log", "iteration": i + 1, "mse": loss,
+                             f"mse_mean_{log_every}": recent,
+                             "seconds": time.perf_counter() - t0})
+                if log is not None:
+                    log(f"iter {i:>6}  mse {loss:.3e}  (mean of last {min(i + 1, log_every)}: "
+                        f"{recent:.3e})")
             last_window = (X, Y, start_state)
-    return Fit(losses, state, last_window, steps, logs, time.perf_counter() - t0, diverged)
+            if flag.stop:                                         # Ctrl-C: stop here, keep the work
+                interrupted = True
+                losses = losses[:i + 1]
+                break
+    return Fit(losses, state, last_window, steps, logs, time.perf_counter() - t0, diverged,
+               interrupted)
 
 
 def save_diverged(run: Fit, out: Path, spec: ModelSpec, engine, params: dict, opt,

@@ -143,6 +143,8 @@ class SeriesResult:
     forecast_mse: float | None        # free-running over the validation part, original units
     seconds: float
     files: dict = field(default_factory=dict)
+    iterations: int = 0               # trained (fewer than asked after Ctrl-C)
+    interrupted: bool = False
 
 
 def train_series(cfg: SeriesConfig, *, log=print) -> SeriesResult:
@@ -190,6 +192,9 @@ def train_series(cfg: SeriesConfig, *, log=print) -> SeriesResult:
     if run.diverged:
         raise core.save_diverged(run, Path(cfg.out), spec, engine, params, opt, config,
                                  threshold)
+    if run.interrupted and log is not None:
+        log(f"interrupted after {run.iterations} of {cfg.iterations} iterations; the outputs "
+            f"below are the model's so far")
     final_mse = float(run.losses[-cfg.log_every:].mean())
 
     # -- one-step predictions over the whole series, from zeros (teacher forcing) -----------
@@ -231,13 +236,15 @@ def train_series(cfg: SeriesConfig, *, log=print) -> SeriesResult:
     summary = {"n_train": n_train, "n_val": n_val, "mean": mean, "std": std,
                "final_mse": final_mse, "train_mse": train_mse, "val_mse": val_mse,
                "val_mse_norm": val_norm, "persistence_mse": persistence,
-               "forecast_mse": forecast_mse, "seconds": run.seconds}
+               "forecast_mse": forecast_mse, "seconds": run.seconds,
+               "iterations": run.iterations, "interrupted": run.interrupted}
     out = Path(cfg.out)
     files["metrics"] = core.write_metrics(out / "metrics.jsonl", run, summary)
     files["checkpoint"] = core.save_checkpoint(
         out / "last.safetensors", spec, engine, params, opt, run.state,
         config=config,
-        train={"iterations": cfg.iterations, "seed": cfg.seed, "summary": summary},
+        train={"iterations": run.iterations, "seed": cfg.seed, "summary": summary},
         metrics=run.logs)
     return SeriesResult(out, n_train, n_val, mean, std, final_mse, train_mse, val_mse, val_norm,
-                        persistence, forecast_mse, run.seconds, files)
+                        persistence, forecast_mse, run.seconds, files, run.iterations,
+                        run.interrupted)

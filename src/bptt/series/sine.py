@@ -52,6 +52,7 @@ class SineResult:
     mse_window: int = 100         # how many last iterations final_mse averages
     losses: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
     files: dict = field(default_factory=dict)
+    interrupted: bool = False     # Ctrl-C: trained ``iterations`` of the config's
 
 
 def sine_window(start: float, points: int = 20, span: float = 10.0):
@@ -132,6 +133,9 @@ def train_sine(cfg: SineConfig | None = None, *, log=print, **overrides) -> Sine
     if run.diverged:
         raise core.save_diverged(run, out, spec, engine, params, opt,
                                  {"kind": "sine", **cfg.to_dict()}, threshold)
+    if run.interrupted and log is not None:
+        log(f"interrupted after {run.iterations} of {cfg.iterations} iterations; the outputs "
+            f"below are the model's so far")
     final_mse = float(run.losses[-cfg.log_every:].mean())
 
     # -- evaluation: every window after every carried state, per step ---------------------
@@ -170,16 +174,17 @@ def train_sine(cfg: SineConfig | None = None, *, log=print, **overrides) -> Sine
                "eval_mse_after_warmup": eval_warm, "warmup": cfg.warmup,
                "eval_windows": len(errs), "per_step_mse": per_step.tolist(),
                "forecast_mse": forecast_mse, "forecast_steps": cfg.forecast_steps,
-               "seconds": run.seconds, "iterations": cfg.iterations}
+               "seconds": run.seconds, "iterations": run.iterations,
+               "interrupted": run.interrupted}
     files["metrics"] = core.write_metrics(out / "metrics.jsonl", run, summary)
     files["checkpoint"] = core.save_checkpoint(
         out / "last.safetensors", spec, engine, params, opt, run.state,
         config={"kind": "sine", **cfg.to_dict()},
-        train={"iterations": cfg.iterations, "seed": cfg.seed, "summary": summary},
+        train={"iterations": run.iterations, "seed": cfg.seed, "summary": summary},
         metrics=run.logs)
     return SineResult(out, final_mse, eval_mse, eval_warm, cfg.warmup, per_step, forecast_mse,
-                      run.seconds, cfg.iterations, min(cfg.log_every, cfg.iterations),
-                      run.losses, files)
+                      run.seconds, run.iterations, min(cfg.log_every, run.iterations),
+                      run.losses, files, run.interrupted)
 
 
 def main_summary(result: SineResult) -> str:
