@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import optim
-from ..engine import as_numpy, copy_arrays
+from ..engine import as_numpy, copy_arrays, get_engine
 from ..errors import Diverged, StopFlag
 from ..jsonl import json_line
-from ..model import ModelSpec
+from ..model import ModelSpec, init_params
 
 # A window whose MSE exceeds this many times the targets' mean square (the MSE of predicting 0
 # everywhere) has diverged even when still finite: tanh saturates, so a huge learning rate
@@ -35,6 +35,21 @@ def regression_spec(cell: str, hidden_size: int, num_layers: int = 1,
     """One value in, one value out per step, mean squared error."""
     return ModelSpec(cell=cell, input_size=1, hidden_size=hidden_size, output_size=1,
                      num_layers=num_layers, nonlinearity=nonlinearity, task="regression")
+
+
+def build(cfg) -> tuple[ModelSpec, object, dict, object]:
+    """The model of a SineConfig or SeriesConfig: (spec, engine, fresh parameters from
+    ``default_rng([seed, 0])``, optimiser)."""
+    spec = regression_spec(cfg.cell, cfg.hidden_size, cfg.num_layers, cfg.nonlinearity)
+    engine = get_engine(cfg.engine, spec, device=cfg.device, dtype=cfg.dtype)
+    params = engine.from_numpy(init_params(spec, cfg.init, np.random.default_rng([cfg.seed, 0]),
+                                           dtype=cfg.dtype))
+    return spec, engine, params, optim.make_optimizer(cfg.optimizer, cfg.lr)
+
+
+def norm_threshold(cfg) -> float | None:
+    """The clipping threshold grad_norms.png draws: norm clipping's, else none."""
+    return cfg.clip if cfg.clip is not None and cfg.clip_mode == "norm" else None
 
 
 def check_training_args(iterations: int, lr: float, clip: float | None, clip_mode: str,
@@ -149,10 +164,21 @@ def fit(engine, params: dict, opt, sample: Callable[[int], tuple[np.ndarray, np.
                interrupted)
 
 
-def save_diverged(run: Fit, out: Path, spec: ModelSpec, engine, params: dict, opt,
-                  config: dict, clip: float | None) -> Diverged:
-    """After ``fit`` stopped on a blown-up loss: last.safetensors with the restored (last sound)
-    parameters, metrics.jsonl and grad_norms.png up to there; the error to raise."""
+def check_stopped(run: Fit, cfg, out: Path, spec: ModelSpec, engine, params: dict, opt,
+                  config: dict, log: Callable[[str], None] | None) -> None:
+    """After ``fit``: a blown-up loss saves the restored (last sound) parameters and raises
+    Diverged; a Ctrl-C is logged (the caller goes on to write the outputs so far)."""
+    if run.diverged:
+        raise _save_diverged(run, out, spec, engine, params, opt, config, norm_threshold(cfg))
+    if run.interrupted and log is not None:
+        log(f"interrupted after {run.iterations} of {cfg.iterations} iterations; the outputs "
+            f"below are the model's so far")
+
+
+def _save_diverged(run: Fit, out: Path, spec: ModelSpec, engine, params: dict, opt,
+                   config: dict, clip: float | None) -> Diverged:
+    """last.safetensors with the restored parameters, metrics.jsonl and grad_norms.png up to
+    there; the error to raise."""
     from .plots import plot_grad_norms
 
     summary = {"diverged": run.diverged, "iterations": run.iterations}

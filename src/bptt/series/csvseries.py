@@ -28,9 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import optim
-from ..engine import get_engine
-from ..model import init_params
 from . import core
 from .config import SeriesConfig
 
@@ -165,11 +162,7 @@ def train_series(cfg: SeriesConfig, *, log=print) -> SeriesResult:
     z_train = z[:n_train]
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
 
-    spec = core.regression_spec(cfg.cell, cfg.hidden_size, cfg.num_layers, cfg.nonlinearity)
-    engine = get_engine(cfg.engine, spec, device=cfg.device, dtype=cfg.dtype)
-    params = engine.from_numpy(init_params(spec, cfg.init, np.random.default_rng([cfg.seed, 0]),
-                                           dtype=cfg.dtype))
-    opt = optim.make_optimizer(cfg.optimizer, cfg.lr)
+    spec, engine, params, opt = core.build(cfg)
     data_rng = np.random.default_rng([cfg.seed, 1])
     offsets = np.arange(cfg.window)
 
@@ -186,15 +179,9 @@ def train_series(cfg: SeriesConfig, *, log=print) -> SeriesResult:
                    clip_mode=cfg.clip_mode, carry_state=cfg.carry_state,
                    log_every=cfg.log_every, log=log,
                    max_loss=core.DIVERGED_MSE_FACTOR * float(np.mean(z_train[1:] ** 2)))
-    threshold = cfg.clip if cfg.clip is not None and cfg.clip_mode == "norm" else None
     config = {"kind": "series", **cfg.to_dict(), "mean": mean, "std": std,
               "n_train": n_train, "n_val": n_val}
-    if run.diverged:
-        raise core.save_diverged(run, Path(cfg.out), spec, engine, params, opt, config,
-                                 threshold)
-    if run.interrupted and log is not None:
-        log(f"interrupted after {run.iterations} of {cfg.iterations} iterations; the outputs "
-            f"below are the model's so far")
+    core.check_stopped(run, cfg, Path(cfg.out), spec, engine, params, opt, config, log)
     final_mse = float(run.losses[-cfg.log_every:].mean())
 
     # -- one-step predictions over the whole series, from zeros (teacher forcing) -----------
@@ -231,7 +218,7 @@ def train_series(cfg: SeriesConfig, *, log=print) -> SeriesResult:
         one_step=pred[n_train - 1:] * std + mean if n_val else None,
         title=title, xlabel="row", ylabel=cfg.column)
     files["grad_norms"] = plot_grad_norms(run.steps, Path(cfg.out) / "grad_norms.png",
-                                          threshold=threshold)
+                                          threshold=core.norm_threshold(cfg))
 
     summary = {"n_train": n_train, "n_val": n_val, "mean": mean, "std": std,
                "final_mse": final_mse, "train_mse": train_mse, "val_mse": val_mse,

@@ -31,9 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import optim
-from ..engine import get_engine
-from ..model import init_params
 from . import core
 from .config import SineConfig
 
@@ -106,11 +103,7 @@ def train_sine(cfg: SineConfig | None = None, *, log=print, **overrides) -> Sine
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    spec = core.regression_spec(cfg.cell, cfg.hidden_size, cfg.num_layers, cfg.nonlinearity)
-    engine = get_engine(cfg.engine, spec, device=cfg.device, dtype=cfg.dtype)
-    params = engine.from_numpy(init_params(spec, cfg.init, np.random.default_rng([cfg.seed, 0]),
-                                           dtype=cfg.dtype))
-    opt = optim.make_optimizer(cfg.optimizer, cfg.lr)
+    spec, engine, params, opt = core.build(cfg)
     data_rng = np.random.default_rng([cfg.seed, 1])
     starts: list[int] = []
 
@@ -129,13 +122,8 @@ def train_sine(cfg: SineConfig | None = None, *, log=print, **overrides) -> Sine
                    clip_mode=cfg.clip_mode, carry_state=cfg.carry_state,
                    log_every=cfg.log_every, log=log,
                    max_loss=core.DIVERGED_MSE_FACTOR * float(np.mean(targets ** 2)))
-    threshold = cfg.clip if cfg.clip is not None and cfg.clip_mode == "norm" else None
-    if run.diverged:
-        raise core.save_diverged(run, out, spec, engine, params, opt,
-                                 {"kind": "sine", **cfg.to_dict()}, threshold)
-    if run.interrupted and log is not None:
-        log(f"interrupted after {run.iterations} of {cfg.iterations} iterations; the outputs "
-            f"below are the model's so far")
+    config = {"kind": "sine", **cfg.to_dict()}
+    core.check_stopped(run, cfg, out, spec, engine, params, opt, config, log)
     final_mse = float(run.losses[-cfg.log_every:].mean())
 
     # -- evaluation: every window after every carried state, per step ---------------------
@@ -168,7 +156,8 @@ def train_sine(cfg: SineConfig | None = None, *, log=print, **overrides) -> Sine
         truth=np.sin(t_truth), ylabel="sin t",
         title=f"free-running forecast of {cfg.forecast_steps} points after a "
               f"{cfg.points}-point warm-up (MSE {forecast_mse:.2e})")
-    files["grad_norms"] = plot_grad_norms(run.steps, out / "grad_norms.png", threshold=threshold)
+    files["grad_norms"] = plot_grad_norms(run.steps, out / "grad_norms.png",
+                                          threshold=core.norm_threshold(cfg))
 
     summary = {"final_mse": final_mse, "eval_mse": eval_mse,
                "eval_mse_after_warmup": eval_warm, "warmup": cfg.warmup,
@@ -179,7 +168,7 @@ def train_sine(cfg: SineConfig | None = None, *, log=print, **overrides) -> Sine
     files["metrics"] = core.write_metrics(out / "metrics.jsonl", run, summary)
     files["checkpoint"] = core.save_checkpoint(
         out / "last.safetensors", spec, engine, params, opt, run.state,
-        config={"kind": "sine", **cfg.to_dict()},
+        config=config,
         train={"iterations": run.iterations, "seed": cfg.seed, "summary": summary},
         metrics=run.logs)
     return SineResult(out, final_mse, eval_mse, eval_warm, cfg.warmup, per_step, forecast_mse,
