@@ -94,10 +94,13 @@ def data_digests(cfg: TrainConfig) -> dict[str, str]:
     return {k: sha1_of(resolve(getattr(cfg, k))) for k in DATA_KEYS if getattr(cfg, k)}
 
 
-def relocate_data(cfg: TrainConfig, saved: dict, moved: dict) -> TrainConfig:
+def relocate_data(cfg: TrainConfig, saved: dict,
+                  moved: dict) -> tuple[TrainConfig, dict[str, str]]:
     """On resume: the checkpoint's data files, or ``moved`` ({"data": path, ...}) in their
-    place, each checked against the SHA-1 ``saved`` with the run (when it has one)."""
+    place, each checked against the SHA-1 ``saved`` with the run (when it has one). Returns
+    the config and the files' digests (as ``data_digests``)."""
     cfg = replace(cfg, **{k: _absolute(v) for k, v in moved.items() if k in DATA_KEYS})
+    digests = {}
     for key in DATA_KEYS:
         value = getattr(cfg, key)
         if value is None:
@@ -108,12 +111,13 @@ def relocate_data(cfg: TrainConfig, saved: dict, moved: dict) -> TrainConfig:
         except DataError as e:
             raise DataError(f"{e}; the run was trained on it: give its new place with "
                             f"--resume {flag} PATH") from None
+        digests[key] = got = sha1_of(path)
         want = saved.get(key)
-        if want and (got := sha1_of(path)) != want:
+        if want and got != want:
             raise ck.CheckpointError(
                 f"expected {flag} to be the text this run was trained on (SHA-1 {want}), got "
                 f"{path} with SHA-1 {got}; train a new run (another --out) on changed text")
-    return cfg
+    return cfg, digests
 
 
 def _trim_metrics(path: Path, epoch: int, metrics: list) -> None:
@@ -208,7 +212,7 @@ def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single,
         cfg = TrainConfig.from_dict({**ckpt.config, "epochs": epochs, "out": str(out),
                                      "progress": cfg.progress, "device": cfg.device,
                                      "engine": cfg.engine})
-        cfg = relocate_data(cfg, ckpt.train.get("data_sha1", {}), moved)
+        cfg, digests = relocate_data(cfg, ckpt.train.get("data_sha1", {}), moved)
     else:
         cfg = replace(cfg, **{k: _absolute(getattr(cfg, k)) for k in DATA_KEYS})
 
@@ -216,7 +220,8 @@ def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single,
 
     # -- data -------------------------------------------------------------------------------
     train_ids, val_ids, vocab = load_data(cfg, vocab=ckpt.vocab if ckpt else None)
-    digests = data_digests(cfg)
+    if ckpt is None:                  # a resume has them from relocate_data
+        digests = data_digests(cfg)
     spec = build_spec(cfg, len(vocab))
 
     # -- model, engine, optimiser -----------------------------------------------------------
