@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
+
+from ..dictconfig import DictConfig
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     # -- data ---------------------------------------------------------------------------------
     data: str = "timemachine"          # a registered corpus name or a path to a UTF-8 file
     val_data: str | None = None        # a separate validation file (word corpora come split)
@@ -45,14 +47,6 @@ class TrainConfig:
     sample_prefix: str = "time traveller"
     sample_length: int = 50
     progress: str = "auto"             # auto (a bar on a terminal), bar, log
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 RECIPES = {

@@ -3,11 +3,13 @@ command line can read their defaults without loading the models."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+
+from ..dictconfig import DictConfig
 
 
 @dataclass
-class SineConfig:
+class SineConfig(DictConfig):
     # -- data: the seed's windows ----------------------------------------------------------
     points: int = 20                  # points per window (19 inputs, 19 targets)
     span: float = 10.0                # a window covers linspace(s, s + span, points)
@@ -38,18 +40,9 @@ class SineConfig:
     #                                   not fix a sine's phase, and the state comes from another
     #                                   window; the whole-window MSE is reported beside it
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SineConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
 
 @dataclass
-class SeriesConfig:
+class SeriesConfig(DictConfig):
     # -- data ------------------------------------------------------------------------------
     csv: str = ""
     column: str = ""
@@ -77,11 +70,3 @@ class SeriesConfig:
     out: str = "runs/series"
     log_every: int = 100
     forecast_steps: int = 60          # past the end of the series, when val_frac = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SeriesConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
