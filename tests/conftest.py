@@ -102,6 +102,19 @@ def quiet(_msg: str) -> None:
     """A ``log`` for train() that drops its progress lines."""
 
 
+@pytest.fixture(scope="session")
+def hello_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with hello.txt and run/: a tiny RNN trained on "hello world " to perplexity ~1
+    (shared by the test modules, read-only)."""
+    from bptt.lm.train import train
+
+    folder = tmp_path_factory.mktemp("hello-run")
+    corpus = folder / "hello.txt"
+    corpus.write_text(HELLO, encoding="utf-8")
+    train(tiny_config(corpus, folder / "run", hidden_size=32, epochs=20), log=quiet)
+    return folder
+
+
 @dataclass
 class Ran:
     """What a ``bptt`` command left behind."""
@@ -115,21 +128,23 @@ class Ran:
         return [line for line in self.err.splitlines() if line.strip()]
 
 
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture) -> Callable[..., Ran]:
-    """Run ``bptt ARGS...`` in this process (``bptt.cli.main``), capturing its output."""
+def run_cli(capsys: pytest.CaptureFixture, *argv: str | Path) -> tuple[int, str, str]:
+    """Run ``bptt ARGS...`` in this process (``bptt.cli.main``): (exit code, stdout, stderr)."""
     from bptt.cli import main
 
-    def run(*argv: str | Path) -> Ran:
-        capsys.readouterr()
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as e:  # argparse usage errors
-            rc = e.code if isinstance(e.code, int) else 1
-        captured = capsys.readouterr()
-        return Ran(rc, captured.out, captured.err)
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code if isinstance(e.code, int) else 1
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
 
-    return run
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture) -> Callable[..., Ran]:
+    """``run_cli`` as a fixture returning a :class:`Ran`."""
+    return lambda *argv: Ran(*run_cli(capsys, *argv))
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -40,14 +40,10 @@ def assert_one_line_error(ran, verb: str) -> None:
     assert ran.err_lines[0].startswith(f"bptt {verb}: error: "), ran.err
 
 
-@pytest.fixture(scope="module")
-def hello_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder holding a tiny model trained on "hello world " (shared, read-only)."""
-    folder = tmp_path_factory.mktemp("hello-model")
-    corpus = folder / "hello.txt"
-    corpus.write_text(HELLO, encoding="utf-8")
-    train(tiny_config(corpus, folder / "run", hidden_size=32, epochs=20), log=quiet)
-    return folder / "run"
+@pytest.fixture
+def hello_model(hello_run: Path) -> Path:
+    """The run folder of conftest's ``hello_run`` (shared, read-only)."""
+    return hello_run / "run"
 
 
 # -- bad input: one line on stderr, no traceback, nothing half-written -------------------------

@@ -15,24 +15,14 @@ from hypothesis.extra import numpy as hnp
 
 from bptt import gradflow as gf
 from bptt import optim
-from bptt.cli import main as bptt_main
 from bptt.lm import checkpoint as ck
 from bptt.model import ModelSpec, init_params
+from conftest import run_cli
 
 
 def rel(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = bptt_main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 # -- a linear RNN through the real cell --------------------------------------------------------

@@ -42,16 +42,6 @@ def assert_same_arrays(a: dict, b: dict, rtol: float = 1e-5, atol: float = 1e-6)
         np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=atol, err_msg=k)
 
 
-@pytest.fixture(scope="module")
-def hello_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny RNN trained on "hello world " to perplexity ~1 (shared, read-only)."""
-    folder = tmp_path_factory.mktemp("hello-run")
-    corpus = folder / "hello.txt"
-    corpus.write_text(HELLO, encoding="utf-8")
-    train(tiny_config(corpus, folder / "run", hidden_size=32, epochs=20), log=quiet)
-    return folder
-
-
 # -- learning -----------------------------------------------------------------------------------
 
 

@@ -13,21 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bptt.cli import main as bptt_main
 from bptt.lm import checkpoint as ck
 from bptt.series import SineConfig, core, read_column, sine_window, split_series, train_sine
 from bptt.series.csvseries import SeriesError, min_length
-from conftest import StopAfter, bptt_command, subprocess_env
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = bptt_main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+from conftest import StopAfter, bptt_command, run_cli, subprocess_env
 
 
 def records(path: Path) -> list[dict]:
