@@ -1,0 +1,112 @@
+"""The cell kinds, declared once: everything that lists cells, gates or state parts reads this.
+
+A cell kind is a frozen description of one recurrent cell: its name (the ``--cell`` value and
+``ModelSpec.cell``), the names of its gates in the order of the G*H rows of ``weight_ih`` and
+``weight_hh`` (torch's order), the parts of its state, whether it takes a nonlinearity, and the
+``torch.nn`` class that computes the same function, when torch has one.
+
+Inside the engines a state is always a tuple with one array per state part (``(h,)`` or
+``(h, c)``); the public API keeps torch's forms (``h``, or the pair ``(h, c)``), converted by
+:func:`to_parts` and :func:`from_parts`.
+
+Adding a cell: an entry in :data:`CELLS`, a NumPy module ``bptt.engine.numpy.<name>``, a torch
+module ``bptt.engine.torch.<name>`` and its reference for ``bptt check`` (docs/architecture.md).
+Nothing here imports NumPy or torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CellKind:
+    """One recurrent cell kind."""
+
+    name: str                          # rnn | lstm | gru: the --cell value
+    title: str                         # for tables and plots
+    gates: tuple[str, ...]             # gate names, in the order of the G*H weight rows
+    state: tuple[str, ...] = ("h",)    # the state parts: ("h",) or ("h", "c")
+    takes_nonlinearity: bool = False   # tanh | relu (the Elman RNN only)
+    torch_name: str | None = None      # the torch.nn class computing the same cell
+
+    @property
+    def num_gates(self) -> int:
+        """G: weight_ih is (G*H, I) and weight_hh (G*H, H)."""
+        return len(self.gates)
+
+    @property
+    def num_state_parts(self) -> int:
+        return len(self.state)
+
+    @property
+    def paired_state(self) -> bool:
+        """The public state is a pair ``(h, c)`` rather than one array (torch's LSTM form)."""
+        return len(self.state) > 1
+
+    def to_parts(self, state):
+        """The public state (``h``, ``(h, c)`` or None) as the engines' tuple of parts."""
+        return to_parts(self, state)
+
+    def from_parts(self, parts):
+        """The engines' tuple of parts as the public state (``h`` or ``(h, c)``)."""
+        return from_parts(self, parts)
+
+
+RNN = CellKind("rnn", "Elman RNN", gates=("h",), takes_nonlinearity=True, torch_name="RNN")
+LSTM = CellKind("lstm", "LSTM", gates=("i", "f", "g", "o"), state=("h", "c"),
+                torch_name="LSTM")
+GRU = CellKind("gru", "GRU", gates=("r", "z", "n"), torch_name="GRU")
+
+CELLS: dict[str, CellKind] = {c.name: c for c in (RNN, LSTM, GRU)}
+"""Every cell kind by name, in the order tables and ``--help`` list them."""
+
+CELL_NAMES: tuple[str, ...] = tuple(CELLS)
+
+NONLINEARITIES: tuple[str, ...] = ("tanh", "relu")
+
+
+def get_cell(cell: str | CellKind) -> CellKind:
+    """The cell kind named ``cell`` (a CellKind is returned as is)."""
+    if isinstance(cell, CellKind):
+        return cell
+    try:
+        return CELLS[cell]
+    except (KeyError, TypeError):
+        names = ", ".join(repr(n) for n in CELL_NAMES)
+        raise ValueError(f"expected cell one of {names}, got {cell!r}") from None
+
+
+def to_parts(cell: str | CellKind, state):
+    """A public state as a tuple of parts; None stays None.
+
+    ``h`` -> ``(h,)``; ``(h, c)`` -> ``(h, c)``. A paired cell given anything but a pair, or a
+    single-part cell given a pair, is refused with what was expected and what arrived.
+    """
+    kind = get_cell(cell)
+    if state is None:
+        return None
+    if kind.paired_state:
+        if not isinstance(state, tuple | list) or len(state) != kind.num_state_parts:
+            got = (f"a {type(state).__name__} of length {len(state)}"
+                   if isinstance(state, tuple | list) else _describe(state))
+            raise ValueError(f"expected the {kind.title} state as a tuple "
+                             f"({', '.join(kind.state)}), got {got}")
+        return tuple(state)
+    if isinstance(state, tuple | list):
+        raise ValueError(f"expected the {kind.title} state as one array h, got a "
+                         f"{type(state).__name__} of length {len(state)}")
+    return (state,)
+
+
+def from_parts(cell: str | CellKind, parts):
+    """The engines' tuple of parts as the public state: ``(h,)`` -> ``h``, ``(h, c)`` kept."""
+    kind = get_cell(cell)
+    if parts is None:
+        return None
+    return tuple(parts) if kind.paired_state else parts[0]
+
+
+def _describe(x) -> str:
+    shape = getattr(x, "shape", None)
+    return f"an array of shape {tuple(shape)}" if shape is not None else type(x).__name__
