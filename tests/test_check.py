@@ -5,13 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
 
-from bptt import check
 from bptt.check import (
     CheckRow,
     check_against_torch,
@@ -137,20 +134,20 @@ def test_rel_error_and_worst():
     assert format_table([row]).splitlines()[-1] == "1 rows, all under 1e-09"
 
 
-def test_torch_engine_hook_rows_are_included(monkeypatch):
+def test_torch_engine_rows_are_included(monkeypatch):
+    from bptt.check import rows, torch_engine
+
     extra = CheckRow(cell="rnn", engine="torch", nonlinearity="tanh", batch=1, steps=2,
                      input_size=1, hidden_size=1, layers=1, bidirectional=False, with_h0=True,
                      truncate=None, method="gradcheck", params=0.0, dx=0.0, dh0=0.0)
-    hook = types.ModuleType("bptt.engine.torch.check")
-    hook.rows = lambda quick: [extra]
-    monkeypatch.setitem(sys.modules, "bptt.engine.torch.check", hook)
-    monkeypatch.setattr(check, "default_table", lambda quick=False: [])
+    monkeypatch.setattr(torch_engine, "rows", lambda quick: [extra])
+    monkeypatch.setattr(rows, "default_table", lambda quick=False: [])
     assert run_checks(quick=True) == [extra]
     assert run_checks(quick=True, cells=["rnn"]) == [extra]
 
 
 def test_torch_engine_rows_are_present_and_under_tolerance():
-    from bptt.engine.torch.check import rows
+    from bptt.check.torch_engine import rows
 
     got = rows(quick=True)
     assert {r.method for r in got} == {"torch", "gradcheck"}
@@ -159,8 +156,8 @@ def test_torch_engine_rows_are_present_and_under_tolerance():
 
 
 def test_torch_engine_row_fails_when_its_backward_is_wrong(monkeypatch):
+    from bptt.check.torch_engine import gradcheck_row
     from bptt.engine.torch import rnn as torch_rnn
-    from bptt.engine.torch.check import gradcheck_row
 
     real = torch_rnn.backward
 
@@ -173,3 +170,29 @@ def test_torch_engine_row_fails_when_its_backward_is_wrong(monkeypatch):
     assert not check_against_torch("rnn", batch=2, steps=3, input_size=2, hidden_size=3,
                                    engine="torch").ok
     assert not gradcheck_row("rnn").ok
+
+
+def test_default_table_covers_every_registered_cell():
+    from bptt.cells import CELL_NAMES
+
+    for quick in (True, False):
+        table = default_table(quick=quick)
+        assert [c["cell"] for c in table] == sorted((c["cell"] for c in table),
+                                                    key=CELL_NAMES.index)
+        for cell in CELL_NAMES:
+            assert {c["method"] for c in table if c["cell"] == cell} == {"torch", "fd"}, cell
+
+
+def test_a_cell_without_a_torch_reference_gets_finite_differences_only(monkeypatch):
+    from bptt import cells
+    from bptt.check import rows
+
+    lone = cells.CellKind("lone", "no torch.nn twin", gates=("a", "b"))
+    monkeypatch.setattr(rows, "CELLS", {**cells.CELLS, "lone": lone})
+    table = [c for c in default_table() if c["cell"] == "lone"]
+    assert table and {c["method"] for c in table} == {"fd"}
+
+
+def test_run_checks_rejects_an_unknown_cell():
+    with pytest.raises(ValueError, match="expected cell one of 'rnn', 'lstm', 'gru', got 'elman'"):
+        run_checks(quick=True, cells=["elman"])

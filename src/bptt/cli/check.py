@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-CELL_CHOICES = ("rnn", "lstm", "gru")
+from ..cells import CELL_NAMES
 
 EPILOG = """\
 what is compared:
@@ -18,7 +17,7 @@ what is compared:
 columns:
   cell      rnn, lstm or gru
   engine    whose forward/backward is checked: numpy (hand-written BPTT on NumPy arrays),
-            torch (the same BPTT on torch tensors, rows added by the torch engine when present)
+            torch (the same BPTT on torch tensors, the torch engine's StackFunction)
   method    the reference: torch = torch.nn.RNN/LSTM/GRU in float64 differentiated by autograd
             (with truncation: recomputed from the state k+1 steps back, detached);
             fd = central finite differences (L(v+eps) - L(v-eps)) / 2eps, eps = 1e-6, for
@@ -61,9 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quick", action="store_true",
                    help="a small set of rows (about ten) instead of the full table")
-    p.add_argument("--cell", dest="cells", nargs="+", action="extend", choices=CELL_CHOICES,
-                   metavar="CELL", help="only these cells: rnn, lstm, gru (default: every "
-                   "cell whose NumPy module is present)")
+    p.add_argument("--cell", dest="cells", nargs="+", action="extend", choices=CELL_NAMES,
+                   metavar="CELL", help=f"only these cells: {', '.join(CELL_NAMES)} (default: "
+                   "every cell)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
     p.set_defaults(func=run)
 
@@ -82,13 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from . import CLIError
 
     try:
-        from ..check import CELLS, cell_unavailable, format_table, run_checks
+        from ..check import format_table, run_checks
 
-        if args.cells is None:
-            for cell in CELLS:
-                why = cell_unavailable(cell)
-                if why is not None:
-                    print(f"bptt check: skipping {cell}: {why}", file=sys.stderr)
         rows = run_checks(quick=args.quick, cells=args.cells)
     except ImportError as e:
         raise CLIError(f"expected torch and numpy importable for the checks, got {e}") from e

@@ -1,50 +1,34 @@
-"""``bptt check`` rows for the torch engine (found by ``bptt.check`` as an optional hook).
-
-Two methods on the engine's :class:`~bptt.engine.torch.stack.StackFunction`, whose backward is
-the hand-written BPTT on tensors:
+"""The rows of the torch engine: its StackFunction, whose backward is the hand-written BPTT on
+tensors, checked two ways:
 
   torch      float64 outputs and gradients against ``torch.nn.RNN/LSTM/GRU`` autograd on the
-             same weights and upstream gradients (the same comparison as the NumPy rows)
+             same weights and upstream gradients (:func:`bptt.check.references.check_against_torch`
+             with ``engine="torch"``: the same comparison as the NumPy rows)
   gradcheck  ``torch.autograd.gradcheck`` in float64 (numerical vs analytical Jacobians of every
              input: x, h0, c0 and every weight). It answers pass/fail, so its row shows 0 in
              the params column when it passes and inf when it does not.
+
+This module imports torch (``bptt.check`` imports it only when it runs these rows).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from ...check import CheckRow, check_against_torch
-from .stack import StackConfig, apply, param_names
-
-
-def ours(cell, params, d, with_h0, num_layers, bidirectional, nonlinearity, truncate):
-    """The torch engine's forward and hand backward, in the layout ``bptt.check`` compares."""
-    p = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
-    x = torch.tensor(d["x"], requires_grad=True)
-    states = tuple(torch.tensor(s if with_h0 else np.zeros_like(s), requires_grad=True)
-                   for s in d["state0"])
-    cfg = StackConfig(cell, names=tuple(params), num_layers=num_layers,
-                      bidirectional=bidirectional, nonlinearity=nonlinearity, truncate=truncate)
-    out, h_n, _ = apply(cfg, x, p, states if cell == "lstm" else states[0])
-    finals = h_n if cell == "lstm" else (h_n,)
-    loss = (out * torch.tensor(d["dout"])).sum()
-    for s, g in zip(finals, d["dstate_n"], strict=True):
-        loss = loss + (s * torch.tensor(g)).sum()
-    loss.backward()
-    dstate0 = tuple(s.grad.numpy() for s in states)
-    return (out.detach().numpy(), tuple(s.detach().numpy() for s in finals), x.grad.numpy(),
-            dstate0 if cell == "lstm" else dstate0[0], {k: v.grad.numpy() for k, v in p.items()})
+from ..cells import get_cell
+from ..engine.torch.stack import StackConfig, StackFunction, param_names
+from .record import CheckRow
+from .references import check_against_torch
 
 
 def gradcheck_row(cell: str, *, nonlinearity: str = "tanh", batch: int = 2, steps: int = 3,
                   input_size: int = 3, hidden_size: int = 3, num_layers: int = 1,
                   bidirectional: bool = False, seed: int = 0) -> CheckRow:
     """``torch.autograd.gradcheck`` on the StackFunction (float64, tiny sizes)."""
+    kind = get_cell(cell)
     gen = torch.Generator().manual_seed(seed)
     D = 2 if bidirectional else 1
-    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    G = kind.num_gates
     names = tuple(param_names(num_layers, bidirectional, True))
     weights = []
     for n in names:
@@ -61,10 +45,9 @@ def gradcheck_row(cell: str, *, nonlinearity: str = "tanh", batch: int = 2, step
     h0 = torch.randn(S, batch, hidden_size, generator=gen, dtype=torch.float64,
                      requires_grad=True)
     c0 = (torch.randn(S, batch, hidden_size, generator=gen, dtype=torch.float64,
-                      requires_grad=True) if cell == "lstm" else None)
+                      requires_grad=True) if kind.paired_state else None)
     cfg = StackConfig(cell, names=names, num_layers=num_layers, bidirectional=bidirectional,
                       nonlinearity=nonlinearity)
-    from .stack import StackFunction
 
     def f(x, h0, c0, *w):
         out, h_n, c_n, _ = StackFunction.apply(cfg, x, h0, c0, *w)
@@ -73,8 +56,9 @@ def gradcheck_row(cell: str, *, nonlinearity: str = "tanh", batch: int = 2, step
     passed = torch.autograd.gradcheck(f, (x, h0, c0, *weights), eps=1e-6, atol=1e-7,
                                       rtol=1e-5, raise_exception=False)
     err = 0.0 if passed else float("inf")
-    return CheckRow(cell=cell, engine="torch", nonlinearity=nonlinearity if cell == "rnn"
-                    else "-", batch=batch, steps=steps, input_size=input_size,
+    return CheckRow(cell=cell, engine="torch",
+                    nonlinearity=nonlinearity if kind.takes_nonlinearity else "-",
+                    batch=batch, steps=steps, input_size=input_size,
                     hidden_size=hidden_size, layers=num_layers, bidirectional=bidirectional,
                     with_h0=True, truncate=None, method="gradcheck", params=err)
 

@@ -1,0 +1,122 @@
+"""The record of one check (:class:`CheckRow`), its tolerances and how its errors are measured.
+
+Errors are relative: ``max|ours - ref| / max(max|ref|, tiny)`` per array, then the maximum over
+the arrays of a column. A row is ok when its worst error is at most its tolerance (1e-9 in
+float64 against autograd, 1e-6 against finite differences).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+METHODS = ("torch", "fd", "gradcheck")
+ERROR_COLUMNS = ("out", "h_n", "params", "dx", "dh0")
+TOLERANCE = {"float64": 1e-9}   # vs autograd: both sides round at 1e-16, a margin of 1e6
+# Central differences with eps = 1e-6 cannot reach 1e-9: each difference quotient carries the
+# loss's rounding (~1e-16 per unit of loss) divided by 2 eps, ~1e-10, and an array whose
+# gradient is small (a lower layer, a bias) sees that as several 1e-9 relative. A wrong
+# gradient is off by far more than 1e-6, so that is the tolerance of the "fd" rows.
+FD_TOLERANCE = 1e-6
+TINY = float(np.finfo(np.float64).tiny)
+
+
+@dataclass
+class CheckRow:
+    """One configuration checked by one method, with its maximum relative errors.
+
+    ``out``/``h_n``: the forward outputs (every step) and final state(s) (h_n and, for the
+    LSTM, c_n); ``params``: the gradient of every parameter (the max over them); ``dx``: the
+    input gradient; ``dh0``: the initial-state gradient (h0 and, for the LSTM, c0). A column
+    is None where the method does not measure it (finite differences have no forward to
+    compare).
+    """
+
+    cell: str
+    engine: str
+    nonlinearity: str
+    batch: int
+    steps: int
+    input_size: int
+    hidden_size: int
+    layers: int
+    bidirectional: bool
+    with_h0: bool
+    truncate: int | None
+    method: str
+    out: float | None = None
+    h_n: float | None = None
+    params: float | None = None
+    dx: float | None = None
+    dh0: float | None = None
+    bias: bool = True
+    dtype: str = "float64"
+    tolerance: float = TOLERANCE["float64"]
+
+    @property
+    def worst(self) -> float:
+        """The largest measured error of the row (NaN when any of them is NaN)."""
+        return max_error(getattr(self, c) for c in ERROR_COLUMNS)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.worst <= self.tolerance)  # False for NaN
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["worst"] = self.worst
+        d["ok"] = self.ok
+        return d
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+def rel_error(ours, ref) -> float:
+    """``max|ours - ref| / max(max|ref|, tiny)``; inf when the shapes differ or ours is missing."""
+    if ours is None or ref is None:
+        return 0.0 if ours is None and ref is None else math.inf
+    a = np.asarray(ours, dtype=np.float64)
+    b = np.asarray(ref, dtype=np.float64)
+    if a.shape != b.shape:
+        return math.inf
+    if a.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), TINY))
+
+
+def max_error(errors) -> float:
+    """The max of the measured (non-None) errors; NaN wins; 0.0 when none is measured."""
+    worst = 0.0
+    for e in errors:
+        if e is None:
+            continue
+        if math.isnan(e):
+            return math.nan
+        worst = max(worst, e)
+    return worst
+
+
+def grads_error(ours: dict, ref: dict) -> float:
+    """Max relative error over every parameter; a missing or unexpected gradient is inf."""
+    if set(ours) != set(ref):
+        return math.inf
+    return max_error(rel_error(ours[k], ref[k]) for k in ref)
+
+
+def parts(state) -> tuple:
+    """A state as a tuple of arrays: ``(h,)``, or ``(h, c)`` for the LSTM.
+
+    Deliberately lenient (not :func:`bptt.cells.to_parts`): a state of the wrong form must show
+    up as an infinite error in the row, not as an exception.
+    """
+    return tuple(state) if isinstance(state, tuple | list) else (state,)
+
+
+def parts_error(ours, ref) -> float:
+    """Max relative error over the parts of two states; inf when they have different parts."""
+    ours, ref = parts(ours), parts(ref)
+    if len(ours) != len(ref):
+        return math.inf
+    return max_error(rel_error(a, b) for a, b in zip(ours, ref, strict=True))
