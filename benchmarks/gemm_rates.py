@@ -9,25 +9,26 @@ from __future__ import annotations
 
 import argparse
 
-from bptt import bench
+from bptt.bench.rates import gemm_rates
+from bptt.bench.settings import CONFIGS, QUICK_CONFIGS
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", default=",".join(bench.CONFIGS))
+    p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--seconds", type=float, default=0.3, help="timing per product and library")
     args = p.parse_args()
-    table = bench.QUICK_CONFIGS if args.quick else bench.CONFIGS
+    table = QUICK_CONFIGS if args.quick else CONFIGS
     cols = ("numpy_fp32", "torch_fp32", "onednn_fp32", "onednn_fp32_packed", "torch_bf16",
             "onednn_bf16_packed")
     heads = ("numpy", "mkl", "dnn", "dnn-pk", "bf16", "bf16-pk")
     print(f"{'config':<7} {'product':<27} {'m x k x n':>18} "
           + " ".join(f"{h:>7}" for h in heads) + "   GFLOP/s")
     for name in args.configs.split(","):
-        rates = bench.gemm_rates(table[name], with_torch=not args.no_torch,
-                                 min_seconds=args.seconds)
+        rates = gemm_rates(table[name], with_torch=not args.no_torch,
+                           min_seconds=args.seconds)
         for product, r in rates.items():
             m, k, n = r["shape"]
             print(f"{name:<7} {product:<27} {f'{m} x {k} x {n}':>18} "

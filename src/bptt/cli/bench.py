@@ -39,7 +39,7 @@ def _names(choices):
 
 
 def register(sub) -> None:
-    from ..bench import CONFIGS, PARTS, SUBJECTS
+    from ..bench.settings import CONFIGS, PARTS, SUBJECTS
 
     p = sub.add_parser(
         "bench", help="measure training and generation speed and memory of every engine",
@@ -70,8 +70,9 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..bench import BenchSettings, format_table
-    from ..bench import run as run_bench
+    from ..bench.measure import run as run_bench
+    from ..bench.report import format_table
+    from ..bench.settings import BenchSettings
     from . import CLIError
 
     kw = {"configs": args.configs, "subjects": args.subjects, "parts": args.parts}

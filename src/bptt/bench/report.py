@@ -1,0 +1,89 @@
+"""The report of a ``bptt bench`` run: the speed and memory targets, and the text table.
+
+The result of :func:`bptt.bench.measure.run` is a JSON-ready dict: ``machine`` (CPU, cores,
+versions, load averages), ``settings``, ``configs``, ``results`` (configuration -> subject ->
+part -> numbers), ``seconds`` and ``targets`` (:func:`evaluate_targets`).
+"""
+
+from __future__ import annotations
+
+TARGETS = (
+    # (config, subject, part, key, comparison, threshold, description)
+    ("book", "numpy", "train", "ratio_to_reference", ">=", 1.25,
+     "book fp32: numpy tokens/s >= 1.25x torch.nn.RNN"),
+    ("book", "torch", "train", "ratio_to_reference", ">=", 1.25,
+     "book fp32: torch tokens/s >= 1.25x torch.nn.RNN"),
+    ("book", "torch-bf16", "train", "ratio_to_reference", ">=", 2.5,
+     "book bf16: torch-bf16 tokens/s >= 2.5x torch.nn.RNN (float32)"),
+    ("large", "numpy", "train", "ratio_to_reference", ">=", 1.1,
+     "large: numpy tokens/s >= 1.1x torch.nn.RNN"),
+    ("large", "torch", "train", "ratio_to_reference", ">=", 1.1,
+     "large: torch tokens/s >= 1.1x torch.nn.RNN"),
+    ("book", "numpy", "generate", "ratio_to_reference", ">=", 2.0,
+     "generation: numpy chars/s >= 2x torch.nn.RNN stepping (no_grad)"),
+    ("book", "numpy", "generate", "ratio_to_book", ">=", 10.0,
+     "generation: numpy chars/s >= 10x the book's predict_ch8"),
+    ("book", "torch", "generate", "ratio_to_reference", ">=", 2.0,
+     "generation: torch chars/s >= 2x torch.nn.RNN stepping (no_grad)"),
+    ("book", "torch", "generate", "ratio_to_book", ">=", 10.0,
+     "generation: torch chars/s >= 10x the book's predict_ch8"),
+    ("long", "numpy", "memory", "ratio_to_book", "<=", 1 / 3,
+     "long: numpy peak memory <= 1/3 of the book's autograd model"),
+)
+
+
+def evaluate_targets(out: dict) -> list[dict]:
+    rows = []
+    for cfg, subject, part, key, cmp, threshold, text in TARGETS:
+        value = out["results"].get(cfg, {}).get(subject, {}).get(part, {}).get(key)
+        met = None if value is None else (value >= threshold if cmp == ">=" else
+                                          value <= threshold)
+        rows.append({"target": text, "config": cfg, "subject": subject, "part": part,
+                     "value": value, "threshold": threshold, "comparison": cmp, "met": met})
+    return rows
+
+
+def _fmt(x: float | None, spec: str = ",.0f", none: str = "-") -> str:
+    return none if x is None else format(x, spec)
+
+
+def format_table(out: dict) -> str:
+    """The results as a text table per configuration, then the targets."""
+    lines = []
+    m = out["machine"]
+    lines.append(f"bptt bench on {m.get('cpu', '?')} ({m['cores']} cores), numpy {m['numpy']} "
+                 f"({m.get('numpy_blas', '?')}), torch {m.get('torch', '-')}; "
+                 f"{'quick; ' if out['settings']['quick'] else ''}"
+                 f"{out['settings']['worker_threads']} thread(s) per worker; "
+                 f"medians of {out['settings']['repeats']} interleaved rounds; load average "
+                 f"{m.get('loadavg_before')} before, {m.get('loadavg_after')} after")
+    head = (f"{'subject':<15} {'train tok/s':>12} {'x nn.RNN':>9} {'gen char/s':>11} "
+            f"{'x nn.RNN':>9} {'x book':>7} {'peak MiB':>9} {'x book':>7}")
+    for name, cfg in out["configs"].items():
+        lines.append("")
+        lines.append(f"{name}: V={cfg['vocab']} H={cfg['hidden']} B={cfg['batch']} "
+                     f"T={cfg['steps']}  {cfg['note']}")
+        lines.append(head)
+        for s, r in out["results"][name].items():
+            t, g, mem = r.get("train", {}), r.get("generate", {}), r.get("memory", {})
+            peak = _fmt(mem.get("peak_mb"), ".1f")
+            if "memory_tracemalloc" in r and r["memory_tracemalloc"].get("peak_mb") is not None:
+                peak += f" ({r['memory_tracemalloc']['peak_mb']:.1f}t)"
+            lines.append(
+                f"{s:<15} {_fmt(t.get('tokens_per_s')):>12} "
+                f"{_fmt(t.get('ratio_to_reference'), '.2f'):>9} "
+                f"{_fmt(g.get('chars_per_s')):>11} {_fmt(g.get('ratio_to_reference'), '.2f'):>9} "
+                f"{_fmt(g.get('ratio_to_book'), '.1f'):>7} {peak:>9} "
+                f"{_fmt(mem.get('ratio_to_book'), '.2f'):>7}")
+            errors = {p: r[p]["error"] for p in ("train", "generate", "memory")
+                      if r.get(p, {}).get("error")}
+            for p, e in errors.items():
+                lines.append(f"{'':<15} {p}: {e}")
+    lines.append("")
+    lines.append("peak MiB: resident growth over the post-setup baseline (fresh process); "
+                 "(..t): NumPy's tracemalloc peak")
+    lines.append("targets:")
+    for t in out.get("targets", []):
+        state = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")
+        lines.append(f"  {t['target']:<66} {_fmt(t['value'], '.2f'):>6}  {state}")
+    return "\n".join(lines)

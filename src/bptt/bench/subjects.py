@@ -1,0 +1,224 @@
+"""The subjects of ``bptt bench``, all the book's language model (one tanh RNN layer, a linear
+head, softmax cross-entropy, SGD with the gradient norm clipped at 1):
+
+  EngineSubject    one of our engines, through the library code ``bptt train`` uses
+  TorchRNNSubject  the reference written here, independent of our engines: torch.nn.RNN +
+                   torch.nn.Linear on one-hot inputs, torch.optim.SGD, clip_grad_norm_
+  BookSubject      the book's from-scratch loop (d2l 8.5), its grad_clipping, sgd, predict_ch8
+
+Each has ``train(n)`` (n whole training steps on a fixed batch, the state carried and detached
+between them; returns the last loss) and ``generate(n)`` (n characters of greedy generation at
+batch 1). torch is imported by the torch subjects only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .settings import BOOK, ENGINE_SUBJECTS, REFERENCE, SUBJECTS, BenchConfig, threads
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyz "            # with <unk>: the book's 28 characters
+PREFIX = "time traveller "
+
+
+def _data(cfg: BenchConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed random batch of token ids X and its targets Y, (B, T) each."""
+    rng = np.random.default_rng([seed, cfg.hidden, cfg.batch, cfg.steps])
+    X = rng.integers(0, cfg.vocab, (cfg.batch, cfg.steps))
+    Y = np.concatenate([X[:, 1:], rng.integers(0, cfg.vocab, (cfg.batch, 1))], axis=1)
+    return X, Y
+
+
+def _vocab():
+    from ..data import Vocab
+
+    return Vocab(list(ALPHABET))
+
+
+def set_torch_threads() -> None:
+    import torch
+
+    torch.set_num_threads(threads())
+
+
+class EngineSubject:
+    """One of our engines, trained and sampled through the library code ``bptt train`` uses."""
+
+    def __init__(self, engine: str, cfg: BenchConfig, seed: int = 0, precision: str = "fp32"):
+        from .. import optim
+        from ..engine import get_engine
+        from ..model import ModelSpec, init_params
+
+        if engine != "numpy":
+            set_torch_threads()
+        self.name, self.cfg = engine, cfg
+        self.spec = ModelSpec(cell="rnn", input_size=cfg.vocab, hidden_size=cfg.hidden,
+                              output_size=cfg.vocab, task="lm")
+        self.engine = get_engine(engine, self.spec, device="cpu", precision=precision)
+        self.params = self.engine.from_numpy(init_params(self.spec, "torch", rng=seed))
+        self.opt = optim.SGD(lr=1.0)
+        self.optim = optim
+        self.X, self.Y = _data(cfg, seed)
+        self.state = self.engine.begin_state(cfg.batch)
+
+    def train(self, n: int) -> float:
+        eng, loss = self.engine, 0.0
+        for _ in range(n):
+            loss, grads, state = eng.loss_and_grads(self.params, self.X, self.Y, self.state,
+                                                    training=True)
+            self.optim.clip_grad_norm_(grads, 1.0)
+            self.opt.step(self.params, grads)
+            self.state = eng.detach_state(state)
+        return eng.scalar(loss)
+
+    def generate(self, n: int) -> str:
+        from ..lm.generate import LanguageModel, generate
+
+        model = LanguageModel(self.spec, self.engine.to_numpy(self.params), _vocab())
+        return generate(model, PREFIX, n, engine=self.name, device="cpu")
+
+
+class TorchRNNSubject:
+    """The reference: torch.nn.RNN + torch.nn.Linear, torch.optim.SGD, clip_grad_norm_."""
+
+    def __init__(self, cfg: BenchConfig, seed: int = 0):
+        import torch
+
+        set_torch_threads()
+        self.torch, self.cfg = torch, cfg
+        torch.manual_seed(seed)
+        self.rnn = torch.nn.RNN(cfg.vocab, cfg.hidden)
+        self.head = torch.nn.Linear(cfg.hidden, cfg.vocab)
+        self.params = [*self.rnn.parameters(), *self.head.parameters()]
+        self.opt = torch.optim.SGD(self.params, lr=1.0)
+        X, Y = _data(cfg, seed)
+        self.X, self.Y = torch.as_tensor(X), torch.as_tensor(Y)
+        self.h = torch.zeros(1, cfg.batch, cfg.hidden)
+
+    def train(self, n: int) -> float:
+        torch, F, V, H = self.torch, self.torch.nn.functional, self.cfg.vocab, self.cfg.hidden
+        loss = None
+        for _ in range(n):
+            x = F.one_hot(self.X.T, V).float()                       # (T, B, V)
+            out, h = self.rnn(x, self.h)
+            logits = self.head(out.reshape(-1, H))
+            loss = F.cross_entropy(logits, self.Y.T.reshape(-1))
+            self.opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.opt.step()
+            self.h = h.detach()
+        return float(loss.detach()) if loss is not None else 0.0
+
+    def generate(self, n: int) -> str:
+        torch, F, V = self.torch, self.torch.nn.functional, self.cfg.vocab
+        vocab = _vocab()
+        with torch.no_grad():
+            ids = torch.as_tensor(vocab.encode(list(PREFIX)))
+            out, h = self.rnn(F.one_hot(ids[:, None], V).float(),
+                              torch.zeros(1, 1, self.cfg.hidden))
+            nxt = int(self.head(out[-1]).argmax())
+            chosen = []
+            for _ in range(n):                                       # one character at a time
+                chosen.append(nxt)
+                out, h = self.rnn(F.one_hot(torch.tensor([[nxt]]), V).float(), h)
+                nxt = int(self.head(out[0]).argmax())
+        return PREFIX + "".join(vocab.idx_to_token[i] for i in chosen)
+
+
+class BookSubject:
+    """The book's from-scratch model (d2l 8.5), its grad_clipping and sgd, and predict_ch8."""
+
+    def __init__(self, cfg: BenchConfig, seed: int = 0):
+        import torch
+
+        set_torch_threads()
+        self.torch, self.cfg = torch, cfg
+        torch.manual_seed(seed)
+        V, H = cfg.vocab, cfg.hidden
+
+        def small(*shape):                                   # N(0, 0.01^2)
+            return torch.randn(*shape) * 0.01
+
+        self.params = [small(V, H), small(H, H), torch.zeros(H), small(H, V), torch.zeros(V)]
+        for p in self.params:
+            p.requires_grad_(True)
+        self.lr = 1.0
+        self.loss = torch.nn.CrossEntropyLoss()
+        X, Y = _data(cfg, seed)
+        self.X, self.Y = torch.as_tensor(X), torch.as_tensor(Y)
+        self.state = None
+
+    def begin_state(self, batch: int):
+        return (self.torch.zeros(batch, self.cfg.hidden),)
+
+    def net(self, X, state):
+        """One-hot time-major inputs, then the loop; the output layer runs inside the loop."""
+        torch = self.torch
+        inputs = torch.nn.functional.one_hot(X.T, self.cfg.vocab).type(torch.float32)
+        W_xh, W_hh, b_h, W_hq, b_q = self.params
+        (h,) = state
+        outputs = []
+        for x in inputs:
+            h = torch.tanh(torch.mm(x, W_xh) + torch.mm(h, W_hh) + b_h)
+            outputs.append(torch.mm(h, W_hq) + b_q)
+        return torch.cat(outputs, dim=0), (h,)
+
+    def grad_clipping(self, theta: float) -> None:
+        torch = self.torch
+        norm = torch.sqrt(sum(torch.sum(p.grad ** 2) for p in self.params))
+        if norm > theta:
+            for p in self.params:
+                p.grad[:] *= theta / norm
+
+    def sgd(self, batch_size: int) -> None:
+        with self.torch.no_grad():
+            for p in self.params:
+                p -= self.lr * p.grad / batch_size
+                p.grad.zero_()
+
+    def train(self, n: int) -> float:
+        loss = None
+        for _ in range(n):
+            if self.state is None:
+                self.state = self.begin_state(self.cfg.batch)
+            else:
+                for s in self.state:
+                    s.detach_()
+            y = self.Y.T.reshape(-1)
+            y_hat, self.state = self.net(self.X, self.state)
+            loss = self.loss(y_hat, y.long()).mean()
+            loss.backward()
+            self.grad_clipping(1.0)
+            self.sgd(batch_size=1)
+        return float(loss.detach()) if loss is not None else 0.0
+
+    def generate(self, n: int) -> str:
+        """predict_ch8: warm up on the prefix one character at a time, then argmax per step."""
+        torch, vocab = self.torch, _vocab()
+        state = self.begin_state(1)
+        outputs = [vocab.token_to_idx[PREFIX[0]]]
+
+        def last():
+            return torch.tensor([outputs[-1]]).reshape((1, 1))
+
+        for ch in PREFIX[1:]:
+            _, state = self.net(last(), state)
+            outputs.append(vocab.token_to_idx[ch])
+        for _ in range(n):
+            y, state = self.net(last(), state)
+            outputs.append(int(y.argmax(dim=1).reshape(1)))
+        return "".join(vocab.idx_to_token[i] for i in outputs)
+
+
+def make_subject(name: str, cfg: BenchConfig, seed: int = 0):
+    if name in ENGINE_SUBJECTS:
+        return EngineSubject(name, cfg, seed)
+    if name == "torch-bf16":
+        return EngineSubject("torch", cfg, seed, precision="bf16")
+    if name == REFERENCE:
+        return TorchRNNSubject(cfg, seed)
+    if name == BOOK:
+        return BookSubject(cfg, seed)
+    raise ValueError(f"expected a subject among {', '.join(SUBJECTS)}, got {name!r}")
+

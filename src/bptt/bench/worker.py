@@ -1,0 +1,125 @@
+"""The worker protocol: every subject runs in its own persistent process.
+
+The parent starts ``python -m bptt.bench --worker`` (:class:`Worker`) and sends it JSON requests,
+one a line on its stdin; :func:`worker_main` answers each with one JSON line on its stdout:
+
+  {"op": "setup", "subject", "config", "seed", "warmup", "warmup_tiny"}
+      -> {"ok": true, "step_s"}         build the subject (after ``warmup`` steps: one timed step)
+  {"op": "train", "n"}                  -> {"seconds", "loss"}
+  {"op": "generate", "n"}               -> {"seconds", "text"}
+  {"op": "memory", "steps", "tracemalloc"}
+      -> {"method", "peak_mb", "torch_imported"}
+  {"op": "quit"}                        the worker exits
+
+A failed request is answered ``{"error": "Type: message"}`` and the worker carries on; a worker
+that died is reported the same way by :meth:`Worker.ask`. Library prints go to stderr, so they
+cannot corrupt the replies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from .memory import measure_memory
+from .settings import THREADS_ENV, BenchConfig
+from .subjects import make_subject
+
+
+def _tiny(cfg: BenchConfig) -> BenchConfig:
+    return BenchConfig(cfg.name + "-warmup", cfg.vocab, 8, 2, 3)
+
+
+
+def worker_main() -> int:
+    """Serve JSON requests, one a line on stdin, one reply a line on the original stdout."""
+    reply_to = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout = sys.stderr                                  # library prints cannot corrupt replies
+    subject = None
+    for line in sys.stdin:
+        msg = json.loads(line)
+        op = msg.get("op")
+        try:
+            if op == "quit":
+                break
+            if op == "setup":
+                cfg = BenchConfig(**msg["config"])
+                subject = None
+                gc.collect()
+                if msg.get("warmup_tiny"):                    # lazy library initialisation
+                    make_subject(msg["subject"], _tiny(cfg), msg.get("seed", 0)).train(2)
+                    gc.collect()
+                subject = make_subject(msg["subject"], cfg, msg.get("seed", 0))
+                reply = {"ok": True}
+                if msg.get("warmup", 0):
+                    subject.train(msg["warmup"])
+                    t0 = time.perf_counter()
+                    subject.train(1)
+                    reply["step_s"] = time.perf_counter() - t0
+            elif op == "train":
+                t0 = time.perf_counter()
+                loss = subject.train(int(msg["n"]))
+                reply = {"seconds": time.perf_counter() - t0, "loss": loss}
+            elif op == "generate":
+                t0 = time.perf_counter()
+                text = subject.generate(int(msg["n"]))
+                reply = {"seconds": time.perf_counter() - t0, "text": text}
+            elif op == "memory":
+                reply = measure_memory(subject, int(msg["steps"]), bool(msg.get("tracemalloc")))
+                reply["torch_imported"] = "torch" in sys.modules
+            else:
+                reply = {"error": f"expected op setup/train/generate/memory/quit, got {op!r}"}
+        except Exception as e:  # noqa: BLE001 - reported to the parent, which carries on
+            reply = {"error": f"{type(e).__name__}: {e}".splitlines()[0]}
+        reply_to.write(json.dumps(reply) + "\n")
+        reply_to.flush()
+    return 0
+
+
+class Worker:
+    """A subject's process: ``python -m bptt.bench --worker``.
+
+    ``threads``: torch's threads (``torch.set_num_threads``) and the BLAS's (OpenBLAS, MKL and
+    OpenMP environment variables, read when NumPy loads); None leaves every core to both.
+    """
+
+    def __init__(self, threads: int | None = None) -> None:
+        self._err = tempfile.TemporaryFile(mode="w+")
+        env = dict(os.environ)
+        if threads is not None:
+            env[THREADS_ENV] = str(threads)
+            for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+                env[var] = str(threads)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bptt.bench", "--worker"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._err, text=True, bufsize=1, env=env)
+
+    def ask(self, **msg) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(json.dumps(msg) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            self._err.seek(0)
+            tail = self._err.read().strip().splitlines()[-1:] or ["no message"]
+            return {"error": f"worker exited ({tail[0]})"}
+        return json.loads(line)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ask(op="quit")
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._err.close()
