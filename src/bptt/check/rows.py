@@ -9,6 +9,7 @@ cells, and a few finite-difference rows for each. The torch engine's rows come f
 from __future__ import annotations
 
 from ..cells import CELL_NAMES, CELLS, get_cell
+from ..errors import has_module
 from .record import CheckRow
 from .references import check_against_torch, check_finite_differences
 
@@ -127,12 +128,18 @@ def run_config(config: dict) -> CheckRow:
     raise ValueError(f"expected method 'torch' or 'fd' in a table entry, got {method!r}")
 
 
-def run_checks(quick: bool = False, cells=None) -> list[CheckRow]:
+def run_checks(quick: bool = False, cells=None, torch: bool | None = None) -> list[CheckRow]:
     """Every row of :func:`default_table`, then the torch engine's rows, for ``cells`` (names
-    of the registry; default: every cell)."""
-    from . import torch_engine
-
+    of the registry; default: every cell). ``torch=False`` runs the finite-difference rows
+    alone, which need no torch; None (the default): the rows against torch when it is
+    installed."""
+    if torch is None:
+        torch = has_module("torch")
     wanted = set(CELL_NAMES if cells is None else (get_cell(c).name for c in cells))
-    rows = [run_config(c) for c in default_table(quick) if c["cell"] in wanted]
-    rows += [r for r in torch_engine.rows(quick) if r.cell in wanted]
+    rows = [run_config(c) for c in default_table(quick)
+            if c["cell"] in wanted and (torch or c["method"] != "torch")]
+    if torch:
+        from . import torch_engine
+
+        rows += [r for r in torch_engine.rows(quick) if r.cell in wanted]
     return rows

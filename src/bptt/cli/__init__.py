@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from ..errors import Diverged
+from ..errors import Diverged, MissingExtra
 
 # The verbs, in the order ``bptt --help`` lists them.
 VERBS = ("train", "generate", "evaluate", "check", "bench", "demo", "sine", "series", "gradflow")
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except Diverged as e:  # the last sound state is saved; the message says where
         print(f"bptt {args.verb}: error: {e}", file=sys.stderr)
         return 3
-    except (CLIError, ValueError, OSError) as e:
+    except (CLIError, ValueError, OSError, MissingExtra) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"bptt {args.verb}: error: {message}", file=sys.stderr)
         return 2

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.measure import run as run_bench
     from ..bench.report import format_table
     from ..bench.settings import BenchSettings
+    from ..errors import MissingExtra, has_module
     from . import CLIError
 
     kw = {"configs": args.configs, "subjects": args.subjects, "parts": args.parts}
@@ -82,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
             if value <= 0:
                 raise CLIError(f"expected --{name.replace('_', '-')} > 0, got {value}")
             kw[name] = value
+    needs_torch = [s for s in args.subjects if s != "numpy"]
+    if needs_torch and not has_module("torch"):
+        raise MissingExtra(f"expected torch installed for the subjects {', '.join(needs_torch)}, "
+                           "got none; install it with pip install 'bptt[torch]', or pass "
+                           "--subjects numpy")
     settings = BenchSettings.quick_settings(**kw) if args.quick else BenchSettings(**kw)
     out = run_bench(settings)
     print(format_table(out))

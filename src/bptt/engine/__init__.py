@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from ..errors import require
 from ..model import ModelSpec
 
 ENGINES = ("numpy", "torch", "torch-autograd", "torch-builtin")
@@ -26,6 +27,7 @@ def get_engine(name: str, spec: ModelSpec, *, device: str | None = None,
         from .numpy.model import NumpyEngine
 
         return NumpyEngine(spec, dtype=dtype, precision=precision)
+    require("torch", "torch", f"engine {name!r}")
     from .torch.model import TORCH_ENGINES
 
     return TORCH_ENGINES[name](spec, device=device, dtype=dtype, precision=precision)
