@@ -79,6 +79,9 @@ def test_torch_only_features_name_their_extra(tmp_path, hello_run):
     assert_needs_extra(run_without_torch("generate", run, "--engine", "torch-builtin"),
                        "generate", "torch")
     assert_needs_extra(run_without_torch("bench", "--quick"), "bench", "torch")
+    assert_needs_extra(run_without_torch("export", run, "--format", "torchscript", "--out",
+                                         tmp_path / "m.pt"), "export", "torch")
+    assert not (tmp_path / "m.pt").exists()
 
 
 def test_the_metadata_states_lower_bounds_and_the_constraints_pin():

@@ -59,7 +59,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("optim", frozenset({"optim"})),
     # what every job shares: the training core, checkpoint I/O, plotting
     ("below the jobs", frozenset({"training", "checkpoint", "plot"})),
-    ("jobs", frozenset({"lm", "series", "check", "gradflow", "bench"})),
+    ("jobs", frozenset({"lm", "series", "check", "gradflow", "bench", "export"})),
     ("cli", frozenset({"cli"})),
 )
 JOBS = dict(LAYERS)["jobs"]

@@ -15,7 +15,8 @@ import sys
 from ..errors import Diverged, MissingExtra
 
 # The verbs, in the order ``bptt --help`` lists them.
-VERBS = ("train", "generate", "evaluate", "check", "bench", "demo", "sine", "series", "gradflow")
+VERBS = ("train", "generate", "evaluate", "check", "bench", "demo", "sine", "series", "gradflow",
+         "export")
 
 
 class CLIError(Exception):
