@@ -16,9 +16,12 @@ import numpy as np
 
 
 def _pyplot():
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "matplotlib.pyplot" not in sys.modules:  # a session's own backend (a notebook's) stays
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
