@@ -43,9 +43,9 @@ def greedy(step, begin, desc, prefix, length):
 
 def torchscript(path):
     import torch
-    files = {"bptt.json": ""}
+    files = {"description.json": ""}
     m = torch.jit.load(path, _extra_files=files)
-    desc = json.loads(files["bptt.json"])
+    desc = json.loads(files["description.json"])
     def step(ids, state):
         with torch.no_grad():
             y, s = m(torch.from_numpy(ids), state)

@@ -40,6 +40,8 @@ _LAZY = {
                                        "train_series")},
     # diagnostics: gradient checks and gradient flow
     "run_checks": ("bptt.check", "run_checks"),
+    # deployment: TorchScript and ONNX files
+    "export_model": ("bptt.export", "export_model"),
     **{n: ("bptt.gradflow", n) for n in ("GradFlow", "jacobians", "analyse")},
 }
 

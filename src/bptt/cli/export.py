@@ -9,11 +9,11 @@ the file:
   inputs   tokens (B, T) int64 (a regression model: inputs (B, T, I) float32), and the
            initial state h0 (L*D, B, H) (the LSTM: h0 and c0)
   outputs  logits (B, T, V) (regression: outputs (B, T, O)), and the final state h_n (c_n)
-  bptt.json, stored in the file: the vocabulary, text settings, model spec, inputs and outputs
+  description.json, stored in the file: vocabulary, text settings, model spec, inputs, outputs
 
   torchscript  m = torch.jit.load(FILE); logits, state = m(tokens, m.begin_state(B))
                (state: a list [h] or [h, c]; the description: torch.jit.load(FILE,
-               _extra_files={"bptt.json": ""}))
+               _extra_files={"description.json": ""}))
   onnx         onnxruntime.InferenceSession(FILE).run(None, {"tokens": ..., "h0": ...})
                (the description: the model's metadata "bptt")
 

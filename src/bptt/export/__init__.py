@@ -6,7 +6,7 @@
 Modules:
 
   model        Exportable: the checkpoint's model, its parameters by layer, the description
-               (``bptt.json``) stored in every file: inputs, outputs, vocabulary, text settings
+               (``description.json``) stored in every file: inputs, outputs, vocabulary, text
   torchscript  the torch modules (torch.nn stack, or a scripted loop of a cell's steps)
   onnx_graph   the ONNX graph, written from the parameters with ONNX's RNN/LSTM/GRU operators
   write        export_model: checks, writes beside --out, runs the file against the NumPy

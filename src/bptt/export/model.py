@@ -1,6 +1,6 @@
 """What an exported file holds, whatever its format: the model read from a checkpoint, its
-parameters grouped by layer, and the description (``bptt.json``) that lets a program with no
-``bptt`` installed use the file.
+parameters grouped by layer, and the description (``description.json``) that lets a program
+with no ``bptt`` installed use the file.
 
 The exported computation is the model of ``bptt generate``, in evaluation mode (no dropout):
 
@@ -101,7 +101,7 @@ class Exportable:
         return out
 
     def description(self) -> dict:
-        """The ``bptt.json`` stored in the file: how to call it and how to read its output."""
+        """The ``description.json`` stored in the file: how to call it and read its output."""
         return {
             "format": FORMAT, "version": VERSION, "bptt_version": _version(),
             "task": self.spec.task, "cell": self.spec.cell, "spec": self.spec.to_dict(),

@@ -5,8 +5,8 @@
   logits, state = module(tokens, state)      # tokens (B, T) int64; state: [h] or [h, c]
   state = module.begin_state(batch_size)     # zeros, each part (L*D, B, H)
 
-and the file's ``bptt.json`` (``torch.jit.load(path, _extra_files={"bptt.json": ""})``)
-describes it (:mod:`bptt.export.model`).
+and the file's ``description.json`` describes it
+(``torch.jit.load(path, _extra_files={"description.json": ""})``) (:mod:`bptt.export.model`).
 
 Two ways to compute the recurrent stack:
 
@@ -262,13 +262,13 @@ def build(model: Exportable, via: str | None = None) -> nn.Module:
 
 
 def save(model: Exportable, path: str, via: str | None = None) -> None:
-    """Script the module and write it, with ``bptt.json``, to ``path``."""
+    """Script the module and write it, with ``description.json``, to ``path``."""
     with warnings.catch_warnings():
         # torch 2.13 announces TorchScript's deprecation on every script call; the file is
         # what was asked for, and loading it stays supported
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=Warning)
         scripted = torch.jit.script(build(model, via))
-        torch.jit.save(scripted, path, _extra_files={"bptt.json": model.description_json()})
+        torch.jit.save(scripted, path, _extra_files={"description.json": model.description_json()})
 
 
 def run(path: str, x, state: list):
