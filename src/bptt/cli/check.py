@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .argtypes import RawHelpFormatter
+
 CELL_CHOICES = ("rnn", "lstm", "gru")
 
 EPILOG = """\
@@ -57,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "differences; print the table of maximum relative errors."
         ),
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawHelpFormatter,
     )
     p.add_argument("--quick", action="store_true",
                    help="a small set of rows (about ten) instead of the full table")
