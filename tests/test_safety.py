@@ -179,6 +179,12 @@ def test_3_sine_and_series_hold_the_lock_too(tmp_path, earlier, cli):
     assert_no_litter(tmp_path)
 
 
+def test_3_a_refused_run_leaves_no_folder_made_for_its_lock(tmp_path, cli):
+    ran = cli("train", "--resume", "--out", tmp_path / "a" / "b" / "run")
+    assert_one_line_error(ran, "train", "to resume from, found none")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_3_ranks_other_than_zero_neither_lock_nor_write(tmp_path):
     from bptt.rundir import RunFolder
 
@@ -288,6 +294,15 @@ def test_6_a_model_that_cannot_fit_is_refused_before_allocating(tmp_path, earlie
     ran = cli("gradflow", "--hidden-size", hidden, "--out", tmp_path / "flow")
     assert_one_line_error(ran, "gradflow", "needs about")
     assert not (tmp_path / "sine").exists() and not (tmp_path / "flow").exists()
+
+
+def test_6_evaluate_is_refused_too_when_its_outputs_cannot_fit(earlier, cli, monkeypatch):
+    from bptt import memory
+
+    monkeypatch.setattr(memory, "host_available", lambda: (1000, "a test's 1000 bytes"))
+    ran = cli("evaluate", earlier["train"], "--data", earlier["corpus"])
+    assert_one_line_error(ran, "evaluate", "1000 B of memory available (a test's 1000 bytes)",
+                          "lower --num-steps or --batch-size")
 
 
 def test_6_the_estimate_is_compared_with_what_the_machine_has(monkeypatch):
@@ -588,7 +603,8 @@ def test_20_every_flag_of_every_verb_has_a_meaning_and_a_default(cli):
 # -- row 21: checkpoints have the outputs' permissions and reach the disk -------------------------
 
 
-def test_21_checkpoints_honour_the_umask_and_are_fsynced(tmp_path, earlier, monkeypatch):
+def test_21_checkpoints_honour_the_umask_and_are_fsynced(tmp_path, earlier, monkeypatch,
+                                                          cli):
     synced = []
     real = os.fsync
 
@@ -599,10 +615,10 @@ def test_21_checkpoints_honour_the_umask_and_are_fsynced(tmp_path, earlier, monk
     monkeypatch.setattr(os, "fsync", fsync)
     old = os.umask(0o027)
     try:
-        train(tiny_config(earlier["corpus"], tmp_path / "run", hidden_size=8, epochs=1),
-              log=quiet)
+        ran = cli("train", "--data", earlier["corpus"], "--out", tmp_path / "run", *TINY)
     finally:
         os.umask(old)
+    assert ran.rc == 0, ran.err
     mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").iterdir()}
     assert mode["last.safetensors"] == mode["metrics.jsonl"] == mode["perplexity.png"] == 0o640
     assert synced.count("file") == synced.count("folder") == 2     # last and best

@@ -63,12 +63,20 @@ def human(n: float) -> str:
 
 
 def estimate(spec: ModelSpec, *, batch_size: int, num_steps: int, optimizer: str = "sgd",
-             dtype: str = "float32", records: int = 0) -> Estimate:
-    """What training ``spec`` on batches of ``batch_size`` x ``num_steps`` needs at its peak."""
+             dtype: str = "float32", records: int = 0, training: bool = True) -> Estimate:
+    """What training ``spec`` on batches of ``batch_size`` x ``num_steps`` needs at its peak;
+    with ``training=False``, what a forward pass (evaluation) needs: the parameters, each
+    layer's states and gates, and the outputs."""
     item = ITEMSIZE.get(dtype, 8)
     n_params = sum(math.prod(s) for s in param_shapes(spec).values())
     slots = OPTIMIZER_SLOTS.get(optimizer, 2)
     T, B, H = num_steps, batch_size, spec.hidden_size
+    if not training:
+        return Estimate(device={
+            "parameters": n_params * item,
+            "activations": 2 * (spec.gates + 1) * T * B * H * spec.directions * item,
+            "outputs": 2 * T * B * spec.output_size * item,
+        })
     per_layer = (CACHE_PARTS[spec.cell] + spec.gates) * T * B * H
     return Estimate(
         device={
@@ -128,6 +136,10 @@ def device_available(device) -> tuple[int | None, str]:
     return host_available()
 
 
+class NotEnoughMemory(ValueError):
+    """A run refused before allocating, because it cannot fit (one line, exit 2)."""
+
+
 def require(est: Estimate, device="cpu", *, hint: str = "") -> None:
     """Refuse, in one line, a run whose estimate exceeds the memory available."""
     on_cuda = getattr(device, "type", str(device).split(":")[0]) == "cuda"
@@ -140,7 +152,3 @@ def require(est: Estimate, device="cpu", *, hint: str = "") -> None:
                 f"expected a run that fits in the {human(have)} of memory available "
                 f"({where}), got one that needs about {human(need)} ({est.describe(parts)})"
                 + (f"; {hint}" if hint else ""))
-
-
-class NotEnoughMemory(ValueError):
-    """A run refused before allocating, because it cannot fit (one line, exit 2)."""

@@ -113,7 +113,7 @@ class RunFolder:
         try:
             yield self
         finally:
-            self._lock.release(remove_parents=not self.ready)
+            self._lock.release()
             self._lock = None
 
     # -- 2. checks first ------------------------------------------------------------------------
@@ -189,7 +189,7 @@ class _Lock:
             self._remove_parents()
             raise
 
-    def release(self, remove_parents: bool) -> None:
+    def release(self) -> None:
         if self.fd is None:
             return
         try:
@@ -198,11 +198,11 @@ class _Lock:
             pass                                          # a read-only parent: left, unlocked
         os.close(self.fd)
         self.fd = None
-        if remove_parents:
-            self._remove_parents()
+        self._remove_parents()
 
     def _remove_parents(self) -> None:
-        """The folders made only to hold the lock, when the run never wrote into them."""
+        """The folders made only to hold the lock, when the run never wrote into them (the
+        first one that is not empty stops it)."""
         for p in self.made:
             try:
                 p.rmdir()

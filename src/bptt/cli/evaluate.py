@@ -36,12 +36,17 @@ def run(args: argparse.Namespace) -> int:
     from ..lm import checkpoint as ck
     from ..lm.evaluate import evaluate_tokens
     from ..lm.generate import LanguageModel
+    from ..memory import estimate, require
 
     model = LanguageModel.from_checkpoint(ck.load(args.checkpoint))
     ids, _ = load_corpus(resolve(args.data), model.normalization, model.tokenization,
                          args.max_tokens, vocab=model.vocab)   # warns of unknown tokens
     unknown = int(np.count_nonzero(ids == 0))
     engine = get_engine(args.engine, model.spec, device=args.device)
+    rows = max(1, min(args.batch_size, ids.size - 1))                  # as evaluate_tokens
+    require(estimate(model.spec, batch_size=rows, training=False,
+                     num_steps=min(args.num_steps, ids.size // rows + 1)), engine.device,
+            hint="lower --num-steps or --batch-size")
     result = evaluate_tokens(engine, engine.from_numpy(model.params), ids, args.batch_size,
                              args.num_steps)
     if args.json:
