@@ -52,13 +52,13 @@ def where(path: Path, line: int, src: Path = SRC) -> str:
 
 # Bottom to top. A module belongs to the layer of its first name below ``bptt``.
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("ground", frozenset({"cells", "errors", "jsonl", "dictconfig"})),
+    ("ground", frozenset({"cells", "errors", "jsonl", "dictconfig", "ranges"})),
     ("data", frozenset({"data"})),
     ("model", frozenset({"model"})),
     ("engine", frozenset({"engine"})),
     ("optim", frozenset({"optim"})),
-    # what every job shares: the training core, checkpoint I/O, plotting
-    ("below the jobs", frozenset({"training", "checkpoint", "plot"})),
+    # what every job shares: the training core, checkpoint I/O, plotting, run folders, memory
+    ("below the jobs", frozenset({"training", "checkpoint", "plot", "rundir", "memory"})),
     ("jobs", frozenset({"lm", "series", "check", "gradflow", "bench"})),
     ("cli", frozenset({"cli"})),
 )

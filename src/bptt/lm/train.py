@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import optim
+from .. import memory, optim, rundir
 from ..data import (
     CORPORA,
     DataError,
@@ -30,6 +30,7 @@ from ..data import (
     check_batchable,
     load_corpus,
     resolve,
+    resolve_normalization,
     sha1_of,
     split_tokens,
 )
@@ -39,7 +40,7 @@ from ..jsonl import json_line
 from ..model import ModelSpec, init_params
 from . import checkpoint as ck
 from . import distributed
-from .config import TrainConfig
+from .config import RANGES, TrainConfig
 from .evaluate import evaluate_tokens
 from .generate import LanguageModel, generate
 
@@ -150,16 +151,11 @@ def _validate(cfg: TrainConfig) -> None:
         raise ValueError(f"expected partition 'sequential' or 'random', got {cfg.partition!r}")
     if cfg.clip_mode not in ("norm", "value"):
         raise ValueError(f"expected clip mode 'norm' or 'value', got {cfg.clip_mode!r}")
-    if cfg.clip is not None and cfg.clip <= 0:
-        raise ValueError(f"expected clip > 0 (or none), got {cfg.clip}")
-    for name in ("epochs", "batch_size", "num_steps"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"expected {name} >= 1, got {getattr(cfg, name)}")
-    if cfg.lr <= 0:
-        raise ValueError(f"expected lr > 0, got {cfg.lr}")
-    for name in ("sample_every", "sample_length"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"expected {name} >= 0, got {getattr(cfg, name)}")
+    for name, rng in RANGES.items():                 # finite and in range (NaN never is)
+        rng.check(name, getattr(cfg, name))
+    if cfg.dropout > 0 and cfg.num_layers == 1:      # as torch.nn.RNN warns
+        warnings.warn(f"dropout {cfg.dropout:g} has no effect with num_layers 1 (dropout acts "
+                      f"between stacked layers)", stacklevel=3)
 
 
 def _log(msg: str) -> None:
@@ -170,23 +166,31 @@ def _silent(msg: str) -> None:
     """The log of ranks other than 0."""
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, log=_log,
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=_log,
           dist_timeout: float = distributed.DEFAULT_TIMEOUT,
           moved: dict | None = None) -> TrainResult:
     """Train per ``cfg``; with ``resume`` continue from ``cfg.out/last.safetensors``, reading
     the data files the run was trained on, or ``moved`` ({"data": path, "val_data": path}) when
     they have moved (the same bytes: SHA-1 checked).
 
+    A new run refuses a folder that already holds one, unless ``overwrite``: then the earlier
+    run is moved aside once this run's first step has run (bptt/rundir.py). The folder's lock
+    is held for the whole run; every check happens before anything on disk changes.
+
     Under torchrun (WORLD_SIZE > 1) this process is one data-parallel rank of the run, and a
     collective waits at most ``dist_timeout`` seconds for its peers (see lm/distributed.py).
     """
     _validate(cfg)
-    with distributed.session(cfg.engine, cfg.device, dist_timeout) as dist:
-        return _train(cfg, resume, log if dist.is_main else _silent, dist, moved or {})
+    cfg = replace(cfg, normalization=resolve_normalization(cfg.normalization, cfg.data))
+    folder = rundir.RunFolder(cfg.out, verb="train", resume=resume, overwrite=overwrite,
+                              writer=distributed.is_main(), log=log)
+    with folder.locked(), distributed.session(cfg.engine, cfg.device, dist_timeout) as dist:
+        return _train(cfg, resume, log if dist.is_main else _silent, dist, moved or {}, folder)
 
 
 def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single,
-           moved: dict) -> TrainResult:
+           moved: dict, folder: rundir.RunFolder) -> TrainResult:
+    folder.check()                    # --out: a file, or an earlier run not to be replaced
     out = Path(cfg.out)
     last_path, best_path, metrics_path = (out / "last.safetensors", out / "best.safetensors",
                                           out / "metrics.jsonl")
@@ -227,6 +231,10 @@ def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single,
     # -- model, engine, optimiser -----------------------------------------------------------
     engine = get_engine(cfg.engine, spec, device=dist.device or cfg.device, dtype=cfg.dtype,
                         precision=cfg.precision)
+    memory.require(memory.estimate(spec, batch_size=cfg.batch_size // dist.world_size,
+                                   num_steps=cfg.num_steps, optimizer=cfg.optimizer,
+                                   dtype=cfg.dtype), engine.device,
+                   hint="lower --hidden-size, --num-layers, --batch-size or --num-steps")
     opt = optim.make_optimizer(cfg.optimizer, cfg.lr)
     start_epoch, start_batch, carried, metrics = 0, 0, None, []
     partial = _no_partial()
@@ -253,13 +261,6 @@ def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single,
     else:
         params = engine.from_numpy(init_params(spec, cfg.init, np.random.default_rng([cfg.seed, 0]),
                                                dtype=cfg.dtype))
-        if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            metrics_path.write_text("")
-            # a previous run's files in this folder (a restarted launch must not resume them)
-            for stale in (last_path, best_path, out / "perplexity.png",
-                          out / "grad_norms.png"):
-                stale.unlink(missing_ok=True)
     lm_numpy = lambda: LanguageModel(spec, engine.to_numpy(params), vocab,  # noqa: E731
                                      cfg.normalization, cfg.tokenization)
 
@@ -330,6 +331,8 @@ def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single,
                     norm, after = optim.global_norm(grads), None
                 norms.append((norm, after))
                 opt.step(params, grads)
+                if folder.create():                               # the first step ran: the
+                    metrics_path.write_text("")                   # new run's folder, now
                 tokens = X.size * dist.world_size                 # the global batch's
                 loss_sum = loss_sum + loss * tokens               # on the device: no sync
                 n_tok += tokens

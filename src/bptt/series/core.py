@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import optim
+from .. import memory, optim
 from ..engine import as_numpy, copy_arrays, get_engine
 from ..errors import Diverged, StopFlag
 from ..jsonl import json_line
@@ -42,6 +42,12 @@ def build(cfg) -> tuple[ModelSpec, object, dict, object]:
     ``default_rng([seed, 0])``, optimiser)."""
     spec = regression_spec(cfg.cell, cfg.hidden_size, cfg.num_layers, cfg.nonlinearity)
     engine = get_engine(cfg.engine, spec, device=cfg.device, dtype=cfg.dtype)
+    batch, steps = cfg.batch_shape                     # refused before allocating, if too big
+    memory.require(memory.estimate(spec, batch_size=batch, num_steps=steps,
+                                   optimizer=cfg.optimizer, dtype=cfg.dtype,
+                                   records=cfg.iterations + cfg.forecast_steps), engine.device,
+                   hint="lower --hidden-size, --num-layers, --iterations or --forecast-steps"
+                   + (", --batch-size or --window" if batch > 1 else ""))
     params = engine.from_numpy(init_params(spec, cfg.init, np.random.default_rng([cfg.seed, 0]),
                                            dtype=cfg.dtype))
     return spec, engine, params, optim.make_optimizer(cfg.optimizer, cfg.lr)
@@ -54,18 +60,13 @@ def norm_threshold(cfg) -> float | None:
 
 def check_training_args(iterations: int, lr: float, clip: float | None, clip_mode: str,
                         batch_size: int = 1, log_every: int = 100) -> None:
-    if iterations < 1:
-        raise ValueError(f"expected iterations >= 1, got {iterations}")
-    if not lr > 0:
-        raise ValueError(f"expected lr > 0, got {lr}")
-    if clip is not None and not clip > 0:
-        raise ValueError(f"expected clip > 0 (or none), got {clip}")
+    from .config import SERIES_RANGES
+
+    for name, value in (("iterations", iterations), ("lr", lr), ("clip", clip),
+                        ("batch_size", batch_size), ("log_every", log_every)):
+        SERIES_RANGES[name].check(name, value)             # finite and in range (never NaN)
     if clip_mode not in ("norm", "value"):
         raise ValueError(f"expected clip mode 'norm' or 'value', got {clip_mode!r}")
-    if batch_size < 1:
-        raise ValueError(f"expected batch size >= 1, got {batch_size}")
-    if log_every < 1:
-        raise ValueError(f"expected log_every >= 1, got {log_every}")
 
 
 @dataclass

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import rundir
 from . import core
 from .config import SeriesConfig
 
@@ -101,11 +102,35 @@ def _val_count(n: int, val_frac: float) -> int:
 
 
 def min_length(window: int, val_frac: float) -> int:
-    """The shortest series whose training part holds one window (and has validation)."""
-    n = window
-    while n - _val_count(n, val_frac) < window:
-        n += 1
-    return n
+    """The shortest series whose training part holds one window (and has validation).
+
+    The training part, n - round(val_frac * n), grows by 0 or 1 with each n, so the answer is
+    found by bisection: about 40 steps even for a val_frac a hair below 1 (where it is huge)."""
+    if not 0.0 <= val_frac < 1.0:
+        raise SeriesError(f"expected --val-frac in [0, 1), got {val_frac}")
+    lo, hi = window, max(window, math.ceil((window + 1) / (1.0 - val_frac)) + 1)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if mid - _val_count(mid, val_frac) >= window:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+# Values whose squares, summed over any series (the variance; the MSE in original units is
+# std^2 times the normalised one), stay far inside float64, whose largest value is 1.8e308.
+MAX_ABS_VALUE = 1e140
+
+
+def check_scale(values: np.ndarray, column: str) -> None:
+    """Refuse a series whose scale overflows float64 once squared (its variance, its MSE)."""
+    big = np.flatnonzero(~(np.abs(values) <= MAX_ABS_VALUE))
+    if big.size:
+        i = int(big[0])
+        raise SeriesError(f"expected values of column {column!r} within +-{MAX_ABS_VALUE:g} "
+                          f"(their squares must fit in float64), got {values[i]:g} at data row "
+                          f"{i + 1}; rescale the column (e.g. divide it by a power of 10)")
 
 
 def split_series(values: np.ndarray, val_frac: float, window: int):
@@ -144,23 +169,33 @@ class SeriesResult:
     interrupted: bool = False
 
 
-def train_series(cfg: SeriesConfig, *, log=print) -> SeriesResult:
+def train_series(cfg: SeriesConfig, *, log=print, overwrite: bool = False) -> SeriesResult:
     """Train on ``cfg.csv``'s column; write series_forecast.png, grad_norms.png, metrics.jsonl
-    and last.safetensors (its config holds the normalisation ``mean`` and ``std``)."""
+    and last.safetensors (its config holds the normalisation ``mean`` and ``std``).
+
+    A folder that already holds a run is refused, unless ``overwrite``: the earlier run is then
+    moved aside once training has run (bptt/rundir.py); the folder is locked meanwhile."""
     core.check_training_args(cfg.iterations, cfg.lr, cfg.clip, cfg.clip_mode, cfg.batch_size,
                              cfg.log_every)
     if cfg.forecast_steps < 1:
         raise SeriesError(f"expected --forecast-steps >= 1, got {cfg.forecast_steps}")
+    folder = rundir.RunFolder(cfg.out, verb="series", overwrite=overwrite, log=log)
+    with folder.locked():
+        return _train_series(cfg, log, folder)
+
+
+def _train_series(cfg: SeriesConfig, log, folder: rundir.RunFolder) -> SeriesResult:
     values = read_column(cfg.csv, cfg.column)
     train, val = split_series(values, cfg.val_frac, cfg.window)
     n_train, n_val = len(train), len(val)
+    check_scale(values, cfg.column)
     mean, std = float(train.mean()), float(train.std())
     if not std > 0:
         raise SeriesError(f"column {cfg.column!r}: the training part is constant ({mean:g}), "
                           f"nothing to learn")
     z = (values - mean) / std
     z_train = z[:n_train]
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    folder.check()                                    # --out: a file, or a run not to replace
 
     spec, engine, params, opt = core.build(cfg)
     data_rng = np.random.default_rng([cfg.seed, 1])
@@ -179,6 +214,7 @@ def train_series(cfg: SeriesConfig, *, log=print) -> SeriesResult:
                    clip_mode=cfg.clip_mode, carry_state=cfg.carry_state,
                    log_every=cfg.log_every, log=log,
                    max_loss=core.DIVERGED_MSE_FACTOR * float(np.mean(z_train[1:] ** 2)))
+    folder.create()                                   # trained: now the run folder
     config = {"kind": "series", **cfg.to_dict(), "mean": mean, "std": std,
               "n_train": n_train, "n_val": n_val}
     core.check_stopped(run, cfg, Path(cfg.out), spec, engine, params, opt, config, log)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import rundir
 from . import core
 from .config import SineConfig
 
@@ -93,16 +94,25 @@ def _check(cfg: SineConfig) -> None:
                              log_every=cfg.log_every)
 
 
-def train_sine(cfg: SineConfig | None = None, *, log=print, **overrides) -> SineResult:
+def train_sine(cfg: SineConfig | None = None, *, log=print, overwrite: bool = False,
+               **overrides) -> SineResult:
     """Run the seed's sine experiment per ``cfg`` (fields overridable by keyword); write
-    sine_fit.png, sine_forecast.png, grad_norms.png, last.safetensors and metrics.jsonl."""
+    sine_fit.png, sine_forecast.png, grad_norms.png, last.safetensors and metrics.jsonl.
+
+    A folder that already holds a run is refused, unless ``overwrite``: the earlier run is then
+    moved aside once training has run (bptt/rundir.py); the folder is locked meanwhile."""
     cfg = cfg or SineConfig()
     if overrides:
         cfg = SineConfig(**{**cfg.to_dict(), **overrides})
     _check(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = rundir.RunFolder(cfg.out, verb="sine", overwrite=overwrite, log=log)
+    with folder.locked():
+        folder.check()
+        return _train_sine(cfg, log, folder)
 
+
+def _train_sine(cfg: SineConfig, log, folder: rundir.RunFolder) -> SineResult:
+    out = Path(cfg.out)
     spec, engine, params, opt = core.build(cfg)
     data_rng = np.random.default_rng([cfg.seed, 1])
     starts: list[int] = []
@@ -122,6 +132,7 @@ def train_sine(cfg: SineConfig | None = None, *, log=print, **overrides) -> Sine
                    clip_mode=cfg.clip_mode, carry_state=cfg.carry_state,
                    log_every=cfg.log_every, log=log,
                    max_loss=core.DIVERGED_MSE_FACTOR * float(np.mean(targets ** 2)))
+    folder.create()                                   # trained: now the run folder
     config = {"kind": "sine", **cfg.to_dict()}
     core.check_stopped(run, cfg, out, spec, engine, params, opt, config, log)
     final_mse = float(run.losses[-cfg.log_every:].mean())
