@@ -25,9 +25,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import checkpoint as ck
     from ..data import load_corpus, resolve
     from ..engine import get_engine
-    from ..lm import checkpoint as ck
     from ..lm.evaluate import evaluate_tokens
     from ..lm.generate import LanguageModel
 

@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lm import checkpoint as ck
+    from .. import checkpoint as ck
     from ..lm.generate import LanguageModel, generate
 
     if args.num_samples < 1:

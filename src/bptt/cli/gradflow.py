@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .. import gradflow as gf
-    from ..series.plots import plot_gradflow
+    from ..plot import plot_gradflow
 
     if args.steps < 1 or args.batch < 1:
         raise ValueError(f"expected --steps >= 1 and --batch >= 1, got {args.steps} and "
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and args.demo:
         raise ValueError("expected a checkpoint or --demo, got both")
     if args.checkpoint is not None:
-        from ..lm import checkpoint as ck
+        from .. import checkpoint as ck
 
         ckpt = ck.load(args.checkpoint, prefer="last")
         flows = [gf.from_checkpoint(ckpt, args.steps, args.batch, args.seed)]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import Vocab
-from ..model import ModelSpec, check_params
+from .data import Vocab
+from .model import ModelSpec, check_params
 
 FORMAT, VERSION = "bptt.checkpoint", 1
 
