@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cells import CELL_NAMES, NONLINEARITIES
 from ..lm.config import RECIPES, TrainConfig
 from ..lm.distributed import DEFAULT_TIMEOUT as DIST_TIMEOUT
+from ..optim import OPTIMIZER_NAMES
 
 _D = TrainConfig()
 
@@ -48,10 +50,10 @@ def _none_or(kind):
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--cell", choices=["rnn", "lstm", "gru"], default=_D.cell)
+    g.add_argument("--cell", choices=CELL_NAMES, default=_D.cell)
     g.add_argument("--hidden-size", type=int, default=_D.hidden_size)
     g.add_argument("--num-layers", type=int, default=_D.num_layers)
-    g.add_argument("--nonlinearity", choices=["tanh", "relu"], default=_D.nonlinearity)
+    g.add_argument("--nonlinearity", choices=NONLINEARITIES, default=_D.nonlinearity)
     g.add_argument("--dropout", type=float, default=_D.dropout,
                    help="between stacked layers, training only")
     g.add_argument("--init", choices=["torch", "d2l"], default=_D.init,
@@ -95,7 +97,7 @@ def register(sub) -> None:
     g.add_argument("--num-steps", type=int, default=_D.num_steps)
     g.add_argument("--partition", choices=["sequential", "random"], default=_D.partition)
     g.add_argument("--epochs", type=int, default=_D.epochs)
-    g.add_argument("--optimizer", choices=["sgd", "adam", "adagrad"], default=_D.optimizer)
+    g.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=_D.optimizer)
     g.add_argument("--lr", type=float, default=_D.lr)
     g.add_argument("--clip", type=_none_or(float), default=_D.clip, help="'none' disables")
     g.add_argument("--clip-mode", choices=["norm", "value"], default=_D.clip_mode)
