@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bptt.lm import checkpoint as ck
+from bptt import checkpoint as ck
 from bptt.lm import distributed
 from bptt.lm import train as train_mod
 from bptt.lm.train import train

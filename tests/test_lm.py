@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from bptt import checkpoint as ck
 from bptt.data import DataError, Vocab
 from bptt.engine.numpy.model import NumpyEngine
-from bptt.lm import checkpoint as ck
 from bptt.lm import train as train_mod
 from bptt.lm.evaluate import evaluate_tokens
 from bptt.lm.generate import LanguageModel, generate

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import re
 
+from ..cells import CELL_NAMES, NONLINEARITIES
+from ..optim import OPTIMIZER_NAMES
 from ..ranges import Range
 
 # cpu, cuda, cuda:N, mps: the devices the torch engines know (checked for presence when used).
@@ -76,19 +78,19 @@ def add_engine_flags(group, default: str = "numpy") -> None:
 def add_cell_flags(group, d, ranges: dict) -> None:
     """``--cell``, ``--hidden-size``, ``--num-layers``, ``--nonlinearity``: defaults from the
     settings dataclass ``d``, ranges from the job's table."""
-    group.add_argument("--cell", choices=["rnn", "lstm", "gru"], default=d.cell,
+    group.add_argument("--cell", choices=CELL_NAMES, default=d.cell,
                        help="recurrent cell")
     add_number(group, "--hidden-size", ranges["hidden_size"], default=d.hidden_size,
                help="hidden units per layer")
     add_number(group, "--num-layers", ranges["num_layers"], default=d.num_layers,
                help="stacked recurrent layers")
-    group.add_argument("--nonlinearity", choices=["tanh", "relu"], default=d.nonlinearity,
+    group.add_argument("--nonlinearity", choices=NONLINEARITIES, default=d.nonlinearity,
                        help="rnn cell only")
 
 
 def add_optimizer_flags(group, d, ranges: dict) -> None:
     """``--optimizer``, ``--lr``, ``--clip``, ``--clip-mode``."""
-    group.add_argument("--optimizer", choices=["sgd", "adam", "adagrad"], default=d.optimizer,
+    group.add_argument("--optimizer", choices=OPTIMIZER_NAMES, default=d.optimizer,
                        help="optimiser")
     add_number(group, "--lr", ranges["lr"], default=d.lr, help="learning rate")
     add_number(group, "--clip", ranges["clip"], default=d.clip,

@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lm import checkpoint as ck
+    from .. import checkpoint as ck
     from ..lm.config import TrainConfig
     from ..lm.generate import LanguageModel, generate
     from ..lm.train import Diverged, train

@@ -31,9 +31,9 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .. import checkpoint as ck
     from ..data import load_corpus, resolve
     from ..engine import get_engine
-    from ..lm import checkpoint as ck
     from ..lm.evaluate import evaluate_tokens
     from ..lm.generate import LanguageModel
     from ..memory import estimate, require

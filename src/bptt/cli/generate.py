@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lm import checkpoint as ck
+    from .. import checkpoint as ck
     from ..lm.generate import LanguageModel, generate
 
     model = LanguageModel.from_checkpoint(ck.load(args.checkpoint))

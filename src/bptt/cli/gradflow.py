@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..cells import CELL_NAMES, NONLINEARITIES, get_cell
 from ..ranges import COUNT, FINITE, POSITIVE, SEED
 from .argtypes import HelpFormatter, add_number
 
@@ -22,9 +23,9 @@ def register(sub) -> None:
     p.add_argument("--demo", action="store_true",
                    help="vanishing (tanh, rho(W_hh) 0.5), exploding (relu, nonnegative W_hh at "
                    "rho 1.5), LSTM (forget bias 1) and GRU side by side")
-    p.add_argument("--cell", choices=["rnn", "lstm", "gru", "all"], default="all",
+    p.add_argument("--cell", choices=[*CELL_NAMES, "all"], default="all",
                    help="fresh models: which cells (rnn: both tanh and relu)")
-    p.add_argument("--nonlinearity", choices=["tanh", "relu", "both"], default="both",
+    p.add_argument("--nonlinearity", choices=[*NONLINEARITIES, "both"], default="both",
                    help="fresh rnn models: which nonlinearity")
     add_number(p, "--steps", COUNT, default=50, help="sequence length T (largest lag)")
     add_number(p, "--batch", COUNT, default=4,
@@ -46,15 +47,15 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import gradflow as gf
     from ..memory import require
+    from ..plot import plot_gradflow
     from ..rundir import check_output_folder
-    from ..series.plots import plot_gradflow
 
     if args.checkpoint is not None and args.demo:
         raise ValueError("expected a checkpoint or --demo, got both")
     out = check_output_folder(args.out)               # before any work
     hint = "lower --hidden-size, --steps or --batch"
     if args.checkpoint is not None:
-        from ..lm import checkpoint as ck
+        from .. import checkpoint as ck
 
         ckpt = ck.load(args.checkpoint, prefer="last")
         require(gf.memory_estimate(ckpt.spec.cell, ckpt.spec.hidden_size, ckpt.spec.input_size,
@@ -75,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
                                  args.seed, cells=cells, radius=args.radius,
                                  forget_bias=args.forget_bias)
         if args.nonlinearity != "both":
-            flows = [f for f in flows if f.cell != "rnn" or f.nonlinearity == args.nonlinearity]
+            flows = [f for f in flows if not get_cell(f.cell).takes_nonlinearity
+                     or f.nonlinearity == args.nonlinearity]
         title = ""
     print("||dh_T/dh_t||_2 by lag k = T - t (geometric mean over "
           f"{args.batch} random sequences; rho(W), ||W||: the largest over W_hh's gate blocks)")

@@ -156,7 +156,7 @@ def resume_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     from dataclasses import replace
     from pathlib import Path
 
-    from ..lm import checkpoint as ck
+    from .. import checkpoint as ck
     from ..lm.distributed import is_main
 
     last = Path(cfg.out) / "last.safetensors"

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import Vocab
-from ..model import ModelSpec, check_params
+from .data import Vocab
+from .model import ModelSpec, check_params
 
 FORMAT, VERSION = "bptt.checkpoint", 2
 READS = (1, 2)          # version 1: written before the tensors' digests; loads unverified
