@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/bptt demo
+	$(BIN)/bptt demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -90,10 +90,11 @@ def hello_corpus(make_corpus) -> Path:
 
 
 def tiny_config(data: str | Path, out: str | Path, **overrides) -> TrainConfig:
-    """A small, fast, quiet configuration: H=16, batches of 4 x 10, Adam, 4 epochs."""
+    """A small, fast, quiet configuration: H=16, batches of 4 x 10, Adam, 4 epochs, the book's
+    d2l normalisation (which a user's file no longer gets by default)."""
     base = dict(data=str(data), out=str(out), hidden_size=16, batch_size=4, num_steps=10,
                 epochs=4, optimizer="adam", lr=0.02, clip=1.0, sample_every=0,
-                progress="log", seed=0)
+                progress="log", seed=0, normalization="d2l")
     base.update(overrides)
     return TrainConfig(**base)
 

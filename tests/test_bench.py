@@ -266,7 +266,7 @@ def test_package_reexports_the_public_names_lazily():
                 module, attr = bptt._LAZY[name]
                 assert value is getattr(importlib.import_module(module), attr), name
         assert bptt.train.__module__ == "bptt.lm.train"
-        assert bptt.load_checkpoint.__module__ == "bptt.lm.checkpoint"
+        assert bptt.load_checkpoint.__module__ == "bptt.checkpoint"
         assert sorted(bptt.__all__) == sorted(set(bptt.__all__))
         assert set(bptt.__all__) <= set(dir(bptt))
         assert "torch" not in sys.modules and "matplotlib" not in sys.modules

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bptt import checkpoint as ck
 from bptt.data import sha1_of
-from bptt.lm import checkpoint as ck
 from bptt.lm.train import train
 from conftest import HELLO, bptt_command, quiet, subprocess_env, tiny_config
 

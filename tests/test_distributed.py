@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bptt.lm import checkpoint as ck
+from bptt import checkpoint as ck
 from bptt.lm import distributed
 from bptt.lm import train as train_mod
 from bptt.lm.train import train
@@ -287,7 +287,7 @@ def test_torchrun_max_restarts_resumes_the_run_from_its_last_checkpoint(tmp_path
 def test_a_restart_before_the_first_checkpoint_starts_afresh(tmp_path, corpus, cli,
                                                              monkeypatch):
     """An attempt that dies before its first checkpoint leaves no checkpoint behind, not even
-    an earlier run's from the same folder (a fresh start removes it), so the restart trains
+    an earlier run's from the same folder (--overwrite moved it aside), so the restart trains
     this run from the start instead of resuming another."""
     out = tmp_path / "run"
     assert cli(*train_args(corpus, out, epochs=1, hidden_size=8)).rc == 0    # an earlier run
@@ -299,13 +299,16 @@ def test_a_restart_before_the_first_checkpoint_starts_afresh(tmp_path, corpus, c
 
     monkeypatch.setattr(train_mod, "StopFlag", lambda: DiesAtOnce(0))
     with pytest.raises(RuntimeError, match="killed"):
-        cli(*train_args(corpus, out, epochs=1))                             # attempt 0 dies
+        cli(*train_args(corpus, out, epochs=1), "--overwrite")              # attempt 0 dies
     assert not (out / "last.safetensors").exists()
     monkeypatch.undo()
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    ran = cli(*train_args(corpus, out, epochs=1))
+    ran = cli(*train_args(corpus, out, epochs=1), "--overwrite")
     assert ran.rc == 0 and "resuming" not in ran.err, ran.err
     assert ck.load(out / "last.safetensors").spec.hidden_size == 16
+    earlier = [ck.load(p / "last.safetensors").spec.hidden_size
+               for p in tmp_path.glob("run.previous-*") if (p / "last.safetensors").exists()]
+    assert earlier == [8]                                                   # kept, aside
 
 
 # -- failures: a dead or hung rank, a bad launch -------------------------------------------------

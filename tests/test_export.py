@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bptt import checkpoint as ck
 from bptt.data import Vocab
 from bptt.export import Exportable, export_model
 from bptt.export.write import reference
-from bptt.lm import checkpoint as ck
 from bptt.model import ModelSpec, init_params
 from conftest import subprocess_env
 

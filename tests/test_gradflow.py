@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from bptt import checkpoint as ck
 from bptt import gradflow as gf
 from bptt import optim
-from bptt.lm import checkpoint as ck
 from bptt.model import ModelSpec, init_params
 from conftest import run_cli
 
@@ -239,7 +239,7 @@ def test_clip_value_bounds_every_element(grads, c):
 
 # -- the gradient-norm plot ------------------------------------------------------------------------
 def test_plot_grad_norms_from_trainer_records(tmp_path):
-    from bptt.series.plots import plot_grad_norms, read_step_records
+    from bptt.plot import plot_grad_norms, read_step_records
 
     rng = np.random.default_rng(0)
     lines = []
@@ -255,7 +255,7 @@ def test_plot_grad_norms_from_trainer_records(tmp_path):
     assert len(records) == 80
     png = plot_grad_norms(records, tmp_path / "norms.png")
     assert png.stat().st_size > 10_000
-    from bptt.series.plots import _infer_threshold
+    from bptt.plot import _infer_threshold
 
     assert _infer_threshold(records) == 1.0
     with pytest.raises(ValueError):

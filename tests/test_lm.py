@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from bptt import checkpoint as ck
 from bptt.data import DataError, Vocab
 from bptt.engine.numpy.model import NumpyEngine
-from bptt.lm import checkpoint as ck
 from bptt.lm import train as train_mod
 from bptt.lm.evaluate import evaluate_tokens
 from bptt.lm.generate import LanguageModel, generate
@@ -406,7 +406,7 @@ def test_training_text_has_low_perplexity_and_bits_are_log2(hello_run):
     assert result["perplexity"] < 1.2
     assert result["bits_per_token"] == pytest.approx(math.log2(result["perplexity"]), rel=1e-9)
     assert result["loss"] == pytest.approx(math.log(result["perplexity"]), rel=1e-9)
-    assert result["tokens"] == (ids.size - 1) // 4 * 4
+    assert result["tokens"] == ids.size - 1          # every token but the first, none dropped
     # shuffled text is far less predictable
     shuffled = np.random.default_rng(0).permutation(ids)
     worse = evaluate_tokens(engine, engine.from_numpy(model.params), shuffled, 4, 10)
@@ -521,10 +521,14 @@ def test_a_fresh_run_replaces_a_previous_runs_best(tmp_path, hello_corpus):
     train(tiny_config(hello_corpus, run, epochs=2), log=quiet)
     assert (run / "best.safetensors").exists()
     with pytest.raises(Diverged):
-        train(tiny_config(hello_corpus, run, optimizer="sgd", lr=1e6, clip=None), log=quiet)
+        train(tiny_config(hello_corpus, run, optimizer="sgd", lr=1e6, clip=None),
+              overwrite=True, log=quiet)
     # the folder now belongs to the new run: no stale best from the old one
     assert sorted(p.name for p in run.iterdir()) == ["last.safetensors", "metrics.jsonl"]
     assert read_metrics(run) == []
+    (earlier,) = tmp_path.glob("run.previous-*")               # moved aside, whole
+    assert (earlier / "best.safetensors").exists()
+    assert [m["epoch"] for m in read_metrics(earlier) if m["kind"] == "epoch"] == [1, 2]
 
 
 @pytest.mark.skipif(os.name == "nt", reason="signals")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bptt.lm import checkpoint as ck
+from bptt import checkpoint as ck
 from bptt.series import SineConfig, core, read_column, sine_window, split_series, train_sine
 from bptt.series.csvseries import SeriesError, min_length
 from conftest import StopAfter, bptt_command, run_cli, subprocess_env

@@ -24,16 +24,17 @@ _LAZY = {
                                       "clip_grad_norm_", "clip_grad_value_", "global_norm")},
     # data
     **{n: ("bptt.data", n) for n in ("Vocab", "load_corpus", "DataError")},
-    # the language model: train, checkpoints, generate, evaluate
+    # the language model: train, generate, evaluate
     "TrainConfig": ("bptt.lm.config", "TrainConfig"),
     "train": ("bptt.lm.train", "train"),
     "LanguageModel": ("bptt.lm.generate", "LanguageModel"),
     "generate": ("bptt.lm.generate", "generate"),
     "evaluate_tokens": ("bptt.lm.evaluate", "evaluate_tokens"),
-    "Checkpoint": ("bptt.lm.checkpoint", "Checkpoint"),
-    "CheckpointError": ("bptt.lm.checkpoint", "CheckpointError"),
-    "load_checkpoint": ("bptt.lm.checkpoint", "load"),
-    "save_checkpoint": ("bptt.lm.checkpoint", "save"),
+    # what every training job shares: checkpoints, the divergence stop
+    "Checkpoint": ("bptt.checkpoint", "Checkpoint"),
+    "CheckpointError": ("bptt.checkpoint", "CheckpointError"),
+    "load_checkpoint": ("bptt.checkpoint", "load"),
+    "save_checkpoint": ("bptt.checkpoint", "save"),
     "Diverged": ("bptt.errors", "Diverged"),
     # sequence regression
     **{n: ("bptt.series", n) for n in ("SineConfig", "SeriesConfig", "train_sine",

@@ -179,6 +179,19 @@ def jacobians(cell: str, lp: dict, x: np.ndarray, state0=None,
     return out
 
 
+def memory_estimate(cell: str, hidden_size: int, input_size: int, steps: int, batch: int):
+    """What :func:`jacobians` needs at its peak (a ``bptt.memory.Estimate``): the forward and
+    backward of B*H copies over up to T steps, and the Jacobians kept, (T+1, B, H, H) (twice
+    for the LSTM)."""
+    from .memory import estimate
+
+    spec = ModelSpec(cell=cell, input_size=input_size, hidden_size=hidden_size, output_size=1,
+                     task="regression")
+    est = estimate(spec, batch_size=batch * hidden_size, num_steps=steps, dtype="float64")
+    est.device["jacobians"] = 2 * (steps + 1) * batch * hidden_size ** 2 * 8
+    return est
+
+
 def spectral_norms(J: np.ndarray) -> np.ndarray:
     """Largest singular value of every matrix in a stack (..., m, n)."""
     return np.linalg.svd(J, compute_uv=False)[..., 0]

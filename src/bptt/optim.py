@@ -3,7 +3,12 @@
 They work unchanged on NumPy arrays and torch tensors (CPU or CUDA): only arithmetic operators
 and in-place updates are used, so every engine takes bit-for-bit the same kind of step, and a
 torch engine never synchronises with the host to clip or to step.
-Optimiser state is a flat dict of arrays too, so checkpoints store it in safetensors.
+Optimiser state is a flat dict of arrays too (and Python numbers, such as Adam's step count), so
+checkpoints store it in safetensors (bptt/training.py splits it).
+
+Adding an optimiser: a dataclass here with ``lr``, ``state`` and ``step(params, grads)``, and
+its entry in :data:`OPTIMIZERS`; ``--optimizer`` of ``bptt train``, ``sine`` and ``series`` lists
+those names. Importing this module loads neither NumPy nor torch (the command line reads it).
 """
 
 from __future__ import annotations
@@ -13,8 +18,6 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
-
 Arrays = Mapping[str, object]
 
 
@@ -23,10 +26,10 @@ def _is_numpy(x) -> bool:
 
 
 def _eps(x) -> float:
-    """Machine epsilon of an array's or tensor's dtype (torch is already loaded for a tensor)."""
-    if _is_numpy(x):
-        return float(np.finfo(x.dtype).eps)
-    return float(sys.modules["torch"].finfo(x.dtype).eps)
+    """Machine epsilon of an array's or tensor's dtype (NumPy, or torch, is already loaded for
+    its array)."""
+    module = "numpy" if _is_numpy(x) else "torch"
+    return float(sys.modules[module].finfo(x.dtype).eps)
 
 
 def _sqrt(x):
@@ -127,10 +130,14 @@ class Adagrad:
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adagrad": Adagrad}
+"""Every optimiser by its ``--optimizer`` name."""
+
+OPTIMIZER_NAMES: tuple[str, ...] = tuple(OPTIMIZERS)
 
 
 def make_optimizer(name: str, lr: float):
-    """An optimiser by name: 'sgd', 'adam' or 'adagrad'."""
+    """An optimiser by name: one of :data:`OPTIMIZER_NAMES` ('sgd', 'adam', 'adagrad')."""
     if name not in OPTIMIZERS:
-        raise ValueError(f"expected optimizer 'sgd', 'adam' or 'adagrad', got {name!r}")
+        *first, last = (repr(n) for n in OPTIMIZER_NAMES)
+        raise ValueError(f"expected optimizer {', '.join(first)} or {last}, got {name!r}")
     return OPTIMIZERS[name](lr=lr)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from contextlib import contextmanager
 
 from ..errors import Diverged, MissingExtra
 
@@ -23,8 +25,21 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (no usage block): ``bptt VERB: error: ...``.
+    A flag's own check (``bptt.cli.argtypes``) already names the setting, so argparse's
+    ``argument --flag:`` prefix is dropped from it."""
+
+    def error(self, message: str):
+        head, sep, rest = message.partition(": ")
+        dest = head.removeprefix("argument ").split("/")[-1].lstrip("-").replace("-", "_")
+        if sep and head.startswith("argument --") and rest.startswith(f"expected {dest} "):
+            message = rest
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bptt",
         description="Recurrent networks with hand-derived backpropagation through time.",
     )
@@ -38,11 +53,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def one_line_warnings(verb: str):
+    """Warnings (ours, NumPy's, torch's) printed as ``bptt VERB: warning: ...``, each once, by
+    the process that reports (rank 0 under torchrun)."""
+    from ..lm.distributed import ConfigError, is_main
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        try:
+            main = is_main()
+        except ConfigError:
+            main = True
+        if main:
+            print(f"bptt {verb}: warning: {text}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
+
+
+def _one_line(e: BaseException) -> str:
+    """An error as one line; an OSError from the system as ``PATH: what happened``."""
+    if isinstance(e, OSError) and type(e).__str__ is OSError.__str__ and e.strerror:
+        where = f"{e.filename}: " if e.filename is not None else ""
+        return f"{where}{e.strerror}"
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with one_line_warnings(args.verb):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("bptt: interrupted", file=sys.stderr)
         return 130
@@ -50,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bptt {args.verb}: error: {e}", file=sys.stderr)
         return 3
     except (CLIError, ValueError, OSError, MissingExtra) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"bptt {args.verb}: error: {message}", file=sys.stderr)
+        print(f"bptt {args.verb}: error: {_one_line(e)}", file=sys.stderr)
         return 2
 
 

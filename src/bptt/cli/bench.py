@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..ranges import COUNT, POSITIVE
+from .argtypes import RawHelpFormatter, add_number
+
 EPILOG = """\
 subjects (rows):
   numpy, torch, torch-autograd, torch-builtin   our engines (torch-bf16: the torch engine with
@@ -46,7 +49,7 @@ def register(sub) -> None:
         description="Benchmark every engine against torch.nn.RNN and the book's model: "
         "training tokens/s, single-stream generation characters/s and peak memory, in "
         "the configurations book, small, large and long; print a table, optionally write JSON.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=RawHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="a tiny version of everything (seconds; what CI runs)")
     p.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON")
@@ -56,14 +59,14 @@ def register(sub) -> None:
                    help=f"comma-separated, among {','.join(SUBJECTS)} (default: all)")
     p.add_argument("--parts", type=_names(PARTS), default=PARTS,
                    help="comma-separated, among train,generate,memory (default: all)")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 7; "
-                   "quick 3)")
-    p.add_argument("--seconds", type=float, default=None,
-                   help="length of one timed training block (default 0.4)")
-    p.add_argument("--gen-chars", type=int, default=None,
-                   help="characters per generation block (default 300)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch and BLAS threads per worker (default: every core; quick: 1)")
+    add_number(p, "--repeats", COUNT, default=None,
+               help="interleaved rounds (default: 7; quick: 3)")
+    add_number(p, "--seconds", POSITIVE, default=None,
+               help="length of one timed training block (default: 0.4)")
+    add_number(p, "--gen-chars", COUNT, default=None,
+               help="characters per generation block (default: 300)")
+    add_number(p, "--threads", COUNT, default=None,
+               help="torch and BLAS threads per worker (default: every core; quick: 1)")
     p.set_defaults(func=run)
 
 
@@ -74,14 +77,11 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.report import format_table
     from ..bench.settings import BenchSettings
     from ..errors import MissingExtra, has_module
-    from . import CLIError
 
     kw = {"configs": args.configs, "subjects": args.subjects, "parts": args.parts}
     for name in ("repeats", "seconds", "gen_chars", "threads"):
         value = getattr(args, name)
-        if value is not None:
-            if value <= 0:
-                raise CLIError(f"expected --{name.replace('_', '-')} > 0, got {value}")
+        if value is not None:               # checked where parsed (argtypes)
             kw[name] = value
     needs_torch = [s for s in args.subjects if s != "numpy"]
     if needs_torch and not has_module("torch"):

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..cells import CELL_NAMES
+from .argtypes import RawHelpFormatter
 
 EPILOG = """\
 what is compared:
@@ -57,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "differences; print the table of maximum relative errors."
         ),
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawHelpFormatter,
     )
     p.add_argument("--quick", action="store_true",
                    help="a small set of rows (about ten) instead of the full table")

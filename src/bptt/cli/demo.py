@@ -5,17 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..ranges import COUNT
+from .argtypes import HelpFormatter, add_number, add_overwrite_flag
+
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="train briefly on The Time Machine and continue a prefix",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=100)
+                       description="The book's data and model with Adam: train, plot, "
+                       "checkpoint, continue 'time traveller'.",
+                       formatter_class=HelpFormatter)
+    p.add_argument("--out", default="runs/demo", help="run folder")
+    add_number(p, "--epochs", COUNT, default=100, help="passes over the 10,000 characters")
+    add_overwrite_flag(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lm import checkpoint as ck
+    from .. import checkpoint as ck
     from ..lm.config import TrainConfig
     from ..lm.generate import LanguageModel, generate
     from ..lm.train import Diverged, train
@@ -26,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data="timemachine", max_tokens=10_000, hidden_size=512, epochs=args.epochs,
                       optimizer="adam", lr=0.003, out=args.out, sample_every=25)
     try:
-        result = train(cfg)
+        result = train(cfg, overwrite=args.overwrite)
     except Diverged as e:
         print(f"bptt demo: error: {e}", file=sys.stderr)
         return 3

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .argtypes import RawHelpFormatter
+
 EPILOG = """\
 the file:
   inputs   tokens (B, T) int64 (a regression model: inputs (B, T, I) float32), and the
@@ -27,7 +29,7 @@ def register(sub) -> None:
         "export", help="write a trained model as a TorchScript or ONNX file",
         description="Export a run's model (input, recurrent stack, head) as a file that plain "
         "torch (TorchScript) or onnxruntime (ONNX) runs with no bptt installed.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=RawHelpFormatter)
     p.add_argument("checkpoint", help="a run folder (best, else last) or a .safetensors file")
     p.add_argument("--format", required=True, choices=["torchscript", "onnx"],
                    help="torchscript (needs bptt[torch]) or onnx (needs bptt[export])")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..cells import CELL_NAMES, NONLINEARITIES, get_cell
+from ..ranges import COUNT, FINITE, POSITIVE, SEED
+from .argtypes import HelpFormatter, add_number
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -13,58 +17,67 @@ def register(sub) -> None:
         "cells, plus the spectral radius and singular values of W_hh; for a checkpoint, for "
         "fresh models of every cell on the same random inputs, or (--demo) vanishing vs "
         "exploding vs LSTM. Prints a table and writes gradflow.png (and gradflow.json).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("checkpoint", nargs="?", default=None,
                    help="a run folder or .safetensors file (its layer 0); none: fresh models")
     p.add_argument("--demo", action="store_true",
                    help="vanishing (tanh, rho(W_hh) 0.5), exploding (relu, nonnegative W_hh at "
                    "rho 1.5), LSTM (forget bias 1) and GRU side by side")
-    p.add_argument("--cell", choices=["rnn", "lstm", "gru", "all"], default="all",
+    p.add_argument("--cell", choices=[*CELL_NAMES, "all"], default="all",
                    help="fresh models: which cells (rnn: both tanh and relu)")
-    p.add_argument("--nonlinearity", choices=["tanh", "relu", "both"], default="both",
+    p.add_argument("--nonlinearity", choices=[*NONLINEARITIES, "both"], default="both",
                    help="fresh rnn models: which nonlinearity")
-    p.add_argument("--steps", type=int, default=50, help="sequence length T (largest lag)")
-    p.add_argument("--batch", type=int, default=4,
-                   help="random sequences (norms: geometric mean, plot band: min-max)")
-    p.add_argument("--hidden-size", type=int, default=32, help="fresh models")
-    p.add_argument("--input-size", type=int, default=4, help="fresh models")
-    p.add_argument("--radius", type=float, default=None,
-                   help="fresh models: rescale every gate block of W_hh to this spectral radius")
-    p.add_argument("--forget-bias", type=float, default=None,
-                   help="fresh LSTM: the forget gate's bias (e.g. 1)")
-    p.add_argument("--seed", type=int, default=0)
+    add_number(p, "--steps", COUNT, default=50, help="sequence length T (largest lag)")
+    add_number(p, "--batch", COUNT, default=4,
+               help="random sequences (norms: geometric mean, plot band: min-max)")
+    add_number(p, "--hidden-size", COUNT, default=32, help="fresh models")
+    add_number(p, "--input-size", COUNT, default=4, help="fresh models")
+    add_number(p, "--radius", POSITIVE, default=None,
+               help="fresh models: rescale every gate block of W_hh to this spectral radius "
+               "(default: as initialised)")
+    add_number(p, "--forget-bias", FINITE, default=None,
+               help="fresh LSTM: the forget gate's bias, e.g. 1 (default: as initialised)")
+    add_number(p, "--seed", SEED, default=0, help="seed of the weights and inputs")
     p.add_argument("--out", default="runs/gradflow", help="folder for gradflow.png/.json")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from .. import gradflow as gf
-    from ..series.plots import plot_gradflow
+    from ..memory import require
+    from ..plot import plot_gradflow
+    from ..rundir import check_output_folder
 
-    if args.steps < 1 or args.batch < 1:
-        raise ValueError(f"expected --steps >= 1 and --batch >= 1, got {args.steps} and "
-                         f"{args.batch}")
     if args.checkpoint is not None and args.demo:
         raise ValueError("expected a checkpoint or --demo, got both")
+    out = check_output_folder(args.out)               # before any work
+    hint = "lower --hidden-size, --steps or --batch"
     if args.checkpoint is not None:
-        from ..lm import checkpoint as ck
+        from .. import checkpoint as ck
 
         ckpt = ck.load(args.checkpoint, prefer="last")
+        require(gf.memory_estimate(ckpt.spec.cell, ckpt.spec.hidden_size, ckpt.spec.input_size,
+                                   args.steps, args.batch), hint="lower --steps or --batch")
         flows = [gf.from_checkpoint(ckpt, args.steps, args.batch, args.seed)]
         title = f"gradient flow of {args.checkpoint} (layer 0)"
     elif args.demo:
+        require(gf.memory_estimate("lstm", args.hidden_size, args.input_size, args.steps,
+                                   args.batch), hint=hint)
         flows = gf.demo(args.steps, args.batch, args.hidden_size, args.input_size, args.seed)
         title = "vanishing vs exploding vs gated cells (dashed: RNN bound ||W_hh||^k)"
     else:
         cells = None if args.cell == "all" else {args.cell}
+        require(gf.memory_estimate("lstm" if args.cell == "all" else args.cell,
+                                   args.hidden_size, args.input_size, args.steps, args.batch),
+                hint=hint)
         flows = gf.compare_cells(args.steps, args.batch, args.hidden_size, args.input_size,
                                  args.seed, cells=cells, radius=args.radius,
                                  forget_bias=args.forget_bias)
         if args.nonlinearity != "both":
-            flows = [f for f in flows if f.cell != "rnn" or f.nonlinearity == args.nonlinearity]
+            flows = [f for f in flows if not get_cell(f.cell).takes_nonlinearity
+                     or f.nonlinearity == args.nonlinearity]
         title = ""
     print("||dh_T/dh_t||_2 by lag k = T - t (geometric mean over "
           f"{args.batch} random sequences; rho(W), ||W||: the largest over W_hh's gate blocks)")
@@ -81,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
             lags = gf.table_lags(args.steps)
             print(f"{f.label}: ||dh_T/d(h_t, c_t)||_2 (c_t path included): "
                   + " ".join(f"k={k} {typ[k]:.2e}" for k in lags))
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     png = plot_gradflow(flows, out / "gradflow.png", title=title)
     (out / "gradflow.json").write_text(json.dumps([f.to_dict() for f in flows]) + "\n")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..series.config import SeriesConfig
+from ..series.config import SERIES_RANGES, SeriesConfig
+from .argtypes import HelpFormatter, add_number
 from .sine import add_regression_args
 
 _D = SeriesConfig()
@@ -16,17 +17,19 @@ def register(sub) -> None:
         description="A contiguous train/validation split in time, normalisation by the "
         "training part's mean and std, windows sampled from the training part; reports the "
         "validation MSE (original and normalised units) and writes series_forecast.png, "
-        "grad_norms.png, metrics.jsonl and last.safetensors into --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "grad_norms.png, metrics.jsonl and last.safetensors into --out (a folder holding a "
+        "run is refused without --overwrite).",
+        formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--csv", required=True, help="a CSV file with a header row")
     g.add_argument("--column", required=True, help="the column to model, by header name")
-    g.add_argument("--window", type=int, default=_D.window,
-                   help="points per training window")
-    g.add_argument("--val-frac", type=float, default=_D.val_frac,
-                   help="the last fraction of the series, held out for validation")
-    g.add_argument("--batch-size", type=int, default=_D.batch_size)
-    add_regression_args(p, _D)
+    add_number(g, "--window", SERIES_RANGES["window"], default=_D.window,
+               help="points per training window")
+    add_number(g, "--val-frac", SERIES_RANGES["val_frac"], default=_D.val_frac,
+               help="the last fraction of the series, held out for validation")
+    add_number(g, "--batch-size", SERIES_RANGES["batch_size"], default=_D.batch_size,
+               help="windows per training step")
+    add_regression_args(p, _D, SERIES_RANGES)
     p.add_argument("--carry-state", action="store_true",
                    help="carry the hidden state (detached) from one batch of windows to the next")
     p.set_defaults(func=run)
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         carry_state=args.carry_state, engine=args.engine, device=args.device, dtype=args.dtype,
         seed=args.seed, out=args.out, log_every=args.log_every,
         forecast_steps=args.forecast_steps)
-    r = train_series(cfg)
+    r = train_series(cfg, overwrite=args.overwrite)
     print(f"training one-step mse {r.train_mse:.4g} (original units)")
     if r.n_val:
         print(f"validation one-step mse {r.val_mse:.4g} (original units), {r.val_mse_norm:.4g} "

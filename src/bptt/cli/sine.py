@@ -4,39 +4,38 @@ from __future__ import annotations
 
 import argparse
 
-from ..series.config import SineConfig
+from ..series.config import SINE_RANGES, SineConfig
+from .argtypes import (
+    HelpFormatter,
+    add_cell_flags,
+    add_engine_flags,
+    add_number,
+    add_optimizer_flags,
+    add_overwrite_flag,
+)
 
 _D = SineConfig()
 
 
-def _none_or_float(s: str):
-    return None if s.lower() in ("none", "off") else float(s)
-
-
-def add_regression_args(p: argparse.ArgumentParser, d) -> None:
-    """Model, optimisation and engine flags shared by ``sine`` and ``series``."""
-    g = p.add_argument_group("model")
-    g.add_argument("--cell", choices=["rnn", "lstm", "gru"], default=d.cell)
-    g.add_argument("--hidden-size", type=int, default=d.hidden_size)
-    g.add_argument("--num-layers", type=int, default=d.num_layers)
-    g.add_argument("--nonlinearity", choices=["tanh", "relu"], default=d.nonlinearity,
-                   help="rnn cell only")
+def add_regression_args(p: argparse.ArgumentParser, d, ranges: dict) -> None:
+    """Model, optimisation, engine and run flags shared by ``sine`` and ``series``."""
+    add_cell_flags(p.add_argument_group("model"), d, ranges)
     g = p.add_argument_group("optimisation")
-    g.add_argument("--iterations", type=int, default=d.iterations)
-    g.add_argument("--optimizer", choices=["sgd", "adam", "adagrad"], default=d.optimizer)
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--clip", type=_none_or_float, default=d.clip,
-                   help="gradient clipping threshold ('none' disables)")
-    g.add_argument("--clip-mode", choices=["norm", "value"], default=d.clip_mode)
+    add_number(g, "--iterations", ranges["iterations"], default=d.iterations,
+               help="training steps")
+    add_optimizer_flags(g, d, ranges)
     g = p.add_argument_group("engine and run")
-    g.add_argument("--engine", default=d.engine,
-                   choices=["numpy", "torch", "torch-autograd", "torch-builtin"])
-    g.add_argument("--device", default=None, help="cpu or cuda (torch engines)")
-    g.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype)
-    g.add_argument("--seed", type=int, default=d.seed)
+    add_engine_flags(g, d.engine)
+    g.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype,
+                   help="floating-point type of parameters and activations")
+    add_number(g, "--seed", ranges["seed"], default=d.seed,
+               help="seed of the initialisation and the windows")
     g.add_argument("--out", default=d.out, help="run folder")
-    g.add_argument("--log-every", type=int, default=d.log_every)
-    g.add_argument("--forecast-steps", type=int, default=d.forecast_steps)
+    add_overwrite_flag(g, "once training has run")
+    add_number(g, "--log-every", ranges["log_every"], default=d.log_every,
+               help="print the MSE every N iterations")
+    add_number(g, "--forecast-steps", ranges["forecast_steps"], default=d.forecast_steps,
+               help="points of the free-running forecast")
 
 
 def register(sub) -> None:
@@ -45,13 +44,13 @@ def register(sub) -> None:
         description="Each iteration: a start s in {0, 1, 2}, 20 points of sin over "
         "linspace(s, s+10, 20); input the first 19, predict the next value at every step (MSE). "
         "Writes sine_fit.png, sine_forecast.png, grad_norms.png, metrics.jsonl and "
-        "last.safetensors into --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_regression_args(p, _D)
-    p.add_argument("--warmup", type=int, default=_D.warmup,
-                   help="predictions per window left out of the headline MSE (the first ones "
-                   "are made before the state has seen the window); the whole-window MSE is "
-                   "printed beside it")
+        "last.safetensors into --out (a folder holding a run is refused without --overwrite).",
+        formatter_class=HelpFormatter)
+    add_regression_args(p, _D, SINE_RANGES)
+    add_number(p, "--warmup", SINE_RANGES["warmup"], default=_D.warmup,
+               help="predictions per window left out of the headline MSE (the first ones "
+               "are made before the state has seen the window); the whole-window MSE is "
+               "printed beside it")
     p.add_argument("--reset-state", action="store_true",
                    help="start every window from zeros instead of carrying the hidden state "
                    "(what the seed's code does through its hidden_prv typo)")
@@ -67,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, clip=args.clip, clip_mode=args.clip_mode, carry_state=not args.reset_state,
         engine=args.engine, device=args.device, dtype=args.dtype, seed=args.seed, out=args.out,
         log_every=args.log_every, forecast_steps=args.forecast_steps, warmup=args.warmup)
-    result = train_sine(cfg)
+    result = train_sine(cfg, overwrite=args.overwrite)
     print(main_summary(result))
     return 130 if result.interrupted else 0

@@ -5,8 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..lm.config import RECIPES, TrainConfig
+from ..lm.config import RANGES, RECIPES, TrainConfig
 from ..lm.distributed import DEFAULT_TIMEOUT as DIST_TIMEOUT
+from ..ranges import POSITIVE
+from .argtypes import (
+    HelpFormatter,
+    add_cell_flags,
+    add_engine_flags,
+    add_number,
+    add_optimizer_flags,
+    add_overwrite_flag,
+)
 
 _D = TrainConfig()
 
@@ -39,41 +48,33 @@ class _StoreTrue(argparse.Action):
         _mark_given(namespace, self.dest)
 
 
-def _none_or(kind):
-    def parse(s: str):
-        return None if s.lower() in ("none", "off", "0") and kind is not str else kind(s)
-
-    return parse
-
-
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--cell", choices=["rnn", "lstm", "gru"], default=_D.cell)
-    g.add_argument("--hidden-size", type=int, default=_D.hidden_size)
-    g.add_argument("--num-layers", type=int, default=_D.num_layers)
-    g.add_argument("--nonlinearity", choices=["tanh", "relu"], default=_D.nonlinearity)
-    g.add_argument("--dropout", type=float, default=_D.dropout,
-                   help="between stacked layers, training only")
+    add_cell_flags(g, _D, RANGES)
+    add_number(g, "--dropout", RANGES["dropout"], default=_D.dropout,
+               help="dropout between stacked layers, training only (no effect, and a warning, "
+               "with one layer)")
     g.add_argument("--init", choices=["torch", "d2l"], default=_D.init,
                    help="torch: U(-1/sqrt(H), 1/sqrt(H)); d2l: the book's N(0, 0.01^2)")
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
-    g.add_argument("--engine", default=_D.engine,
-                   choices=["numpy", "torch", "torch-autograd", "torch-builtin"])
-    g.add_argument("--device", default=None, help="cpu or cuda (torch engines; default: cuda "
-                   "when available)")
-    g.add_argument("--dtype", choices=["float32", "float64"], default=_D.dtype)
-    g.add_argument("--precision", choices=["fp32", "bf16"], default=_D.precision)
+    add_engine_flags(g, _D.engine)
+    g.add_argument("--dtype", choices=["float32", "float64"], default=_D.dtype,
+                   help="floating-point type of parameters and activations")
+    g.add_argument("--precision", choices=["fp32", "bf16"], default=_D.precision,
+                   help="bf16: matrix products in bfloat16 (the torch engine)")
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "train", help="train a language model",
         description="Train an RNN/LSTM/GRU language model; writes checkpoints (best and last), "
-        "metrics.jsonl and perplexity.png into --out. --recipe d2l is the book's whole recipe.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "metrics.jsonl and perplexity.png into --out. --recipe d2l is the book's whole recipe. "
+        "A folder that already holds a run is refused unless --resume continues it or "
+        "--overwrite replaces it (moved aside, never deleted).",
+        formatter_class=HelpFormatter)
     # flags given explicitly must win over a recipe even when they equal the parser's default
     for name in (None, "store"):
         p.register("action", name, _Store)
@@ -83,37 +84,52 @@ def register(sub) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=_D.data, help="corpus name (timemachine) or a text file")
     g.add_argument("--val-data", default=None, help="a separate validation text file")
-    g.add_argument("--normalization", choices=["d2l", "none"], default=_D.normalization)
-    g.add_argument("--tokenization", choices=["char", "word"], default=_D.tokenization)
-    g.add_argument("--max-tokens", type=_none_or(int), default=_D.max_tokens)
-    g.add_argument("--min-freq", type=int, default=_D.min_freq)
-    g.add_argument("--val-frac", type=float, default=_D.val_frac)
+    g.add_argument("--normalization", choices=["auto", "d2l", "none"], default=_D.normalization,
+                   help="d2l: the book's lowercase letters and spaces; none: the text as it is; "
+                   "auto: d2l for the built-in corpora, none for your own file")
+    g.add_argument("--tokenization", choices=["char", "word"], default=_D.tokenization,
+                   help="char: one token per character (one per Chinese character); word: "
+                   "whitespace-separated words")
+    add_number(g, "--max-tokens", RANGES["max_tokens"], default=_D.max_tokens,
+               help="keep only the first N tokens (the book keeps 10,000)")
+    add_number(g, "--min-freq", RANGES["min_freq"], default=_D.min_freq,
+               help="tokens rarer than this read as <unk>")
+    add_number(g, "--val-frac", RANGES["val_frac"], default=_D.val_frac,
+               help="hold out the last fraction of the tokens for validation")
     add_model_args(p)
     add_engine_args(p)
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=_D.batch_size)
-    g.add_argument("--num-steps", type=int, default=_D.num_steps)
-    g.add_argument("--partition", choices=["sequential", "random"], default=_D.partition)
-    g.add_argument("--epochs", type=int, default=_D.epochs)
-    g.add_argument("--optimizer", choices=["sgd", "adam", "adagrad"], default=_D.optimizer)
-    g.add_argument("--lr", type=float, default=_D.lr)
-    g.add_argument("--clip", type=_none_or(float), default=_D.clip, help="'none' disables")
-    g.add_argument("--clip-mode", choices=["norm", "value"], default=_D.clip_mode)
-    g.add_argument("--truncate", type=_none_or(int), default=_D.truncate,
-                   help="BPTT truncation k inside a batch")
+    add_number(g, "--batch-size", RANGES["batch_size"], default=_D.batch_size,
+               help="sequences per batch")
+    add_number(g, "--num-steps", RANGES["num_steps"], default=_D.num_steps,
+               help="time steps per sequence in a batch")
+    g.add_argument("--partition", choices=["sequential", "random"], default=_D.partition,
+                   help="sequential: the state carries across batches; random: fresh state")
+    add_number(g, "--epochs", RANGES["epochs"], default=_D.epochs,
+               help="passes over the training tokens")
+    add_optimizer_flags(g, _D, RANGES)
+    add_number(g, "--truncate", RANGES["truncate"], default=_D.truncate,
+               help="BPTT truncation k inside a batch; none: back through the whole batch")
     g.add_argument("--lr-halving", action="store_true",
                    help="halve the learning rate whenever the monitored loss rises")
     g = p.add_argument_group("run")
     g.add_argument("--out", default=_D.out, help="run folder")
-    g.add_argument("--seed", type=int, default=_D.seed)
-    g.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
-    g.add_argument("--sample-every", type=int, default=_D.sample_every)
-    g.add_argument("--sample-prefix", default=_D.sample_prefix)
-    g.add_argument("--sample-length", type=int, default=_D.sample_length)
-    g.add_argument("--progress", choices=["auto", "bar", "log"], default=_D.progress)
-    g.add_argument("--dist-timeout", type=float, default=DIST_TIMEOUT, metavar="SECONDS",
-                   help="under torchrun: how long a rank waits for its peers before the run "
-                   "ends with an error (a dead or hung process)")
+    add_number(g, "--seed", RANGES["seed"], default=_D.seed,
+               help="seed of the initialisation, batches and dropout")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from "
+                   "its last.safetensors")
+    add_overwrite_flag(g)
+    add_number(g, "--sample-every", RANGES["sample_every"], default=_D.sample_every,
+               help="print a greedy continuation every N epochs (0: never)")
+    g.add_argument("--sample-prefix", default=_D.sample_prefix,
+                   help="the prefix those samples continue")
+    add_number(g, "--sample-length", RANGES["sample_length"], default=_D.sample_length,
+               help="tokens per sample")
+    g.add_argument("--progress", choices=["auto", "bar", "log"], default=_D.progress,
+                   help="auto: a progress bar on a terminal, else log lines")
+    add_number(g, "--dist-timeout", POSITIVE, default=DIST_TIMEOUT, metavar="SECONDS",
+               help="under torchrun: seconds a rank waits for its peers before the run ends "
+               "with an error (a dead or hung process)")
     p.set_defaults(func=run, parser=p)
 
 
@@ -140,7 +156,7 @@ def resume_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     from dataclasses import replace
     from pathlib import Path
 
-    from ..lm import checkpoint as ck
+    from .. import checkpoint as ck
     from ..lm.distributed import is_main
 
     last = Path(cfg.out) / "last.safetensors"
@@ -163,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..lm.distributed import ConfigError, PeerError, is_main, restart_count
     from ..lm.train import Diverged, train
+    from ..rundir import RunFolderError
 
     # under torchrun every rank runs this; rank 0 alone reports what all ranks share
     cfg = config_from_args(args)
@@ -174,13 +191,16 @@ def run(args: argparse.Namespace) -> int:
             if is_main():
                 print(f"bptt train: torchrun restart {restart_count()}: resuming from "
                       f"{Path(cfg.out) / 'last.safetensors'}", file=sys.stderr)
-            args.resume, explicit = True, explicit & {"epochs"}
+            args.resume, args.overwrite, explicit = True, False, explicit & {"epochs"}
+        elif restarted:   # an earlier attempt died before its first checkpoint: its files aside
+            args.overwrite = True
         if args.resume:
             cfg = resume_config(cfg, explicit)
         moved = {k: getattr(cfg, k) for k in ("data", "val_data")
                  if args.resume and k in explicit}
-        result = train(cfg, resume=args.resume, dist_timeout=args.dist_timeout, moved=moved)
-    except (Diverged, ConfigError) as e:
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite,
+                       dist_timeout=args.dist_timeout, moved=moved)
+    except (Diverged, ConfigError, RunFolderError) as e:   # the same on every rank
         if is_main():
             print(f"bptt train: error: {e}", file=sys.stderr)
         return 3 if isinstance(e, Diverged) else 2

@@ -11,9 +11,20 @@ from bptt.data.batches import (
 )
 from bptt.data.corpora import CORPORA, Corpus, data_dir, fetch, read_text, resolve, sha1_of
 from bptt.data.errors import DataError
-from bptt.data.text import NORMALIZATIONS, TOKENIZATIONS, Vocab, load_corpus, normalize, tokenize
+from bptt.data.text import (
+    AUTO,
+    NORMALIZATIONS,
+    TOKENIZATIONS,
+    Vocab,
+    dropped_letters,
+    load_corpus,
+    normalize,
+    resolve_normalization,
+    tokenize,
+)
 
 __all__ = [
+    "AUTO",
     "CORPORA",
     "NORMALIZATIONS",
     "PARTITIONS",
@@ -24,6 +35,7 @@ __all__ = [
     "batches",
     "check_batchable",
     "data_dir",
+    "dropped_letters",
     "fetch",
     "load_corpus",
     "normalize",
@@ -31,6 +43,7 @@ __all__ = [
     "random_batches",
     "read_text",
     "resolve",
+    "resolve_normalization",
     "sequential_batches",
     "sha1_of",
     "split_tokens",

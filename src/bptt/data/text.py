@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from bptt.data.corpora import read_text
 from bptt.data.errors import DataError
 
 NORMALIZATIONS = ("d2l", "none")
+AUTO = "auto"               # d2l for a registered corpus (the book's), none for a user's file
 TOKENIZATIONS = ("char", "word")
 UNK = "<unk>"
 _VOCAB_FORMAT = "bptt.vocab"
@@ -35,6 +37,29 @@ def normalize(text: str, mode: str) -> str:
         lines = (_NON_LETTERS.sub(" ", line).strip().lower() for line in text.split("\n"))
         return " ".join(line for line in lines if line)
     raise DataError(f"expected a normalisation in {NORMALIZATIONS}, got {mode!r}")
+
+
+def resolve_normalization(mode: str, data: str) -> str:
+    """``auto`` made concrete for ``--data``: ``d2l`` for a registered corpus (the book's
+    rule for the book's text), ``none`` for a user's own file (its text kept as it is)."""
+    from bptt.data.corpora import CORPORA
+
+    if mode != AUTO:
+        return mode
+    return "d2l" if data in CORPORA else "none"
+
+
+def dropped_letters(text: str, mode: str) -> Counter:
+    """The letters ``normalize(text, mode)`` removes: under ``d2l`` every letter outside A-Z
+    and a-z (Chinese, accented, Cyrillic, ...), counted; nothing under ``none``."""
+    if mode != "d2l":
+        return Counter()
+    return Counter(ch for run in _NON_LETTERS.findall(text) for ch in run if ch.isalpha())
+
+
+def _examples(items, shown: int = 5) -> str:
+    items = list(items)
+    return ", ".join(repr(t) for t in items[:shown]) + (", ..." if len(items) > shown else "")
 
 
 def tokenize(text: str, mode: str) -> list[str]:
@@ -153,13 +178,39 @@ def load_corpus(
             raise DataError(f"expected one of {modes}, got {mode!r}")
     if max_tokens is not None and max_tokens < 2:
         raise DataError(f"expected max_tokens >= 2 (or no limit), got {max_tokens}")
-    tokens = tokenize(normalize(read_text(path), normalization), tokenization)
+    text = read_text(path)
+    tokens = tokenize(normalize(text, normalization), tokenization)
+    dropped = dropped_letters(text, normalization)
     if len(tokens) < 2:
+        why = ""
+        if normalization == "d2l":
+            why = (" (d2l keeps only the letters A-Z and a-z"
+                   + (f", and dropped {sum(dropped.values()):,} others such as "
+                      f"{_examples(dropped)}" if dropped else "")
+                   + "; --normalization none keeps the text as it is)")
         raise DataError(
             f"expected at least 2 tokens (an input and its target), got {len(tokens)} "
-            f"after {normalization} normalisation of {path}"
+            f"after {normalization} normalisation of {path}{why}"
         )
-    if vocab is None:
+    if dropped:
+        warnings.warn(f"d2l normalisation dropped {sum(dropped.values()):,} letters outside "
+                      f"A-Z of {path} (such as {_examples(dropped)}); --normalization none "
+                      f"keeps the text as it is", stacklevel=2)
+    built = vocab is None
+    if built:
         vocab = Vocab(tokens, min_freq=min_freq)
     ids = vocab.encode(tokens)
-    return (ids if max_tokens is None else ids[:max_tokens]), vocab
+    kept = ids if max_tokens is None else ids[:max_tokens]
+    unknown = int(np.count_nonzero(kept == 0))
+    if built and len(vocab) == 1:
+        top = Counter(tokens).most_common(1)[0]
+        raise DataError(f"expected a vocabulary of tokens besides {UNK}, got none: every token "
+                        f"of {path} occurs fewer than --min-freq {min_freq} times (the most "
+                        f"frequent, {top[0]!r}, {top[1]:,}); lower --min-freq")
+    if unknown and (not built or 2 * unknown > kept.size):
+        where = "not in the vocabulary" if not built else f"rarer than --min-freq {min_freq}"
+        missing = vocab.unknown(tokens if max_tokens is None else tokens[:max_tokens])
+        warnings.warn(f"{unknown:,} of {kept.size:,} tokens of {path} ({unknown / kept.size:.1%})"
+                      f" are {where} and read as {UNK} (such as {_examples(missing)})",
+                      stacklevel=2)
+    return kept, vocab

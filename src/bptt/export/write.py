@@ -68,7 +68,7 @@ def export_model(checkpoint, fmt: str, out: str | Path, *, overwrite: bool = Fal
     """Write the model of ``checkpoint`` (a Checkpoint, run folder or .safetensors file) as
     ``fmt`` to ``out``. ``via`` (TorchScript only): "torch.nn" or "loop" (default: torch.nn
     when torch has the cell)."""
-    from ..lm import checkpoint as ck
+    from .. import checkpoint as ck
 
     if fmt not in FORMATS:
         raise ValueError(f"expected format one of {', '.join(FORMATS)}, got {fmt!r}")

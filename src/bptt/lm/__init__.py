@@ -1,1 +1,1 @@
-"""The language-model job: train, evaluate, generate, checkpoint."""
+"""The language-model job: train, evaluate, generate (checkpoint files: bptt.checkpoint)."""

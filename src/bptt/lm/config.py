@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from .. import ranges as R
 from ..dictconfig import DictConfig
 
 
@@ -12,7 +13,9 @@ class TrainConfig(DictConfig):
     # -- data ---------------------------------------------------------------------------------
     data: str = "timemachine"          # a registered corpus name or a path to a UTF-8 file
     val_data: str | None = None        # a separate validation file (word corpora come split)
-    normalization: str = "d2l"         # d2l: lowercase letters and spaces, as the book
+    normalization: str = "auto"        # auto: d2l for the built-in corpora (the book's
+    #                                    lowercase letters and spaces), none (the text as it
+    #                                    is) for your own file, so no script is lost
     tokenization: str = "char"         # char (Chinese: one character = one token) or word
     max_tokens: int | None = None      # the book keeps the first 10,000 tokens
     min_freq: int = 0
@@ -48,6 +51,17 @@ class TrainConfig(DictConfig):
     sample_length: int = 50
     progress: str = "auto"             # auto (a bar on a terminal), bar, log
 
+
+# The range of every number setting: checked by train() and, with the same words, where the
+# command line parses the flag (bptt.cli.argtypes).
+RANGES = {
+    "max_tokens": R.TOKEN_LIMIT, "min_freq": R.COUNT0,
+    "val_frac": R.Range(float, lo=0, hi=0.5, about="the validation fraction, held out"),
+    "hidden_size": R.COUNT, "num_layers": R.COUNT, "dropout": R.FRACTION,
+    "batch_size": R.COUNT, "num_steps": R.COUNT, "epochs": R.COUNT, "lr": R.POSITIVE,
+    "clip": R.THRESHOLD, "truncate": R.TRUNCATION, "seed": R.SEED,
+    "sample_every": R.COUNT0, "sample_length": R.COUNT0,
+}
 
 RECIPES = {
     # Dive into Deep Learning 8.5: the scratch RNN on the first 10,000 characters.

@@ -1,8 +1,10 @@
 """Perplexity of a token stream under a language model (no gradients, dropout off).
 
 The stream is cut into ``batch_size`` contiguous rows, read ``num_steps`` at a time with the
-state carried across chunks, so every token but the first of each row is predicted from its
-whole row history. perplexity = exp(mean cross-entropy); bits per token = mean CE / ln 2.
+state carried across chunks, so every token is predicted from its whole row history. The
+tokens that do not fill a last row (fewer than ``batch_size``) continue the last row, from its
+final state, so every token but the very first is predicted and counted: ``tokens`` is
+``len(ids) - 1``. perplexity = exp(mean cross-entropy); bits per token = mean CE / ln 2.
 """
 
 from __future__ import annotations
@@ -37,13 +39,13 @@ def evaluate_tokens(engine, params, ids: np.ndarray, batch_size: int = 32,
     n = rows * batch_size
     X = ids[:n].reshape(batch_size, rows)
     Y = ids[1:n + 1].reshape(batch_size, rows)
-    state = engine.begin_state(batch_size)
-    nll = 0.0
-    for i in range(0, rows, num_steps):
-        logits, state = engine.forward(params, X[:, i:i + num_steps], state)  # (B, t, V)
-        logits = as_numpy(logits)
-        nll += log_softmax_nll(logits.reshape(-1, logits.shape[-1]),
-                               Y[:, i:i + num_steps].reshape(-1))
+    nll, state = _stream_nll(engine, params, X, Y, engine.begin_state(batch_size), num_steps)
+    if n < ids.size - 1:              # the rest continues the last row, from its final state
+        tail = engine.state_from_numpy(_last_row(engine.state_to_numpy(state)))
+        more, _ = _stream_nll(engine, params, ids[None, n:-1], ids[None, n + 1:], tail,
+                              num_steps)
+        nll += more
+    n = ids.size - 1
     loss = nll / n
     return {
         "loss": loss,
@@ -51,3 +53,22 @@ def evaluate_tokens(engine, params, ids: np.ndarray, batch_size: int = 32,
         "bits_per_token": loss / math.log(2),
         "tokens": int(n),
     }
+
+
+def _stream_nll(engine, params, X: np.ndarray, Y: np.ndarray, state, num_steps: int):
+    """Summed NLL of the (B, N) targets ``Y`` after inputs ``X``, ``num_steps`` at a time with
+    the state carried; and the last state."""
+    nll = 0.0
+    for i in range(0, X.shape[1], num_steps):
+        logits, state = engine.forward(params, X[:, i:i + num_steps], state)  # (B, t, V)
+        logits = as_numpy(logits)
+        nll += log_softmax_nll(logits.reshape(-1, logits.shape[-1]),
+                               Y[:, i:i + num_steps].reshape(-1))
+    return nll, state
+
+
+def _last_row(state):
+    """The last batch row of a NumPy state, (L*D, 1, H) (each part of an LSTM's pair)."""
+    if isinstance(state, tuple | list):
+        return tuple(_last_row(s) for s in state)
+    return np.ascontiguousarray(np.asarray(as_numpy(state))[:, -1:])

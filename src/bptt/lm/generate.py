@@ -6,13 +6,14 @@ predictions kept), then each new token is chosen from the logits of the last one
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import Vocab, tokenize
+from ..data import Vocab, dropped_letters, tokenize
 from ..engine import as_numpy, get_engine
 from ..model import ModelSpec
 
@@ -73,31 +74,47 @@ def generate(
     prefix: str,
     length: int = 100,
     *,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
     engine: str = "numpy",
     device: str | None = None,
 ) -> str:
-    """The prefix followed by ``length`` generated tokens."""
+    """The prefix followed by ``length`` generated tokens.
+
+    ``temperature`` 0 is greedy, > 0 samples from softmax(logits / temperature); ``top_k`` and
+    ``top_p`` restrict that sampling, so with either of them the temperature defaults to 1
+    (None: 0 without them). Prefix characters the model cannot read are warned about.
+    """
     if length < 0:
         raise ValueError(f"expected length >= 0, got {length}")
-    if temperature < 0:
-        raise ValueError(f"expected temperature >= 0 (0 = greedy), got {temperature}")
+    filtered = top_k is not None or top_p is not None
+    if temperature is None:
+        temperature = 1.0 if filtered else 0.0
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"expected temperature >= 0 and finite (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"expected top_k >= 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"expected top_p in (0, 1], got {top_p}")
+    if filtered and temperature == 0:
+        raise ValueError("expected temperature > 0 with top_k or top_p (they choose among "
+                         "the tokens to sample), got 0 (greedy)")
     tokens = model.prefix_tokens(prefix)
+    dropped = dropped_letters(prefix, model.normalization)
+    if dropped:
+        warnings.warn(
+            f"prefix letters the model's d2l normalisation drops (it reads only A-Z): "
+            f"{sum(dropped.values())} ({', '.join(map(repr, dropped))})", stacklevel=2)
     if not tokens:
         raise ValueError(f"expected a prefix with at least one token, got {prefix!r}")
     unknown = model.vocab.unknown(tokens)
     if unknown:
+        count = sum(t not in model.vocab.token_to_idx for t in tokens)
         warnings.warn(
-            f"prefix tokens not in the vocabulary, read as <unk>: {', '.join(map(repr, unknown))}",
-            stacklevel=2,
-        )
+            f"prefix tokens not in the vocabulary, read as <unk>: {count} of {len(tokens)} "
+            f"({', '.join(map(repr, unknown))})", stacklevel=2)
     eng = get_engine(engine, model.spec, device=device)
     params = eng.from_numpy(model.params)
     rng = np.random.default_rng(seed)

@@ -1,7 +1,8 @@
 """Train a language model: the book's ``train_ch8``, as a resumable, engine-agnostic loop.
 
-Read top to bottom: data -> model -> resume -> epochs (batches -> loss and BPTT -> clip -> step)
--> evaluation, metrics, checkpoints, samples, plot. Randomness is derived from (seed, epoch,
+``_train`` reads top to bottom in stages: settings -> data -> model -> resume -> epochs (batches
+-> loss and BPTT -> clip -> step, from bptt/training.py) -> evaluation, metrics -> checkpoints
+-> samples -> plots; what the stages share is one ``_Run``. Randomness is derived from (seed, epoch,
 batch), so a run resumed from any checkpoint, even one written inside an epoch, continues
 exactly as the uninterrupted run would have.
 
@@ -17,29 +18,33 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .. import optim
+from .. import checkpoint as ck
+from .. import memory, optim, rundir, training
 from ..data import (
     CORPORA,
     DataError,
+    Vocab,
     batches,
     check_batchable,
     load_corpus,
     resolve,
+    resolve_normalization,
     sha1_of,
     split_tokens,
 )
-from ..engine import copy_arrays, get_engine
+from ..engine import get_engine
 from ..errors import Diverged, StopFlag
 from ..jsonl import json_line
 from ..model import ModelSpec, init_params
-from . import checkpoint as ck
 from . import distributed
-from .config import TrainConfig
+from .config import RANGES, TrainConfig
 from .evaluate import evaluate_tokens
 from .generate import LanguageModel, generate
 
@@ -150,16 +155,11 @@ def _validate(cfg: TrainConfig) -> None:
         raise ValueError(f"expected partition 'sequential' or 'random', got {cfg.partition!r}")
     if cfg.clip_mode not in ("norm", "value"):
         raise ValueError(f"expected clip mode 'norm' or 'value', got {cfg.clip_mode!r}")
-    if cfg.clip is not None and cfg.clip <= 0:
-        raise ValueError(f"expected clip > 0 (or none), got {cfg.clip}")
-    for name in ("epochs", "batch_size", "num_steps"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"expected {name} >= 1, got {getattr(cfg, name)}")
-    if cfg.lr <= 0:
-        raise ValueError(f"expected lr > 0, got {cfg.lr}")
-    for name in ("sample_every", "sample_length"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"expected {name} >= 0, got {getattr(cfg, name)}")
+    for name, rng in RANGES.items():                 # finite and in range (NaN never is)
+        rng.check(name, getattr(cfg, name))
+    if cfg.dropout > 0 and cfg.num_layers == 1:      # as torch.nn.RNN warns
+        warnings.warn(f"dropout {cfg.dropout:g} has no effect with num_layers 1 (dropout acts "
+                      f"between stacked layers)", stacklevel=3)
 
 
 def _log(msg: str) -> None:
@@ -170,244 +170,60 @@ def _silent(msg: str) -> None:
     """The log of ranks other than 0."""
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, log=_log,
-          dist_timeout: float = distributed.DEFAULT_TIMEOUT,
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+          log: Callable[[str], None] = _log, dist_timeout: float = distributed.DEFAULT_TIMEOUT,
           moved: dict | None = None) -> TrainResult:
     """Train per ``cfg``; with ``resume`` continue from ``cfg.out/last.safetensors``, reading
     the data files the run was trained on, or ``moved`` ({"data": path, "val_data": path}) when
     they have moved (the same bytes: SHA-1 checked).
 
+    A new run refuses a folder that already holds one, unless ``overwrite``: then the earlier
+    run is moved aside once this run's first step has run (bptt/rundir.py). The folder's lock
+    is held for the whole run; every check happens before anything on disk changes.
+
     Under torchrun (WORLD_SIZE > 1) this process is one data-parallel rank of the run, and a
     collective waits at most ``dist_timeout`` seconds for its peers (see lm/distributed.py).
     """
     _validate(cfg)
-    with distributed.session(cfg.engine, cfg.device, dist_timeout) as dist:
-        return _train(cfg, resume, log if dist.is_main else _silent, dist, moved or {})
+    cfg = replace(cfg, normalization=resolve_normalization(cfg.normalization, cfg.data))
+    folder = rundir.RunFolder(cfg.out, verb="train", resume=resume, overwrite=overwrite,
+                              writer=distributed.is_main(), log=log)
+    with folder.locked(), distributed.session(cfg.engine, cfg.device, dist_timeout) as dist:
+        return _train(cfg, resume, log if dist.is_main else _silent, dist, moved or {}, folder)
 
 
-def _train(cfg: TrainConfig, resume: bool, log, dist: distributed.Single,
-           moved: dict) -> TrainResult:
-    out = Path(cfg.out)
-    last_path, best_path, metrics_path = (out / "last.safetensors", out / "best.safetensors",
-                                          out / "metrics.jsonl")
+@dataclass
+class _Run:
+    """What the stages of one run share: its settings, model, optimiser and metrics so far."""
 
-    # -- resume: the checkpoint's own config and vocabulary, the new epoch count -----------
-    ckpt = None
-    if resume:
-        if not last_path.is_file():
-            raise ck.CheckpointError(
-                f"expected {last_path} to resume from, found none (train without --resume "
-                f"first, or pass the run's --out)"
-            )
-        ckpt = ck.load(last_path, prefer="last")
-        missing = [what for what, ok in (("a vocabulary", ckpt.vocab is not None),
-                                         ("a training position", "epoch" in ckpt.train),
-                                         ("a training config", bool(ckpt.config))) if not ok]
-        if ckpt.spec.task != "lm" or missing:
-            raise ck.CheckpointError(
-                f"expected a language-model training checkpoint in {last_path}, got task "
-                f"{ckpt.spec.task!r}" + (f" without {', '.join(missing)}" if missing else "")
-            )
-        epochs = cfg.epochs
-        cfg = TrainConfig.from_dict({**ckpt.config, "epochs": epochs, "out": str(out),
-                                     "progress": cfg.progress, "device": cfg.device,
-                                     "engine": cfg.engine})
-        cfg, digests = relocate_data(cfg, ckpt.train.get("data_sha1", {}), moved)
-    else:
-        cfg = replace(cfg, **{k: _absolute(getattr(cfg, k)) for k in DATA_KEYS})
+    cfg: TrainConfig
+    dist: distributed.Single
+    log: Callable[[str], None]
+    spec: ModelSpec
+    vocab: Vocab
+    engine: Any
+    opt: Any
+    digests: dict[str, str]                         # SHA-1 of the data files (checkpoint)
+    folder: rundir.RunFolder                        # --out: locked; created after step one
+    params: dict = field(default_factory=dict)      # the engine's arrays
+    metrics: list = field(default_factory=list)     # the epoch records so far
+    bar: Any = None                                 # the tqdm bar of rank 0, or None
 
-    dist.check_batch(cfg.batch_size)  # each rank takes batch_size / world_size rows
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
 
-    # -- data -------------------------------------------------------------------------------
-    train_ids, val_ids, vocab = load_data(cfg, vocab=ckpt.vocab if ckpt else None)
-    if ckpt is None:                  # a resume has them from relocate_data
-        digests = data_digests(cfg)
-    spec = build_spec(cfg, len(vocab))
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.safetensors"
 
-    # -- model, engine, optimiser -----------------------------------------------------------
-    engine = get_engine(cfg.engine, spec, device=dist.device or cfg.device, dtype=cfg.dtype,
-                        precision=cfg.precision)
-    opt = optim.make_optimizer(cfg.optimizer, cfg.lr)
-    start_epoch, start_batch, carried, metrics = 0, 0, None, []
-    partial = _no_partial()
-    if ckpt is not None:
-        if ckpt.spec != spec:
-            raise ck.CheckpointError(f"checkpoint model {ckpt.spec} does not match {spec}")
-        params = engine.from_numpy(ckpt.params)
-        t = ckpt.train
-        start_epoch, start_batch = int(t["epoch"]), int(t.get("batch", 0))
-        opt.lr = float(t.get("lr", cfg.lr))
-        # plain array conversions (from_numpy would check the arrays are the model's params)
-        opt.state = {k: engine.state_from_numpy(v) for k, v in ckpt.optim.items()}
-        opt.state.update(t.get("optim_scalars", {}))
-        partial = t.get("partial", partial)
-        saved = dist.state_rows(ckpt.state)   # the global state, this rank's rows of it
-        carried = engine.state_from_numpy(
-            saved if saved is None or spec.cell == "lstm" else saved[0])
-        metrics = list(ckpt.metrics)
-        if dist.is_main:
-            _trim_metrics(metrics_path, start_epoch, metrics)
-        if start_epoch >= cfg.epochs:
-            log(f"already trained {start_epoch} epochs (asked for {cfg.epochs}); nothing to do")
-            return TrainResult(out, start_epoch, metrics)
-    else:
-        params = engine.from_numpy(init_params(spec, cfg.init, np.random.default_rng([cfg.seed, 0]),
-                                               dtype=cfg.dtype))
-        if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            metrics_path.write_text("")
-            # a previous run's files in this folder (a restarted launch must not resume them)
-            for stale in (last_path, best_path, out / "perplexity.png",
-                          out / "grad_norms.png"):
-                stale.unlink(missing_ok=True)
-    lm_numpy = lambda: LanguageModel(spec, engine.to_numpy(params), vocab,  # noqa: E731
-                                     cfg.normalization, cfg.tokenization)
+    @property
+    def best_path(self) -> Path:
+        return self.out / "best.safetensors"
 
-    def save(path: Path, epoch: int, batch: int, state=None, part=None) -> None:
-        state = dist.gather_rows(state)   # every rank takes part; rank 0 alone writes,
-        if dist.is_main:
-            write(path, epoch, batch, state, part)
-        dist.barrier()                    # and no rank exits before it has written
-
-    def write(path: Path, epoch: int, batch: int, state, part) -> None:
-        st = None
-        if state is not None:
-            st = engine.state_to_numpy(state)
-            st = tuple(st) if isinstance(st, tuple) else (st,)
-        arrays = {k: v for k, v in opt.state.items() if not isinstance(v, int | float)}
-        scalars = {k: v for k, v in opt.state.items() if isinstance(v, int | float)}
-        ck.save(ck.Checkpoint(
-            spec=spec, params=engine.to_numpy(params), vocab=vocab,
-            text={"normalization": cfg.normalization, "tokenization": cfg.tokenization},
-            config=cfg.to_dict(),
-            train={"epoch": epoch, "batch": batch, "lr": opt.lr, "optim_scalars": scalars,
-                   "seed": cfg.seed, "partial": part or _no_partial(), "data_sha1": digests},
-            optim=engine.to_numpy(arrays), state=st, metrics=metrics), path)
-
-    best = min((m.get("val_perplexity") or m["perplexity"] for m in metrics), default=math.inf)
-    max_loss = DIVERGED_LOSS_FACTOR * math.log(max(len(vocab), 2))
-    bar = _progress(cfg, start_epoch) if dist.is_main else None
-    result = TrainResult(out, start_epoch, metrics)
-
-    # the flag is up before the first line is logged: from then on Ctrl-C saves a checkpoint
-    with StopFlag() as flag:
-        log(f"training {spec.cell} H={spec.hidden_size} L={spec.num_layers} on "
-            f"{train_ids.size:,} tokens (vocab {len(vocab)}), engine {engine.name} on "
-            f"{engine.device}{dist.describe()}, epochs {start_epoch + 1}..{cfg.epochs}")
-        for epoch in range(start_epoch, cfg.epochs):
-            # -- one epoch: the book's train_epoch_ch8 ------------------------------------
-            batch_rng = np.random.default_rng([cfg.seed, 1, epoch])
-            skip = start_batch if epoch == start_epoch else 0
-            state = carried if skip else None
-            part = partial if skip else _no_partial()
-            loss_sum, n_tok, seconds = part["loss_sum"], part["tokens"], part["seconds"]
-            norms = [(b, a) for b, a in part.get("norms", [])]   # steps before an interruption
-            snapshot = (copy_arrays(params), copy_arrays(opt.state), state, part)
-            t0 = time.perf_counter()
-            i = -1
-            for i, (X, Y) in enumerate(batches(train_ids, cfg.batch_size, cfg.num_steps,
-                                               cfg.partition, batch_rng)):
-                if i < skip:
-                    continue
-                X, Y = dist.rows(X), dist.rows(Y)                # this rank's rows
-                if state is None or cfg.partition == "random":
-                    state = engine.begin_state(X.shape[0])       # fresh state (B, H)
-                else:
-                    state = engine.detach_state(state)            # carried, gradient stopped
-                loss, grads, state = engine.loss_and_grads(
-                    params, X, Y, state, truncate=cfg.truncate, training=True,
-                    rng=np.random.default_rng([cfg.seed, 2, epoch, i, *dist.rng_key]))
-                loss = dist.average(grads, loss)                  # global means, before clipping
-                if cfg.clip is not None:                          # clip, then step
-                    if cfg.clip_mode == "norm":
-                        norm = optim.clip_grad_norm_(grads, cfg.clip)
-                        after = None
-                    else:
-                        norm = optim.global_norm(grads)
-                        optim.clip_grad_value_(grads, cfg.clip)
-                        after = optim.global_norm(grads)
-                else:
-                    norm, after = optim.global_norm(grads), None
-                norms.append((norm, after))
-                opt.step(params, grads)
-                tokens = X.size * dist.world_size                 # the global batch's
-                loss_sum = loss_sum + loss * tokens               # on the device: no sync
-                n_tok += tokens
-                if bar is not None:
-                    bar.set_postfix_str(f"batch {i + 1}", refresh=False)
-                if dist.agree_stop(flag.stop):                    # all ranks stop together
-                    break
-            seconds += time.perf_counter() - t0
-            loss_sum = engine.scalar(loss_sum)
-
-            # -- a diverged loss: keep the epoch's starting point, stop loudly -------------
-            mean_loss = loss_sum / max(n_tok, 1)
-            if not (mean_loss <= max_loss and _finite(engine.to_numpy(params))):
-                params.update(snapshot[0])
-                opt.state = snapshot[1]
-                save(last_path, epoch, skip, snapshot[2], snapshot[3] if skip else None)
-                where = f"start of epoch {epoch + 1}" + (f", batch {skip}" if skip else "")
-                raise Diverged(
-                    f"loss became {mean_loss:.4g} in epoch {epoch + 1} (diverged: expected a "
-                    f"finite loss below {max_loss:.4g} = {DIVERGED_LOSS_FACTOR:g} x ln V); the "
-                    f"last sound parameters ({where}) are in {last_path}; lower --lr or set --clip"
-                )
-            if dist.agree_stop(flag.stop):
-                save(last_path, epoch, i + 1, state,
-                     {"loss_sum": loss_sum, "tokens": n_tok, "seconds": seconds,
-                      "norms": _host_norms(norms, engine)})
-                result.interrupted = True
-                log(f"interrupted in epoch {epoch + 1} after batch {i + 1}; saved {last_path} "
-                    f"(continue with --resume)")
-                break
-
-            # -- evaluation, metrics, checkpoints --------------------------------------------
-            record = _epoch_record(epoch, loss_sum, n_tok, seconds, opt.lr, cfg, norms)
-            if dist.is_main:
-                _write_steps(metrics_path, epoch, _host_norms(norms, engine), cfg)
-            if val_ids.size >= 2:  # every rank evaluates the whole stream; rank 0's numbers rule
-                val = evaluate_tokens(engine, params, val_ids, cfg.batch_size, cfg.num_steps)
-                record["val_loss"], record["val_perplexity"] = dist.from_main(
-                    [val["loss"], val["perplexity"]])
-            metrics.append(record)
-            if dist.is_main:
-                with metrics_path.open("a") as f:
-                    f.write(json_line(record))
-            monitored = record.get("val_loss", record["loss"])
-            if cfg.lr_halving and len(metrics) > 1:
-                prev = metrics[-2].get("val_loss", metrics[-2]["loss"])
-                if monitored > prev:
-                    opt.lr *= 0.5
-                    log(f"loss rose ({prev:.4f} -> {monitored:.4f}): lr halved to {opt.lr:g}")
-            save(last_path, epoch + 1, 0)
-            score = record.get("val_perplexity", record["perplexity"])
-            if score < best:
-                best = score
-                save(best_path, epoch + 1, 0)
-            result.epochs = epoch + 1
-
-            # -- report: progress, samples, plot --------------------------------------------
-            sample_now = cfg.sample_every and ((epoch + 1) % cfg.sample_every == 0
-                                               or epoch + 1 == cfg.epochs)
-            line = (f"epoch {epoch + 1}/{cfg.epochs}  perplexity {record['perplexity']:.2f}"
-                    + (f"  val {record['val_perplexity']:.2f}" if "val_perplexity" in record
-                       else "")
-                    + f"  {record['tokens_per_s']:,.0f} tokens/s")
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(line.split("  ", 1)[1], refresh=True)
-            elif sample_now or epoch == start_epoch or epoch + 1 == cfg.epochs:
-                log(line)
-            if sample_now and dist.is_main:
-                result.sample = _sample(lm_numpy(), cfg, engine.name)
-                (bar.write if bar is not None else log)(f"  {result.sample}")
-                _plot(metrics, out, cfg)
-    if bar is not None:
-        bar.close()
-    if metrics and dist.is_main:
-        _plot(metrics, out, cfg)
-    result.metrics = metrics
-    return result
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
 
 
 def _no_partial() -> dict:
@@ -415,35 +231,312 @@ def _no_partial() -> dict:
     return {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0, "norms": []}
 
 
-def _finite(params: dict) -> bool:
-    return all(np.isfinite(v).all() for v in params.values())
+@dataclass
+class _Start:
+    """Where the epochs begin: an epoch, the batches of it done before a resume, the state
+    they carried out and the epoch's running sums so far."""
+
+    epoch: int = 0
+    batch: int = 0
+    carried: Any = None
+    partial: dict = field(default_factory=_no_partial)
 
 
-def _host_norms(norms: list, engine) -> list:
-    """The (before, after-or-None) gradient norms as Python floats (one host sync, here)."""
-    return [(engine.scalar(b), None if a is None else engine.scalar(a)) for b, a in norms]
+def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], dist: distributed.Single,
+           moved: dict, folder: rundir.RunFolder) -> TrainResult:
+    """The run, stage by stage; ``dist`` is this process's share of it (lm/distributed.py)."""
+    folder.check()                    # --out: a file, or an earlier run not to be replaced
+    out = Path(cfg.out)
+
+    # -- settings: the given ones; on resume the checkpoint's own, with the new epoch count -----
+    ckpt = _resumable(out / "last.safetensors") if resume else None
+    if ckpt is not None:
+        cfg, digests = relocate_data(_resumed_config(cfg, ckpt), ckpt.train.get("data_sha1", {}),
+                                     moved)
+    else:
+        cfg = replace(cfg, **{k: _absolute(getattr(cfg, k)) for k in DATA_KEYS})
+    dist.check_batch(cfg.batch_size)  # each rank takes batch_size / world_size rows
+
+    # -- data ---------------------------------------------------------------------------------
+    train_ids, val_ids, vocab = load_data(cfg, vocab=ckpt.vocab if ckpt else None)
+    if ckpt is None:                  # a resume has them from relocate_data
+        digests = data_digests(cfg)
+    spec = build_spec(cfg, len(vocab))
+
+    # -- model, engine, optimiser -------------------------------------------------------------
+    engine = get_engine(cfg.engine, spec, device=dist.device or cfg.device, dtype=cfg.dtype,
+                        precision=cfg.precision)
+    memory.require(memory.estimate(spec, batch_size=cfg.batch_size // dist.world_size,
+                                   num_steps=cfg.num_steps, optimizer=cfg.optimizer,
+                                   dtype=cfg.dtype), engine.device,
+                   hint="lower --hidden-size, --num-layers, --batch-size or --num-steps")
+    run = _Run(cfg, dist, log, spec, vocab, engine, optim.make_optimizer(cfg.optimizer, cfg.lr),
+               digests, folder)
+
+    # -- resume: parameters, optimiser, position and metrics; or a fresh run folder -----------
+    start = _restore(run, ckpt) if ckpt is not None else _fresh(run)
+    if start.epoch >= cfg.epochs:
+        log(f"already trained {start.epoch} epochs (asked for {cfg.epochs}); nothing to do")
+        return TrainResult(out, start.epoch, run.metrics)
+    best = min((m.get("val_perplexity") or m["perplexity"] for m in run.metrics),
+               default=math.inf)
+    max_loss = DIVERGED_LOSS_FACTOR * math.log(max(len(vocab), 2))
+    run.bar = _progress(cfg, start.epoch) if dist.is_main else None
+    result = TrainResult(out, start.epoch, run.metrics)
+
+    # -- epochs (the flag is up before the first line is logged: from then on Ctrl-C saves) ---
+    with StopFlag() as flag:
+        log(f"training {spec.cell} H={spec.hidden_size} L={spec.num_layers} on "
+            f"{train_ids.size:,} tokens (vocab {len(vocab)}), engine {engine.name} on "
+            f"{engine.device}{dist.describe()}, epochs {start.epoch + 1}..{cfg.epochs}")
+        for epoch in range(start.epoch, cfg.epochs):
+            ep = _epoch(run, train_ids, epoch, start, flag)
+
+            # -- a diverged loss: keep the epoch's starting point, stop loudly ---------------
+            if not training.sound(ep.loss_sum / max(ep.tokens, 1), max_loss, run.params):
+                raise _diverged(run, epoch, ep, max_loss)
+            if dist.agree_stop(flag.stop):
+                _interrupted(run, epoch, ep)
+                result.interrupted = True
+                break
+
+            # -- evaluation, metrics --------------------------------------------------------
+            record = _evaluate(run, epoch, ep, val_ids)
+
+            # -- checkpoints ----------------------------------------------------------------
+            _save(run, run.last_path, epoch + 1, 0)
+            score = record.get("val_perplexity", record["perplexity"])
+            if score < best:
+                best = score
+                _save(run, run.best_path, epoch + 1, 0)
+            result.epochs = epoch + 1
+
+            # -- progress, samples (and the plots so far) -----------------------------------
+            _report(run, epoch, record, start.epoch, result)
+
+    # -- plots --------------------------------------------------------------------------------
+    if run.bar is not None:
+        run.bar.close()
+    if run.metrics and dist.is_main:
+        _plot(run.metrics, out, cfg)
+    result.metrics = run.metrics
+    return result
 
 
-def _epoch_record(epoch, loss_sum, n_tok, seconds, lr, cfg, norms) -> dict:
-    loss = loss_sum / n_tok
-    return {"kind": "epoch", "epoch": epoch + 1, "loss": loss,
-            "perplexity": math.exp(min(loss, 700.0)), "tokens_per_s": n_tok / max(seconds, 1e-9),
-            "seconds": seconds, "lr": lr, "steps": len(norms)}
+# -- settings and resume ------------------------------------------------------------------------
+def _resumable(last_path: Path) -> ck.Checkpoint:
+    """The checkpoint a resume continues: a language-model training checkpoint, or an error."""
+    if not last_path.is_file():
+        raise ck.CheckpointError(
+            f"expected {last_path} to resume from, found none (train without --resume "
+            f"first, or pass the run's --out)"
+        )
+    ckpt = ck.load(last_path, prefer="last")
+    missing = [what for what, ok in (("a vocabulary", ckpt.vocab is not None),
+                                     ("a training position", "epoch" in ckpt.train),
+                                     ("a training config", bool(ckpt.config))) if not ok]
+    if ckpt.spec.task != "lm" or missing:
+        raise ck.CheckpointError(
+            f"expected a language-model training checkpoint in {last_path}, got task "
+            f"{ckpt.spec.task!r}" + (f" without {', '.join(missing)}" if missing else "")
+        )
+    return ckpt
+
+
+def _resumed_config(cfg: TrainConfig, ckpt: ck.Checkpoint) -> TrainConfig:
+    """The checkpoint's config, with the epochs, folder, progress and device asked for now."""
+    return TrainConfig.from_dict({**ckpt.config, "epochs": cfg.epochs, "out": str(Path(cfg.out)),
+                                  "progress": cfg.progress, "device": cfg.device,
+                                  "engine": cfg.engine})
+
+
+def _restore(run: _Run, ckpt: ck.Checkpoint) -> _Start:
+    """The checkpoint's parameters, optimiser, carried state (this rank's rows) and metrics
+    into ``run``; metrics.jsonl trimmed to them. Returns where the epochs continue."""
+    if ckpt.spec != run.spec:
+        raise ck.CheckpointError(f"checkpoint model {ckpt.spec} does not match {run.spec}")
+    run.params = run.engine.from_numpy(ckpt.params)
+    t = ckpt.train
+    run.opt.lr = float(t.get("lr", run.cfg.lr))
+    training.restore_optimizer(run.engine, run.opt, ckpt)
+    saved = run.dist.state_rows(ckpt.state)   # the global state, this rank's rows of it
+    start = _Start(int(t["epoch"]), int(t.get("batch", 0)),
+                   training.state_from_parts(run.engine, run.spec.cell, saved),
+                   t.get("partial", _no_partial()))
+    run.metrics = list(ckpt.metrics)
+    if run.dist.is_main:
+        _trim_metrics(run.metrics_path, start.epoch, run.metrics)
+    return start
+
+
+def _fresh(run: _Run) -> _Start:
+    """Parameters drawn from the seed; the run folder is made after the first step
+    (:meth:`bptt.rundir.RunFolder.create`), so nothing on disk changes before it."""
+    cfg = run.cfg
+    run.params = run.engine.from_numpy(init_params(run.spec, cfg.init,
+                                                   np.random.default_rng([cfg.seed, 0]),
+                                                   dtype=cfg.dtype))
+    return _Start()
+
+
+# -- one epoch: the book's train_epoch_ch8 ------------------------------------------------------
+@dataclass
+class _Epoch:
+    """What one epoch leaves: its running sums (continued from ``partial`` when it resumed
+    after ``skip`` batches), the state it ended in and its starting point."""
+
+    skip: int                      # batches done before this process began the epoch
+    partial: dict                  # the running sums as they were then
+    begun: training.Snapshot       # parameters, optimiser and state at that point
+    loss_sum: Any = 0.0            # on the device until the epoch ends
+    tokens: int = 0
+    seconds: float = 0.0
+    norms: list = field(default_factory=list)   # (before, after-or-None) per step, on device
+    state: Any = None
+    batches: int = 0               # batches done when the epoch stopped (its index + 1)
+
+
+def _epoch(run: _Run, ids: np.ndarray, epoch: int, start: _Start, flag: StopFlag) -> _Epoch:
+    """Batches -> loss and BPTT -> clip -> step, over one epoch (the batches a resumed run
+    had done skipped, its carried state and sums taken up). Stops early after the batch in
+    which the ranks agree on Ctrl-C."""
+    cfg, dist, engine = run.cfg, run.dist, run.engine
+    batch_rng = np.random.default_rng([cfg.seed, 1, epoch])
+    skip = start.batch if epoch == start.epoch else 0
+    state = start.carried if skip else None
+    part = start.partial if skip else _no_partial()
+    loss_sum, n_tok = part["loss_sum"], part["tokens"]
+    norms = [(b, a) for b, a in part.get("norms", [])]   # steps before an interruption
+    begun = training.Snapshot.take(run.params, run.opt, state)
+    t0 = time.perf_counter()
+    i = -1
+    for i, (X, Y) in enumerate(batches(ids, cfg.batch_size, cfg.num_steps, cfg.partition,
+                                       batch_rng)):
+        if i < skip:
+            continue
+        X, Y = dist.rows(X), dist.rows(Y)                # this rank's rows
+        if state is None or cfg.partition == "random":
+            state = engine.begin_state(X.shape[0])       # fresh state (B, H)
+        else:
+            state = engine.detach_state(state)            # carried, gradient stopped
+        loss, grads, state = engine.loss_and_grads(
+            run.params, X, Y, state, truncate=cfg.truncate, training=True,
+            rng=np.random.default_rng([cfg.seed, 2, epoch, i, *dist.rng_key]))
+        loss = dist.average(grads, loss)                  # global means, before clipping
+        norms.append(training.clip_and_step(run.opt, run.params, grads, cfg.clip,
+                                            cfg.clip_mode))
+        if run.folder.create():                           # the first step ran: the new
+            run.metrics_path.write_text("")               # run's folder, now
+        tokens = X.size * dist.world_size                 # the global batch's
+        loss_sum = loss_sum + loss * tokens               # on the device: no sync
+        n_tok += tokens
+        if run.bar is not None:
+            run.bar.set_postfix_str(f"batch {i + 1}", refresh=False)
+        if dist.agree_stop(flag.stop):                    # all ranks stop together
+            break
+    seconds = part["seconds"] + (time.perf_counter() - t0)
+    return _Epoch(skip, part, begun, engine.scalar(loss_sum), n_tok, seconds, norms, state,
+                  i + 1)
+
+
+def _diverged(run: _Run, epoch: int, ep: _Epoch, max_loss: float) -> Diverged:
+    """The epoch's starting point back in place and saved as last.safetensors; the error."""
+    state = ep.begun.restore(run.params, run.opt)
+    _save(run, run.last_path, epoch, ep.skip, state, ep.partial if ep.skip else None)
+    where = f"start of epoch {epoch + 1}" + (f", batch {ep.skip}" if ep.skip else "")
+    return Diverged(
+        f"loss became {ep.loss_sum / max(ep.tokens, 1):.4g} in epoch {epoch + 1} (diverged: "
+        f"expected a finite loss below {max_loss:.4g} = {DIVERGED_LOSS_FACTOR:g} x ln V); the "
+        f"last sound parameters ({where}) are in {run.last_path}; lower --lr or set --clip"
+    )
+
+
+def _interrupted(run: _Run, epoch: int, ep: _Epoch) -> None:
+    """Ctrl-C: the position inside the epoch, its carried state and sums saved."""
+    _save(run, run.last_path, epoch, ep.batches, ep.state,
+          {"loss_sum": ep.loss_sum, "tokens": ep.tokens, "seconds": ep.seconds,
+           "norms": training.host_norms(run.engine, ep.norms)})
+    run.log(f"interrupted in epoch {epoch + 1} after batch {ep.batches}; saved "
+            f"{run.last_path} (continue with --resume)")
+
+
+# -- evaluation, metrics ------------------------------------------------------------------------
+def _evaluate(run: _Run, epoch: int, ep: _Epoch, val_ids: np.ndarray) -> dict:
+    """The epoch's record (training loss, validation when there is a held-out stream), written
+    to metrics.jsonl after its step lines; then the seed's lr halving when asked for."""
+    cfg, dist = run.cfg, run.dist
+    loss = ep.loss_sum / ep.tokens
+    record = {"kind": "epoch", "epoch": epoch + 1, "loss": loss,
+              "perplexity": math.exp(min(loss, 700.0)),
+              "tokens_per_s": ep.tokens / max(ep.seconds, 1e-9), "seconds": ep.seconds,
+              "lr": run.opt.lr, "steps": len(ep.norms)}
+    if dist.is_main:
+        _write_steps(run.metrics_path, epoch, training.host_norms(run.engine, ep.norms), cfg)
+    if val_ids.size >= 2:  # every rank evaluates the whole stream; rank 0's numbers rule
+        val = evaluate_tokens(run.engine, run.params, val_ids, cfg.batch_size, cfg.num_steps)
+        record["val_loss"], record["val_perplexity"] = dist.from_main(
+            [val["loss"], val["perplexity"]])
+    run.metrics.append(record)
+    if dist.is_main:
+        with run.metrics_path.open("a") as f:
+            f.write(json_line(record))
+    monitored = record.get("val_loss", record["loss"])
+    if cfg.lr_halving and len(run.metrics) > 1:
+        prev = run.metrics[-2].get("val_loss", run.metrics[-2]["loss"])
+        if monitored > prev:
+            run.opt.lr *= 0.5
+            run.log(f"loss rose ({prev:.4f} -> {monitored:.4f}): lr halved to {run.opt.lr:g}")
+    return record
 
 
 def _write_steps(path: Path, epoch: int, norms: list, cfg: TrainConfig) -> None:
     """Per-step gradient norms (host floats) before/after clipping."""
     with path.open("a") as f:
-        for j, (b, after) in enumerate(norms):
-            if cfg.clip is None:
-                a, fired = b, False
-            elif cfg.clip_mode == "norm":
-                a, fired = min(b, cfg.clip), b > cfg.clip
-            else:
-                a, fired = after, after < b
+        for j, (before, after) in enumerate(norms):
             f.write(json_line({"kind": "step", "epoch": epoch + 1, "step": j + 1,
-                                "grad_norm": b, "grad_norm_clipped": a,
-                                "clipped": bool(fired)}))
+                               **training.norm_record(before, after, cfg.clip,
+                                                      cfg.clip_mode)}))
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def _save(run: _Run, path: Path, epoch: int, batch: int, state: Any = None,
+          part: dict | None = None) -> None:
+    """A checkpoint at (epoch, batch). Every rank takes part (the carried state is gathered
+    from all of them); rank 0 alone writes, and no rank goes on before it has written."""
+    state = run.dist.gather_rows(state)
+    if run.dist.is_main:
+        cfg = run.cfg
+        ck.save(training.to_checkpoint(
+            run.spec, run.engine, run.params, run.opt, state, vocab=run.vocab,
+            text={"normalization": cfg.normalization, "tokenization": cfg.tokenization},
+            config=cfg.to_dict(),
+            train={"epoch": epoch, "batch": batch, "lr": run.opt.lr, "seed": cfg.seed,
+                   "partial": part or _no_partial(), "data_sha1": run.digests},
+            metrics=run.metrics), path)
+    run.dist.barrier()
+
+
+# -- progress, samples, plots -------------------------------------------------------------------
+def _report(run: _Run, epoch: int, record: dict, first_epoch: int, result: TrainResult) -> None:
+    """The epoch's line (on the bar, or logged now and then); every ``sample_every`` epochs a
+    greedy sample and the plots so far."""
+    cfg, bar = run.cfg, run.bar
+    sample_now = cfg.sample_every and ((epoch + 1) % cfg.sample_every == 0
+                                       or epoch + 1 == cfg.epochs)
+    line = (f"epoch {epoch + 1}/{cfg.epochs}  perplexity {record['perplexity']:.2f}"
+            + (f"  val {record['val_perplexity']:.2f}" if "val_perplexity" in record else "")
+            + f"  {record['tokens_per_s']:,.0f} tokens/s")
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix_str(line.split("  ", 1)[1], refresh=True)
+    elif sample_now or epoch == first_epoch or epoch + 1 == cfg.epochs:
+        run.log(line)
+    if sample_now and run.dist.is_main:
+        model = LanguageModel(run.spec, run.engine.to_numpy(run.params), run.vocab,
+                              cfg.normalization, cfg.tokenization)
+        result.sample = _sample(model, cfg, run.engine.name)
+        (bar.write if bar is not None else run.log)(f"  {result.sample}")
+        _plot(run.metrics, run.out, cfg)
 
 
 def _sample(model: LanguageModel, cfg: TrainConfig, engine: str) -> str:
@@ -468,11 +561,10 @@ def _progress(cfg: TrainConfig, start: int):
 
 def _plot(metrics: list, out: Path, cfg: TrainConfig) -> None:
     """perplexity.png, and grad_norms.png: every step's norm before and after clipping."""
-    from ..plot import plot_perplexity
-    from ..series.plots import plot_grad_norms, read_step_records
+    from ..plot import plot_grad_norms, plot_perplexity, read_step_records
 
     plot_perplexity(metrics, out / "perplexity.png")
     steps = read_step_records(out / "metrics.jsonl")
     if steps:
-        threshold = cfg.clip if cfg.clip_mode == "norm" else None
-        plot_grad_norms(steps, out / "grad_norms.png", threshold=threshold)
+        plot_grad_norms(steps, out / "grad_norms.png",
+                        threshold=training.norm_threshold(cfg.clip, cfg.clip_mode))

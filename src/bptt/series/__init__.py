@@ -2,10 +2,11 @@
 (``bptt series``), trained with the hand-written BPTT of any engine; plots in ``plots``.
 
     config      SineConfig, SeriesConfig (no NumPy: the command line reads their defaults)
-    core        the training loop, one-step predictions, free-running forecasts, checkpoints
+    core        the training loop (with bptt.training), one-step predictions, free-running
+                forecasts, metrics and checkpoints (bptt.checkpoint files)
     sine        train_sine: the seed's experiment
     csvseries   read_column, split_series, train_series: a CSV column
-    plots       fit, forecast, gradient-norm and gradient-flow plots
+    plots       fit and forecast plots (the gradient-norm plot is bptt.plot's)
 
 The names below are loaded on first use, so importing the package stays light.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import ranges as R
 from ..dictconfig import DictConfig
 
 
@@ -40,6 +41,11 @@ class SineConfig(DictConfig):
     #                                   not fix a sine's phase, and the state comes from another
     #                                   window; the whole-window MSE is reported beside it
 
+    @property
+    def batch_shape(self) -> tuple[int, int]:
+        """(windows, time steps) of one training step."""
+        return 1, self.points - 1
+
 
 @dataclass
 class SeriesConfig(DictConfig):
@@ -70,3 +76,22 @@ class SeriesConfig(DictConfig):
     out: str = "runs/series"
     log_every: int = 100
     forecast_steps: int = 60          # past the end of the series, when val_frac = 0
+
+    @property
+    def batch_shape(self) -> tuple[int, int]:
+        """(windows, time steps) of one training step."""
+        return self.batch_size, self.window - 1
+
+
+# The range of every number setting, checked by the jobs and where the command line parses it.
+REGRESSION_RANGES = {
+    "hidden_size": R.COUNT, "num_layers": R.COUNT, "iterations": R.COUNT, "lr": R.POSITIVE,
+    "clip": R.THRESHOLD, "seed": R.SEED, "log_every": R.COUNT, "forecast_steps": R.COUNT,
+}
+SINE_RANGES = {**REGRESSION_RANGES, "warmup": R.COUNT0}        # < points - 1: checked by the job
+SERIES_RANGES = {
+    **REGRESSION_RANGES, "window": R.Range(int, lo=2, about="an input and its next value"),
+    "val_frac": R.Range(float, lo=0, hi=1, hi_open=True,
+                        about="the validation fraction, held out"),
+    "batch_size": R.COUNT,
+}

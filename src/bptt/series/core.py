@@ -1,6 +1,6 @@
 """What ``bptt sine`` and ``bptt series`` share: a regression model of one real value per step,
-its training loop (sample windows -> loss and BPTT -> clip -> step), one-step predictions,
-free-running forecasts, checkpoints and metrics.
+its training loop (sample windows -> loss and BPTT -> clip -> step, with the pieces of
+bptt/training.py), one-step predictions, free-running forecasts, checkpoints and metrics.
 
 The model reads x_t (one value) and predicts x_{t+1} at every step: input the first W-1 points
 of a window, target the last W-1 (the seed's ``data[:-1]`` / ``data[1:]``), loss the MSE over
@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .. import optim
-from ..engine import as_numpy, copy_arrays, get_engine
+from .. import checkpoint as ck
+from .. import memory, optim, training
+from ..engine import as_numpy, get_engine
 from ..errors import Diverged, StopFlag
 from ..jsonl import json_line
 from ..model import ModelSpec, init_params
@@ -37,35 +39,42 @@ def regression_spec(cell: str, hidden_size: int, num_layers: int = 1,
                      num_layers=num_layers, nonlinearity=nonlinearity, task="regression")
 
 
-def build(cfg) -> tuple[ModelSpec, object, dict, object]:
-    """The model of a SineConfig or SeriesConfig: (spec, engine, fresh parameters from
-    ``default_rng([seed, 0])``, optimiser)."""
+class RegressionModel(NamedTuple):
+    """A regression run's model: what it computes, the engine computing it, the parameters
+    (the engine's arrays, trained in place) and the optimiser."""
+
+    spec: ModelSpec
+    engine: Any
+    params: dict
+    opt: Any
+
+
+def build(cfg) -> RegressionModel:
+    """The model of a SineConfig or SeriesConfig, with fresh parameters from
+    ``default_rng([seed, 0])``."""
     spec = regression_spec(cfg.cell, cfg.hidden_size, cfg.num_layers, cfg.nonlinearity)
     engine = get_engine(cfg.engine, spec, device=cfg.device, dtype=cfg.dtype)
+    batch, steps = cfg.batch_shape                     # refused before allocating, if too big
+    memory.require(memory.estimate(spec, batch_size=batch, num_steps=steps,
+                                   optimizer=cfg.optimizer, dtype=cfg.dtype,
+                                   records=cfg.iterations + cfg.forecast_steps), engine.device,
+                   hint="lower --hidden-size, --num-layers, --iterations or --forecast-steps"
+                   + (", --batch-size or --window" if batch > 1 else ""))
     params = engine.from_numpy(init_params(spec, cfg.init, np.random.default_rng([cfg.seed, 0]),
                                            dtype=cfg.dtype))
-    return spec, engine, params, optim.make_optimizer(cfg.optimizer, cfg.lr)
-
-
-def norm_threshold(cfg) -> float | None:
-    """The clipping threshold grad_norms.png draws: norm clipping's, else none."""
-    return cfg.clip if cfg.clip is not None and cfg.clip_mode == "norm" else None
+    return RegressionModel(spec, engine, params, optim.make_optimizer(cfg.optimizer, cfg.lr))
 
 
 def check_training_args(iterations: int, lr: float, clip: float | None, clip_mode: str,
                         batch_size: int = 1, log_every: int = 100) -> None:
-    if iterations < 1:
-        raise ValueError(f"expected iterations >= 1, got {iterations}")
-    if not lr > 0:
-        raise ValueError(f"expected lr > 0, got {lr}")
-    if clip is not None and not clip > 0:
-        raise ValueError(f"expected clip > 0 (or none), got {clip}")
+    """The training settings sine and series share, each refused with what was expected."""
+    from .config import SERIES_RANGES
+
+    for name, value in (("iterations", iterations), ("lr", lr), ("clip", clip),
+                        ("batch_size", batch_size), ("log_every", log_every)):
+        SERIES_RANGES[name].check(name, value)             # finite and in range (never NaN)
     if clip_mode not in ("norm", "value"):
         raise ValueError(f"expected clip mode 'norm' or 'value', got {clip_mode!r}")
-    if batch_size < 1:
-        raise ValueError(f"expected batch size >= 1, got {batch_size}")
-    if log_every < 1:
-        raise ValueError(f"expected log_every >= 1, got {log_every}")
 
 
 @dataclass
@@ -104,7 +113,7 @@ def fit(engine, params: dict, opt, sample: Callable[[int], tuple[np.ndarray, np.
     steps, logs = [], []
     state = None
     last_window = None
-    diverged, sound, interrupted = "", None, False
+    diverged, snapshot, interrupted = "", None, False
     t0 = time.perf_counter()
     with StopFlag() as flag:
         for i in range(iterations):
@@ -117,11 +126,9 @@ def fit(engine, params: dict, opt, sample: Callable[[int], tuple[np.ndarray, np.
             with np.errstate(over="ignore", invalid="ignore"):   # a blow-up is caught just below
                 loss, grads, state = engine.loss_and_grads(params, X, Y, state, training=True)
             loss = engine.scalar(loss)
-            if not loss <= max_loss:                              # NaN, inf, or diverged
-                if sound is not None:
-                    params.update(sound[0])
-                    opt.state = sound[1]
-                    state = sound[2]
+            if not training.sound(loss, max_loss):                # NaN, inf, or diverged
+                if snapshot is not None:
+                    state = snapshot.restore(params, opt)
                 diverged = (f"the loss became {loss:.4g} at iteration {i + 1} (diverged: expected "
                             f"a finite MSE below {max_loss:.4g} = {DIVERGED_MSE_FACTOR:g} x the "
                             f"targets' mean square)")
@@ -130,31 +137,14 @@ def fit(engine, params: dict, opt, sample: Callable[[int], tuple[np.ndarray, np.
                 logs = [r for r in logs if r["iteration"] <= done]
                 last_window = None
                 break
-            sound = (copy_arrays(params), copy_arrays(opt.state), start_state)  # gave a sound loss
-            if clip is None:
-                before = after = float(engine.scalar(optim.global_norm(grads)))
-                fired = False
-            elif clip_mode == "norm":
-                before = float(engine.scalar(optim.clip_grad_norm_(grads, clip)))
-                after = float(engine.scalar(optim.global_norm(grads)))
-                fired = before > clip
-            else:
-                before = float(engine.scalar(optim.global_norm(grads)))
-                optim.clip_grad_value_(grads, clip)
-                after = float(engine.scalar(optim.global_norm(grads)))
-                fired = after < before
-            opt.step(params, grads)
+            snapshot = training.Snapshot.take(params, opt, start_state)   # gave a sound loss
+            (before, after), = training.host_norms(engine, [training.clip_and_step(
+                opt, params, grads, clip, clip_mode, measure_clipped=True)])
             losses[i] = loss
-            steps.append({"kind": "step", "step": i + 1, "mse": loss, "grad_norm": before,
-                          "grad_norm_clipped": after, "clipped": bool(fired)})
+            steps.append({"kind": "step", "step": i + 1, "mse": loss,
+                          **training.norm_record(before, after, clip, clip_mode)})
             if i % log_every == 0 or i == iterations - 1:
-                recent = float(losses[max(0, i + 1 - log_every):i + 1].mean())
-                logs.append({"kind": "log", "iteration": i + 1, "mse": loss,
-                             f"mse_mean_{log_every}": recent,
-                             "seconds": time.perf_counter() - t0})
-                if log is not None:
-                    log(f"iter {i:>6}  mse {loss:.3e}  (mean of last {min(i + 1, log_every)}: "
-                        f"{recent:.3e})")
+                logs.append(_log_record(losses, i, log_every, time.perf_counter() - t0, log))
             last_window = (X, Y, start_state)
             if flag.stop:                                         # Ctrl-C: stop here, keep the work
                 interrupted = True
@@ -164,31 +154,41 @@ def fit(engine, params: dict, opt, sample: Callable[[int], tuple[np.ndarray, np.
                interrupted)
 
 
-def check_stopped(run: Fit, cfg, out: Path, spec: ModelSpec, engine, params: dict, opt,
-                  config: dict, log: Callable[[str], None] | None) -> None:
+def _log_record(losses: np.ndarray, i: int, log_every: int, seconds: float,
+                log: Callable[[str], None] | None) -> dict:
+    """Iteration ``i``'s ``{"kind": "log"}`` record (its MSE and the mean of the last
+    ``log_every``), printed through ``log`` as the seed prints it."""
+    loss = float(losses[i])
+    recent = float(losses[max(0, i + 1 - log_every):i + 1].mean())
+    if log is not None:
+        log(f"iter {i:>6}  mse {loss:.3e}  (mean of last {min(i + 1, log_every)}: "
+            f"{recent:.3e})")
+    return {"kind": "log", "iteration": i + 1, "mse": loss, f"mse_mean_{log_every}": recent,
+            "seconds": seconds}
+
+
+def check_stopped(run: Fit, cfg, out: Path, model: RegressionModel, config: dict,
+                  log: Callable[[str], None] | None) -> None:
     """After ``fit``: a blown-up loss saves the restored (last sound) parameters and raises
     Diverged; a Ctrl-C is logged (the caller goes on to write the outputs so far)."""
     if run.diverged:
-        raise _save_diverged(run, out, spec, engine, params, opt, config, norm_threshold(cfg))
+        raise _save_diverged(run, out, model, config,
+                             training.norm_threshold(cfg.clip, cfg.clip_mode))
     if run.interrupted and log is not None:
         log(f"interrupted after {run.iterations} of {cfg.iterations} iterations; the outputs "
             f"below are the model's so far")
 
 
-def _save_diverged(run: Fit, out: Path, spec: ModelSpec, engine, params: dict, opt,
-                   config: dict, clip: float | None) -> Diverged:
-    """last.safetensors with the restored parameters, metrics.jsonl and grad_norms.png up to
+def _save_diverged(run: Fit, out: Path, model: RegressionModel, config: dict,
+                   clip: float | None) -> Diverged:
+    """grad_norms.png, metrics.jsonl and last.safetensors with the restored parameters, up to
     there; the error to raise."""
-    from .plots import plot_grad_norms
+    from ..plot import plot_grad_norms
 
-    summary = {"diverged": run.diverged, "iterations": run.iterations}
-    write_metrics(out / "metrics.jsonl", run, summary)
     if run.steps:
         plot_grad_norms(run.steps, out / "grad_norms.png", threshold=clip)
-    path = save_checkpoint(out / "last.safetensors", spec, engine, params, opt, run.state,
-                           config=config, train={"iterations": run.iterations,
-                                                 "seed": config.get("seed"), "summary": summary},
-                           metrics=run.logs)
+    path = save_run(out, run, model, config,
+                    {"diverged": run.diverged, "iterations": run.iterations})["checkpoint"]
     where = f"after {run.iterations} iterations" if run.iterations else "the initial ones"
     return Diverged(f"{run.diverged}; the last sound parameters ({where}) are in {path}; "
                     f"lower --lr or set --clip")
@@ -218,28 +218,18 @@ def free_run(engine, params: dict, warmup: np.ndarray, steps: int, state=None):
 
 
 # -- checkpoints and metrics --------------------------------------------------------------------
-def state_tuple(engine, state):
-    """The engine's state as a tuple of NumPy arrays ((h,) or (h, c)) for a checkpoint."""
-    if state is None:
-        return None
-    st = engine.state_to_numpy(state)
-    st = tuple(st) if isinstance(st, tuple) else (st,)
-    return tuple(np.asarray(as_numpy(s)) for s in st)
-
-
-def save_checkpoint(path: Path, spec: ModelSpec, engine, params: dict, opt, state,
-                    config: dict, train: dict, metrics: list) -> Path:
-    """A ``bptt.lm.checkpoint`` file: task regression, no vocabulary, the optimiser state."""
-    from ..lm import checkpoint as ck
-
-    arrays = {k: v for k, v in opt.state.items() if not isinstance(v, int | float)}
-    scalars = {k: v for k, v in opt.state.items() if isinstance(v, int | float)}
-    return ck.save(ck.Checkpoint(
-        spec=spec, params={k: np.asarray(as_numpy(v)) for k, v in
-                           engine.to_numpy(params).items()},
-        vocab=None, text={}, config=config, train={**train, "optim_scalars": scalars},
-        optim={k: np.asarray(as_numpy(v)) for k, v in engine.to_numpy(arrays).items()},
-        state=state_tuple(engine, state), metrics=metrics), path)
+def save_run(out: Path, run: Fit, model: RegressionModel, config: dict,
+             summary: dict) -> dict[str, Path]:
+    """metrics.jsonl (see :func:`write_metrics`) and last.safetensors: a checkpoint of task
+    regression, no vocabulary, with the optimiser state, the carried state, ``config`` and
+    ``train`` = the iterations, the seed and ``summary``. Returns the two paths by name."""
+    metrics = write_metrics(out / "metrics.jsonl", run, summary)
+    spec, engine, params, opt = model
+    ckpt = training.to_checkpoint(spec, engine, params, opt, run.state, config=config,
+                                  train={"iterations": run.iterations,
+                                         "seed": config.get("seed"), "summary": summary},
+                                  metrics=run.logs)
+    return {"metrics": metrics, "checkpoint": ck.save(ckpt, out / "last.safetensors")}
 
 
 def write_metrics(path: Path, run: Fit, summary: dict) -> Path:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import rundir, training
 from . import core
 from .config import SeriesConfig
 
@@ -101,11 +102,35 @@ def _val_count(n: int, val_frac: float) -> int:
 
 
 def min_length(window: int, val_frac: float) -> int:
-    """The shortest series whose training part holds one window (and has validation)."""
-    n = window
-    while n - _val_count(n, val_frac) < window:
-        n += 1
-    return n
+    """The shortest series whose training part holds one window (and has validation).
+
+    The training part, n - round(val_frac * n), grows by 0 or 1 with each n, so the answer is
+    found by bisection: about 40 steps even for a val_frac a hair below 1 (where it is huge)."""
+    if not 0.0 <= val_frac < 1.0:
+        raise SeriesError(f"expected --val-frac in [0, 1), got {val_frac}")
+    lo, hi = window, max(window, math.ceil((window + 1) / (1.0 - val_frac)) + 1)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if mid - _val_count(mid, val_frac) >= window:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+# Values whose squares, summed over any series (the variance; the MSE in original units is
+# std^2 times the normalised one), stay far inside float64, whose largest value is 1.8e308.
+MAX_ABS_VALUE = 1e140
+
+
+def check_scale(values: np.ndarray, column: str) -> None:
+    """Refuse a series whose scale overflows float64 once squared (its variance, its MSE)."""
+    big = np.flatnonzero(~(np.abs(values) <= MAX_ABS_VALUE))
+    if big.size:
+        i = int(big[0])
+        raise SeriesError(f"expected values of column {column!r} within +-{MAX_ABS_VALUE:g} "
+                          f"(their squares must fit in float64), got {values[i]:g} at data row "
+                          f"{i + 1}; rescale the column (e.g. divide it by a power of 10)")
 
 
 def split_series(values: np.ndarray, val_frac: float, window: int):
@@ -144,25 +169,36 @@ class SeriesResult:
     interrupted: bool = False
 
 
-def train_series(cfg: SeriesConfig, *, log=print) -> SeriesResult:
+def train_series(cfg: SeriesConfig, *, log=print, overwrite: bool = False) -> SeriesResult:
     """Train on ``cfg.csv``'s column; write series_forecast.png, grad_norms.png, metrics.jsonl
-    and last.safetensors (its config holds the normalisation ``mean`` and ``std``)."""
+    and last.safetensors (its config holds the normalisation ``mean`` and ``std``).
+
+    A folder that already holds a run is refused, unless ``overwrite``: the earlier run is then
+    moved aside once training has run (bptt/rundir.py); the folder is locked meanwhile."""
     core.check_training_args(cfg.iterations, cfg.lr, cfg.clip, cfg.clip_mode, cfg.batch_size,
                              cfg.log_every)
     if cfg.forecast_steps < 1:
         raise SeriesError(f"expected --forecast-steps >= 1, got {cfg.forecast_steps}")
+    folder = rundir.RunFolder(cfg.out, verb="series", overwrite=overwrite, log=log)
+    with folder.locked():
+        return _train_series(cfg, log, folder)
+
+
+def _train_series(cfg: SeriesConfig, log, folder: rundir.RunFolder) -> SeriesResult:
     values = read_column(cfg.csv, cfg.column)
     train, val = split_series(values, cfg.val_frac, cfg.window)
     n_train, n_val = len(train), len(val)
+    check_scale(values, cfg.column)
     mean, std = float(train.mean()), float(train.std())
     if not std > 0:
         raise SeriesError(f"column {cfg.column!r}: the training part is constant ({mean:g}), "
                           f"nothing to learn")
     z = (values - mean) / std
     z_train = z[:n_train]
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.out)
+    folder.check()                                    # --out: a file, or a run not to replace
 
-    spec, engine, params, opt = core.build(cfg)
+    model = core.build(cfg)
     data_rng = np.random.default_rng([cfg.seed, 1])
     offsets = np.arange(cfg.window)
 
@@ -173,65 +209,85 @@ def train_series(cfg: SeriesConfig, *, log=print) -> SeriesResult:
 
     if log is not None:
         log(f"series: {cfg.csv} column {cfg.column!r}: {n_train} training and {n_val} "
-            f"validation values, mean {mean:.4g}, std {std:.4g}; {spec.cell} "
-            f"H={spec.hidden_size}, engine {engine.name}")
-    run = core.fit(engine, params, opt, sample, cfg.iterations, clip=cfg.clip,
-                   clip_mode=cfg.clip_mode, carry_state=cfg.carry_state,
+            f"validation values, mean {mean:.4g}, std {std:.4g}; {model.spec.cell} "
+            f"H={model.spec.hidden_size}, engine {model.engine.name}")
+    run = core.fit(model.engine, model.params, model.opt, sample, cfg.iterations,
+                   clip=cfg.clip, clip_mode=cfg.clip_mode, carry_state=cfg.carry_state,
                    log_every=cfg.log_every, log=log,
                    max_loss=core.DIVERGED_MSE_FACTOR * float(np.mean(z_train[1:] ** 2)))
+    folder.create()                                   # trained: now the run folder
     config = {"kind": "series", **cfg.to_dict(), "mean": mean, "std": std,
               "n_train": n_train, "n_val": n_val}
-    core.check_stopped(run, cfg, Path(cfg.out), spec, engine, params, opt, config, log)
-    final_mse = float(run.losses[-cfg.log_every:].mean())
+    core.check_stopped(run, cfg, out, model, config, log)
 
-    # -- one-step predictions over the whole series, from zeros (teacher forcing) -----------
+    # -- evaluation: one-step over the whole series, free-running after the training part -----
+    scores, curves = _evaluate(cfg, model, values, n_train, mean, std)
+
+    # -- plots ----------------------------------------------------------------------------------
+    files = _plots(cfg, run, values, n_train, curves, scores)
+
+    summary = {"n_train": n_train, "n_val": n_val, "mean": mean, "std": std,
+               "final_mse": float(run.losses[-cfg.log_every:].mean()), **scores,
+               "seconds": run.seconds, "iterations": run.iterations,
+               "interrupted": run.interrupted}
+    files.update(core.save_run(out, run, model, config, summary))
+    return SeriesResult(out, n_train, n_val, mean, std, summary["final_mse"],
+                        scores["train_mse"], scores["val_mse"], scores["val_mse_norm"],
+                        scores["persistence_mse"], scores["forecast_mse"], run.seconds, files,
+                        run.iterations, run.interrupted)
+
+
+def _evaluate(cfg: SeriesConfig, model: core.RegressionModel, values: np.ndarray, n_train: int,
+              mean: float, std: float) -> tuple[dict, dict]:
+    """The trained model's scores (original units unless said): one-step MSE over the training
+    and validation targets from a zero state (teacher forcing), the persistence baseline, and
+    the free-running forecast from the end of the training part. Returns the scores (None
+    without a validation part) and the curves the plot draws, in original units."""
+    engine, params = model.engine, model.params
+    z = (values - mean) / std
+    n_val = len(values) - n_train
     pred, _ = core.one_step(engine, params, z[:-1])           # pred[k] predicts z[k + 1]
     var = std * std
-    train_mse = float(np.mean((pred[:n_train - 1] - z[1:n_train]) ** 2)) * var
-    val_norm = val_mse = persistence = forecast_mse = None
+    scores = {"train_mse": float(np.mean((pred[:n_train - 1] - z[1:n_train]) ** 2)) * var,
+              "val_mse": None, "val_mse_norm": None, "persistence_mse": None,
+              "forecast_mse": None}
     if n_val:
         val_norm = float(np.mean((pred[n_train - 1:] - z[n_train:]) ** 2))
-        val_mse = val_norm * var
-        persistence = float(np.mean((z[n_train - 1:-1] - z[n_train:]) ** 2)) * var
-
-    # -- free-running forecast from the end of the training part ----------------------------
-    steps = n_val or cfg.forecast_steps
-    warm_pred, fc = core.free_run(engine, params, z_train, steps)
+        scores.update(val_mse=val_norm * var, val_mse_norm=val_norm, persistence_mse=float(
+            np.mean((z[n_train - 1:-1] - z[n_train:]) ** 2)) * var)
+    warm_pred, fc = core.free_run(engine, params, z[:n_train], n_val or cfg.forecast_steps)
     fc_orig = fc * std + mean
     if n_val:
-        forecast_mse = float(np.mean((fc_orig - val) ** 2))
+        scores["forecast_mse"] = float(np.mean((fc_orig - values[n_train:]) ** 2))
+    return scores, {"one_step": pred * std + mean, "warm_pred": warm_pred * std + mean,
+                    "forecast": fc_orig}
 
-    from .plots import plot_forecast, plot_grad_norms
 
+def _plots(cfg: SeriesConfig, run: core.Fit, values: np.ndarray, n_train: int, curves: dict,
+           scores: dict) -> dict[str, Path]:
+    """series_forecast.png (the end of the training part, the forecast after it, against the
+    validation part when there is one) and grad_norms.png."""
+    from ..plot import plot_grad_norms
+    from .plots import plot_forecast
+
+    train = values[:n_train]
+    n_val = len(values) - n_train
+    steps = n_val or cfg.forecast_steps
     tail = min(n_train, max(3 * cfg.window, steps))
     t_warm = np.arange(n_train - tail, n_train)
     t_fc = np.arange(n_train, n_train + steps)
+    title = (f"{cfg.column}, validation MSE: free-running {scores['forecast_mse']:.3g}, "
+             f"one-step {scores['val_mse']:.3g}, persistence {scores['persistence_mse']:.3g}"
+             if n_val else f"{cfg.column}: free-running forecast of {steps} points past the end")
     files = {}
-    title = (f"{cfg.column}, validation MSE: free-running {forecast_mse:.3g}, one-step "
-             f"{val_mse:.3g}, persistence {persistence:.3g}" if n_val else
-             f"{cfg.column}: free-running forecast of {steps} points past the end")
     files["forecast"] = plot_forecast(
-        t_warm, train[-tail:], warm_pred[-tail:] * std + mean, t_fc, fc_orig,
+        t_warm, train[-tail:], curves["warm_pred"][-tail:], t_fc, curves["forecast"],
         Path(cfg.out) / "series_forecast.png",
         t_truth=np.arange(n_train - tail, n_train + n_val) if n_val else None,
         truth=values[n_train - tail:] if n_val else None,
-        one_step=pred[n_train - 1:] * std + mean if n_val else None,
+        one_step=curves["one_step"][n_train - 1:] if n_val else None,
         title=title, xlabel="row", ylabel=cfg.column)
-    files["grad_norms"] = plot_grad_norms(run.steps, Path(cfg.out) / "grad_norms.png",
-                                          threshold=core.norm_threshold(cfg))
-
-    summary = {"n_train": n_train, "n_val": n_val, "mean": mean, "std": std,
-               "final_mse": final_mse, "train_mse": train_mse, "val_mse": val_mse,
-               "val_mse_norm": val_norm, "persistence_mse": persistence,
-               "forecast_mse": forecast_mse, "seconds": run.seconds,
-               "iterations": run.iterations, "interrupted": run.interrupted}
-    out = Path(cfg.out)
-    files["metrics"] = core.write_metrics(out / "metrics.jsonl", run, summary)
-    files["checkpoint"] = core.save_checkpoint(
-        out / "last.safetensors", spec, engine, params, opt, run.state,
-        config=config,
-        train={"iterations": run.iterations, "seed": cfg.seed, "summary": summary},
-        metrics=run.logs)
-    return SeriesResult(out, n_train, n_val, mean, std, final_mse, train_mse, val_mse, val_norm,
-                        persistence, forecast_mse, run.seconds, files, run.iterations,
-                        run.interrupted)
+    files["grad_norms"] = plot_grad_norms(
+        run.steps, Path(cfg.out) / "grad_norms.png",
+        threshold=training.norm_threshold(cfg.clip, cfg.clip_mode))
+    return files

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import rundir, training
 from . import core
 from .config import SineConfig
 
@@ -93,17 +94,27 @@ def _check(cfg: SineConfig) -> None:
                              log_every=cfg.log_every)
 
 
-def train_sine(cfg: SineConfig | None = None, *, log=print, **overrides) -> SineResult:
+def train_sine(cfg: SineConfig | None = None, *, log=print, overwrite: bool = False,
+               **overrides) -> SineResult:
     """Run the seed's sine experiment per ``cfg`` (fields overridable by keyword); write
-    sine_fit.png, sine_forecast.png, grad_norms.png, last.safetensors and metrics.jsonl."""
+    sine_fit.png, sine_forecast.png, grad_norms.png, last.safetensors and metrics.jsonl.
+
+    A folder that already holds a run is refused, unless ``overwrite``: the earlier run is then
+    moved aside once training has run (bptt/rundir.py); the folder is locked meanwhile."""
     cfg = cfg or SineConfig()
     if overrides:
         cfg = SineConfig(**{**cfg.to_dict(), **overrides})
     _check(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = rundir.RunFolder(cfg.out, verb="sine", overwrite=overwrite, log=log)
+    with folder.locked():
+        folder.check()
+        return _train_sine(cfg, log, folder)
 
-    spec, engine, params, opt = core.build(cfg)
+
+def _train_sine(cfg: SineConfig, log, folder: rundir.RunFolder) -> SineResult:
+    out = Path(cfg.out)
+    model = core.build(cfg)
+    spec, engine, params, _ = model
     data_rng = np.random.default_rng([cfg.seed, 1])
     starts: list[int] = []
 
@@ -118,12 +129,13 @@ def train_sine(cfg: SineConfig | None = None, *, log=print, **overrides) -> Sine
             f"{cfg.lr:g}, {cfg.iterations} iterations, engine {engine.name}, seed {cfg.seed}")
     targets = np.concatenate([sine_window(s, cfg.points, cfg.span)[1][1:]
                               for s in range(cfg.starts)])
-    run = core.fit(engine, params, opt, sample, cfg.iterations, clip=cfg.clip,
+    run = core.fit(engine, params, model.opt, sample, cfg.iterations, clip=cfg.clip,
                    clip_mode=cfg.clip_mode, carry_state=cfg.carry_state,
                    log_every=cfg.log_every, log=log,
                    max_loss=core.DIVERGED_MSE_FACTOR * float(np.mean(targets ** 2)))
+    folder.create()                                   # trained: now the run folder
     config = {"kind": "sine", **cfg.to_dict()}
-    core.check_stopped(run, cfg, out, spec, engine, params, opt, config, log)
+    core.check_stopped(run, cfg, out, model, config, log)
     final_mse = float(run.losses[-cfg.log_every:].mean())
 
     # -- evaluation: every window after every carried state, per step ---------------------
@@ -132,20 +144,39 @@ def train_sine(cfg: SineConfig | None = None, *, log=print, **overrides) -> Sine
     eval_mse = float(errs.mean())
     eval_warm = float(errs[:, cfg.warmup:].mean())
 
-    # -- the seed's plot: the last window, prediction vs truth ------------------------------
+    # -- plots: the last window, the forecast after it, the gradient norms ------------------
+    files, forecast_mse = _plots(cfg, model, run, starts[-1], out)
+
+    summary = {"final_mse": final_mse, "eval_mse": eval_mse,
+               "eval_mse_after_warmup": eval_warm, "warmup": cfg.warmup,
+               "eval_windows": len(errs), "per_step_mse": per_step.tolist(),
+               "forecast_mse": forecast_mse, "forecast_steps": cfg.forecast_steps,
+               "seconds": run.seconds, "iterations": run.iterations,
+               "interrupted": run.interrupted}
+    files.update(core.save_run(out, run, model, config, summary))
+    return SineResult(out, final_mse, eval_mse, eval_warm, cfg.warmup, per_step, forecast_mse,
+                      run.seconds, run.iterations, min(cfg.log_every, run.iterations),
+                      run.losses, files, run.interrupted)
+
+
+def _plots(cfg: SineConfig, model: core.RegressionModel, run: core.Fit, s_last: int,
+           out: Path) -> tuple[dict[str, Path], float]:
+    """sine_fit.png (the seed's plot: the last window, prediction vs truth), sine_forecast.png
+    (warmed up on that whole window, then fed its own predictions) and grad_norms.png. Returns
+    the files by name and the forecast's MSE against the true sine."""
+    from ..plot import plot_grad_norms
+    from .plots import plot_fit, plot_forecast
+
+    engine, params = model.engine, model.params
     _, _, state0 = run.last_window
-    s_last = starts[-1]
     t, v = sine_window(s_last, cfg.points, cfg.span)
     pred, _ = core.one_step(engine, params, v[:-1], state0)
     files = {}
-    from .plots import plot_fit, plot_forecast, plot_grad_norms
-
     files["fit"] = plot_fit(t[1:], v[1:], pred, out / "sine_fit.png", inputs=(t[:-1], v[:-1]),
                             losses=run.losses, warmup=cfg.warmup,
                             title=f"sin over [{s_last}, {s_last + cfg.span:g}]: last window, "
                                   f"MSE {float(np.mean((pred - v[1:]) ** 2)):.2e}")
 
-    # -- free-running forecast: warm up on the whole last window, then feed predictions back -
     dt = cfg.span / (cfg.points - 1)
     warm_pred, fc = core.free_run(engine, params, v, cfg.forecast_steps, state0)
     t_fc = s_last + dt * np.arange(cfg.points, cfg.points + cfg.forecast_steps)
@@ -156,24 +187,10 @@ def train_sine(cfg: SineConfig | None = None, *, log=print, **overrides) -> Sine
         truth=np.sin(t_truth), ylabel="sin t",
         title=f"free-running forecast of {cfg.forecast_steps} points after a "
               f"{cfg.points}-point warm-up (MSE {forecast_mse:.2e})")
-    files["grad_norms"] = plot_grad_norms(run.steps, out / "grad_norms.png",
-                                          threshold=core.norm_threshold(cfg))
-
-    summary = {"final_mse": final_mse, "eval_mse": eval_mse,
-               "eval_mse_after_warmup": eval_warm, "warmup": cfg.warmup,
-               "eval_windows": len(errs), "per_step_mse": per_step.tolist(),
-               "forecast_mse": forecast_mse, "forecast_steps": cfg.forecast_steps,
-               "seconds": run.seconds, "iterations": run.iterations,
-               "interrupted": run.interrupted}
-    files["metrics"] = core.write_metrics(out / "metrics.jsonl", run, summary)
-    files["checkpoint"] = core.save_checkpoint(
-        out / "last.safetensors", spec, engine, params, opt, run.state,
-        config=config,
-        train={"iterations": run.iterations, "seed": cfg.seed, "summary": summary},
-        metrics=run.logs)
-    return SineResult(out, final_mse, eval_mse, eval_warm, cfg.warmup, per_step, forecast_mse,
-                      run.seconds, run.iterations, min(cfg.log_every, run.iterations),
-                      run.losses, files, run.interrupted)
+    files["grad_norms"] = plot_grad_norms(
+        run.steps, out / "grad_norms.png", threshold=training.norm_threshold(cfg.clip,
+                                                                             cfg.clip_mode))
+    return files, forecast_mse
 
 
 def main_summary(result: SineResult) -> str:

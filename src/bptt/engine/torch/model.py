@@ -48,9 +48,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """None -> "cuda" when available, else "cpu"; a CUDA device without CUDA is a ValueError."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"expected device cpu, cuda, cuda:N or mps, got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"expected device 'cpu' (CUDA is not available here), got {device!r}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"expected a CUDA device index below {torch.cuda.device_count()}, got "
+                         f"{device!r}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"expected device 'cpu' (MPS is not available here), got {device!r}")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"expected device cpu, cuda, cuda:N or mps, got {device!r}")
     return dev
 
 

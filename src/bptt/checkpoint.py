@@ -8,28 +8,46 @@ the optimiser state under ``optim.<key>``; the carried hidden state under ``stat
 Metadata key ``bptt`` (JSON): format, version, model spec, vocabulary, text settings, training
 config, training position (epoch, batch, lr, optimiser step, ...) and the metrics so far.
 
-Files are written to a temporary name in the same folder and renamed, so a crash never leaves
-a half-written checkpoint; loading never unpickles and rejects truncated or mismatched files.
+Version 2 also keeps the SHA-256 of every tensor's bytes (metadata ``sha256``, by tensor
+name); loading recomputes them, so a flipped byte is found and named. Version 1 files (before
+the digests) still load, unverified. Either way a tensor holding NaN or infinity is refused,
+by name: nothing can train on or sample from it.
+
+Files are written to a temporary name in the same folder with the permissions of any new file
+(the umask's), flushed to the disk (``fsync``), renamed over the old one, and the folder is
+flushed too, so neither a crash nor a power loss leaves a half-written or vanished checkpoint:
+the previous one stays until the new one is whole. A failed write (disk full, permission
+denied) raises :class:`CheckpointWriteError` in one line. Loading never unpickles and rejects
+truncated or mismatched files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..data import Vocab
-from ..model import ModelSpec, check_params
+from .data import Vocab
+from .model import ModelSpec, check_params
 
-FORMAT, VERSION = "bptt.checkpoint", 1
+FORMAT, VERSION = "bptt.checkpoint", 2
+READS = (1, 2)          # version 1: written before the tensors' digests; loads unverified
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, corrupted or does not fit."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (disk full, permission denied); one line."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
 
 
 @dataclass
@@ -46,11 +64,10 @@ class Checkpoint:
 
 
 def save(ckpt: Checkpoint, path: str | Path) -> Path:
-    """Write ``ckpt`` atomically to ``path`` (a ``.safetensors`` file)."""
-    from safetensors.numpy import save_file
+    """Write ``ckpt`` atomically and durably to ``path`` (a ``.safetensors`` file)."""
+    from safetensors.numpy import save as serialise
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     check_params(ckpt.spec, ckpt.params)
     tensors = {k: np.ascontiguousarray(v) for k, v in ckpt.params.items()}
     tensors.update({f"optim.{k}": np.ascontiguousarray(v) for k, v in ckpt.optim.items()})
@@ -66,16 +83,58 @@ def save(ckpt: Checkpoint, path: str | Path) -> Path:
         "config": ckpt.config,
         "train": ckpt.train,
         "metrics": ckpt.metrics,
+        "sha256": {k: _digest(v) for k, v in tensors.items()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    data = serialise(tensors, metadata={"bptt": json.dumps(meta)})
     try:
-        save_file(tensors, tmp, metadata={"bptt": json.dumps(meta)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_durably(path, data)
+    except OSError as e:
+        kept = "; the previous checkpoint there is intact" if path.is_file() else ""
+        raise CheckpointWriteError(e.errno, f"could not write checkpoint {path}: "
+                                   f"{e.strerror or e}{kept}") from None
+    return path
+
+
+def _digest(a: np.ndarray) -> str:
+    """SHA-256 of an array's bytes (C order), as hex."""
+    a = np.ascontiguousarray(a)
+    return hashlib.sha256(memoryview(a.reshape(-1)).cast("B") if a.size else b"").hexdigest()
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """``data`` into ``path``: a temporary file beside it (mode 0666 less the umask, as any new
+    file), written and fsynced, renamed over ``path``, then the folder fsynced so the rename
+    itself survives a power loss. On failure the temporary file is removed and ``path`` is
+    untouched."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to the disk; a no-op where folders cannot be
+    opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass                                              # some filesystems refuse: nothing lost
+    finally:
+        os.close(fd)
 
 
 def resolve_path(path: str | Path, prefer: str = "best") -> Path:
@@ -122,8 +181,14 @@ def load(path: str | Path, prefer: str = "best") -> Checkpoint:
             raise ValueError(f"a JSON {type(meta).__name__} instead of an object")
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}")
-        if meta.get("version") != VERSION:
-            raise ValueError(f"version {meta.get('version')!r}, this bptt reads {VERSION}")
+        version = meta.get("version")
+        if isinstance(version, bool) or version not in READS:
+            raise ValueError(f"version {version!r}, this bptt reads versions "
+                             f"{', '.join(map(str, READS))}")
+        digests = meta.get("sha256") if version >= 2 else None
+        if version >= 2 and (not isinstance(digests, dict) or sorted(digests) != sorted(tensors)):
+            raise ValueError(f"'sha256' naming every tensor ({sorted(tensors)}), got "
+                             f"{sorted(digests) if isinstance(digests, dict) else digests!r}")
         for key, kind in (("text", dict), ("config", dict), ("train", dict), ("metrics", list)):
             if not isinstance(meta.get(key, kind()), kind):
                 raise ValueError(f"{key!r} a {type(meta[key]).__name__}, not a {kind.__name__}")
@@ -141,6 +206,7 @@ def load(path: str | Path, prefer: str = "best") -> Checkpoint:
             f"checkpoint {path}: expected a vocabulary of {spec.input_size} tokens, "
             f"got {len(vocab)}"
         )
+    verify_tensors(path, tensors, digests)
     state = None
     if "state.h" in tensors:
         state = (tensors["state.h"],) + ((tensors["state.c"],) if "state.c" in tensors else ())
@@ -155,3 +221,18 @@ def load(path: str | Path, prefer: str = "best") -> Checkpoint:
         state=state,
         metrics=meta.get("metrics", []),
     )
+
+
+def verify_tensors(path: Path, tensors: dict[str, np.ndarray], digests: dict | None) -> None:
+    """Refuse a tensor whose bytes differ from the digest saved with it (when there is one),
+    or that holds NaN or infinity; the message names the tensor."""
+    for name, a in tensors.items():
+        if digests is not None and _digest(a) != digests[name]:
+            raise CheckpointError(
+                f"checkpoint {path} is damaged: expected the bytes of tensor {name!r} to have "
+                f"SHA-256 {str(digests[name])[:16]}..., got {_digest(a)[:16]}...")
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            bad = int(a.size - np.isfinite(a).sum())
+            raise CheckpointError(
+                f"checkpoint {path}: expected finite values, got {bad} NaN or infinite in "
+                f"tensor {name!r} (a diverged or damaged model cannot be trained or sampled)")
