@@ -47,7 +47,7 @@ def test_every_numpy_verb_runs_without_torch(tmp_path, data_dir):
     corpus.write_text(HELLO, encoding="utf-8")
     run = tmp_path / "run"
     ok = [
-        ("train", "--data", corpus, "--out", run, "--engine", "numpy", *TINY),
+        ("train", "--data", corpus, "--out", run, "--engine", "numpy", *TINY, "--tensorboard"),
         ("generate", run, "--length", "10"),
         ("evaluate", run, "--data", corpus),
         ("sine", "--out", tmp_path / "sine", "--iterations", "30"),
@@ -61,6 +61,7 @@ def test_every_numpy_verb_runs_without_torch(tmp_path, data_dir):
         ran = run_without_torch(*argv)
         assert ran.rc == 0, (argv, ran.err)
     assert (run / "best.safetensors").is_file() and (tmp_path / "series").is_dir()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))   # tensorboardX, no torch
 
     ran = run_without_torch("check", "--quick")
     assert ran.rc == 0, ran.err

@@ -131,3 +131,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 class RawHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
     """The same, with the description and epilog printed as written (tables)."""
+
+
+def add_tensorboard_flag(group) -> None:
+    """``--tensorboard [DIR]``: event files in OUT/tensorboard, or in DIR."""
+    group.add_argument("--tensorboard", nargs="?", const=True, default=None, metavar="DIR",
+                       help="also write TensorBoard event files (scalars, gradient-norm "
+                       "histograms, samples) to DIR, or OUT/tensorboard when DIR is left out; "
+                       "needs pip install 'bptt[tensorboard]' (default: off)")

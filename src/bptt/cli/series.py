@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         carry_state=args.carry_state, engine=args.engine, device=args.device, dtype=args.dtype,
         seed=args.seed, out=args.out, log_every=args.log_every,
         forecast_steps=args.forecast_steps)
-    r = train_series(cfg, overwrite=args.overwrite)
+    r = train_series(cfg, overwrite=args.overwrite, tensorboard=args.tensorboard)
     print(f"training one-step mse {r.train_mse:.4g} (original units)")
     if r.n_val:
         print(f"validation one-step mse {r.val_mse:.4g} (original units), {r.val_mse_norm:.4g} "

@@ -12,6 +12,7 @@ from .argtypes import (
     add_number,
     add_optimizer_flags,
     add_overwrite_flag,
+    add_tensorboard_flag,
 )
 
 _D = SineConfig()
@@ -32,6 +33,7 @@ def add_regression_args(p: argparse.ArgumentParser, d, ranges: dict) -> None:
                help="seed of the initialisation and the windows")
     g.add_argument("--out", default=d.out, help="run folder")
     add_overwrite_flag(g, "once training has run")
+    add_tensorboard_flag(g)
     add_number(g, "--log-every", ranges["log_every"], default=d.log_every,
                help="print the MSE every N iterations")
     add_number(g, "--forecast-steps", ranges["forecast_steps"], default=d.forecast_steps,
@@ -66,6 +68,6 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr, clip=args.clip, clip_mode=args.clip_mode, carry_state=not args.reset_state,
         engine=args.engine, device=args.device, dtype=args.dtype, seed=args.seed, out=args.out,
         log_every=args.log_every, forecast_steps=args.forecast_steps, warmup=args.warmup)
-    result = train_sine(cfg, overwrite=args.overwrite)
+    result = train_sine(cfg, overwrite=args.overwrite, tensorboard=args.tensorboard)
     print(main_summary(result))
     return 130 if result.interrupted else 0

@@ -15,6 +15,7 @@ from .argtypes import (
     add_number,
     add_optimizer_flags,
     add_overwrite_flag,
+    add_tensorboard_flag,
 )
 
 _D = TrainConfig()
@@ -127,6 +128,7 @@ def register(sub) -> None:
                help="tokens per sample")
     g.add_argument("--progress", choices=["auto", "bar", "log"], default=_D.progress,
                    help="auto: a progress bar on a terminal, else log lines")
+    add_tensorboard_flag(g)
     add_number(g, "--dist-timeout", POSITIVE, default=DIST_TIMEOUT, metavar="SECONDS",
                help="under torchrun: seconds a rank waits for its peers before the run ends "
                "with an error (a dead or hung process)")
@@ -199,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
         moved = {k: getattr(cfg, k) for k in ("data", "val_data")
                  if args.resume and k in explicit}
         result = train(cfg, resume=args.resume, overwrite=args.overwrite,
-                       dist_timeout=args.dist_timeout, moved=moved)
+                       dist_timeout=args.dist_timeout, moved=moved,
+                       tensorboard=args.tensorboard)
     except (Diverged, ConfigError, RunFolderError) as e:   # the same on every rank
         if is_main():
             print(f"bptt train: error: {e}", file=sys.stderr)

@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import checkpoint as ck
 from .. import memory, optim, rundir, training
+from .. import tensorboard as tb
 from ..data import (
     CORPORA,
     DataError,
@@ -172,7 +173,7 @@ def _silent(msg: str) -> None:
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
           log: Callable[[str], None] = _log, dist_timeout: float = distributed.DEFAULT_TIMEOUT,
-          moved: dict | None = None) -> TrainResult:
+          moved: dict | None = None, tensorboard: str | Path | bool | None = None) -> TrainResult:
     """Train per ``cfg``; with ``resume`` continue from ``cfg.out/last.safetensors``, reading
     the data files the run was trained on, or ``moved`` ({"data": path, "val_data": path}) when
     they have moved (the same bytes: SHA-1 checked).
@@ -183,13 +184,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     Under torchrun (WORLD_SIZE > 1) this process is one data-parallel rank of the run, and a
     collective waits at most ``dist_timeout`` seconds for its peers (see lm/distributed.py).
+
+    ``tensorboard``: also write TensorBoard event files, to ``OUT/tensorboard`` (True) or to
+    that folder (bptt/tensorboard.py; rank 0 alone).
     """
     _validate(cfg)
     cfg = replace(cfg, normalization=resolve_normalization(cfg.normalization, cfg.data))
+    board = tb.open_log(cfg.out, tensorboard) if distributed.is_main() else None
     folder = rundir.RunFolder(cfg.out, verb="train", resume=resume, overwrite=overwrite,
                               writer=distributed.is_main(), log=log)
     with folder.locked(), distributed.session(cfg.engine, cfg.device, dist_timeout) as dist:
-        return _train(cfg, resume, log if dist.is_main else _silent, dist, moved or {}, folder)
+        try:
+            return _train(cfg, resume, log if dist.is_main else _silent, dist, moved or {},
+                          folder, board)
+        finally:
+            if board is not None:
+                board.close()
 
 
 @dataclass
@@ -208,6 +218,7 @@ class _Run:
     params: dict = field(default_factory=dict)      # the engine's arrays
     metrics: list = field(default_factory=list)     # the epoch records so far
     bar: Any = None                                 # the tqdm bar of rank 0, or None
+    board: tb.TensorBoardLog | None = None          # --tensorboard (rank 0), or None
 
     @property
     def out(self) -> Path:
@@ -243,7 +254,7 @@ class _Start:
 
 
 def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], dist: distributed.Single,
-           moved: dict, folder: rundir.RunFolder) -> TrainResult:
+           moved: dict, folder: rundir.RunFolder, board: tb.TensorBoardLog | None) -> TrainResult:
     """The run, stage by stage; ``dist`` is this process's share of it (lm/distributed.py)."""
     folder.check()                    # --out: a file, or an earlier run not to be replaced
     out = Path(cfg.out)
@@ -271,7 +282,7 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], dist: dis
                                    dtype=cfg.dtype), engine.device,
                    hint="lower --hidden-size, --num-layers, --batch-size or --num-steps")
     run = _Run(cfg, dist, log, spec, vocab, engine, optim.make_optimizer(cfg.optimizer, cfg.lr),
-               digests, folder)
+               digests, folder, board=board)
 
     # -- resume: parameters, optimiser, position and metrics; or a fresh run folder -----------
     start = _restore(run, ckpt) if ckpt is not None else _fresh(run)
@@ -366,6 +377,8 @@ def _restore(run: _Run, ckpt: ck.Checkpoint) -> _Start:
     run.metrics = list(ckpt.metrics)
     if run.dist.is_main:
         _trim_metrics(run.metrics_path, start.epoch, run.metrics)
+    if run.board is not None:         # TensorBoard drops the events past the checkpoint
+        run.board.purge_step = sum(m["steps"] for m in run.metrics) + 1
     return start
 
 
@@ -423,6 +436,8 @@ def _epoch(run: _Run, ids: np.ndarray, epoch: int, start: _Start, flag: StopFlag
             run.params, X, Y, state, truncate=cfg.truncate, training=True,
             rng=np.random.default_rng([cfg.seed, 2, epoch, i, *dist.rng_key]))
         loss = dist.average(grads, loss)                  # global means, before clipping
+        if run.board is not None:
+            run.board.collect(grads)                      # per-parameter norms, unclipped
         norms.append(training.clip_and_step(run.opt, run.params, grads, cfg.clip,
                                             cfg.clip_mode))
         if run.folder.create():                           # the first step ran: the new
@@ -470,8 +485,10 @@ def _evaluate(run: _Run, epoch: int, ep: _Epoch, val_ids: np.ndarray) -> dict:
               "perplexity": math.exp(min(loss, 700.0)),
               "tokens_per_s": ep.tokens / max(ep.seconds, 1e-9), "seconds": ep.seconds,
               "lr": run.opt.lr, "steps": len(ep.norms)}
+    steps = [training.norm_record(b, a, cfg.clip, cfg.clip_mode)
+             for b, a in training.host_norms(run.engine, ep.norms)] if dist.is_main else []
     if dist.is_main:
-        _write_steps(run.metrics_path, epoch, training.host_norms(run.engine, ep.norms), cfg)
+        _write_steps(run.metrics_path, epoch, steps)
     if val_ids.size >= 2:  # every rank evaluates the whole stream; rank 0's numbers rule
         val = evaluate_tokens(run.engine, run.params, val_ids, cfg.batch_size, cfg.num_steps)
         record["val_loss"], record["val_perplexity"] = dist.from_main(
@@ -480,6 +497,9 @@ def _evaluate(run: _Run, epoch: int, ep: _Epoch, val_ids: np.ndarray) -> dict:
     if dist.is_main:
         with run.metrics_path.open("a") as f:
             f.write(json_line(record))
+    if run.board is not None:
+        first = sum(m["steps"] for m in run.metrics[:-1]) + 1
+        run.board.epoch(record, steps, first, run.engine.scalar)
     monitored = record.get("val_loss", record["loss"])
     if cfg.lr_halving and len(run.metrics) > 1:
         prev = run.metrics[-2].get("val_loss", run.metrics[-2]["loss"])
@@ -489,13 +509,11 @@ def _evaluate(run: _Run, epoch: int, ep: _Epoch, val_ids: np.ndarray) -> dict:
     return record
 
 
-def _write_steps(path: Path, epoch: int, norms: list, cfg: TrainConfig) -> None:
-    """Per-step gradient norms (host floats) before/after clipping."""
+def _write_steps(path: Path, epoch: int, steps: list[dict]) -> None:
+    """Per-step gradient norms before/after clipping (records of training.norm_record)."""
     with path.open("a") as f:
-        for j, (before, after) in enumerate(norms):
-            f.write(json_line({"kind": "step", "epoch": epoch + 1, "step": j + 1,
-                               **training.norm_record(before, after, cfg.clip,
-                                                      cfg.clip_mode)}))
+        for j, record in enumerate(steps):
+            f.write(json_line({"kind": "step", "epoch": epoch + 1, "step": j + 1, **record}))
 
 
 # -- checkpoints --------------------------------------------------------------------------------
@@ -536,6 +554,8 @@ def _report(run: _Run, epoch: int, record: dict, first_epoch: int, result: Train
                               cfg.normalization, cfg.tokenization)
         result.sample = _sample(model, cfg, run.engine.name)
         (bar.write if bar is not None else run.log)(f"  {result.sample}")
+        if run.board is not None:
+            run.board.text("sample", result.sample, run.board.step)
         _plot(run.metrics, run.out, cfg)
 
 

@@ -98,7 +98,8 @@ class Fit:
 def fit(engine, params: dict, opt, sample: Callable[[int], tuple[np.ndarray, np.ndarray]],
         iterations: int, *, clip: float | None = None, clip_mode: str = "norm",
         carry_state: bool = True, log_every: int = 100,
-        log: Callable[[str], None] | None = print, max_loss: float = math.inf) -> Fit:
+        log: Callable[[str], None] | None = print, max_loss: float = math.inf,
+        collect: Callable[[dict], None] | None = None) -> Fit:
     """Train in place: each iteration ``X, Y = sample(i)`` ((B, T, 1) each), the MSE and its
     hand-written (or torch) gradients, optional clipping, one optimiser step.
 
@@ -108,6 +109,7 @@ def fit(engine, params: dict, opt, sample: Callable[[int], tuple[np.ndarray, np.
     parameters, optimiser state and carried state go back to where the last sound loss was
     computed, and ``Fit.diverged`` says why (``Fit.losses`` ends at the last sound iteration).
     Ctrl-C stops after the current step with ``Fit.interrupted`` set (a second one at once).
+    ``collect`` (``--tensorboard``) is handed every step's gradients before clipping.
     """
     losses = np.empty(iterations)
     steps, logs = [], []
@@ -138,6 +140,8 @@ def fit(engine, params: dict, opt, sample: Callable[[int], tuple[np.ndarray, np.
                 last_window = None
                 break
             snapshot = training.Snapshot.take(params, opt, start_state)   # gave a sound loss
+            if collect is not None:
+                collect(grads)
             (before, after), = training.host_norms(engine, [training.clip_and_step(
                 opt, params, grads, clip, clip_mode, measure_clipped=True)])
             losses[i] = loss
@@ -152,6 +156,20 @@ def fit(engine, params: dict, opt, sample: Callable[[int], tuple[np.ndarray, np.
                 break
     return Fit(losses, state, last_window, steps, logs, time.perf_counter() - t0, diverged,
                interrupted)
+
+
+def log_tensorboard(board, run: Fit, cfg, engine, summary: dict | None = None) -> None:
+    """``--tensorboard``: the fit's steps (MSE, gradient norms, per-parameter histograms per
+    ``log_every`` steps), or, given ``summary``, its MSEs at the last step, and close."""
+    if board is None:
+        return
+    if summary is None:
+        board.fit(run.steps, cfg.lr, cfg.log_every, engine.scalar)
+        board.flush()
+        return
+    board.scalars({f"summary/{k}": v for k, v in summary.items()
+                   if "mse" in k and isinstance(v, float)}, max(run.iterations, 1))
+    board.close()
 
 
 def _log_record(losses: np.ndarray, i: int, log_every: int, seconds: float,

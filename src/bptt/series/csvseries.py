@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import rundir, training
+from .. import tensorboard as tb
 from . import core
 from .config import SeriesConfig
 
@@ -169,22 +170,27 @@ class SeriesResult:
     interrupted: bool = False
 
 
-def train_series(cfg: SeriesConfig, *, log=print, overwrite: bool = False) -> SeriesResult:
+def train_series(cfg: SeriesConfig, *, log=print, overwrite: bool = False,
+                 tensorboard: str | Path | bool | None = None) -> SeriesResult:
     """Train on ``cfg.csv``'s column; write series_forecast.png, grad_norms.png, metrics.jsonl
     and last.safetensors (its config holds the normalisation ``mean`` and ``std``).
 
     A folder that already holds a run is refused, unless ``overwrite``: the earlier run is then
-    moved aside once training has run (bptt/rundir.py); the folder is locked meanwhile."""
+    moved aside once training has run (bptt/rundir.py); the folder is locked meanwhile.
+    ``tensorboard``: also write TensorBoard event files, to ``OUT/tensorboard`` (True) or to
+    that folder (bptt/tensorboard.py)."""
     core.check_training_args(cfg.iterations, cfg.lr, cfg.clip, cfg.clip_mode, cfg.batch_size,
                              cfg.log_every)
     if cfg.forecast_steps < 1:
         raise SeriesError(f"expected --forecast-steps >= 1, got {cfg.forecast_steps}")
+    board = tb.open_log(cfg.out, tensorboard)
     folder = rundir.RunFolder(cfg.out, verb="series", overwrite=overwrite, log=log)
     with folder.locked():
-        return _train_series(cfg, log, folder)
+        return _train_series(cfg, log, folder, board)
 
 
-def _train_series(cfg: SeriesConfig, log, folder: rundir.RunFolder) -> SeriesResult:
+def _train_series(cfg: SeriesConfig, log, folder: rundir.RunFolder,
+                  board: tb.TensorBoardLog | None = None) -> SeriesResult:
     values = read_column(cfg.csv, cfg.column)
     train, val = split_series(values, cfg.val_frac, cfg.window)
     n_train, n_val = len(train), len(val)
@@ -214,8 +220,10 @@ def _train_series(cfg: SeriesConfig, log, folder: rundir.RunFolder) -> SeriesRes
     run = core.fit(model.engine, model.params, model.opt, sample, cfg.iterations,
                    clip=cfg.clip, clip_mode=cfg.clip_mode, carry_state=cfg.carry_state,
                    log_every=cfg.log_every, log=log,
-                   max_loss=core.DIVERGED_MSE_FACTOR * float(np.mean(z_train[1:] ** 2)))
+                   max_loss=core.DIVERGED_MSE_FACTOR * float(np.mean(z_train[1:] ** 2)),
+                   collect=None if board is None else board.collect)
     folder.create()                                   # trained: now the run folder
+    core.log_tensorboard(board, run, cfg, model.engine)
     config = {"kind": "series", **cfg.to_dict(), "mean": mean, "std": std,
               "n_train": n_train, "n_val": n_val}
     core.check_stopped(run, cfg, out, model, config, log)
@@ -231,6 +239,7 @@ def _train_series(cfg: SeriesConfig, log, folder: rundir.RunFolder) -> SeriesRes
                "seconds": run.seconds, "iterations": run.iterations,
                "interrupted": run.interrupted}
     files.update(core.save_run(out, run, model, config, summary))
+    core.log_tensorboard(board, run, cfg, model.engine, summary)
     return SeriesResult(out, n_train, n_val, mean, std, summary["final_mse"],
                         scores["train_mse"], scores["val_mse"], scores["val_mse_norm"],
                         scores["persistence_mse"], scores["forecast_mse"], run.seconds, files,

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import rundir, training
+from .. import tensorboard as tb
 from . import core
 from .config import SineConfig
 
@@ -95,23 +96,27 @@ def _check(cfg: SineConfig) -> None:
 
 
 def train_sine(cfg: SineConfig | None = None, *, log=print, overwrite: bool = False,
-               **overrides) -> SineResult:
+               tensorboard: str | Path | bool | None = None, **overrides) -> SineResult:
     """Run the seed's sine experiment per ``cfg`` (fields overridable by keyword); write
     sine_fit.png, sine_forecast.png, grad_norms.png, last.safetensors and metrics.jsonl.
 
     A folder that already holds a run is refused, unless ``overwrite``: the earlier run is then
-    moved aside once training has run (bptt/rundir.py); the folder is locked meanwhile."""
+    moved aside once training has run (bptt/rundir.py); the folder is locked meanwhile.
+    ``tensorboard``: also write TensorBoard event files, to ``OUT/tensorboard`` (True) or to
+    that folder (bptt/tensorboard.py)."""
     cfg = cfg or SineConfig()
     if overrides:
         cfg = SineConfig(**{**cfg.to_dict(), **overrides})
     _check(cfg)
+    board = tb.open_log(cfg.out, tensorboard)
     folder = rundir.RunFolder(cfg.out, verb="sine", overwrite=overwrite, log=log)
     with folder.locked():
         folder.check()
-        return _train_sine(cfg, log, folder)
+        return _train_sine(cfg, log, folder, board)
 
 
-def _train_sine(cfg: SineConfig, log, folder: rundir.RunFolder) -> SineResult:
+def _train_sine(cfg: SineConfig, log, folder: rundir.RunFolder,
+                board: tb.TensorBoardLog | None = None) -> SineResult:
     out = Path(cfg.out)
     model = core.build(cfg)
     spec, engine, params, _ = model
@@ -132,8 +137,10 @@ def _train_sine(cfg: SineConfig, log, folder: rundir.RunFolder) -> SineResult:
     run = core.fit(engine, params, model.opt, sample, cfg.iterations, clip=cfg.clip,
                    clip_mode=cfg.clip_mode, carry_state=cfg.carry_state,
                    log_every=cfg.log_every, log=log,
-                   max_loss=core.DIVERGED_MSE_FACTOR * float(np.mean(targets ** 2)))
+                   max_loss=core.DIVERGED_MSE_FACTOR * float(np.mean(targets ** 2)),
+                   collect=None if board is None else board.collect)
     folder.create()                                   # trained: now the run folder
+    core.log_tensorboard(board, run, cfg, engine)
     config = {"kind": "sine", **cfg.to_dict()}
     core.check_stopped(run, cfg, out, model, config, log)
     final_mse = float(run.losses[-cfg.log_every:].mean())
@@ -154,6 +161,7 @@ def _train_sine(cfg: SineConfig, log, folder: rundir.RunFolder) -> SineResult:
                "seconds": run.seconds, "iterations": run.iterations,
                "interrupted": run.interrupted}
     files.update(core.save_run(out, run, model, config, summary))
+    core.log_tensorboard(board, run, cfg, engine, summary)
     return SineResult(out, final_mse, eval_mse, eval_warm, cfg.warmup, per_step, forecast_mse,
                       run.seconds, run.iterations, min(cfg.log_every, run.iterations),
                       run.losses, files, run.interrupted)
