@@ -158,6 +158,7 @@ def test_3_a_second_writer_is_refused_naming_the_holder_and_a_dead_ones_lock_is_
     finally:
         holder.kill()                                   # dies holding it: a stale lock file
         holder.wait()
+        holder.stdout.close()      # else its pipe's ResourceWarning may surface in a later run
     assert (tmp_path / ".run.lock").read_text().startswith(f"{holder.pid} ")
     ran = cli("train", "--resume", "--out", run, "--epochs", "3")
     assert ran.rc == 0, ran.err                               # taken over
