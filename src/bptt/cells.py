@@ -44,6 +44,12 @@ class CellKind:
         """The public state is a pair ``(h, c)`` rather than one array (torch's LSTM form)."""
         return len(self.state) > 1
 
+    def options(self, nonlinearity: str = "tanh") -> dict[str, str]:
+        """The keyword options of the cell's ``forward`` and ``step`` in every engine:
+        ``{"nonlinearity": ...}`` for a cell that takes one, else none. The engines and the
+        stacks pass a model's settings through this, so no caller names a cell."""
+        return {"nonlinearity": nonlinearity} if self.takes_nonlinearity else {}
+
     def to_parts(self, state):
         """The public state (``h``, ``(h, c)`` or None) as the engines' tuple of parts."""
         return to_parts(self, state)

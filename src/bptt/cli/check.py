@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-CELL_CHOICES = ("rnn", "lstm", "gru")
+from ..cells import CELL_NAMES as CELL_CHOICES
 
 EPILOG = """\
 what is compared:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..cells import CELL_NAMES, NONLINEARITIES, get_cell
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -19,9 +21,9 @@ def register(sub) -> None:
     p.add_argument("--demo", action="store_true",
                    help="vanishing (tanh, rho(W_hh) 0.5), exploding (relu, nonnegative W_hh at "
                    "rho 1.5), LSTM (forget bias 1) and GRU side by side")
-    p.add_argument("--cell", choices=["rnn", "lstm", "gru", "all"], default="all",
+    p.add_argument("--cell", choices=[*CELL_NAMES, "all"], default="all",
                    help="fresh models: which cells (rnn: both tanh and relu)")
-    p.add_argument("--nonlinearity", choices=["tanh", "relu", "both"], default="both",
+    p.add_argument("--nonlinearity", choices=[*NONLINEARITIES, "both"], default="both",
                    help="fresh rnn models: which nonlinearity")
     p.add_argument("--steps", type=int, default=50, help="sequence length T (largest lag)")
     p.add_argument("--batch", type=int, default=4,
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
                                  args.seed, cells=cells, radius=args.radius,
                                  forget_bias=args.forget_bias)
         if args.nonlinearity != "both":
-            flows = [f for f in flows if f.cell != "rnn" or f.nonlinearity == args.nonlinearity]
+            flows = [f for f in flows if not get_cell(f.cell).takes_nonlinearity
+                     or f.nonlinearity == args.nonlinearity]
         title = ""
     print("||dh_T/dh_t||_2 by lag k = T - t (geometric mean over "
           f"{args.batch} random sequences; rho(W), ||W||: the largest over W_hh's gate blocks)")

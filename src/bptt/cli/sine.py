@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..cells import CELL_NAMES, NONLINEARITIES
 from ..series.config import SineConfig
 
 _D = SineConfig()
@@ -16,10 +17,10 @@ def _none_or_float(s: str):
 def add_regression_args(p: argparse.ArgumentParser, d) -> None:
     """Model, optimisation and engine flags shared by ``sine`` and ``series``."""
     g = p.add_argument_group("model")
-    g.add_argument("--cell", choices=["rnn", "lstm", "gru"], default=d.cell)
+    g.add_argument("--cell", choices=CELL_NAMES, default=d.cell)
     g.add_argument("--hidden-size", type=int, default=d.hidden_size)
     g.add_argument("--num-layers", type=int, default=d.num_layers)
-    g.add_argument("--nonlinearity", choices=["tanh", "relu"], default=d.nonlinearity,
+    g.add_argument("--nonlinearity", choices=NONLINEARITIES, default=d.nonlinearity,
                    help="rnn cell only")
     g = p.add_argument_group("optimisation")
     g.add_argument("--iterations", type=int, default=d.iterations)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cells import CELL_NAMES, NONLINEARITIES
 from ..lm.config import RECIPES, TrainConfig
 from ..lm.distributed import DEFAULT_TIMEOUT as DIST_TIMEOUT
 
@@ -48,10 +49,10 @@ def _none_or(kind):
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--cell", choices=["rnn", "lstm", "gru"], default=_D.cell)
+    g.add_argument("--cell", choices=CELL_NAMES, default=_D.cell)
     g.add_argument("--hidden-size", type=int, default=_D.hidden_size)
     g.add_argument("--num-layers", type=int, default=_D.num_layers)
-    g.add_argument("--nonlinearity", choices=["tanh", "relu"], default=_D.nonlinearity)
+    g.add_argument("--nonlinearity", choices=NONLINEARITIES, default=_D.nonlinearity)
     g.add_argument("--dropout", type=float, default=_D.dropout,
                    help="between stacked layers, training only")
     g.add_argument("--init", choices=["torch", "d2l"], default=_D.init,
