@@ -188,7 +188,7 @@ def plot_gradflow(flows: list, path: str | Path, *, title: str = "") -> Path:
             ax.fill_between(k, np.maximum(f.spectral.min(axis=0), tiny),
                             np.maximum(f.spectral.max(axis=0), tiny), color=c, alpha=0.15, lw=0)
         if f.cell == "rnn":
-            sig = f.weights["hh"]["singular_values"][0]
+            sig = f.weights["h"]["singular_values"][0]
             ax.semilogy(k, np.maximum(sig ** k.astype(float), tiny), "--", color=c, lw=0.8,
                         alpha=0.8)
         if f.state_spectral is not None:

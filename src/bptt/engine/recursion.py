@@ -1,0 +1,121 @@
+"""The backward recursion through time, written once for every cell of every engine.
+
+A cell's backward is the loop below with the cell's one-step backward (its ``step``) plugged
+in; NumPy and torch differ only in the few operations of :class:`bptt.engine.protocol.ArrayOps`
+(``numpy.common.OPS``, ``torch.common.OPS``). Nothing here reads a value back to the host, so a
+CUDA backward never waits inside the loop.
+
+Symbols: T steps, B batch, H hidden size, W the width of the step's pre-activations (G*H),
+A ages (1 without truncation, k + 1 with ``truncate = k``), K = the ages carried back (1
+without truncation, k with it).
+
+The step contract, ``step(t, dstate, dz_out, prev_out)``:
+
+  dstate    a tuple, one (A, B, H) array per state part (``(dh,)`` or ``(dh, dc)``): by age,
+            the gradients reaching the state after step t, dL/dh_t included at age 0. The step
+            may overwrite them (they are scratch once it returns).
+  dz_out    (A, B, W): the step writes the gradient of its pre-activations dz_t, by age.
+  prev_out  a tuple of (K, B, H) arrays: the step writes the gradients reaching the state
+            before step t, of ages 0..K-1 (age k would cross a (k + 1)-th transition: dropped).
+
+Each step is linear in ``dstate`` and treats every age alike, so one batched product per step
+serves every pending loss term (docs/bptt.md, "Truncation").
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+
+from .protocol import ArrayOps
+
+Step = Callable[[int, tuple, object, tuple], None]
+
+
+def check_truncate(truncate: int | None) -> None:
+    if truncate is not None and (
+        isinstance(truncate, bool) or not isinstance(truncate, numbers.Integral) or truncate < 0
+    ):
+        raise ValueError(f"expected bptt_truncate None or an integer >= 0, got {truncate!r}")
+
+
+def effective_truncate(truncate: int | None, T: int) -> int | None:
+    """``truncate`` as the loop needs it: k >= T cuts nothing (the longest path, from the loss
+    at T-1 to h0, crosses T transitions), so it is full BPTT, computed without the k + 1 ages."""
+    check_truncate(truncate)
+    return None if truncate is None or truncate >= T else int(truncate)
+
+
+class Recursion:
+    """The pending state gradients of one backward pass, by age, carried from step to step.
+
+    Without truncation A = K = 1 and ``dh_t = dL/dh_t + dh_{t+1} -> h_t`` is passed straight
+    along; ``dz_out`` is then row t of ``dz`` itself, so nothing is copied.
+
+    With ``truncate = k`` the gradient of the loss at step t may cross at most k recurrent
+    transitions (h_t -> h_{t-1} -> ... -> h_{t-k}; it reaches z_{t-k} but not h_{t-k-1}). The
+    pending gradients are kept by age a = transitions already crossed (A = k + 1 slots): a step
+    moves age a to a + 1 and drops age k (only ages 0..k-1 are carried back), so each loss term
+    is cut at its own horizon in one batched product per step instead of one per loss term.
+
+    The ages live in two preallocated buffers per state part, used in turn: nothing is
+    allocated per step. :meth:`run` may be called several times, for consecutive chunks of
+    steps from the last chunk to the first (the NumPy RNN's chunked backward).
+    """
+
+    def __init__(self, ops: ArrayOps, dstate_n: tuple, T: int, truncate: int | None,
+                 width: int) -> None:
+        k = effective_truncate(truncate, T)
+        self.ops = ops
+        self.A = A = 1 if k is None else k + 1
+        self.K = K = 1 if k is None else k
+        self.truncating = k is not None
+        ref = dstate_n[0]                                # (B, H)
+        cur = tuple(ops.zeros(ref, (A, *ds.shape)) for ds in dstate_n)  # (A, B, H): dh_t by age
+        nxt = tuple(ops.zeros(ref, (A, *ds.shape)) for ds in dstate_n)
+        for c, ds in zip(cur, dstate_n, strict=True):
+            c[0] = ds                                    # dL/dstate_n enters at age 0
+        self.by_age = None if A == 1 else ops.empty(ref, (A, ref.shape[0], width))
+        # the two buffers in turn, each with where a step reading it writes: ages 0..K-1 of the
+        # state before the step, the slots of ages A-K..A-1 of the other buffer (swapped next)
+        self.turns = ((cur, tuple(n[A - K:] for n in nxt), nxt),
+                      (nxt, tuple(c[A - K:] for c in cur), cur))
+        self.turn = 0
+
+    def run(self, step: Step, dhs, dz, start: int = 0) -> None:
+        """Steps ``start + n - 1`` down to ``start``: ``dhs`` (n, B, H) (dL/dh_t, or None) and
+        ``dz`` (n, B, W), where dz_t is written. ``dhs`` may be ``dz`` itself (row t is read
+        before it is written). Without truncation row t of ``dz`` is the step's ``dz_out``, so a
+        caller may leave values there for the step to read (the torch RNN does)."""
+        A, ops = self.A, self.ops
+        rows = dz[:, None] if A == 1 else None           # (n, 1, B, W): row t as (A, B, W)
+        for j in reversed(range(dz.shape[0])):
+            cur, prev, nxt = self.turns[self.turn]
+            if dhs is not None:
+                cur[0][0] += dhs[j]                      # dh_t += dL/dh_t (age 0)
+            step(start + j, cur, rows[j] if A == 1 else self.by_age, prev)
+            if A > 1:
+                ops.sum_ages(self.by_age, out=dz[j])     # dz_t: all ages together
+            if self.truncating:                          # age a -> a + 1, age k dropped (the
+                for n in nxt:                            # step wrote ages 1..k; the new age 0
+                    n[0] = 0                             # starts empty)
+            self.turn ^= 1
+
+    def dstate0(self) -> tuple:
+        """The gradients reaching the initial state, every age together: (B, H) per part."""
+        cur = self.turns[self.turn][0]
+        return tuple(c[0] if self.A == 1 else self.ops.sum_ages(c) for c in cur)
+
+
+def bptt_loop(ops: ArrayOps, step: Step, dhs, dstate_n: tuple, T: int, truncate: int | None,
+              width: int) -> tuple[object, tuple]:
+    """The whole backward recursion of a layer; returns ``(dz (T, B, W), dstate_0)``.
+
+    ``dhs`` (T, B, H) or None (no gradient on the outputs); ``dstate_n`` one (B, H) array per
+    state part; ``step`` the cell's one-step backward (the module docstring's contract).
+    """
+    ref = dstate_n[0]
+    rec = Recursion(ops, dstate_n, T, truncate, width)
+    dz = ops.empty(ref, (T, ref.shape[0], width))
+    rec.run(step, dhs, dz)
+    return dz, rec.dstate0()
