@@ -59,6 +59,30 @@ def layer_params(params: dict, layer: int, direction: int) -> dict:
     }
 
 
+def layer_keys(num_layers: int) -> list[tuple[str, str, str, str]]:
+    """The parameter names of each layer's forward direction, in the order of a cell's
+    arguments: ``(weight_ih, weight_hh, bias_ih, bias_hh)`` (biases may be absent)."""
+    return [tuple(f"{k}{suffix(layer, 0)}" for k in ("weight_ih", "weight_hh", "bias_ih",
+                                                     "bias_hh"))
+            for layer in range(num_layers)]
+
+
+def step_layers(step, options: dict, params: dict, keys: list, x, parts: tuple, stack):
+    """One time step through every layer of a unidirectional stack (generation): the cell's
+    ``step`` per layer, layer l + 1 reading layer l's h_t. ``parts`` are the stacked state
+    parts (L, B, H); returns the top layer's h_t (B, H) and the new parts (L, B, H), stacked
+    by ``stack`` (one layer: a view of the step's own arrays)."""
+    inp, finals = x, []
+    for (w_ih, w_hh, b_ih, b_hh), prev in zip(keys, zip(*parts, strict=True), strict=True):
+        new = step(inp, prev, params[w_ih], params[w_hh], params.get(b_ih), params.get(b_hh),
+                   **options)
+        inp = new[0]                                     # h_t, the next layer's input
+        finals.append(new)
+    if len(finals) == 1:
+        return inp, tuple([s[None] for s in finals[0]])
+    return inp, tuple(map(stack, zip(*finals, strict=True)))  # part by part, (L, B, H)
+
+
 def check_stacked(parts: tuple | None, layers: int, batch: int, hidden: int, name: str) -> None:
     """Every part of a stacked state (a tuple, or None) must be (L*D, B, H) or None."""
     for part in parts or ():
@@ -75,9 +99,11 @@ def state_parts(kind: CellKind, state, batch: int, hidden: int, noun: str = "arr
     ``(h0,)`` or ``(h0, c0)`` as :mod:`bptt.cells` declares the parts; the shapes are checked
     by each engine as it converts the parts.
     """
-    n = kind.num_state_parts
+    n = len(kind.state)
     if state is None:
         return (None,) * n
+    if type(state) is tuple and len(state) == n:
+        return state
     if not isinstance(state, tuple | list) or len(state) != n:
         if hasattr(state, "shape"):
             got = f"a single array of shape {tuple(state.shape)}"
@@ -95,7 +121,7 @@ def split_state(parts: tuple | None, index: int) -> tuple | None:
     """The state parts of one (layer, direction) from the stacked parts; None parts stay None."""
     if parts is None:
         return None
-    return tuple(None if s is None else s[index] for s in parts)
+    return tuple([None if s is None else s[index] for s in parts])
 
 
 def gate_shape(kind: CellKind) -> str:
@@ -110,10 +136,10 @@ def check_gate_weights(kind: CellKind | str, weight_ih, weight_hh, bias_ih, bias
     Arrays or tensors alike: only shapes are read.
     """
     kind = get_cell(kind)
-    gates, g = kind.num_gates, gate_shape(kind)
+    gates = kind.num_gates
     if len(weight_hh.shape) != 2 or weight_hh.shape[0] != gates * weight_hh.shape[1]:
         raise ValueError(
-            f"expected weight_hh of shape ({g}, H), got {tuple(weight_hh.shape)}"
+            f"expected weight_hh of shape ({gate_shape(kind)}, H), got {tuple(weight_hh.shape)}"
         )
     H = weight_hh.shape[1]
     if len(weight_ih.shape) != 2 or weight_ih.shape[0] != gates * H:

@@ -18,6 +18,10 @@ The step contract, ``step(t, dstate, dz_out, prev_out)``:
   prev_out  a tuple of (K, B, H) arrays: the step writes the gradients reaching the state
             before step t, of ages 0..K-1 (age k would cross a (k + 1)-th transition: dropped).
 
+It returns None; or, without truncation only, it may return those gradients as a tuple of
+(1, B, H) arrays of its own instead of writing ``prev_out`` (the torch RNN returns the product
+it made rather than copying it).
+
 Each step is linear in ``dstate`` and treats every age alike, so one batched product per step
 serves every pending loss term (docs/bptt.md, "Truncation").
 """
@@ -71,40 +75,76 @@ class Recursion:
         self.K = K = 1 if k is None else k
         self.truncating = k is not None
         ref = dstate_n[0]                                # (B, H)
-        cur = tuple(ops.zeros(ref, (A, *ds.shape)) for ds in dstate_n)  # (A, B, H): dh_t by age
-        nxt = tuple(ops.zeros(ref, (A, *ds.shape)) for ds in dstate_n)
-        for c, ds in zip(cur, dstate_n, strict=True):
-            c[0] = ds                                    # dL/dstate_n enters at age 0
         self.by_age = None if A == 1 else ops.empty(ref, (A, ref.shape[0], width))
-        # the two buffers in turn, each with where a step reading it writes: ages 0..K-1 of the
-        # state before the step, the slots of ages A-K..A-1 of the other buffer (swapped next)
-        self.turns = ((cur, tuple(n[A - K:] for n in nxt), nxt),
-                      (nxt, tuple(c[A - K:] for c in cur), cur))
+        if not self.truncating:                          # one age: every slot written first
+            cur = tuple([ops.empty(ref, (1, *ds.shape)) for ds in dstate_n])  # (1, B, H)
+            nxt = tuple([ops.empty(ref, (1, *ds.shape)) for ds in dstate_n])
+            for c, ds in zip(cur, dstate_n, strict=True):
+                c[0] = ds                                # dL/dstate_n
+            self.turns = ((cur, nxt, None, ()), (nxt, cur, None, ()))
+        else:
+            # (A, B, H): dh_t by age
+            cur = tuple([ops.zeros(ref, (A, *ds.shape)) for ds in dstate_n])
+            nxt = tuple([ops.zeros(ref, (A, *ds.shape)) for ds in dstate_n])
+            for c, ds in zip(cur, dstate_n, strict=True):
+                c[0] = ds                                # dL/dstate_n enters at age 0
+            # the two buffers in turn: (the state read, where the step writes -- ages 0..K-1
+            # of the state before it, the slots of ages A-K..A-1 of the other buffer, swapped
+            # next --, the age-0 slot of h read, the age-0 slots of the other buffer)
+            self.turns = tuple((c, tuple(n[A - K:] for n in o), c[0][0], tuple(n[0] for n in o))
+                               for c, o in ((cur, nxt), (nxt, cur)))
         self.turn = 0
+        self.cur = cur                                   # the state the next step reads
 
     def run(self, step: Step, dhs, dz, start: int = 0) -> None:
         """Steps ``start + n - 1`` down to ``start``: ``dhs`` (n, B, H) (dL/dh_t, or None) and
         ``dz`` (n, B, W), where dz_t is written. ``dhs`` may be ``dz`` itself (row t is read
         before it is written). Without truncation row t of ``dz`` is the step's ``dz_out``, so a
         caller may leave values there for the step to read (the torch RNN does)."""
-        A, ops = self.A, self.ops
-        rows = dz[:, None] if A == 1 else None           # (n, 1, B, W): row t as (A, B, W)
-        for j in reversed(range(dz.shape[0])):
-            cur, prev, nxt = self.turns[self.turn]
+        if self.truncating:
+            self._run_by_age(step, dhs, dz, start)
+            return
+        turns, turn, cur = self.turns, self.turn, self.cur
+        rows = list(dz[:, None])                         # row t as (1, B, W): dz_out itself
+        if dhs is not None:                              # the age-0 slot of h, per buffer
+            slots = (turns[0][0][0][0], turns[1][0][0][0])
+            age0 = cur[0][0] if cur is not turns[turn][0] else slots[turn]
+        for j in range(len(rows) - 1, -1, -1):
             if dhs is not None:
-                cur[0][0] += dhs[j]                      # dh_t += dL/dh_t (age 0)
-            step(start + j, cur, rows[j] if A == 1 else self.by_age, prev)
-            if A > 1:
-                ops.sum_ages(self.by_age, out=dz[j])     # dz_t: all ages together
-            if self.truncating:                          # age a -> a + 1, age k dropped (the
-                for n in nxt:                            # step wrote ages 1..k; the new age 0
-                    n[0] = 0                             # starts empty)
-            self.turn ^= 1
+                age0 += dhs[j]                           # dh_t += dL/dh_t (age 0)
+            new = step(start + j, cur, rows[j], turns[turn][1])
+            if new is None:                              # written into the other buffer
+                turn ^= 1
+                cur = turns[turn][0]
+                if dhs is not None:
+                    age0 = slots[turn]
+            else:                                        # the step's own arrays
+                cur = new
+                if dhs is not None:
+                    age0 = new[0][0]
+        self.turn, self.cur = turn, cur
+
+    def _run_by_age(self, step: Step, dhs, dz, start: int) -> None:
+        """:meth:`run` with truncation: A ages, the step writes them into ``by_age``."""
+        turns, turn, by_age, sum_ages = self.turns, self.turn, self.by_age, self.ops.sum_ages
+        for j in range(dz.shape[0] - 1, -1, -1):
+            cur, prev, age0, nxt0 = turns[turn]
+            if dhs is not None:
+                age0 += dhs[j]                           # dh_t += dL/dh_t (age 0)
+            if by_age is None:                           # k = 0: one age, none carried back
+                step(start + j, cur, dz[j][None], prev)
+            else:
+                step(start + j, cur, by_age, prev)
+                sum_ages(by_age, out=dz[j])              # dz_t: all ages together
+            for n0 in nxt0:                              # age a -> a + 1, age k dropped (the
+                n0[...] = 0                              # step wrote ages 1..k; the new age 0
+            turn ^= 1                                    # starts empty)
+        self.turn = turn
+        self.cur = turns[turn][0]
 
     def dstate0(self) -> tuple:
         """The gradients reaching the initial state, every age together: (B, H) per part."""
-        cur = self.turns[self.turn][0]
-        return tuple(c[0] if self.A == 1 else self.ops.sum_ages(c) for c in cur)
+        return tuple(c[0] if self.A == 1 else self.ops.sum_ages(c) for c in self.cur)
 
 
 def bptt_loop(ops: ArrayOps, step: Step, dhs, dstate_n: tuple, T: int, truncate: int | None,

@@ -89,25 +89,24 @@ def check_sequence(x: np.ndarray, input_size: int, name: str = "input") -> tuple
     return x.shape[0], x.shape[1]
 
 
-def check_state(h: np.ndarray | None, batch: int, hidden: int, dtype: np.dtype,
-                name: str = "h0") -> np.ndarray:
-    """Return the initial state as a (B, H) array of ``dtype``; zeros when ``h`` is None."""
-    if h is None:
-        return np.zeros((batch, hidden), dtype=dtype)
-    h = np.asarray(h)
-    if h.shape != (batch, hidden):
-        raise ValueError(f"expected {name} of shape ({batch}, {hidden}), got {tuple(h.shape)}")
-    return h.astype(dtype, copy=False)
-
-
 def check_state_parts(kind: CellKind, state0, batch: int, hidden: int, dtype: np.dtype,
                       names: str = "{}0") -> tuple[np.ndarray, ...]:
     """A state as a tuple of (B, H) arrays of ``dtype``, one per state part of ``kind``; zeros
     for a missing part (or when ``state0`` is None). ``names`` names the parts in errors
     (``"{}0"``: h0, c0; ``"d{}_n"``: dh_n, dc_n)."""
-    parts = state_parts(kind, state0, batch, hidden)
-    return tuple(check_state(s, batch, hidden, dtype, name=names.format(p))
-                 for p, s in zip(kind.state, parts, strict=True))
+    if state0 is None:
+        return tuple([np.zeros((batch, hidden), dtype=dtype) for _ in kind.state])
+    out = []
+    for p, h in zip(kind.state, state_parts(kind, state0, batch, hidden), strict=True):
+        if h is None:
+            out.append(np.zeros((batch, hidden), dtype=dtype))
+            continue
+        h = np.asarray(h)
+        if h.shape != (batch, hidden):
+            raise ValueError(f"expected {names.format(p)} of shape ({batch}, {hidden}), "
+                             f"got {tuple(h.shape)}")
+        out.append(h.astype(dtype, copy=False))
+    return tuple(out)
 
 
 def check_nonlinearity(nonlinearity: str) -> None:

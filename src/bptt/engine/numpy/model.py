@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...model import ModelSpec, check_params
-from ..layout import check_stacked, layer_params, split_state
+from ..layout import check_stacked, layer_keys, layer_params, split_state, step_layers
 from . import rnn, stack  # rnn: its CHUNK_ROWS sizes the head's blocks too
 from .common import check_sequence
 from .loss import mse, softmax_cross_entropy_
@@ -78,10 +78,7 @@ class NumpyEngine:
         self.kind = spec.kind
         self.cell = stack.cell_module(self.kind)         # forward, backward, step
         self.options = self.kind.options(spec.nonlinearity)
-        # for step(): each layer's parameter names
-        self._layer_keys = [tuple(f"{k}_l{layer}" for k in
-                                  ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-                            for layer in range(spec.num_layers)]
+        self._layer_keys = layer_keys(spec.num_layers)  # for step()
 
     # -- parameters and state -------------------------------------------------------------
     def from_numpy(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -181,19 +178,10 @@ class NumpyEngine:
             if not isinstance(part, np.ndarray) or part.shape != shape:
                 got = tuple(part.shape) if hasattr(part, "shape") else type(part).__name__
                 raise ValueError(f"expected a state of shape {shape}, got {got}")
-        inp, finals = x, []
-        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self._layer_keys):
-            new = self.cell.step(inp, tuple(part[layer] for part in parts), params[w_ih],
-                                 params[w_hh], params.get(b_ih), params.get(b_hh),
-                                 **self.options)
-            inp = new[0]                                 # h_t, the next layer's input
-            finals.append(new)
-        y = inp @ params["head.weight"].T
+        h, parts_n = step_layers(self.cell.step, self.options, params, self._layer_keys, x,
+                                 parts, np.stack)
+        y = h @ params["head.weight"].T
         y += params["head.bias"]
-        # the new state (L, B, H) per part: fresh arrays from the steps, stacked (one layer: a
-        # view)
-        parts_n = tuple(finals[0][p][None] if len(finals) == 1
-                        else np.stack([f[p] for f in finals]) for p in range(len(parts)))
         return y, self.kind.from_parts(parts_n)
 
     def loss_and_grads(
@@ -216,7 +204,7 @@ class NumpyEngine:
             out, parts_n, cache = self.cell.forward(
                 x, split_state(parts, 0), **layer_params(params, 0, 0), **self.options)
             # (T, B, H); the state parts (1, B, H) as the stack gives them
-            state_n = self.kind.from_parts(tuple(p[None].copy() for p in parts_n))
+            state_n = self.kind.from_parts(tuple([p[None].copy() for p in parts_n]))
         else:
             out, state_n, cache = self._stack_forward(params, x, state, training, rng)
         T, B, DH = out.shape

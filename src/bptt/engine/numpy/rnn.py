@@ -124,9 +124,10 @@ def step(
         z = weight_ih.T[x]                               # one-hot x_t W_ih^T: a row gather
     else:
         z = x.astype(weight_ih.dtype, copy=False) @ weight_ih.T
-    bias = sum_biases(bias_ih, bias_hh)
-    if bias is not None:
-        z += bias
+    if bias_ih is not None:                              # b_ih + b_hh first, as forward
+        z += bias_ih if bias_hh is None else bias_ih + bias_hh
+    elif bias_hh is not None:
+        z += bias_hh
     z += h @ weight_hh.T                                 # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
     if nonlinearity == "tanh":
         return (np.tanh(z, out=z),)
@@ -137,18 +138,18 @@ def _chunk_steps(T: int, B: int) -> int:
     return T if T * B <= 4 * CHUNK_ROWS else max(1, CHUNK_ROWS // B)
 
 
-def _step(act: np.ndarray, start: int, weight_hh: np.ndarray):
-    """The one-step backward (:mod:`bptt.engine.recursion`'s contract) of the chunk of steps
-    beginning at ``start``, whose f'(z_t) are ``act``."""
+def _step(act: np.ndarray, start: int, weight_hh: np.ndarray, A: int, K: int):
+    """The one-step backward (:mod:`bptt.engine.recursion`'s contract, A ages, K carried back)
+    of the chunk of steps beginning at ``start``, whose f'(z_t) are ``act``."""
     B, H = act.shape[1:]
 
     def step(t: int, dstate: tuple, dz_out: np.ndarray, prev_out: tuple) -> None:
-        (dh,) = dstate                                   # (A, B, H): dh_t by age
-        np.multiply(dh, act[t - start], out=dz_out)      # dz_t = dh_t * f'(z_t), by age
-        (dh_prev,) = prev_out
-        K = dh_prev.shape[0]
-        if K:                                            # dh_{t-1} = dz_t W_hh (ages 0..K-1)
-            np.matmul(dz_out[:K].reshape(K * B, H), weight_hh, out=dh_prev.reshape(K * B, H))
+        np.multiply(dstate[0], act[t - start], out=dz_out)  # dz_t = dh_t * f'(z_t), by age
+        if K == 1:                                       # one age: a (1, B, H) product, as 2-D
+            np.matmul(dz_out if A == 1 else dz_out[:1], weight_hh, out=prev_out[0])
+        elif K:                                          # dh_{t-1} = dz_t W_hh (ages 0..K-1)
+            np.matmul(dz_out[:K].reshape(K * B, H), weight_hh,
+                      out=prev_out[0].reshape(K * B, H))
 
     return step
 
@@ -203,7 +204,7 @@ def backward(
             np.subtract(1.0, act, out=act)               # dz_t = dh_t * (1 - h_t^2)
         else:
             np.sign(hs[s:e], out=act)                    # dz_t = dh_t * [h_t > 0]
-        rec.run(_step(act, s, weight_hh), None if dhs is None else dz, dz, start=s)
+        rec.run(_step(act, s, weight_hh, rec.A, rec.K), None if dhs is None else dz, dz, start=s)
         # this chunk's share of the weight gradients: one product each
         rows = dz.reshape(n * B, H)
         dW_hh += rows.T @ states[s:e].reshape(n * B, H)  # dW_hh = sum_t dz_t^T h_{t-1}

@@ -187,25 +187,24 @@ def check_sequence(x: torch.Tensor, input_size: int, name: str = "input") -> tup
     return x.shape[0], x.shape[1]
 
 
-def check_state(h: torch.Tensor | None, batch: int, like: torch.Tensor,
-                name: str = "h0") -> torch.Tensor:
-    """The initial state as a (B, H) tensor of ``like``'s dtype and device; zeros when None."""
-    hidden = like.shape[1]
-    if h is None:
-        return like.new_zeros((batch, hidden))
-    if tuple(h.shape) != (batch, hidden):
-        raise ValueError(f"expected {name} of shape ({batch}, {hidden}), got {tuple(h.shape)}")
-    return h.to(like.dtype)
-
-
 def check_state_parts(kind: CellKind, state0, batch: int, like: torch.Tensor,
                       names: str = "{}0") -> tuple[torch.Tensor, ...]:
     """A state as a tuple of (B, H) tensors of ``like``'s dtype and device, one per state part
     of ``kind``; zeros for a missing part (or when ``state0`` is None). ``names`` names the parts
     in errors (``"{}0"``: h0, c0; ``"d{}_n"``: dh_n, dc_n)."""
-    parts = state_parts(kind, state0, batch, like.shape[1], noun="tensors")
-    return tuple(check_state(s, batch, like, name=names.format(p))
-                 for p, s in zip(kind.state, parts, strict=True))
+    hidden = like.shape[1]
+    if state0 is None:
+        return tuple([like.new_zeros((batch, hidden)) for _ in kind.state])
+    out = []
+    for p, h in zip(kind.state, state_parts(kind, state0, batch, hidden, "tensors"), strict=True):
+        if h is None:
+            out.append(like.new_zeros((batch, hidden)))
+            continue
+        if tuple(h.shape) != (batch, hidden):
+            raise ValueError(f"expected {names.format(p)} of shape ({batch}, {hidden}), "
+                             f"got {tuple(h.shape)}")
+        out.append(h.to(like.dtype))
+    return tuple(out)
 
 
 def project_inputs(x: torch.Tensor, weight_ih: torch.Tensor,

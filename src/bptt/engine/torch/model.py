@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ...model import ModelSpec, check_params
-from ..layout import layer_params
+from ..layout import layer_keys, step_layers
 from . import stack, unrolled
 from .common import check_truncate, is_tokens, linear
 
@@ -341,8 +341,10 @@ class TorchEngine(_TorchBase):
                 f"expected dtype 'float32' with precision 'bf16' (float32 master weights), "
                 f"got {dtype!r}"
             )
-        self.cell = stack.cell_module(self.kind)         # its step serves generation
+        # generation: the cell's step per layer
+        self.cell = stack.cell_module(self.kind)
         self.options = stack.cell_options(self.kind, spec.nonlinearity, precision)
+        self._layer_keys = layer_keys(spec.num_layers)
 
     def _config(self, training: bool, generator, truncate) -> stack.StackConfig:
         s = self.spec
@@ -378,18 +380,13 @@ class TorchEngine(_TorchBase):
         B, _ = self._check_batch(X)
         parts = self._state_parts(state, B)
         with torch.no_grad():
-            inp = self._inputs(X)[0]                     # (B,) ids or (B, I) features
+            x = self._inputs(X)[0]                       # (B,) ids or (B, I) features
             if parts is None:
                 zeros = params["weight_hh_l0"].new_zeros((s.num_layers, B, s.hidden_size))
                 parts = (zeros,) * len(self.kind.state)
-            finals = []
-            for layer in range(s.num_layers):
-                new = self.cell.step(inp, tuple(p[layer] for p in parts),
-                                     **layer_params(params, layer, 0), **self.options)
-                inp = new[0]                             # h_t, the next layer's input
-                finals.append(new)
-            y = self._head(params, inp.unsqueeze(0))     # (B, O)
-        parts_n = tuple(torch.stack([f[p] for f in finals]) for p in range(len(parts)))
+            h, parts_n = step_layers(self.cell.step, self.options, params, self._layer_keys,
+                                     x, parts, torch.stack)
+            y = self._head(params, h.unsqueeze(0))       # (B, O)
         return y.view(1, B, -1).transpose(0, 1), self.kind.from_parts(parts_n)
 
     def _stack(self, params, x, state, *, training, generator, truncate):

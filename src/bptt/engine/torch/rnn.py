@@ -239,29 +239,30 @@ def backward(
     if k is None:
         # u_t = dL/dh_t * f'(z_t), left in dz_t;  dz_t = u_t + (dz_{t+1} W_hh) * f'(z_t)  (1, 2)
         dz = hs.new_zeros((T, B, H)) if dhs is None else torch.mul(dhs, fprime)
-        rec.run(_folded_step(fprime, w_hh_t, dz_low), None, dz)
+        rec.run(_folded_step(dz, fprime, w_hh_t, dz_low), None, dz)
     else:
         dz = hs.new_empty((T, B, H))
         rec.run(_step(fprime, w_hh_t, low), dhs, dz)
         if low is not None:
             dz_low = dz.to(low)
     grads, dx = _weight_grads(cache, dz, dz_low, need_dx)
-    return dx, rec.dstate0(), grads
+    (dh0,) = rec.dstate0()
+    return dx, (dh0.to(hs.dtype),), grads               # precision: the bf16 product, as float
 
 
-def _folded_step(fprime: torch.Tensor, w_hh_t: torch.Tensor, dz_low: torch.Tensor | None):
-    """The one-step backward without truncation (recursion contract, A = 1): dz_out holds u_t.
-    ``dz_low`` (bf16): the rows of dz in bfloat16, written as they are made."""
-    lows = None if dz_low is None else dz_low.unbind(0)
+def _folded_step(dz: torch.Tensor, fprime: torch.Tensor, w_hh_t: torch.Tensor,
+                 dz_low: torch.Tensor | None):
+    """The one-step backward without truncation (recursion contract, A = 1): dz_out, row t of
+    ``dz``, holds u_t; it returns dh_{t-1}, the product itself (no copy). ``dz_low`` (bf16):
+    the rows of dz in bfloat16, written as they are made."""
+    fps = fprime.unbind(0)                               # f'(z_t), (B, H) each
+    rows = dz.unbind(0) if dz_low is None else dz_low.unbind(0)  # the products' operands
 
-    def step(t: int, dstate: tuple, dz_out: torch.Tensor, prev_out: tuple) -> None:
-        (dh,) = dstate                                   # (1, B, H): dz_{t+1} W_hh
-        dz_out.addcmul_(dh, fprime[t])                   # dz_t = u_t + dz_{t+1} W_hh * f'(z_t)
-        row = dz_out[0]
-        if lows is not None:                             # precision: a bf16 copy of the row
-            row = lows[t]
-            row.copy_(dz_out[0])
-        prev_out[0][0].copy_(linear(row, w_hh_t))        # dh_{t-1} = dz_t W_hh       (1)
+    def step(t: int, dstate: tuple, dz_out: torch.Tensor, prev_out: tuple) -> tuple:
+        dz_out.addcmul_(dstate[0], fps[t])               # dz_t = u_t + dz_{t+1} W_hh * f'(z_t)
+        if dz_low is not None:
+            rows[t].copy_(dz_out[0])                     # precision: a bf16 copy of the row
+        return (linear(rows[t], w_hh_t).unsqueeze(0),)   # dh_{t-1} = dz_t W_hh       (1)
 
     return step
 
