@@ -75,24 +75,18 @@ class Recursion:
         self.K = K = 1 if k is None else k
         self.truncating = k is not None
         ref = dstate_n[0]                                # (B, H)
+        shape = (A, *ref.shape)
         self.by_age = None if A == 1 else ops.empty(ref, (A, ref.shape[0], width))
-        if not self.truncating:                          # one age: every slot written first
-            cur = tuple([ops.empty(ref, (1, *ds.shape)) for ds in dstate_n])  # (1, B, H)
-            nxt = tuple([ops.empty(ref, (1, *ds.shape)) for ds in dstate_n])
-            for c, ds in zip(cur, dstate_n, strict=True):
-                c[0] = ds                                # dL/dstate_n
-            self.turns = ((cur, nxt, None, ()), (nxt, cur, None, ()))
-        else:
-            # (A, B, H): dh_t by age
-            cur = tuple([ops.zeros(ref, (A, *ds.shape)) for ds in dstate_n])
-            nxt = tuple([ops.zeros(ref, (A, *ds.shape)) for ds in dstate_n])
-            for c, ds in zip(cur, dstate_n, strict=True):
-                c[0] = ds                                # dL/dstate_n enters at age 0
-            # the two buffers in turn: (the state read, where the step writes -- ages 0..K-1
-            # of the state before it, the slots of ages A-K..A-1 of the other buffer, swapped
-            # next --, the age-0 slot of h read, the age-0 slots of the other buffer)
-            self.turns = tuple((c, tuple(n[A - K:] for n in o), c[0][0], tuple(n[0] for n in o))
-                               for c, o in ((cur, nxt), (nxt, cur)))
+        # without truncation every slot is written before it is read; with it, ages start empty
+        new = ops.zeros if self.truncating else ops.empty
+        cur = tuple([new(ref, shape) for _ in dstate_n])  # (A, B, H): dh_t by age
+        nxt = tuple([new(ref, shape) for _ in dstate_n])
+        for c, ds in zip(cur, dstate_n, strict=True):
+            c[0] = ds                                    # dL/dstate_n enters at age 0
+        # the two buffers in turn: (the state read, where the step writes: ages 0..K-1 of the
+        # state before it, the slots of ages A-K..A-1 of the other buffer, swapped next)
+        self.turns = tuple((c, o if A == K else tuple(n[A - K:] for n in o))
+                           for c, o in ((cur, nxt), (nxt, cur)))
         self.turn = 0
         self.cur = cur                                   # the state the next step reads
 
@@ -106,29 +100,28 @@ class Recursion:
             return
         turns, turn, cur = self.turns, self.turn, self.cur
         rows = list(dz[:, None])                         # row t as (1, B, W): dz_out itself
-        if dhs is not None:                              # the age-0 slot of h, per buffer
-            slots = (turns[0][0][0][0], turns[1][0][0][0])
-            age0 = cur[0][0] if cur is not turns[turn][0] else slots[turn]
+        slots = (turns[0][0][0][0], turns[1][0][0][0]) if dhs is not None else (None, None)
+        age0 = slots[turn] if cur is turns[turn][0] else cur[0][0]  # h's age-0 slot
         for j in range(len(rows) - 1, -1, -1):
             if dhs is not None:
                 age0 += dhs[j]                           # dh_t += dL/dh_t (age 0)
             new = step(start + j, cur, rows[j], turns[turn][1])
             if new is None:                              # written into the other buffer
                 turn ^= 1
-                cur = turns[turn][0]
-                if dhs is not None:
-                    age0 = slots[turn]
+                cur, age0 = turns[turn][0], slots[turn]
             else:                                        # the step's own arrays
                 cur = new
-                if dhs is not None:
-                    age0 = new[0][0]
+                age0 = new[0][0] if dhs is not None else None
         self.turn, self.cur = turn, cur
 
     def _run_by_age(self, step: Step, dhs, dz, start: int) -> None:
         """:meth:`run` with truncation: A ages, the step writes them into ``by_age``."""
         turns, turn, by_age, sum_ages = self.turns, self.turn, self.by_age, self.ops.sum_ages
+        bufs = (turns[0][0], turns[1][0])
+        # per turn: h's age-0 slot in the buffer read, and the age-0 slots of the other buffer
+        slots = [(bufs[i][0][0], tuple(n[0] for n in bufs[1 - i])) for i in (0, 1)]
         for j in range(dz.shape[0] - 1, -1, -1):
-            cur, prev, age0, nxt0 = turns[turn]
+            (cur, prev), (age0, nxt0) = turns[turn], slots[turn]
             if dhs is not None:
                 age0 += dhs[j]                           # dh_t += dL/dh_t (age 0)
             if by_age is None:                           # k = 0: one age, none carried back
