@@ -14,7 +14,6 @@ import numpy as np
 from ...cells import CellKind, get_cell
 from .. import stack as shared
 from ..layout import cell_module as _cell_module
-from ..layout import param_names  # noqa: F401 (re-exported for callers)
 from .common import OPS
 
 
