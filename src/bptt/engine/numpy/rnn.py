@@ -56,6 +56,7 @@ CHUNK_ROWS = 1024
 enough that the chunk buffers stay small next to the states of a long sequence. A sequence of
 at most ``4 * CHUNK_ROWS`` rows (the book's 35 x 32) is one chunk."""
 
+
 class Cache(NamedTuple):
     """What :func:`forward` keeps for :func:`backward`."""
 
