@@ -99,13 +99,16 @@ class Recursion:
             self._run_by_age(step, dhs, dz, start)
             return
         turns, turn, cur = self.turns, self.turn, self.cur
+        n = dz.shape[0]
         rows = list(dz[:, None])                         # row t as (1, B, W): dz_out itself
+        ups = [None] * n if dhs is None else list(dhs)   # dL/dh_t, (B, H) views
         slots = (turns[0][0][0][0], turns[1][0][0][0]) if dhs is not None else (None, None)
         age0 = slots[turn] if cur is turns[turn][0] else cur[0][0]  # h's age-0 slot
-        for j in range(len(rows) - 1, -1, -1):
-            if dhs is not None:
-                age0 += dhs[j]                           # dh_t += dL/dh_t (age 0)
-            new = step(start + j, cur, rows[j], turns[turn][1])
+        for t, row, up in zip(range(start + n - 1, start - 1, -1), rows[::-1], ups[::-1],
+                              strict=True):
+            if up is not None:
+                age0 += up                               # dh_t += dL/dh_t (age 0)
+            new = step(t, cur, row, turns[turn][1])
             if new is None:                              # written into the other buffer
                 turn ^= 1
                 cur, age0 = turns[turn][0], slots[turn]

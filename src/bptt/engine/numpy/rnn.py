@@ -143,9 +143,10 @@ def _step(act: np.ndarray, start: int, weight_hh: np.ndarray, A: int, K: int):
     """The one-step backward (:mod:`bptt.engine.recursion`'s contract, A ages, K carried back)
     of the chunk of steps beginning at ``start``, whose f'(z_t) are ``act``."""
     B, H = act.shape[1:]
+    acts = list(act)                                     # (B, H) views, step start + j at j
 
     def step(t: int, dstate: tuple, dz_out: np.ndarray, prev_out: tuple) -> None:
-        np.multiply(dstate[0], act[t - start], out=dz_out)  # dz_t = dh_t * f'(z_t), by age
+        np.multiply(dstate[0], acts[t - start], out=dz_out)  # dz_t = dh_t * f'(z_t), by age
         if K == 1:                                       # one age: a (1, B, H) product, as 2-D
             np.matmul(dz_out if A == 1 else dz_out[:1], weight_hh, out=prev_out[0])
         elif K:                                          # dh_{t-1} = dz_t W_hh (ages 0..K-1)
