@@ -72,14 +72,17 @@ def step_layers(step, options: dict, params: dict, keys: list, x, parts: tuple, 
     ``step`` per layer, layer l + 1 reading layer l's h_t. ``parts`` are the stacked state
     parts (L, B, H); returns the top layer's h_t (B, H) and the new parts (L, B, H), stacked
     by ``stack`` (one layer: a view of the step's own arrays)."""
+    if len(keys) == 1:                                   # one layer (the book's model)
+        (w_ih, w_hh, b_ih, b_hh), = keys
+        new = step(x, tuple([p[0] for p in parts]), params[w_ih], params[w_hh],
+                   params.get(b_ih), params.get(b_hh), **options)
+        return new[0], tuple([s[None] for s in new])
     inp, finals = x, []
     for (w_ih, w_hh, b_ih, b_hh), prev in zip(keys, zip(*parts, strict=True), strict=True):
         new = step(inp, prev, params[w_ih], params[w_hh], params.get(b_ih), params.get(b_hh),
                    **options)
         inp = new[0]                                     # h_t, the next layer's input
         finals.append(new)
-    if len(finals) == 1:
-        return inp, tuple([s[None] for s in finals[0]])
     return inp, tuple(map(stack, zip(*finals, strict=True)))  # part by part, (L, B, H)
 
 
