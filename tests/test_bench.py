@@ -126,12 +126,12 @@ def test_chunked_layer_backward_equals_one_chunk(monkeypatch, truncate):
          "bias_ih": rng.standard_normal(H), "bias_hh": rng.standard_normal(H)}
     x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
     dhs, dh_n = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
-    _, _, cache = rnn.forward(x, h0, **w)
-    whole = rnn.backward(dhs, dh_n, cache, truncate)
+    _, _, cache = rnn.forward(x, (h0,), **w)
+    whole = rnn.backward(dhs, (dh_n,), cache, truncate)
     monkeypatch.setattr(rnn, "CHUNK_ROWS", 3)             # one step per chunk
     assert rnn._chunk_steps(T, B) == 1
-    chunked = rnn.backward(dhs, dh_n, cache, truncate)
-    for a, b in zip(whole[:2], chunked[:2], strict=True):
+    chunked = rnn.backward(dhs, (dh_n,), cache, truncate)
+    for a, b in zip((whole[0], *whole[1]), (chunked[0], *chunked[1]), strict=True):
         assert rel(b, a) <= 1e-13
     for name in whole[2]:
         assert rel(chunked[2][name], whole[2][name]) <= 1e-13, name

@@ -208,10 +208,9 @@ def test_truncation_matches_detached_torch_reference(cell, k):
     dstate_n = [rng.standard_normal((B, H)) for _ in range(n_states)]
 
     mod = NUMPY_CELLS[cell]
-    _, _, cache = mod.forward(x, tuple(state0) if cell == "lstm" else state0[0], **params)
-    dx, ds0, grads = mod.backward(dhs, tuple(dstate_n) if cell == "lstm" else dstate_n[0],
-                                  cache, truncate=k)
-    ds0 = list(ds0) if cell == "lstm" else [ds0]
+    _, _, cache = mod.forward(x, tuple(state0), **params)
+    dx, ds0, grads = mod.backward(dhs, tuple(dstate_n), cache, truncate=k)
+    ds0 = list(ds0)
 
     ref_dx, ref_ds0, ref_grads = torch_truncated_grads(cell, module, x, state0, dhs,
                                                        dstate_n, k)
@@ -224,7 +223,7 @@ def test_truncation_matches_detached_torch_reference(cell, k):
     assert_all_close(errors)
 
     # The truncation must matter where it should: k < T - 1 differs from full BPTT.
-    dx_full, _, _ = mod.backward(dhs, tuple(dstate_n) if cell == "lstm" else dstate_n[0], cache)
+    dx_full, _, _ = mod.backward(dhs, tuple(dstate_n), cache)
     if k >= T - 1:
         assert rel(dx, dx_full) <= TOL
     else:
@@ -273,7 +272,7 @@ def _fd_loss_and_grads(cell: str, a: dict, up: dict, want_grads: bool):
         hs, (h_n, c_n), cache = mod.forward(a["x"], (a["h0"], a["c0"]), **params)
         loss = (hs * up["dhs"]).sum() + (h_n * up["dh_n"]).sum() + (c_n * up["dc_n"]).sum()
     else:
-        hs, h_n, cache = mod.forward(a["x"], a["h0"], **params)
+        hs, (h_n,), cache = mod.forward(a["x"], (a["h0"],), **params)
         loss = (hs * up["dhs"]).sum() + (h_n * up["dh_n"]).sum()
     if not want_grads:
         return loss, None
@@ -281,7 +280,7 @@ def _fd_loss_and_grads(cell: str, a: dict, up: dict, want_grads: bool):
         dx, (dh0, dc0), grads = mod.backward(up["dhs"], (up["dh_n"], up["dc_n"]), cache)
         grads["c0"] = dc0
     else:
-        dx, dh0, grads = mod.backward(up["dhs"], up["dh_n"], cache)
+        dx, (dh0,), grads = mod.backward(up["dhs"], (up["dh_n"],), cache)
     grads["x"], grads["h0"] = dx, dh0
     return loss, grads
 
@@ -397,7 +396,7 @@ def test_lstm_bad_state():
 def test_gru_bad_state():
     w, x = _weights("gru"), np.zeros((5, 3, 4))
     with pytest.raises(ValueError, match=r"expected h0 of shape \(3, 6\), got \(2, 3, 6\)"):
-        gru.forward(x, np.zeros((2, 3, 6)), **w)
+        gru.forward(x, (np.zeros((2, 3, 6)),), **w)
 
 
 # --- property test: random small shapes ------------------------------------------------------

@@ -70,8 +70,8 @@ def test_seed_scenario_torch_nn_rnn_4_5():
     (out * dout).sum().backward()
 
     w = layer_weights(module)
-    hs, ours_h_n, cache = rnn.forward(x.detach().numpy(), h0.detach().numpy()[0], **w)
-    dx, dh0, grads = rnn.backward(dout.numpy(), None, cache)
+    hs, (ours_h_n,), cache = rnn.forward(x.detach().numpy(), (h0.detach().numpy()[0],), **w)
+    dx, (dh0,), grads = rnn.backward(dout.numpy(), None, cache)
 
     assert_close(hs, out.detach().numpy(), 1e-12, "hidden states")
     assert_close(ours_h_n, h_n.detach().numpy()[0], 1e-12, "h_n")
@@ -97,9 +97,9 @@ def test_matches_torch_autograd(T, B, I, H, nonlinearity, with_h0, bias, seed):
     h0 = rng.standard_normal((B, H)) if with_h0 else np.zeros((B, H))
     dhs, dh_n = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
 
-    hs, h_n, cache = rnn.forward(x, h0 if with_h0 else None, **layer_weights(module),
-                                 nonlinearity=nonlinearity)
-    dx, dh0, grads = rnn.backward(dhs, dh_n, cache)
+    hs, (h_n,), cache = rnn.forward(x, (h0,) if with_h0 else None, **layer_weights(module),
+                                    nonlinearity=nonlinearity)
+    dx, (dh0,), grads = rnn.backward(dhs, (dh_n,), cache)
     ref_out, ref_h_n, ref_dx, ref_dh0, ref_grads = torch_reference(module, x, h0, dhs, dh_n)
 
     assert_close(hs, ref_out, 1e-12, "out")
@@ -125,14 +125,14 @@ def test_layer_finite_differences(nonlinearity, bias):
     dhs, dh_n = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
 
     def loss() -> float:
-        hs, h_n, _ = rnn.forward(x, h0, **w, nonlinearity=nonlinearity)
+        hs, (h_n,), _ = rnn.forward(x, (h0,), **w, nonlinearity=nonlinearity)
         return float(np.vdot(hs, dhs) + np.vdot(h_n, dh_n))
 
-    _, _, cache = rnn.forward(x, h0, **w, nonlinearity=nonlinearity)
+    _, _, cache = rnn.forward(x, (h0,), **w, nonlinearity=nonlinearity)
     if nonlinearity == "relu":   # no pre-activation near the kink, where differences lie
-        hs = cache[2]
+        hs = cache.states[1:]
         assert np.all((hs == 0) | (hs > 1e-4))
-    dx, dh0, grads = rnn.backward(dhs, dh_n, cache)
+    dx, (dh0,), grads = rnn.backward(dhs, (dh_n,), cache)
     for name, value in w.items():
         assert_close(grads[name], numerical_gradient(loss, value), FD_TOL, name)
     assert_close(dx, numerical_gradient(loss, x), FD_TOL, "dx")
@@ -229,8 +229,8 @@ def test_truncation_matches_detached_reference(k):
     x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
     dhs, dh_n = rng.standard_normal((T, B, H)), rng.standard_normal((B, H))
 
-    _, _, cache = rnn.forward(x, h0, **w)
-    dx, dh0, grads = rnn.backward(dhs, dh_n, cache, truncate=k)
+    _, _, cache = rnn.forward(x, (h0,), **w)
+    dx, (dh0,), grads = rnn.backward(dhs, (dh_n,), cache, truncate=k)
     ref_dx, ref_dh0, ref_grads = truncated_reference(w, x, h0, dhs, dh_n, k)
 
     assert_close(dx, ref_dx, 1e-12, "dx")
@@ -246,9 +246,9 @@ def test_truncation_beyond_the_sequence_is_full_bptt():
     w = {"weight_ih": rng.standard_normal((3, 2)), "weight_hh": 0.5 * rng.standard_normal((3, 3))}
     x, h0 = rng.standard_normal((4, 2, 2)), rng.standard_normal((2, 3))
     dhs = rng.standard_normal((4, 2, 3))
-    _, _, cache = rnn.forward(x, h0, **w)
+    _, _, cache = rnn.forward(x, (h0,), **w)
     full, cut = rnn.backward(dhs, None, cache), rnn.backward(dhs, None, cache, truncate=4)
-    for a, b in zip(full[:2], cut[:2], strict=True):
+    for a, b in zip((full[0], *full[1]), (cut[0], *cut[1]), strict=True):
         assert_close(b, a, 1e-13)
     for name in full[2]:
         assert_close(cut[2][name], full[2][name], 1e-13, name)
@@ -267,11 +267,11 @@ def test_token_ids_equal_one_hot_input(truncate):
     one_hot = np.eye(V)[ids]
     h0, dhs = rng.standard_normal((B, H)), rng.standard_normal((T, B, H))
 
-    hs_ids, _, cache_ids = rnn.forward(ids, h0, **w)
-    hs_hot, _, cache_hot = rnn.forward(one_hot, h0, **w)
+    hs_ids, _, cache_ids = rnn.forward(ids, (h0,), **w)
+    hs_hot, _, cache_hot = rnn.forward(one_hot, (h0,), **w)
     assert_close(hs_ids, hs_hot, 1e-14, "hs")
-    dx_ids, dh0_ids, g_ids = rnn.backward(dhs, None, cache_ids, truncate)
-    dx_hot, dh0_hot, g_hot = rnn.backward(dhs, None, cache_hot, truncate)
+    dx_ids, (dh0_ids,), g_ids = rnn.backward(dhs, None, cache_ids, truncate)
+    dx_hot, (dh0_hot,), g_hot = rnn.backward(dhs, None, cache_hot, truncate)
     assert dx_ids is None and dx_hot.shape == (T, B, V)
     assert_close(dh0_ids, dh0_hot, 1e-14, "dh0")
     for name in g_hot:
@@ -285,8 +285,8 @@ def test_dtype_in_equals_dtype_out(dtype):
          "bias_ih": rng.standard_normal(4), "bias_hh": rng.standard_normal(4)}
     w = {k: v.astype(dtype) for k, v in w.items()}
     x, h0 = rng.standard_normal((5, 2, 3)).astype(dtype), rng.standard_normal((2, 4)).astype(dtype)
-    hs, h_n, cache = rnn.forward(x, h0, **w)
-    dx, dh0, grads = rnn.backward(np.ones_like(hs), np.ones_like(h_n), cache, truncate=2)
+    hs, (h_n,), cache = rnn.forward(x, (h0,), **w)
+    dx, (dh0,), grads = rnn.backward(np.ones_like(hs), (np.ones_like(h_n),), cache, truncate=2)
     for a in (hs, h_n, dx, dh0, *grads.values()):
         assert a.dtype == dtype
 
@@ -309,14 +309,14 @@ def _good():
 def test_bad_forward_input_names_expected_and_got(change, expected, got):
     kw = _good() | change
     with pytest.raises(ValueError) as info:
-        rnn.forward(kw.pop("x"), kw.pop("h0"), **kw)
+        rnn.forward(kw.pop("x"), (kw.pop("h0"),), **kw)
     message = str(info.value)
     assert "expected" in message and expected in message and got in message
 
 
 def test_negative_truncate_names_expected_and_got():
     kw = _good()
-    hs, _, cache = rnn.forward(kw.pop("x"), kw.pop("h0"), **kw)
+    hs, _, cache = rnn.forward(kw.pop("x"), (kw.pop("h0"),), **kw)
     with pytest.raises(ValueError, match=r"expected .*>= 0, got -1"):
         rnn.backward(np.ones_like(hs), None, cache, truncate=-1)
 

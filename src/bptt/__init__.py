@@ -14,11 +14,14 @@ __version__ = "0.1.0"
 
 # public name -> (module, attribute)
 _LAZY = {
+    # the cell registry: one CellKind per cell (gates, state parts, options)
+    **{n: ("bptt.cells", n) for n in ("CellKind", "CELLS", "CELL_NAMES", "get_cell")},
     # the model: shapes, torch parameter names, initialisation
     **{n: ("bptt.model", n) for n in ("ModelSpec", "init_params", "param_shapes",
                                       "check_params")},
     # engines: the hand-written BPTT on NumPy or torch, torch autograd, torch.nn
     **{n: ("bptt.engine", n) for n in ("get_engine", "ENGINES")},
+    "Engine": ("bptt.engine.protocol", "Engine"),
     # optimisation, over dicts of NumPy arrays or torch tensors
     **{n: ("bptt.optim", n) for n in ("SGD", "Adam", "Adagrad", "make_optimizer",
                                       "clip_grad_norm_", "clip_grad_value_", "global_norm")},

@@ -44,13 +44,35 @@ class CellKind:
         """The public state is a pair ``(h, c)`` rather than one array (torch's LSTM form)."""
         return len(self.state) > 1
 
+    def options(self, nonlinearity: str = "tanh") -> dict[str, str]:
+        """The keyword options of the cell's ``forward`` and ``step`` in every engine:
+        ``{"nonlinearity": ...}`` for a cell that takes one, else none. The engines and the
+        stacks pass a model's settings through this, so no caller names a cell."""
+        return {"nonlinearity": nonlinearity} if self.takes_nonlinearity else {}
+
     def to_parts(self, state):
-        """The public state (``h``, ``(h, c)`` or None) as the engines' tuple of parts."""
-        return to_parts(self, state)
+        """The public state (``h``, ``(h, c)`` or None) as the engines' tuple of parts;
+        :func:`to_parts`."""
+        if state is None:
+            return None
+        if len(self.state) > 1:
+            if not isinstance(state, tuple | list) or len(state) != len(self.state):
+                got = (f"a {type(state).__name__} of length {len(state)}"
+                       if isinstance(state, tuple | list) else _describe(state))
+                raise ValueError(f"expected the {self.title} state as a tuple "
+                                 f"({', '.join(self.state)}), got {got}")
+            return tuple(state)
+        if isinstance(state, tuple | list):
+            raise ValueError(f"expected the {self.title} state as one array h, got a "
+                             f"{type(state).__name__} of length {len(state)}")
+        return (state,)
 
     def from_parts(self, parts):
-        """The engines' tuple of parts as the public state (``h`` or ``(h, c)``)."""
-        return from_parts(self, parts)
+        """The engines' tuple of parts as the public state (``h`` or ``(h, c)``);
+        :func:`from_parts`."""
+        if parts is None:
+            return None
+        return tuple(parts) if len(self.state) > 1 else parts[0]
 
 
 RNN = CellKind("rnn", "Elman RNN", gates=("h",), takes_nonlinearity=True, torch_name="RNN")
@@ -83,28 +105,12 @@ def to_parts(cell: str | CellKind, state):
     ``h`` -> ``(h,)``; ``(h, c)`` -> ``(h, c)``. A paired cell given anything but a pair, or a
     single-part cell given a pair, is refused with what was expected and what arrived.
     """
-    kind = get_cell(cell)
-    if state is None:
-        return None
-    if kind.paired_state:
-        if not isinstance(state, tuple | list) or len(state) != kind.num_state_parts:
-            got = (f"a {type(state).__name__} of length {len(state)}"
-                   if isinstance(state, tuple | list) else _describe(state))
-            raise ValueError(f"expected the {kind.title} state as a tuple "
-                             f"({', '.join(kind.state)}), got {got}")
-        return tuple(state)
-    if isinstance(state, tuple | list):
-        raise ValueError(f"expected the {kind.title} state as one array h, got a "
-                         f"{type(state).__name__} of length {len(state)}")
-    return (state,)
+    return get_cell(cell).to_parts(state)
 
 
 def from_parts(cell: str | CellKind, parts):
     """The engines' tuple of parts as the public state: ``(h,)`` -> ``h``, ``(h, c)`` kept."""
-    kind = get_cell(cell)
-    if parts is None:
-        return None
-    return tuple(parts) if kind.paired_state else parts[0]
+    return get_cell(cell).from_parts(parts)
 
 
 def _describe(x) -> str:

@@ -17,11 +17,12 @@ and the upstream gradient ``dh_T = e_j`` (the j-th basis row) on copy j. Backwar
 its upstream gradient, so copy j's ``dstate0`` is row j of the Jacobian, ``e_j^T dh_T/dh_t``: the
 H copies give the whole H x H matrix at once, with no finite differences and no autograd.
 
-The LSTM's state is the pair (h, c). Its ``dstate0`` is the pair (dh_T/dh_t, dh_T/dc_t): the
-main norm reported is the h-part, dh_T/dh_t with c_t held fixed as its own variable (the
-gradient reaching h_t along every path that leaves through h_t). The norm of the whole
-H x 2H Jacobian dh_T/d(h_t, c_t) is kept too (``state_spectral``): it includes the cell path
-c_t -> c_{t+1} -> ... that the forget gates keep open, which is where the LSTM's memory lives.
+A state of several parts (the LSTM's (h, c), :mod:`bptt.cells`) gives one Jacobian per part,
+(dh_T/dh_t, dh_T/dc_t): the main norm reported is the h-part, dh_T/dh_t with c_t held fixed as
+its own variable (the gradient reaching h_t along every path that leaves through h_t). The norm
+of the whole H x 2H Jacobian dh_T/d(h_t, c_t) is kept too (``state_spectral``): it includes the
+cell path c_t -> c_{t+1} -> ... that the forget gates keep open, which is where the LSTM's
+memory lives.
 
 Lag 0 is the identity (norm 1) by definition; lags 1 .. T follow.
 """
@@ -32,10 +33,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cells import get_cell
 from .engine.numpy import stack
 from .model import ModelSpec, init_params
-
-GATE_NAMES = {"rnn": ("hh",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 
 
 # -- parameters and inputs ------------------------------------------------------------------------
@@ -78,8 +78,9 @@ def fresh_layer(
 
     ``nonnegative`` replaces W_hh by its entrywise absolute value (before any rescaling);
     ``radius`` rescales every gate block of W_hh to that spectral radius; ``forget_bias``
-    (LSTM only) sets the forget gate's total bias (b_ih + b_hh) to that value, the usual
-    trick (Jozefowicz et al., 2015) to keep the cell path open at initialisation.
+    (a cell with a forget gate ``f``: the LSTM) sets the forget gate's total bias
+    (b_ih + b_hh) to that value, the usual trick (Jozefowicz et al., 2015) to keep the cell
+    path open at initialisation.
     """
     spec = ModelSpec(cell=cell, input_size=input_size, hidden_size=hidden_size, output_size=1,
                      nonlinearity=nonlinearity, task="regression")
@@ -89,11 +90,13 @@ def fresh_layer(
     if radius is not None:
         lp["weight_hh"] = scale_to_radius(lp["weight_hh"], radius)
     if forget_bias is not None:
-        if cell != "lstm":
-            raise ValueError(f"expected forget_bias only for an lstm, got cell {cell!r}")
-        H = hidden_size
-        lp["bias_ih"][H:2 * H] = forget_bias
-        lp["bias_hh"][H:2 * H] = 0.0
+        gates = get_cell(cell).gates
+        if "f" not in gates:
+            raise ValueError(f"expected forget_bias only for an lstm (a cell with a forget "
+                             f"gate), got cell {cell!r}")
+        H, g = hidden_size, gates.index("f")
+        lp["bias_ih"][g * H:(g + 1) * H] = forget_bias
+        lp["bias_hh"][g * H:(g + 1) * H] = 0.0
     return lp
 
 
@@ -107,10 +110,11 @@ def random_inputs(input_size: int, steps: int, batch: int, rng: np.random.Genera
 
 
 def weight_spectrum(cell: str, weight_hh: np.ndarray) -> dict[str, dict]:
-    """Per gate block of W_hh: spectral radius (largest |eigenvalue|) and singular values."""
+    """Per gate block of W_hh, by the registry's gate names: spectral radius (largest
+    |eigenvalue|) and singular values."""
     H = weight_hh.shape[1]
     out = {}
-    for g, name in enumerate(GATE_NAMES[cell]):
+    for g, name in enumerate(get_cell(cell).gates):
         block = np.asarray(weight_hh[g * H:(g + 1) * H], dtype=np.float64)
         out[name] = {
             "radius": float(np.abs(np.linalg.eigvals(block)).max()),
@@ -120,24 +124,20 @@ def weight_spectrum(cell: str, weight_hh: np.ndarray) -> dict[str, dict]:
 
 
 # -- the Jacobians --------------------------------------------------------------------------------
-def _opts(cell: str, nonlinearity: str) -> dict:
-    return {"nonlinearity": nonlinearity} if cell == "rnn" else {}
-
-
 def trajectory(cell: str, lp: dict, x: np.ndarray, state0=None, nonlinearity: str = "tanh"):
     """Every state s_0 .. s_T (s_0 = ``state0`` or zeros), each (B, H) or the pair (h, c)."""
-    mod = stack.cell_module(cell)
+    kind = get_cell(cell)
+    mod = stack.cell_module(kind)
     T, B = x.shape[:2]
     H = lp["weight_hh"].shape[1]
-    if state0 is None:
-        zeros = np.zeros((B, H))
-        state0 = (zeros, zeros.copy()) if cell == "lstm" else zeros
-    states = [state0]
-    s = state0
+    parts = kind.to_parts(state0)
+    if parts is None:
+        parts = tuple(np.zeros((B, H)) for _ in kind.state)
+    states = [kind.from_parts(parts)]
     for t in range(T):
-        _, s, _ = mod.forward(x[t:t + 1], s, **lp, **_opts(cell, nonlinearity))
-        s = tuple(a.copy() for a in s) if cell == "lstm" else s.copy()
-        states.append(s)
+        _, parts, _ = mod.forward(x[t:t + 1], parts, **lp, **kind.options(nonlinearity))
+        parts = tuple(a.copy() for a in parts)
+        states.append(kind.from_parts(parts))
     return states
 
 
@@ -145,38 +145,31 @@ def jacobians(cell: str, lp: dict, x: np.ndarray, state0=None,
               nonlinearity: str = "tanh") -> dict[str, np.ndarray]:
     """``{"h": J}`` with J[k] = dh_T/dh_{T-k}, shape (T+1, B, H, H), k = 0 .. T (J[0] = I).
 
-    For the LSTM also ``"c"``: dh_T/dc_{T-k} (zero at k = 0). Rows index h_T, columns the
-    state at T - k. Computed by the cells' own backward (module docstring); float64 throughout.
+    For every further state part (the LSTM's ``"c"``): dh_T/dc_{T-k} (zero at k = 0). Rows
+    index h_T, columns the state at T - k. Computed by the cells' own backward (module
+    docstring); float64 throughout.
     """
-    mod = stack.cell_module(cell)
+    kind = get_cell(cell)
+    mod = stack.cell_module(kind)
     lp = {k: (None if v is None else np.asarray(v, dtype=np.float64)) for k, v in lp.items()}
     x = x if np.issubdtype(np.asarray(x).dtype, np.integer) else np.asarray(x, np.float64)
     T, B = x.shape[:2]
     H = lp["weight_hh"].shape[1]
     states = trajectory(cell, lp, x, state0, nonlinearity)
     eye_rows = np.tile(np.eye(H), (B, 1))                # copy b*H + j carries dh_T = e_j
-    J = np.empty((T + 1, B, H, H))
-    J[0] = np.eye(H)
-    Jc = None
-    if cell == "lstm":
-        Jc = np.empty((T + 1, B, H, H))
-        Jc[0] = 0.0
+    # the upstream gradient: dh_T = e_j on copy j, nothing on the other parts
+    dstate_n = (eye_rows, *(np.zeros_like(eye_rows) for _ in kind.state[1:]))
+    J = {p: np.empty((T + 1, B, H, H)) for p in kind.state}
+    for p, Jp in J.items():
+        Jp[0] = np.eye(H) if p == "h" else 0.0
     for t in range(T):                                   # lag k = T - t
         sub = np.repeat(x[t:], H, axis=1)                # (T - t, B*H[, I]): H copies each
-        s = states[t]
-        s_rep = (tuple(np.repeat(a, H, axis=0) for a in s) if cell == "lstm"
-                 else np.repeat(s, H, axis=0))
-        _, _, cache = mod.forward(sub, s_rep, **lp, **_opts(cell, nonlinearity))
-        if cell == "lstm":
-            _, (dh0, dc0), _ = mod.backward(None, (eye_rows, np.zeros_like(eye_rows)), cache)
-            Jc[T - t] = dc0.reshape(B, H, H)
-        else:
-            _, dh0, _ = mod.backward(None, eye_rows, cache)
-        J[T - t] = dh0.reshape(B, H, H)
-    out = {"h": J}
-    if Jc is not None:
-        out["c"] = Jc
-    return out
+        s_rep = tuple(np.repeat(a, H, axis=0) for a in kind.to_parts(states[t]))
+        _, _, cache = mod.forward(sub, s_rep, **lp, **kind.options(nonlinearity))
+        _, dstate0, _ = mod.backward(None, dstate_n, cache)
+        for p, d in zip(kind.state, dstate0, strict=True):
+            J[p][T - t] = d.reshape(B, H, H)
+    return J
 
 
 def memory_estimate(cell: str, hidden_size: int, input_size: int, steps: int, batch: int):
@@ -237,9 +230,10 @@ def analyse(label: str, cell: str, lp: dict, x: np.ndarray, state0=None,
     """Jacobian norms by lag for one layer on inputs ``x`` (T, B[, I])."""
     J = jacobians(cell, lp, x, state0, nonlinearity)
     state = None
-    if "c" in J:
-        state = spectral_norms(np.concatenate([J["h"], J["c"]], axis=-1)).T
-    return GradFlow(label, cell, nonlinearity if cell == "rnn" else "-",
+    if len(J) > 1:                                       # d h_T / d(every state part)
+        state = spectral_norms(np.concatenate(list(J.values()), axis=-1)).T
+    kind = get_cell(cell)
+    return GradFlow(label, cell, nonlinearity if kind.takes_nonlinearity else "-",
                     spectral_norms(J["h"]).T, frobenius_norms(J["h"]).T,
                     weight_spectrum(cell, lp["weight_hh"]), state)
 
@@ -260,7 +254,7 @@ def compare_cells(steps: int = 50, batch: int = 4, hidden_size: int = 32, input_
             continue
         lp = fresh_layer(cell, input_size, hidden_size, np.random.default_rng([seed, 2]),
                          nonlinearity=nl, radius=radius,
-                         forget_bias=forget_bias if cell == "lstm" else None)
+                         forget_bias=forget_bias if "f" in get_cell(cell).gates else None)
         flows.append(analyse(label, cell, lp, x, nonlinearity=nl))
     return flows
 
@@ -297,7 +291,8 @@ def from_checkpoint(ckpt, steps: int = 50, batch: int = 4, seed: int = 0) -> Gra
     lp = layer_params(ckpt.params, 0)
     x = random_inputs(spec.input_size, steps, batch, np.random.default_rng([seed, 1]),
                       tokens=spec.task == "lm")
-    label = f"checkpoint {spec.cell}" + (f" ({spec.nonlinearity})" if spec.cell == "rnn" else "")
+    label = f"checkpoint {spec.cell}" + (f" ({spec.nonlinearity})"
+                                         if spec.kind.takes_nonlinearity else "")
     return analyse(label, spec.cell, lp, x, nonlinearity=spec.nonlinearity)
 
 

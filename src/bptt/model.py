@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-CELLS = ("rnn", "lstm", "gru")
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+from .cells import NONLINEARITIES, CellKind, get_cell
+
 TASKS = ("lm", "regression")
 INITS = ("torch", "d2l")
 
@@ -25,7 +25,7 @@ INITS = ("torch", "d2l")
 class ModelSpec:
     """Everything that fixes the parameter shapes and the computation."""
 
-    cell: str = "rnn"             # rnn | lstm | gru
+    cell: str = "rnn"             # a name of bptt.cells.CELLS: rnn | lstm | gru
     input_size: int = 28          # vocabulary size (lm) or features per step (regression)
     hidden_size: int = 512        # the book's 512 hidden units
     output_size: int = 28         # vocabulary size (lm) or predicted values per step
@@ -40,16 +40,17 @@ class ModelSpec:
         def bad(what: str, got: object) -> ValueError:
             return ValueError(f"expected {what}, got {got!r}")
 
-        if self.cell not in CELLS:
-            raise bad("cell 'rnn', 'lstm' or 'gru'", self.cell)
+        if not isinstance(self.cell, str):
+            raise bad("cell a name from bptt.cells.CELL_NAMES", self.cell)
+        get_cell(self.cell)                      # the registry names what it expected
         if self.task not in TASKS:
             raise bad("task 'lm' or 'regression'", self.task)
         for name in ("input_size", "hidden_size", "output_size", "num_layers"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or value < 1:
                 raise bad(f"{name} a positive integer", value)
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise bad("nonlinearity 'tanh' or 'relu'", self.nonlinearity)
+        if self.nonlinearity not in NONLINEARITIES:
+            raise bad(f"nonlinearity {' or '.join(map(repr, NONLINEARITIES))}", self.nonlinearity)
         if not 0.0 <= self.dropout < 1.0:
             raise bad("dropout in [0, 1)", self.dropout)
         if self.task == "lm" and self.bidirectional:
@@ -63,8 +64,13 @@ class ModelSpec:
         return 2 if self.bidirectional else 1
 
     @property
+    def kind(self) -> CellKind:
+        """The cell's description in the registry (gates, state parts, options)."""
+        return get_cell(self.cell)
+
+    @property
     def gates(self) -> int:
-        return GATES[self.cell]
+        return self.kind.num_gates
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cells import get_cell
+
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (imported on first use: ``import bptt`` stays light)."""
@@ -141,8 +143,8 @@ def plot_gradflow(flows: list, path: str | Path, *, title: str = "") -> Path:
         if f.spectral.shape[0] > 1:
             ax.fill_between(k, np.maximum(f.spectral.min(axis=0), tiny),
                             np.maximum(f.spectral.max(axis=0), tiny), color=c, alpha=0.15, lw=0)
-        if f.cell == "rnn":
-            sig = f.weights["hh"]["singular_values"][0]
+        if get_cell(f.cell).num_gates == 1:      # h_t = f(z_t): dh_T/dh_t <= ||W_hh||^k
+            sig = f.weights["h"]["singular_values"][0]
             ax.semilogy(k, np.maximum(sig ** k.astype(float), tiny), "--", color=c, lw=0.8,
                         alpha=0.8)
         if f.state_spectral is not None:

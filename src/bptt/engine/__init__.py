@@ -4,6 +4,10 @@
   torch           the same hand-written BPTT on torch tensors (CPU or CUDA), as an autograd.Function
   torch-autograd  the book's unrolled loop over time steps, differentiated by autograd
   torch-builtin   torch.nn.RNN/LSTM/GRU (cuDNN on a GPU) plus torch.nn.Linear
+
+Every engine satisfies :class:`bptt.engine.protocol.Engine` (the interface the jobs use); every
+cell of :mod:`bptt.cells` has a module in ``engine/numpy`` and in ``engine/torch`` satisfying
+:class:`bptt.engine.protocol.CellModule`.
 """
 
 from __future__ import annotations
@@ -22,11 +26,9 @@ def get_engine(name: str, spec: ModelSpec, *, device: str | None = None,
     if dtype not in ("float32", "float64"):
         raise ValueError(f"expected dtype 'float32' or 'float64', got {dtype!r}")
     if name == "numpy":
-        if device not in (None, "cpu"):
-            raise ValueError(f"expected device 'cpu' for the numpy engine, got {device!r}")
         from .numpy.model import NumpyEngine
 
-        return NumpyEngine(spec, dtype=dtype, precision=precision)
+        return NumpyEngine(spec, dtype=dtype, precision=precision, device=device)
     require("torch", "torch", f"engine {name!r}")
     from .torch.model import TORCH_ENGINES
 

@@ -1,9 +1,11 @@
-"""How a stack of recurrent layers is laid out, shared by every engine's stack.
+"""How a stack of recurrent layers is laid out, shared by every engine.
 
 torch's conventions: parameters ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
 ``bias_hh_l{k}`` with suffix ``_reverse`` for the backward direction; stacked states (L*D, B, H)
-indexed ``l * D + d``; the LSTM's state the pair ``(h, c)``. Nothing here touches array values,
-so the same code serves NumPy arrays and torch tensors.
+indexed ``l * D + d``. Inside the engines a state is a tuple of parts, one per state part of the
+cell (``(h,)`` or ``(h, c)``, :mod:`bptt.cells`). Nothing here reads more of an array than its
+shape (:func:`sum_biases` adds two vectors with ``+``), so the same code serves NumPy arrays and
+torch tensors.
 """
 
 from __future__ import annotations
@@ -11,14 +13,23 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-CELLS = ("rnn", "lstm", "gru")
+from ..cells import CellKind, get_cell
+
+_MODULES: dict[tuple[str, str], ModuleType] = {}
 
 
-def cell_module(package: str, cell: str) -> ModuleType:
-    """``package.<cell>``: the module holding a cell's forward/backward pair."""
-    if cell not in CELLS:
-        raise ValueError(f"expected cell 'rnn', 'lstm' or 'gru', got {cell!r}")
-    return importlib.import_module(f"{package}.{cell}")
+def cell_module(package: str, cell: str | CellKind) -> ModuleType:
+    """``package.<cell>``: the module holding a cell's forward, backward and step.
+
+    Imported once, on first use, then looked up in a dict: the hot paths (a training step, a
+    graph traced by ``torch.compile``) never reach ``importlib``.
+    """
+    kind = get_cell(cell)
+    key = (package, kind.name)
+    mod = _MODULES.get(key)
+    if mod is None:
+        mod = _MODULES[key] = importlib.import_module(f"{package}.{kind.name}")
+    return mod
 
 
 def suffix(layer: int, direction: int) -> str:
@@ -48,16 +59,36 @@ def layer_params(params: dict, layer: int, direction: int) -> dict:
     }
 
 
-def check_stacked(hx, cell: str, layers: int, batch: int, hidden: int, name: str) -> None:
-    """A stacked state must be (L*D, B, H) (for the LSTM a pair (h, c) of them), or None."""
-    if hx is None:
-        return
-    if cell == "lstm" and (not isinstance(hx, tuple | list) or len(hx) != 2):
-        raise ValueError(
-            f"expected the LSTM {name} as a pair (h, c) of (L*D, B, H) arrays, "
-            f"got {type(hx).__name__}"
-        )
-    for part in hx if cell == "lstm" else (hx,):
+def layer_keys(num_layers: int) -> list[tuple[str, str, str, str]]:
+    """The parameter names of each layer's forward direction, in the order of a cell's
+    arguments: ``(weight_ih, weight_hh, bias_ih, bias_hh)`` (biases may be absent)."""
+    return [tuple(f"{k}{suffix(layer, 0)}" for k in ("weight_ih", "weight_hh", "bias_ih",
+                                                     "bias_hh"))
+            for layer in range(num_layers)]
+
+
+def step_layers(step, options: dict, params: dict, keys: list, x, parts: tuple, stack):
+    """One time step through every layer of a unidirectional stack (generation): the cell's
+    ``step`` per layer, layer l + 1 reading layer l's h_t. ``parts`` are the stacked state
+    parts (L, B, H); returns the top layer's h_t (B, H) and the new parts (L, B, H), stacked
+    by ``stack`` (one layer: a view of the step's own arrays)."""
+    if len(keys) == 1:                                   # one layer (the book's model)
+        (w_ih, w_hh, b_ih, b_hh), = keys
+        new = step(x, tuple([p[0] for p in parts]), params[w_ih], params[w_hh],
+                   params.get(b_ih), params.get(b_hh), **options)
+        return new[0], tuple([s[None] for s in new])
+    inp, finals = x, []
+    for (w_ih, w_hh, b_ih, b_hh), prev in zip(keys, zip(*parts, strict=True), strict=True):
+        new = step(inp, prev, params[w_ih], params[w_hh], params.get(b_ih), params.get(b_hh),
+                   **options)
+        inp = new[0]                                     # h_t, the next layer's input
+        finals.append(new)
+    return inp, tuple(map(stack, zip(*finals, strict=True)))  # part by part, (L, B, H)
+
+
+def check_stacked(parts: tuple | None, layers: int, batch: int, hidden: int, name: str) -> None:
+    """Every part of a stacked state (a tuple, or None) must be (L*D, B, H) or None."""
+    for part in parts or ():
         if part is not None and tuple(part.shape) != (layers, batch, hidden):
             raise ValueError(
                 f"expected {name} of shape (L*D, B, H) = ({layers}, {batch}, {hidden}), "
@@ -65,24 +96,53 @@ def check_stacked(hx, cell: str, layers: int, batch: int, hidden: int, name: str
             )
 
 
-def split_state(hx, cell: str, index: int):
-    """The state of one (layer, direction) from the stacked state(s); None parts stay None."""
-    if hx is None:
+def state_parts(kind: CellKind, state, batch: int, hidden: int, noun: str = "arrays") -> tuple:
+    """A cell's state as its tuple of parts, the form checked; None gives every part None.
+
+    ``(h0,)`` or ``(h0, c0)`` as :mod:`bptt.cells` declares the parts; the shapes are checked
+    by each engine as it converts the parts.
+    """
+    n = len(kind.state)
+    if state is None:
+        return (None,) * n
+    if type(state) is tuple and len(state) == n:
+        return state
+    if not isinstance(state, tuple | list) or len(state) != n:
+        if hasattr(state, "shape"):
+            got = f"a single array of shape {tuple(state.shape)}"
+        else:
+            got = type(state).__name__ + (f" of length {len(state)}"
+                                          if isinstance(state, tuple | list) else "")
+        form = "a pair" if n == 2 else "a tuple"
+        names = ", ".join(f"{p}0" for p in kind.state) + ("," if n == 1 else "")
+        raise ValueError(f"expected the {kind.title} state as {form} ({names}) of "
+                         f"({batch}, {hidden}) {noun}, got {got}")
+    return tuple(state)
+
+
+def split_state(parts: tuple | None, index: int) -> tuple | None:
+    """The state parts of one (layer, direction) from the stacked parts; None parts stay None."""
+    if parts is None:
         return None
-    if cell == "lstm":
-        return tuple(None if s is None else s[index] for s in hx)
-    return hx[index]
+    return tuple([None if s is None else s[index] for s in parts])
 
 
-def check_gate_weights(weight_ih, weight_hh, bias_ih, bias_hh, gates: int) -> int:
-    """Validate torch-shaped parameters of a cell with ``gates`` gates; return H.
+def gate_shape(kind: CellKind) -> str:
+    """``"4H"`` for a cell of four gates, ``"H"`` for one."""
+    G = kind.num_gates
+    return "H" if G == 1 else f"{G}H"
+
+
+def check_gate_weights(kind: CellKind | str, weight_ih, weight_hh, bias_ih, bias_hh) -> int:
+    """Validate torch-shaped parameters of a cell (G*H rows, G its number of gates); return H.
 
     Arrays or tensors alike: only shapes are read.
     """
-    g = {3: "3H", 4: "4H"}.get(gates, f"{gates}H")
+    kind = get_cell(kind)
+    gates = kind.num_gates
     if len(weight_hh.shape) != 2 or weight_hh.shape[0] != gates * weight_hh.shape[1]:
         raise ValueError(
-            f"expected weight_hh of shape ({g}, H), got {tuple(weight_hh.shape)}"
+            f"expected weight_hh of shape ({gate_shape(kind)}, H), got {tuple(weight_hh.shape)}"
         )
     H = weight_hh.shape[1]
     if len(weight_ih.shape) != 2 or weight_ih.shape[0] != gates * H:
@@ -93,3 +153,12 @@ def check_gate_weights(weight_ih, weight_hh, bias_ih, bias_hh, gates: int) -> in
         if b is not None and tuple(b.shape) != (gates * H,):
             raise ValueError(f"expected {name} of shape ({gates * H},), got {tuple(b.shape)}")
     return H
+
+
+def sum_biases(*biases):
+    """The sum of the biases that exist (``b_ih + b_hh``, once for all steps); None when none."""
+    total = None
+    for b in biases:
+        if b is not None:
+            total = b if total is None else total + b
+    return total

@@ -1,4 +1,6 @@
-"""Pieces every NumPy cell shares: input checks, the input projection, activations, truncation.
+"""Pieces every NumPy cell shares: input and state checks, the input projection, activations,
+and :data:`OPS`, NumPy's side of the array operations the engines share (the BPTT loop of
+:mod:`bptt.engine.recursion` and the stack of :mod:`bptt.engine.stack`).
 
 Symbols: T sequence length, B batch, I input size, H hidden size, G gates (1 RNN, 3 GRU, 4 LSTM).
 
@@ -10,9 +12,58 @@ gather ``W_ih^T[x]`` and its gradient is a segment sum of the rows of dz, never 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-NONLINEARITIES = ("tanh", "relu")
+from ...cells import NONLINEARITIES, CellKind
+from ..layout import state_parts
+
+
+class NumpyOps:
+    """:class:`bptt.engine.protocol.ArrayOps` on NumPy arrays."""
+
+    @staticmethod
+    def zeros(like: np.ndarray, shape: tuple) -> np.ndarray:
+        return np.zeros(shape, dtype=like.dtype)
+
+    @staticmethod
+    def empty(like: np.ndarray, shape: tuple) -> np.ndarray:
+        return np.empty(shape, dtype=like.dtype)
+
+    @staticmethod
+    def sum_ages(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return np.sum(a, axis=0, out=out)
+
+    @staticmethod
+    def flip(x: np.ndarray) -> np.ndarray:
+        return x[::-1]                                   # a view
+
+    @staticmethod
+    def concat(xs: list) -> np.ndarray:
+        return np.concatenate(xs, axis=2)
+
+    @staticmethod
+    def stack(xs: list) -> np.ndarray:
+        return np.stack(xs)
+
+
+OPS = NumpyOps()
+
+Upstream = Callable[[int, int, np.ndarray], None]
+"""``upstream(s, e, out)`` writes dL/dh_t for steps s..e-1 into ``out`` (e - s, B, H): how a
+model's head hands a cell's backward its gradient lazily (``NumpyEngine``)."""
+
+
+def upstream_array(dhs: np.ndarray | Upstream | None, T: int, B: int, H: int,
+                   dtype: np.dtype) -> np.ndarray | None:
+    """dL/dh_t of every step, (T, B, H): ``dhs`` itself, or all the rows of an Upstream at once
+    (a cell whose backward is not chunked)."""
+    if not callable(dhs):
+        return dhs
+    out = np.empty((T, B, H), dtype=dtype)
+    dhs(0, T, out)
+    return out
 
 
 def check_sequence(x: np.ndarray, input_size: int, name: str = "input") -> tuple[int, int]:
@@ -38,22 +89,30 @@ def check_sequence(x: np.ndarray, input_size: int, name: str = "input") -> tuple
     return x.shape[0], x.shape[1]
 
 
-def check_state(h: np.ndarray | None, batch: int, hidden: int, dtype: np.dtype,
-                name: str = "h0") -> np.ndarray:
-    """Return the initial state as a (B, H) array of ``dtype``; zeros when ``h`` is None."""
-    if h is None:
-        return np.zeros((batch, hidden), dtype=dtype)
-    h = np.asarray(h)
-    if h.shape != (batch, hidden):
-        raise ValueError(f"expected {name} of shape ({batch}, {hidden}), got {tuple(h.shape)}")
-    return h.astype(dtype, copy=False)
+def check_state_parts(kind: CellKind, state0, batch: int, hidden: int, dtype: np.dtype,
+                      names: str = "{}0") -> tuple[np.ndarray, ...]:
+    """A state as a tuple of (B, H) arrays of ``dtype``, one per state part of ``kind``; zeros
+    for a missing part (or when ``state0`` is None). ``names`` names the parts in errors
+    (``"{}0"``: h0, c0; ``"d{}_n"``: dh_n, dc_n)."""
+    if state0 is None:
+        return tuple([np.zeros((batch, hidden), dtype=dtype) for _ in kind.state])
+    out = []
+    for p, h in zip(kind.state, state_parts(kind, state0, batch, hidden), strict=True):
+        if h is None:
+            out.append(np.zeros((batch, hidden), dtype=dtype))
+            continue
+        h = np.asarray(h)
+        if h.shape != (batch, hidden):
+            raise ValueError(f"expected {names.format(p)} of shape ({batch}, {hidden}), "
+                             f"got {tuple(h.shape)}")
+        out.append(h.astype(dtype, copy=False))
+    return tuple(out)
 
 
 def check_nonlinearity(nonlinearity: str) -> None:
     if nonlinearity not in NONLINEARITIES:
-        raise ValueError(
-            f"expected nonlinearity 'tanh' or 'relu', got {nonlinearity!r}"
-        )
+        expected = " or ".join(repr(n) for n in NONLINEARITIES)
+        raise ValueError(f"expected nonlinearity {expected}, got {nonlinearity!r}")
 
 
 def project_inputs(x: np.ndarray, weight_ih: np.ndarray, bias: np.ndarray | None,
@@ -111,12 +170,12 @@ def token_weight_grad_(dW_t: np.ndarray, ids: np.ndarray, dz2: np.ndarray) -> np
 
 
 def project_inputs_backward(
-    dz: np.ndarray, x: np.ndarray, weight_ih: np.ndarray
+    dz: np.ndarray, x: np.ndarray, weight_ih: np.ndarray, need_dx: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Gradients of :func:`project_inputs`: ``(dx, dW_ih)``; dx is None for token ids.
 
     dW_ih = sum_t dz_t^T x_t   (one product over all T*B rows)
-    dx_t  = dz_t W_ih
+    dx_t  = dz_t W_ih          (only when ``need_dx``)
     """
     T, B, GH = dz.shape
     dz2 = dz.reshape(T * B, GH)
@@ -127,18 +186,8 @@ def project_inputs_backward(
         return None, np.ascontiguousarray(dW_t.T)
     x2 = x.reshape(T * B, -1)
     dW = dz2.T @ x2.astype(dz.dtype, copy=False)
-    dx = (dz2 @ weight_ih).reshape(T, B, -1)
+    dx = (dz2 @ weight_ih).reshape(T, B, -1) if need_dx else None
     return dx, dW
-
-
-def recurrent_weight_grad(dz: np.ndarray, hs: np.ndarray, h0: np.ndarray) -> np.ndarray:
-    """dW_hh = sum_t dz_t^T h_{t-1}, as one product over steps 1..T-1 plus the h0 term."""
-    T, B, GH = dz.shape
-    H = hs.shape[2]
-    dW = dz[0].T @ h0
-    if T > 1:
-        dW += dz[1:].reshape(-1, GH).T @ hs[:-1].reshape(-1, H)
-    return dW
 
 
 def prev_weight_grad(dz: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
@@ -150,63 +199,6 @@ def prev_weight_grad(dz: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
     """
     GH, H = dz.shape[2], h_prev.shape[2]
     return dz.reshape(-1, GH).T @ h_prev.reshape(-1, H)
-
-
-def check_truncate(truncate: int | None) -> None:
-    if truncate is not None and (not isinstance(truncate, int | np.integer) or truncate < 0):
-        raise ValueError(f"expected bptt_truncate None or an integer >= 0, got {truncate!r}")
-
-
-def effective_truncate(truncate: int | None, T: int) -> int | None:
-    """``truncate`` as the loop needs it: k >= T cuts nothing (the longest path, from the loss
-    at T-1 to h0, crosses T transitions), so it is full BPTT, computed without the k + 1 ages."""
-    check_truncate(truncate)
-    return None if truncate is None or truncate >= T else int(truncate)
-
-
-def bptt_loop(step, dhs: np.ndarray | None, dstate_n: tuple, T: int,
-              truncate: int | None, width: int) -> tuple[np.ndarray, tuple]:
-    """The backward recursion through time, shared by every cell; returns ``(dz, dstate_0)``.
-
-    ``step(t, dstate, dz_out, prev_out)`` is the cell's one-step backward. It reads the state
-    gradients ``dstate`` (a tuple: ``(dh,)``, or ``(dh, dc)`` for the LSTM), each of shape
-    (A, B, H), writes the gradient of the step's pre-activations ``dz_t`` by age into
-    ``dz_out`` (A, B, width), and writes ``dstate_{t-1}`` (linear in ``dstate``) for the first
-    K ages into ``prev_out`` (a tuple of (K, B, H) arrays). Nothing is allocated per step: the
-    state gradients live in two preallocated buffers used in turn.
-
-    Without truncation A = K = 1 and ``dh_t = dL_t/dh_t + dh_{t+1} -> h_t`` is passed straight
-    along; ``dz_out`` is then row t of the result itself.
-
-    With ``truncate = k`` the gradient of the loss at step t may cross at most k recurrent
-    transitions (h_t -> h_{t-1} -> ... -> h_{t-k}; it reaches z_{t-k} but not h_{t-k-1}).
-    The pending gradients are kept by age a = transitions already crossed (A = k + 1 slots):
-    a step moves age a to a + 1 and drops age k (K = k: only ages 0..k-1 are carried back),
-    so each loss term is cut at its own horizon in one batched product per step instead of
-    one per loss term (docs/bptt.md, "Truncation").
-    """
-    A = 1 if truncate is None else truncate + 1
-    K = 1 if truncate is None else truncate
-    dtype = dstate_n[0].dtype
-    cur = [np.zeros((A, *ds.shape), dtype=dtype) for ds in dstate_n]
-    nxt = [np.zeros((A, *ds.shape), dtype=dtype) for ds in dstate_n]
-    for c, ds in zip(cur, dstate_n, strict=True):
-        c[0] = ds
-    B = dstate_n[0].shape[0]
-    dz = np.empty((T, B, width), dtype=dtype)
-    by_age = np.empty((A, B, width), dtype=dtype) if A > 1 else None
-    for t in reversed(range(T)):
-        if dhs is not None:
-            cur[0][0] += dhs[t]                      # dh_t += dL/dh_t (age 0)
-        out = dz[t][None] if by_age is None else by_age
-        step(t, tuple(cur), out, tuple(n[A - K:] for n in nxt))
-        if by_age is not None:
-            np.sum(by_age, axis=0, out=dz[t])        # dz_t: all ages together
-        if truncate is not None:                     # age a -> a + 1, age k dropped
-            for n in nxt:                            # (ages 1..k were written by step; the
-                n[0] = 0                             # new age 0 starts empty)
-        cur, nxt = nxt, cur
-    return dz, tuple(c.sum(axis=0) if A > 1 else c[0] for c in cur)
 
 
 def sigmoid_(a: np.ndarray) -> np.ndarray:

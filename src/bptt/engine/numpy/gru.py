@@ -23,55 +23,68 @@ da_t is the gradient of the input-side pre-activation a_t, ds_t that of the recu
     dx_t     = da_t W_ih,                 dh0 = ds_0 W_hh + dh_0 * u_0
 
 Since r_t does not depend on the age of a pending gradient, ds_t is rebuilt from the summed da_t
-after the loop (n slice times r_t), so the shared ``bptt_loop`` only has to carry da_t.
+after the loop (n slice times r_t), so the shared recursion only has to carry da_t.
 
 Truncation (``truncate = k``): both paths from h_t to h_{t-1} (through s_t and the direct
 ``u_t * h_{t-1}`` term) are one recurrent transition; the loss at step t reaches a_t .. a_{t-k}
 and not h_{t-k-1}, i.e. autograd with h_{t-k-1} detached.
 
 Symbols: T steps, B batch, I input size, H hidden size.
-  x   (T, B, I) float, or (T, B) integer token ids (one-hot input; projected as a gather)
-  h0  (B, H) or None (zeros)
-  hs  (T, B, H): every hidden state; hs[-1] is h_n
+  x       (T, B, I) float, or (T, B) integer token ids (one-hot input; projected as a gather)
+  state0  None (zeros) or the tuple (h0,), h0 (B, H) or None (zeros)
+  hs      (T, B, H): every hidden state; hs[-1] is h_n
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
+from ...cells import GRU as KIND
 from ..layout import check_gate_weights
+from ..recursion import bptt_loop, effective_truncate
 from .common import (
-    bptt_loop,
+    OPS,
+    Upstream,
     check_sequence,
-    check_state,
-    effective_truncate,
+    check_state_parts,
     prev_weight_grad,
     project_inputs,
     project_inputs_backward,
     sigmoid_,
+    upstream_array,
 )
 
-GATES = 3
+GATES = KIND.num_gates
 
 
-def _check_weights(weight_ih, weight_hh, bias_ih, bias_hh) -> int:
-    """Validate torch-shaped parameters; return H."""
-    return check_gate_weights(weight_ih, weight_hh, bias_ih, bias_hh, GATES)
+class Cache(NamedTuple):
+    """What :func:`forward` keeps for :func:`backward`."""
+
+    x: np.ndarray            # (T, B, I) floats or (T, B) token ids
+    gates: np.ndarray        # (T, B, 3H): [r_t | u_t | n_t], after their activations
+    s_n: np.ndarray          # (T, B, H): s^n_t = the n slice of h_{t-1} W_hh^T + b_hh
+    h_buf: np.ndarray        # (T + 1, B, H): h0, then h_t in row t + 1
+    weight_ih: np.ndarray    # (3H, I)
+    weight_hh: np.ndarray    # (3H, H)
+    has_bias_ih: bool
+    has_bias_hh: bool
 
 
 def forward(
     x: np.ndarray,
-    h0: np.ndarray | None,
+    state0: tuple[np.ndarray | None] | None,
     weight_ih: np.ndarray,
     weight_hh: np.ndarray,
     bias_ih: np.ndarray | None = None,
     bias_hh: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """Run the layer over ``x``; return ``(hs, h_n, cache)`` with hs (T, B, H), h_n (B, H)."""
-    H = _check_weights(weight_ih, weight_hh, bias_ih, bias_hh)
+) -> tuple[np.ndarray, tuple[np.ndarray], Cache]:
+    """Run the layer over ``x``; return ``(hs, (h_n,), cache)`` with hs (T, B, H), h_n (B, H)."""
+    H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
     T, B = check_sequence(x, weight_ih.shape[1])
     dtype = weight_hh.dtype
-    h0 = check_state(h0, B, H, dtype)
+    (h0,) = check_state_parts(KIND, state0, B, H, dtype)
 
     gates = project_inputs(x, weight_ih, bias_ih)        # (T, B, 3H): a_t = x_t W_ih^T + b_ih
     h_buf = np.empty((T + 1, B, H), dtype=dtype)         # h_buf[0] = h0, h_buf[t + 1] = h_t
@@ -97,50 +110,62 @@ def forward(
         np.subtract(h_buf[t], n, out=h_new)
         h_new *= u
         h_new += n                                       # h_t = n_t + u_t * (h_{t-1} - n_t)
-    cache = (x, h_buf[0], gates, s_n, hs, weight_ih, weight_hh,
-             bias_ih is not None, bias_hh is not None, h_buf)
-    return hs, hs[-1], cache
+    cache = Cache(x=x, gates=gates, s_n=s_n, h_buf=h_buf, weight_ih=weight_ih,
+                  weight_hh=weight_hh, has_bias_ih=bias_ih is not None,
+                  has_bias_hh=bias_hh is not None)
+    return hs, (hs[-1],), cache
 
 
-def backward(
-    dhs: np.ndarray | None,
-    dh_n: np.ndarray | None,
-    cache: tuple,
-    truncate: int | None = None,
-) -> tuple[np.ndarray | None, np.ndarray, dict[str, np.ndarray]]:
-    """BPTT from upstream gradients on every output ``dhs`` (T, B, H) and on ``h_n`` (B, H).
+def _factors(cache: Cache) -> np.ndarray:
+    """The factors of the backward that do not depend on the incoming gradient, for all T at
+    once, laid out as the gates, (T, B, 3, H) = [F^r | F^z | F^n]:
 
-    Returns ``(dx, dh0, grads)``: dx (T, B, I) (None for token-id input), dh0 (B, H), and grads
-    with keys ``weight_ih, weight_hh`` (+ ``bias_ih``, ``bias_hh`` for the biases the layer has).
-    ``truncate=k`` lets the loss at step t reach back through at most k recurrent steps
-    (module docstring and :func:`bptt.engine.numpy.common.bptt_loop`).
+      da^n_t = dh_t * F^n,     F^n = (1 - u) (1 - n^2)
+      da^z_t = dh_t * F^z,     F^z = (h_{t-1} - n) u (1 - u)
+      da^r_t = da^n_t * F^r,   F^r = s^n r (1 - r)
     """
-    x, h0, gates, s_n, hs, weight_ih, weight_hh, has_bias_ih, has_bias_hh, h_buf = cache
-    T, B, H = hs.shape
-    k = effective_truncate(truncate, T)
-    dtype = hs.dtype
-    if dh_n is None:
-        dh_n = np.zeros((B, H), dtype=dtype)
-
-    # The factors that do not depend on the incoming gradient, for all T at once, laid out as
-    # the gates [F^r | F^z | F^n]:
-    #   da^n_t = dh_t * F^n,     F^n = (1 - u) (1 - n^2)
-    #   da^z_t = dh_t * F^z,     F^z = (h_{t-1} - n) u (1 - u)
-    #   da^r_t = da^n_t * F^r,   F^r = s^n r (1 - r)
-    G3 = gates.reshape(T, B, GATES, H)
+    T, B, GH = cache.gates.shape
+    H = GH // GATES
+    G3 = cache.gates.reshape(T, B, GATES, H)
     r, u, n = G3[:, :, 0], G3[:, :, 1], G3[:, :, 2]
-    F = np.empty((T, B, GATES, H), dtype=dtype)
+    F = np.empty((T, B, GATES, H), dtype=cache.gates.dtype)
     np.subtract(1.0, r, out=F[:, :, 0])
     F[:, :, 0] *= r
-    F[:, :, 0] *= s_n
-    np.subtract(h_buf[:-1], n, out=F[:, :, 1])
+    F[:, :, 0] *= cache.s_n
+    np.subtract(cache.h_buf[:-1], n, out=F[:, :, 1])
     F[:, :, 1] *= u
     F[:, :, 1] *= 1.0 - u
     np.multiply(n, n, out=F[:, :, 2])
     np.subtract(1.0, F[:, :, 2], out=F[:, :, 2])
     F[:, :, 2] *= 1.0 - u
+    return F
+
+
+def backward(
+    dhs: np.ndarray | Upstream | None,
+    dstate_n: tuple[np.ndarray | None] | None,
+    cache: Cache,
+    truncate: int | None = None,
+    need_dx: bool = True,
+) -> tuple[np.ndarray | None, tuple[np.ndarray], dict[str, np.ndarray]]:
+    """BPTT from upstream gradients on every output ``dhs`` (T, B, H) and on ``(h_n,)``.
+
+    Returns ``(dx, (dh0,), grads)``: dx (T, B, I) (None for token-id input or when not
+    ``need_dx``), dh0 (B, H), and grads with keys ``weight_ih, weight_hh`` (+ ``bias_ih``,
+    ``bias_hh`` for the biases the layer has). ``truncate=k`` lets the loss at step t reach
+    back through at most k recurrent steps (module docstring and
+    :class:`bptt.engine.recursion.Recursion`).
+    """
+    gates, weight_hh = cache.gates, cache.weight_hh
+    T, B, GH = gates.shape
+    H = GH // GATES
+    dtype = gates.dtype
+    G3 = gates.reshape(T, B, GATES, H)
+    r, u = G3[:, :, 0], G3[:, :, 1]
+    F = _factors(cache)
+    k = effective_truncate(truncate, T)
     A = 1 if k is None else k + 1
-    ds = np.empty((A, B, GATES * H), dtype=dtype)
+    ds_buf = np.empty((A, B, GATES * H), dtype=dtype)
     du = np.empty((A, B, H), dtype=dtype)
 
     def step(t: int, dstate: tuple, da_out: np.ndarray, prev_out: tuple) -> None:
@@ -154,7 +179,7 @@ def backward(
         (dh_prev,) = prev_out
         K = dh_prev.shape[0]
         if K:
-            dsK = ds[:K]
+            dsK = ds_buf[:K]
             np.copyto(dsK, da_out[:K])
             dsK.reshape(K, B, GATES, H)[:, :, 2] *= r[t]  # ds_t = [da^r_t | da^z_t | da^n_t r_t]
             np.matmul(dsK.reshape(K * B, GATES * H), weight_hh,
@@ -162,32 +187,36 @@ def backward(
             np.multiply(dh[:K], u[t], out=du[:K])
             dh_prev += du[:K]                            # dh_{t-1} = ds_t W_hh + dh_t * u_t
 
-    da, (dh0,) = bptt_loop(step, dhs, (dh_n,), T, k, GATES * H)
+    dstate_n = check_state_parts(KIND, dstate_n, B, H, dtype, names="d{}_n")
+    dhs = upstream_array(dhs, T, B, H, dtype)           # a head's lazy gradient, all rows
+    da, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, GATES * H)
     ds = da.copy()
     ds[..., 2 * H:] *= gates[..., :H]                    # ds_t = [da^r_t | da^z_t | da^n_t r_t]
 
-    grads = {"weight_hh": prev_weight_grad(ds, h_buf[:-1])}  # dW_hh = sum_t ds_t^T h_{t-1}
-    dx, grads["weight_ih"] = project_inputs_backward(da, x, weight_ih)  # dW_ih = sum da_t^T x_t
-    if has_bias_ih:
+    grads = {"weight_hh": prev_weight_grad(ds, cache.h_buf[:-1])}  # dW_hh = sum_t ds_t^T h_{t-1}
+    dx, grads["weight_ih"] = project_inputs_backward(da, cache.x, cache.weight_ih,
+                                                     need_dx)  # dW_ih = sum da_t^T x_t
+    if cache.has_bias_ih:
         grads["bias_ih"] = da.sum(axis=(0, 1))           # db_ih = sum_t sum_b da_t
-    if has_bias_hh:
+    if cache.has_bias_hh:
         grads["bias_hh"] = ds.sum(axis=(0, 1))           # db_hh = sum_t sum_b ds_t
-    return dx, dh0, grads
+    return dx, dstate0, grads
 
 
 def step(
     x: np.ndarray,
-    h: np.ndarray,
+    state: tuple[np.ndarray],
     weight_ih: np.ndarray,
     weight_hh: np.ndarray,
     bias_ih: np.ndarray | None = None,
     bias_hh: np.ndarray | None = None,
-) -> np.ndarray:
-    """One step, no checks and no cache (generation): h_t (B, H) from x_t and h_{t-1} (B, H).
+) -> tuple[np.ndarray]:
+    """One step, no checks and no cache (generation): (h_t,) from x_t and (h_{t-1},), (B, H).
 
     ``x`` is (B,) token ids or (B, I) features; the same operations as one step of
     :func:`forward`.
     """
+    (h,) = state
     H = weight_hh.shape[1]
     if x.dtype.kind in "iu":
         a = weight_ih.T[x]                               # one-hot x_t W_ih^T: a row gather
@@ -206,4 +235,4 @@ def step(
     h_new = h - n
     h_new *= u
     h_new += n                                           # h_t = n_t + u_t * (h_{t-1} - n_t)
-    return h_new
+    return (h_new,)

@@ -31,71 +31,63 @@ gradients on h_n and c_n enter at age 0 of the last step, like the loss at T-1.
 
 Symbols: T steps, B batch, I input size, H hidden size.
   x       (T, B, I) float, or (T, B) integer token ids (one-hot input; projected as a gather)
-  state0  None (zeros) or the pair (h0, c0), each (B, H)
+  state0  None (zeros) or the pair (h0, c0), each (B, H) or None (zeros)
   hs      (T, B, H): every hidden state; hs[-1] is h_n
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from ..layout import check_gate_weights
+from ...cells import LSTM as KIND
+from ..layout import check_gate_weights, sum_biases
+from ..recursion import bptt_loop, effective_truncate
 from .common import (
-    bptt_loop,
+    OPS,
+    Upstream,
     check_sequence,
-    check_state,
-    effective_truncate,
+    check_state_parts,
     prev_weight_grad,
     project_inputs,
     project_inputs_backward,
     sigmoid_,
+    upstream_array,
 )
 
-GATES = 4
+GATES = KIND.num_gates
 
 
-def _check_weights(weight_ih, weight_hh, bias_ih, bias_hh) -> int:
-    """Validate torch-shaped parameters; return H."""
-    return check_gate_weights(weight_ih, weight_hh, bias_ih, bias_hh, GATES)
+class Cache(NamedTuple):
+    """What :func:`forward` keeps for :func:`backward`."""
 
-
-def _check_state_pair(state0, batch: int, hidden: int, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """The initial (h0, c0), each (B, H) of ``dtype``; zeros when ``state0`` is None."""
-    if state0 is None:
-        return (np.zeros((batch, hidden), dtype=dtype), np.zeros((batch, hidden), dtype=dtype))
-    if not isinstance(state0, tuple | list) or len(state0) != 2:
-        got = (
-            f"a single array of shape {tuple(state0.shape)}"
-            if isinstance(state0, np.ndarray)
-            else f"{type(state0).__name__}"
-            + (f" of length {len(state0)}" if isinstance(state0, tuple | list) else "")
-        )
-        raise ValueError(
-            f"expected the LSTM state as a pair (h0, c0) of ({batch}, {hidden}) arrays, got {got}"
-        )
-    h0 = check_state(state0[0], batch, hidden, dtype, name="h0")
-    c0 = check_state(state0[1], batch, hidden, dtype, name="c0")
-    return h0, c0
+    x: np.ndarray            # (T, B, I) floats or (T, B) token ids
+    gates: np.ndarray        # (T, B, 4H): [i_t | f_t | g_t | o_t], after their activations
+    h_buf: np.ndarray        # (T + 1, B, H): h0, then h_t in row t + 1
+    c_buf: np.ndarray        # (T + 1, B, H): c0, then c_t in row t + 1
+    tanh_cs: np.ndarray      # (T, B, H): tanh(c_t)
+    weight_ih: np.ndarray    # (4H, I)
+    weight_hh: np.ndarray    # (4H, H)
+    has_bias_ih: bool
+    has_bias_hh: bool
 
 
 def forward(
     x: np.ndarray,
-    state0: tuple[np.ndarray, np.ndarray] | None,
+    state0: tuple[np.ndarray | None, np.ndarray | None] | None,
     weight_ih: np.ndarray,
     weight_hh: np.ndarray,
     bias_ih: np.ndarray | None = None,
     bias_hh: np.ndarray | None = None,
-) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], tuple]:
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], Cache]:
     """Run the layer over ``x``; return ``(hs, (h_n, c_n), cache)``, hs (T, B, H)."""
-    H = _check_weights(weight_ih, weight_hh, bias_ih, bias_hh)
+    H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
     T, B = check_sequence(x, weight_ih.shape[1])
     dtype = weight_hh.dtype
-    h0, c0 = _check_state_pair(state0, B, H, dtype)
-    bias = None
-    for b in (bias_ih, bias_hh):
-        if b is not None:
-            bias = b if bias is None else bias + b
+    h0, c0 = check_state_parts(KIND, state0, B, H, dtype)
 
+    bias = sum_biases(bias_ih, bias_hh)
     gates = project_inputs(x, weight_ih, bias)           # (T, B, 4H): x_t W_ih^T + b, all t
     h_buf = np.empty((T + 1, B, H), dtype=dtype)         # h_buf[0] = h0, h_buf[t + 1] = h_t
     c_buf = np.empty((T + 1, B, H), dtype=dtype)         # c_buf[0] = c0, c_buf[t + 1] = c_t
@@ -119,51 +111,34 @@ def forward(
         c += ig                                          # c_t = f_t * c_{t-1} + i_t * g_t
         np.tanh(c, out=tanh_cs[t])
         np.multiply(o, tanh_cs[t], out=hs[t])            # h_t = o_t * tanh(c_t)
-    cache = (x, h_buf[0], c_buf[0], gates, cs, tanh_cs, hs, weight_ih, weight_hh,
-             bias_ih is not None, bias_hh is not None, h_buf, c_buf)
+    cache = Cache(x=x, gates=gates, h_buf=h_buf, c_buf=c_buf, tanh_cs=tanh_cs,
+                  weight_ih=weight_ih, weight_hh=weight_hh, has_bias_ih=bias_ih is not None,
+                  has_bias_hh=bias_hh is not None)
     return hs, (hs[-1], cs[-1]), cache
 
 
-def backward(
-    dhs: np.ndarray | None,
-    dstate_n: tuple[np.ndarray | None, np.ndarray | None] | None,
-    cache: tuple,
-    truncate: int | None = None,
-) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
-    """BPTT from upstream gradients on every output ``dhs`` (T, B, H) and on ``(h_n, c_n)``.
+def _factors(cache: Cache) -> np.ndarray:
+    """The factors of the backward that do not depend on the incoming gradient, for all T at
+    once (a few large element-wise passes instead of many small ones inside the loop), laid
+    out as the gates, (T, B, 5, H) = [F^i | F^f | F^g | F^o | F^c]:
 
-    ``dstate_n`` is None or the pair ``(dh_n, dc_n)``, each (B, H) or None (zeros).
-    Returns ``(dx, (dh0, dc0), grads)``: dx (T, B, I) (None for token-id input), and grads with
-    keys ``weight_ih, weight_hh`` (+ ``bias_ih``, ``bias_hh`` for the biases the layer has).
-    ``truncate=k`` cuts both the h and the c path after k recurrent steps (module docstring and
-    :func:`bptt.engine.numpy.common.bptt_loop`).
+      dc_t  = dc_{t+1} f_{t+1} + dh_t * F^c_t,          F^c = o (1 - tanh(c)^2)
+      dz^i, dz^f, dz^g = dc_t * [F^i | F^f | F^g],      F^i = g i (1 - i),
+                                                        F^f = c_{t-1} f (1 - f), F^g = i (1 - g^2)
+      dz^o  = dh_t * F^o,                               F^o = tanh(c) o (1 - o)
     """
-    (x, h0, c0, gates, cs, tanh_cs, hs, weight_ih, weight_hh,
-     has_bias_ih, has_bias_hh, h_buf, c_buf) = cache
-    T, B, H = hs.shape
-    k = effective_truncate(truncate, T)
-    dtype = hs.dtype
-    dh_n, dc_n = (None, None) if dstate_n is None else dstate_n
-    if dh_n is None:
-        dh_n = np.zeros((B, H), dtype=dtype)
-    if dc_n is None:
-        dc_n = np.zeros((B, H), dtype=dtype)
-
-    # The factors that do not depend on the incoming gradient, for all T at once (few large
-    # element-wise passes instead of many small ones inside the loop), laid out as the gates:
-    #   dc_t  = dc_{t+1} f_{t+1} + dh_t * F^c_t,          F^c = o (1 - tanh(c)^2)
-    #   dz^i, dz^f, dz^g = dc_t * [F^i | F^f | F^g],      F^i = g i (1 - i),
-    #                                                     F^f = c_{t-1} f (1 - f), F^g = i (1 - g^2)
-    #   dz^o  = dh_t * F^o,                               F^o = tanh(c) o (1 - o)
-    G4 = gates.reshape(T, B, GATES, H)
+    T, B, GH = cache.gates.shape
+    H = GH // GATES
+    G4 = cache.gates.reshape(T, B, GATES, H)
     i, f, g, o = G4[:, :, 0], G4[:, :, 1], G4[:, :, 2], G4[:, :, 3]
-    F = np.empty((T, B, GATES + 1, H), dtype=dtype)     # [F^i | F^f | F^g | F^o | F^c]
+    tanh_cs = cache.tanh_cs
+    F = np.empty((T, B, GATES + 1, H), dtype=cache.gates.dtype)
     np.subtract(1.0, i, out=F[:, :, 0])
     F[:, :, 0] *= i
     F[:, :, 0] *= g
     np.subtract(1.0, f, out=F[:, :, 1])
     F[:, :, 1] *= f
-    F[:, :, 1] *= c_buf[:-1]
+    F[:, :, 1] *= cache.c_buf[:-1]
     np.multiply(g, g, out=F[:, :, 2])
     np.subtract(1.0, F[:, :, 2], out=F[:, :, 2])
     F[:, :, 2] *= i
@@ -173,8 +148,33 @@ def backward(
     np.multiply(tanh_cs, tanh_cs, out=F[:, :, 4])
     np.subtract(1.0, F[:, :, 4], out=F[:, :, 4])
     F[:, :, 4] *= o
+    return F
+
+
+def backward(
+    dhs: np.ndarray | Upstream | None,
+    dstate_n: tuple[np.ndarray | None, np.ndarray | None] | None,
+    cache: Cache,
+    truncate: int | None = None,
+    need_dx: bool = True,
+) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray], dict[str, np.ndarray]]:
+    """BPTT from upstream gradients on every output ``dhs`` (T, B, H) and on ``(h_n, c_n)``.
+
+    ``dstate_n`` is None or the pair ``(dh_n, dc_n)``, each (B, H) or None (zeros).
+    Returns ``(dx, (dh0, dc0), grads)``: dx (T, B, I) (None for token-id input or when not
+    ``need_dx``), and grads with keys ``weight_ih, weight_hh`` (+ ``bias_ih``, ``bias_hh`` for
+    the biases the layer has). ``truncate=k`` cuts both the h and the c path after k recurrent
+    steps (module docstring and :class:`bptt.engine.recursion.Recursion`).
+    """
+    T, B, GH = cache.gates.shape
+    H = GH // GATES
+    dtype = cache.gates.dtype
+    weight_hh = cache.weight_hh
+    f = cache.gates.reshape(T, B, GATES, H)[:, :, 1]    # f_t
+    F = _factors(cache)
+    k = effective_truncate(truncate, T)
     A = 1 if k is None else k + 1
-    dc = np.empty((A, B, H), dtype=dtype)
+    dc = np.empty((A, B, H), dtype=dtype)               # dc_t by age
 
     def step(t: int, dstate: tuple, dz_out: np.ndarray, prev_out: tuple) -> None:
         dh, dc_next = dstate                             # (A, B, H) each: dh_t, dc_{t+1} f_{t+1}
@@ -195,17 +195,20 @@ def backward(
                       out=dh_prev.reshape(K * B, H))
             np.multiply(dc[:K], f[t], out=dc_prev)
 
-    dz, (dh0, dc0) = bptt_loop(step, dhs, (dh_n, dc_n), T, k, GATES * H)
+    dstate_n = check_state_parts(KIND, dstate_n, B, H, dtype, names="d{}_n")
+    dhs = upstream_array(dhs, T, B, H, dtype)           # a head's lazy gradient, all rows
+    dz, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, GATES * H)
 
-    grads = {"weight_hh": prev_weight_grad(dz, h_buf[:-1])}  # dW_hh = sum_t dz_t^T h_{t-1}
-    dx, grads["weight_ih"] = project_inputs_backward(dz, x, weight_ih)  # dW_ih = sum dz_t^T x_t
-    if has_bias_ih or has_bias_hh:
+    grads = {"weight_hh": prev_weight_grad(dz, cache.h_buf[:-1])}  # dW_hh = sum_t dz_t^T h_{t-1}
+    dx, grads["weight_ih"] = project_inputs_backward(dz, cache.x, cache.weight_ih,
+                                                     need_dx)  # dW_ih = sum dz_t^T x_t
+    if cache.has_bias_ih or cache.has_bias_hh:
         db = dz.sum(axis=(0, 1))                         # db_ih = db_hh = sum_t sum_b dz_t
-        if has_bias_ih:
+        if cache.has_bias_ih:
             grads["bias_ih"] = db
-        if has_bias_hh:
-            grads["bias_hh"] = db.copy() if has_bias_ih else db
-    return dx, (dh0, dc0), grads
+        if cache.has_bias_hh:
+            grads["bias_hh"] = db.copy() if cache.has_bias_ih else db
+    return dx, dstate0, grads
 
 
 def step(
@@ -227,10 +230,7 @@ def step(
         z = weight_ih.T[x]                               # one-hot x_t W_ih^T: a row gather
     else:
         z = x.astype(weight_ih.dtype, copy=False) @ weight_ih.T
-    bias = None
-    for b in (bias_ih, bias_hh):                         # b_ih + b_hh first, as forward
-        if b is not None:
-            bias = b if bias is None else bias + b
+    bias = sum_biases(bias_ih, bias_hh)                  # b_ih + b_hh first, as forward
     if bias is not None:
         z += bias
     z += h @ weight_hh.T                                 # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T

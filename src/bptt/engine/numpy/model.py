@@ -13,23 +13,29 @@ model, (B, T, I) floats for regression; Y (B, T) ids or (B, T, O) floats. Inside
 time-major (T, B, ...), as the book and the cells are.
 
 Fast paths (docs/performance.md), same results up to float rounding:
-  * the book's model (one unidirectional RNN layer) skips the stack bookkeeping, computes the
-    head and the softmax over all T*B rows at once in place, and hands the RNN's backward the
-    head's gradient lazily, chunk by chunk (``dL/dh = dy W_head``), so besides the states only
-    chunk-sized buffers are allocated: that is what keeps a long sequence's memory small;
+  * one unidirectional layer (the book's model) skips the stack bookkeeping, computes the head
+    and the softmax over all T*B rows at once in place, and hands the cell's backward the
+    head's gradient lazily (``dL/dh = dy W_head``); the RNN's backward asks for it chunk by
+    chunk, so besides the states only chunk-sized buffers are allocated: that is what keeps a
+    long sequence's memory small;
   * ``forward`` over a single step (generation) goes through :meth:`NumpyEngine.step`, one
     cell step per layer without checks of the whole stack or a cache.
+
+Every cell is reached through the registry (``spec.kind``) and this engine's module of it
+(``stack.cell_module``); nothing here names a cell.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ...model import ModelSpec
-from ..layout import layer_params, split_state
-from . import rnn, stack
+from ...model import ModelSpec, check_params
+from ..layout import check_stacked, layer_keys, layer_params, split_state, step_layers
+from . import rnn, stack  # rnn: its CHUNK_ROWS sizes the head's blocks too
 from .common import check_sequence
 from .loss import mse, softmax_cross_entropy_
+
+DTYPES = ("float32", "float64")
 
 
 def _head_product(rows: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -55,7 +61,13 @@ class NumpyEngine:
     device = "cpu"
 
     def __init__(self, spec: ModelSpec, dtype: str = "float32", precision: str = "fp32",
-                 **_: object) -> None:
+                 device: str | None = None) -> None:
+        if not isinstance(spec, ModelSpec):
+            raise ValueError(f"expected a ModelSpec, got {type(spec).__name__}")
+        if device not in (None, "cpu"):
+            raise ValueError(f"expected device 'cpu' for the numpy engine, got {device!r}")
+        if str(dtype) not in DTYPES:
+            raise ValueError(f"expected dtype 'float32' or 'float64', got {dtype!r}")
         if precision != "fp32":
             raise ValueError(
                 f"expected precision 'fp32' for the numpy engine (NumPy has no bfloat16 matrix "
@@ -63,15 +75,15 @@ class NumpyEngine:
             )
         self.spec = spec
         self.dtype = np.dtype(dtype)
-        # for step(): the cell's one-step function and each layer's parameter names
-        self._step_fn = (stack.cell_module(spec.cell).step,
-                         {"nonlinearity": spec.nonlinearity} if spec.cell == "rnn" else {})
-        self._layer_keys = [tuple(f"{k}_l{layer}" for k in
-                                  ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-                            for layer in range(spec.num_layers)]
+        self.kind = spec.kind
+        self.cell = stack.cell_module(self.kind)         # forward, backward, step
+        self.options = self.kind.options(spec.nonlinearity)
+        self._layer_keys = layer_keys(spec.num_layers)  # for step()
 
     # -- parameters and state -------------------------------------------------------------
     def from_numpy(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Fresh arrays of the engine's dtype (copies), checked against the spec."""
+        check_params(self.spec, params)
         return {k: np.array(v, dtype=self.dtype) for k, v in params.items()}
 
     def to_numpy(self, params: dict) -> dict[str, np.ndarray]:
@@ -90,9 +102,7 @@ class NumpyEngine:
     def begin_state(self, batch_size: int):
         s = self.spec
         shape = (s.num_layers * s.directions, batch_size, s.hidden_size)
-        if s.cell == "lstm":
-            return (np.zeros(shape, self.dtype), np.zeros(shape, self.dtype))
-        return np.zeros(shape, self.dtype)
+        return self.kind.from_parts(tuple(np.zeros(shape, self.dtype) for _ in self.kind.state))
 
     def detach_state(self, state):
         return state  # NumPy arrays carry no graph: the gradient stops at the batch boundary
@@ -107,16 +117,26 @@ class NumpyEngine:
             return np.ascontiguousarray(X.T)                       # (T, B) token ids
         return np.ascontiguousarray(X.transpose(1, 0, 2), dtype=self.dtype)  # (T, B, I)
 
+    def _state_parts(self, state, batch: int) -> tuple | None:
+        """The incoming state (torch's form) as its tuple of parts, each (L*D, B, H)."""
+        if state is None:
+            return None
+        s = self.spec
+        parts = self.kind.to_parts(state)
+        check_stacked(parts, s.num_layers * s.directions, batch, s.hidden_size, "state")
+        return parts
+
     def _stack_forward(self, params, x, state, training, rng):
         s = self.spec
         return stack.forward(
-            s.cell, params, x, state, num_layers=s.num_layers, bidirectional=s.bidirectional,
-            nonlinearity=s.nonlinearity, dropout=s.dropout, training=training, rng=rng,
+            self.kind, params, x, state, num_layers=s.num_layers,
+            bidirectional=s.bidirectional, nonlinearity=s.nonlinearity, dropout=s.dropout,
+            training=training, rng=rng,
         )
 
     def _fused(self) -> bool:
-        s = self.spec
-        return s.cell == "rnn" and s.num_layers == 1 and not s.bidirectional
+        """One unidirectional layer: the cell without the stack, the head's gradient lazily."""
+        return self.spec.num_layers == 1 and not self.spec.bidirectional
 
     def forward(self, params: dict, X: np.ndarray, state=None):
         """Outputs (B, T, O) (logits or predictions) and the last state; evaluation mode."""
@@ -152,32 +172,17 @@ class NumpyEngine:
                 raise ValueError(f"expected token ids of shape (B,), got {tuple(x.shape)}")
         else:
             x = np.asarray(x, dtype=self.dtype)
-        lstm = s.cell == "lstm"
-        if state is None:
-            state = self.begin_state(B)
-        parts = state if lstm else (state,)
+        parts = self.kind.to_parts(self.begin_state(B) if state is None else state)
         shape = (s.num_layers, B, s.hidden_size)
         for part in parts:
             if not isinstance(part, np.ndarray) or part.shape != shape:
                 got = tuple(part.shape) if hasattr(part, "shape") else type(part).__name__
                 raise ValueError(f"expected a state of shape {shape}, got {got}")
-        step, opts = self._step_fn
-        inp, hs, cs = x, [], []
-        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self._layer_keys):
-            p = (params[w_ih], params[w_hh], params.get(b_ih), params.get(b_hh))
-            if lstm:
-                inp, c = step(inp, (parts[0][layer], parts[1][layer]), *p)
-                cs.append(c)
-            else:
-                inp = step(inp, parts[0][layer], *p, **opts)
-            hs.append(inp)
-        y = inp @ params["head.weight"].T
+        h, parts_n = step_layers(self.cell.step, self.options, params, self._layer_keys, x,
+                                 parts, np.stack)
+        y = h @ params["head.weight"].T
         y += params["head.bias"]
-        # the new state (L, B, H): fresh arrays from the steps, stacked (one layer: a view)
-        h_n = hs[0][None] if len(hs) == 1 else np.stack(hs)
-        if lstm:
-            return y, (h_n, cs[0][None] if len(cs) == 1 else np.stack(cs))
-        return y, h_n
+        return y, self.kind.from_parts(parts_n)
 
     def loss_and_grads(
         self,
@@ -192,13 +197,14 @@ class NumpyEngine:
     ):
         """Mean loss over the T*B targets, gradients of every parameter, and the last state."""
         x = self._inputs(X)
+        parts = self._state_parts(state, x.shape[1])
         W = params["head.weight"]
         # forward: the stack, then the head over all T*B rows at once
         if self._fused():
-            hs, h_n, cache = rnn.forward(
-                x, split_state(state, "rnn", 0), **layer_params(params, 0, 0),
-                nonlinearity=self.spec.nonlinearity)
-            out, state_n = hs, h_n[None].copy()          # (T, B, H); (1, B, H) as the stack
+            out, parts_n, cache = self.cell.forward(
+                x, split_state(parts, 0), **layer_params(params, 0, 0), **self.options)
+            # (T, B, H); the state parts (1, B, H) as the stack gives them
+            state_n = self.kind.from_parts(tuple([p[None].copy() for p in parts_n]))
         else:
             out, state_n, cache = self._stack_forward(params, x, state, training, rng)
         T, B, DH = out.shape
@@ -216,9 +222,10 @@ class NumpyEngine:
             def dout(s: int, e: int, buf: np.ndarray) -> None:   # dL/dh_t = dy_t W, t in s..e-1
                 np.matmul(dy[s * B:e * B], W, out=buf.reshape((e - s) * B, DH))
 
-            _, _, g = rnn.backward(dout, None, cache, truncate)
+            _, _, g = self.cell.backward(dout, None, cache, truncate, need_dx=False)
             grads.update({f"{k}_l0": v for k, v in g.items()})
         else:
-            _, _, g = stack.backward((dy @ W).reshape(T, B, DH), None, cache, truncate)
+            _, _, g = stack.backward((dy @ W).reshape(T, B, DH), None, cache, truncate,
+                                     need_dx=False)
             grads.update(g)
         return loss, grads, state_n

@@ -1,10 +1,12 @@
-"""Pieces every torch cell shares: the input projection, its gradient, and the BPTT recursion.
+"""Pieces every torch cell shares: input and state checks, the input projection and its
+gradient, the products through oneDNN, and :data:`OPS`, torch's side of the array operations
+the engines share (the BPTT loop of :mod:`bptt.engine.recursion`, the stack of
+:mod:`bptt.engine.stack`).
 
 The torch twin of :mod:`bptt.engine.numpy.common`, on tensors of any device. Nothing here reads
 a value back to the host, so a CUDA backward never waits inside its loop over time.
 
-Symbols: T steps, B batch, I input size, H hidden size, G gates (1 RNN, 3 GRU, 4 LSTM),
-A ages (1 without truncation, k + 1 with ``truncate = k``).
+Symbols: T steps, B batch, I input size, H hidden size, G gates (1 RNN, 3 GRU, 4 LSTM).
 
 The input projection of all T steps is one matrix product before the recurrent loop, and its
 weight gradient one product after the backward loop. Token inputs (T, B) int64 stand for one-hot
@@ -14,14 +16,45 @@ of the rows of dz into the V rows of dW_ih^T, never a V-wide product.
 
 from __future__ import annotations
 
-import numbers
 import os
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
-NONLINEARITIES = ("tanh", "relu")
+from ...cells import NONLINEARITIES, CellKind
+from ..layout import state_parts
+from ..recursion import check_truncate  # noqa: F401 (re-exported: the torch modules' check)
+
+
+class TorchOps:
+    """:class:`bptt.engine.protocol.ArrayOps` on torch tensors (of ``like``'s device)."""
+
+    @staticmethod
+    def zeros(like: torch.Tensor, shape: tuple) -> torch.Tensor:
+        return like.new_zeros(shape)
+
+    @staticmethod
+    def empty(like: torch.Tensor, shape: tuple) -> torch.Tensor:
+        return like.new_empty(shape)
+
+    @staticmethod
+    def sum_ages(a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return a.sum(dim=0) if out is None else torch.sum(a, dim=0, out=out)
+
+    @staticmethod
+    def flip(x: torch.Tensor) -> torch.Tensor:
+        return x.flip(0)                                 # a copy (torch has no negative strides)
+
+    @staticmethod
+    def concat(xs: list) -> torch.Tensor:
+        return torch.cat(xs, dim=2)
+
+    @staticmethod
+    def stack(xs: list) -> torch.Tensor:
+        return torch.stack(xs)
+
+
+OPS = TorchOps()
 
 # -- matrix products through oneDNN on the CPU ----------------------------------------------------
 #
@@ -128,14 +161,8 @@ def is_tokens(x: torch.Tensor) -> bool:
 
 def check_nonlinearity(nonlinearity: str) -> None:
     if nonlinearity not in NONLINEARITIES:
-        raise ValueError(f"expected nonlinearity 'tanh' or 'relu', got {nonlinearity!r}")
-
-
-def check_truncate(truncate: int | None) -> None:
-    if truncate is not None and (
-        isinstance(truncate, bool) or not isinstance(truncate, numbers.Integral) or truncate < 0
-    ):
-        raise ValueError(f"expected bptt_truncate None or an integer >= 0, got {truncate!r}")
+        expected = " or ".join(repr(n) for n in NONLINEARITIES)
+        raise ValueError(f"expected nonlinearity {expected}, got {nonlinearity!r}")
 
 
 def check_sequence(x: torch.Tensor, input_size: int, name: str = "input") -> tuple[int, int]:
@@ -160,24 +187,24 @@ def check_sequence(x: torch.Tensor, input_size: int, name: str = "input") -> tup
     return x.shape[0], x.shape[1]
 
 
-def check_state(h: torch.Tensor | None, batch: int, like: torch.Tensor,
-                name: str = "h0") -> torch.Tensor:
-    """The initial state as a (B, H) tensor of ``like``'s dtype and device; zeros when None."""
+def check_state_parts(kind: CellKind, state0, batch: int, like: torch.Tensor,
+                      names: str = "{}0") -> tuple[torch.Tensor, ...]:
+    """A state as a tuple of (B, H) tensors of ``like``'s dtype and device, one per state part
+    of ``kind``; zeros for a missing part (or when ``state0`` is None). ``names`` names the parts
+    in errors (``"{}0"``: h0, c0; ``"d{}_n"``: dh_n, dc_n)."""
     hidden = like.shape[1]
-    if h is None:
-        return like.new_zeros((batch, hidden))
-    if tuple(h.shape) != (batch, hidden):
-        raise ValueError(f"expected {name} of shape ({batch}, {hidden}), got {tuple(h.shape)}")
-    return h.to(like.dtype)
-
-
-def sum_biases(*biases: torch.Tensor | None) -> torch.Tensor | None:
-    """The sum of the biases that exist; None when there is none."""
-    total = None
-    for b in biases:
-        if b is not None:
-            total = b if total is None else total + b
-    return total
+    if state0 is None:
+        return tuple([like.new_zeros((batch, hidden)) for _ in kind.state])
+    out = []
+    for p, h in zip(kind.state, state_parts(kind, state0, batch, hidden, "tensors"), strict=True):
+        if h is None:
+            out.append(like.new_zeros((batch, hidden)))
+            continue
+        if tuple(h.shape) != (batch, hidden):
+            raise ValueError(f"expected {names.format(p)} of shape ({batch}, {hidden}), "
+                             f"got {tuple(h.shape)}")
+        out.append(h.to(like.dtype))
+    return tuple(out)
 
 
 def project_inputs(x: torch.Tensor, weight_ih: torch.Tensor,
@@ -199,6 +226,19 @@ def project_inputs(x: torch.Tensor, weight_ih: torch.Tensor,
     else:
         out = torch.addmm(bias, x2, weight_ih.t())     # x W_ih^T + b in one product
     return out.view(T, B, -1)
+
+
+def input_step(x: torch.Tensor, weight_ih: torch.Tensor,
+               bias: torch.Tensor | None) -> torch.Tensor:
+    """One step of :func:`project_inputs` (generation): ``x_t W_ih^T + bias``, (B, G*H), from
+    (B,) int64 ids or (B, I) features; the same operations, without the table copy."""
+    if is_tokens(x):
+        out = torch.index_select(weight_ih.t(), 0, x.reshape(-1))  # one-hot x_t W_ih^T: a gather
+        if bias is not None:
+            out += bias
+        return out
+    x = x.to(weight_ih.dtype)
+    return x @ weight_ih.t() if bias is None else torch.addmm(bias, x, weight_ih.t())
 
 
 def project_inputs_backward(
@@ -235,56 +275,3 @@ def recurrent_weight_grad(dz: torch.Tensor, hs: torch.Tensor, h0: torch.Tensor) 
 def shifted(first: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
     """(T, B, H): ``first`` then ``seq[:-1]``, i.e. the previous state of every step."""
     return torch.cat((first.unsqueeze(0), seq[:-1]), dim=0)
-
-
-Step = Callable[[int, tuple, torch.Tensor], None]
-
-
-def bptt_loop(step: Step, dhs: torch.Tensor | None, dstate_n: tuple, hs: torch.Tensor, GH: int,
-              truncate: int | None) -> tuple[torch.Tensor, tuple]:
-    """The backward recursion through time, shared by every cell; returns ``(dz, dstate_0)``.
-
-    ``hs`` (T, B, H) gives the shapes, dtype and device; ``dhs`` (T, B, H) and the entries of
-    ``dstate_n`` (B, H) may be None (no gradient there).
-    ``step(t, dstate, g)`` is the cell's one-step backward, linear in the state gradients and
-    applied to every age at once. ``dstate`` is a tuple of (A, B, H) buffers holding, by age,
-    the gradients reaching the state after step t (``(dh,)``, or ``(dh, dc)`` for the LSTM);
-    the step writes the gradient of its pre-activations dz_t into ``g`` (A, B, G*H) and
-    overwrites ``dstate`` in place with the gradients reaching the state before step t.
-
-    Without truncation A = 1 and ``dh_t = dL/dh_t + dh_{t+1} -> h_t`` is carried straight along;
-    ``g`` is then the slice ``dz[t]`` itself, so nothing is copied.
-
-    With ``truncate = k`` the gradient of the loss at step t may cross at most k recurrent
-    transitions (it reaches z_{t-k} but not h_{t-k-1}), exactly as
-    :func:`bptt.engine.numpy.common.bptt_loop`: pending gradients are kept by age a =
-    transitions already crossed (A = k + 1 slots); a step moves age a to a + 1 and drops age k.
-    Here the ages live in a ring: age a is slot ``(p + a) % A``. Because the step treats every
-    slot alike, moving all ages on by one is just ``p <- p - 1`` and zeroing the slot that held
-    age k (it becomes the new age 0), with no copy of the buffers.
-    """
-    check_truncate(truncate)
-    A = 1 if truncate is None else int(truncate) + 1
-    T, B, H = hs.shape
-    state = []
-    for ds in dstate_n:
-        s = hs.new_zeros((A, B, H))
-        if ds is not None:
-            s[0] += ds                                   # dL/dstate_n enters at age 0
-        state.append(s)
-    state = tuple(state)
-    dz = hs.new_empty((T, B, GH))
-    scratch = None if A == 1 else hs.new_empty((A, B, GH))
-    p = 0                                                # the slot of age 0
-    for t in reversed(range(T)):
-        if dhs is not None:
-            state[0][p] += dhs[t]                        # dh_t += dL/dh_t (age 0)
-        g = dz[t].unsqueeze(0) if A == 1 else scratch
-        step(t, state, g)
-        if A > 1:
-            torch.sum(scratch, dim=0, out=dz[t])         # dz_t: all ages together
-        if truncate is not None:                         # age a -> a + 1, age k dropped
-            p = (p - 1) % A
-            for s in state:
-                s[p].zero_()
-    return dz, tuple(s[0] if A == 1 else s.sum(dim=0) for s in state)

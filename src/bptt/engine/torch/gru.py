@@ -32,47 +32,62 @@ Truncation (``truncate = k``): both paths from h_t to h_{t-1} (through s_t and t
 ``u_t * h_{t-1}``) are one recurrent transition, cut together after k of them.
 
 Symbols: T steps, B batch, I input size, H hidden size.
-  x   (T, B, I) float, or (T, B) int64 token ids (one-hot input; projected as a gather)
-  h0  (B, H) or None (zeros)
-  hs  (T, B, H): every hidden state; hs[-1] is h_n
+  x       (T, B, I) float, or (T, B) int64 token ids (one-hot input; projected as a gather)
+  state0  None (zeros) or the tuple (h0,), h0 (B, H) or None (zeros)
+  hs      (T, B, H): every hidden state; hs[-1] is h_n
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
+from ...cells import GRU as KIND
 from ..layout import check_gate_weights
+from ..recursion import bptt_loop, effective_truncate
 from .common import (
-    bptt_loop,
+    OPS,
     check_sequence,
-    check_state,
-    check_truncate,
+    check_state_parts,
+    input_step,
     project_inputs,
     project_inputs_backward,
     recurrent_weight_grad,
     shifted,
 )
 
-GATES = 3
+GATES = KIND.num_gates
+PRECISIONS = ("fp32",)
+"""The torch engine's precisions this cell implements (``bptt.engine.torch.stack``)."""
 
 
-def _check_weights(weight_ih, weight_hh, bias_ih, bias_hh) -> int:
-    """Validate torch-shaped parameters; return H."""
-    return check_gate_weights(weight_ih, weight_hh, bias_ih, bias_hh, GATES)
+class Cache(NamedTuple):
+    """What :func:`forward` keeps for :func:`backward`."""
+
+    x: torch.Tensor            # (T, B, I) floats or (T, B) int64 token ids
+    h0: torch.Tensor           # (B, H)
+    gates: torch.Tensor        # (T, B, 3H): [r_t | u_t | n_t], after their activations
+    s_all: torch.Tensor        # (T, B, 3H): s_t = h_{t-1} W_hh^T + b_hh
+    hs: torch.Tensor           # (T, B, H): h_t
+    weight_ih: torch.Tensor    # (3H, I)
+    weight_hh: torch.Tensor    # (3H, H)
+    has_bias_ih: bool
+    has_bias_hh: bool
 
 
 def forward(
     x: torch.Tensor,
-    h0: torch.Tensor | None,
+    state0: tuple[torch.Tensor | None] | None,
     weight_ih: torch.Tensor,
     weight_hh: torch.Tensor,
     bias_ih: torch.Tensor | None = None,
     bias_hh: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-    """Run the layer over ``x``; return ``(hs, h_n, cache)`` with hs (T, B, H), h_n (B, H)."""
-    H = _check_weights(weight_ih, weight_hh, bias_ih, bias_hh)
+) -> tuple[torch.Tensor, tuple[torch.Tensor], Cache]:
+    """Run the layer over ``x``; return ``(hs, (h_n,), cache)`` with hs (T, B, H), h_n (B, H)."""
+    H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
     T, B = check_sequence(x, weight_ih.shape[1])
-    h0 = check_state(h0, B, weight_hh)
+    (h0,) = check_state_parts(KIND, state0, B, weight_hh)
 
     gates = project_inputs(x, weight_ih, bias_ih)        # (T, B, 3H): a_t = x_t W_ih^T + b_ih
     s_all = weight_hh.new_empty((T, B, GATES * H))       # s_t for every t
@@ -80,73 +95,103 @@ def forward(
     w_hh_t = weight_hh.t()
     h = h0
     for t in range(T):
-        a, s = gates[t], s_all[t]
-        if bias_hh is None:
-            torch.mm(h, w_hh_t, out=s)                   # s_t = h_{t-1} W_hh^T
-        else:
-            torch.addmm(bias_hh, h, w_hh_t, out=s)       # s_t = h_{t-1} W_hh^T + b_hh
-        a[:, :2 * H].add_(s[:, :2 * H]).sigmoid_()       # r_t, u_t = sigmoid(a_t + s_t) (r, z)
-        r, u, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
-        n.addcmul_(r, s[:, 2 * H:]).tanh_()              # n_t = tanh(a^n_t + r_t * s^n_t)
-        h_new = hs[t]
-        torch.sub(h, n, out=h_new)
-        h_new.mul_(u).add_(n)                            # h_t = n_t + u_t * (h_{t-1} - n_t)
-        h = h_new
-    cache = (x, h0, gates, s_all, hs, weight_ih, weight_hh,
-             bias_ih is not None, bias_hh is not None)
-    return hs, hs[-1], cache
+        h = _cell(gates[t], s_all[t], h, w_hh_t, bias_hh, out=hs[t])
+    cache = Cache(x=x, h0=h0, gates=gates, s_all=s_all, hs=hs, weight_ih=weight_ih,
+                  weight_hh=weight_hh, has_bias_ih=bias_ih is not None,
+                  has_bias_hh=bias_hh is not None)
+    return hs, (hs[-1],), cache
+
+
+def _cell(a: torch.Tensor, s: torch.Tensor, h: torch.Tensor, w_hh_t: torch.Tensor,
+          bias_hh: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """One step in place, returning ``out``: ``a`` (B, 3H) holds a_t and becomes
+    [r_t | u_t | n_t], ``s`` (B, 3H) receives s_t, ``out`` (B, H) receives h_t; ``w_hh_t`` is
+    W_hh^T."""
+    H = h.shape[1]
+    if bias_hh is None:
+        torch.mm(h, w_hh_t, out=s)                       # s_t = h_{t-1} W_hh^T
+    else:
+        torch.addmm(bias_hh, h, w_hh_t, out=s)           # s_t = h_{t-1} W_hh^T + b_hh
+    a[:, :2 * H].add_(s[:, :2 * H]).sigmoid_()           # r_t, u_t = sigmoid(a_t + s_t) (r, z)
+    r, u, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
+    n.addcmul_(r, s[:, 2 * H:]).tanh_()                  # n_t = tanh(a^n_t + r_t * s^n_t)
+    torch.sub(h, n, out=out)
+    return out.mul_(u).add_(n)                           # h_t = n_t + u_t * (h_{t-1} - n_t)
+
+
+def step(x: torch.Tensor, state: tuple[torch.Tensor], weight_ih: torch.Tensor,
+         weight_hh: torch.Tensor, bias_ih: torch.Tensor | None = None,
+         bias_hh: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+    """One step, no checks and no cache (generation): (h_t,) from x_t (B,) int64 token ids or
+    (B, I) features and (h_{t-1},), (B, H); the operations of one step of :func:`forward`."""
+    (h,) = state
+    a = input_step(x, weight_ih, bias_ih)                # a_t = x_t W_ih^T + b_ih
+    s = a.new_empty(a.shape)
+    return (_cell(a, s, h, weight_hh.t(), bias_hh, out=h.new_empty(h.shape)),)
+
+
+def _factors(cache: Cache):
+    """da_t = dh_t * K_t and ds_t = dh_t * Ks_t: the factors for every step at once,
+    ``(K, Ks)`` (T, B, 3, H) each."""
+    gates, hs = cache.gates, cache.hs
+    T, B, GH = gates.shape
+    H = GH // GATES
+    r, u, n = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:]
+    K = gates.new_empty((T, B, GATES, H))
+    k_n = K[:, :, 2]
+    torch.mul(1.0 - u, 1.0 - n * n, out=k_n)             # (1 - u_t)(1 - n_t^2)            (2)
+    h_prev = shifted(cache.h0, hs)
+    torch.mul(h_prev - n, u * (1.0 - u), out=K[:, :, 1])  # (h_{t-1}-n_t) u_t(1-u_t)       (3)
+    s_n = cache.s_all[..., 2 * H:]
+    torch.mul(k_n, s_n * r * (1.0 - r), out=K[:, :, 0])  # .. s^n_t r_t(1-r_t)          (4)
+    Ks = K.clone()
+    Ks[:, :, 2].mul_(r)                                  # [.. | .. | (2) * r_t]           (5)
+    return K, Ks
 
 
 def backward(
     dhs: torch.Tensor | None,
-    dh_n: torch.Tensor | None,
-    cache: tuple,
+    dstate_n: tuple[torch.Tensor | None] | None,
+    cache: Cache,
     truncate: int | None = None,
     need_dx: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor, dict[str, torch.Tensor]]:
-    """BPTT from upstream gradients on every output ``dhs`` (T, B, H) and on ``h_n`` (B, H).
+) -> tuple[torch.Tensor | None, tuple[torch.Tensor], dict[str, torch.Tensor]]:
+    """BPTT from upstream gradients on every output ``dhs`` (T, B, H) and on ``(h_n,)``.
 
-    Either may be None (no gradient there). Returns ``(dx, dh0, grads)``: dx (T, B, I) (None for
-    token-id input or when not ``need_dx``), dh0 (B, H), and grads with keys ``weight_ih,
+    Either may be None (no gradient there). Returns ``(dx, (dh0,), grads)``: dx (T, B, I) (None
+    for token-id input or when not ``need_dx``), dh0 (B, H), and grads with keys ``weight_ih,
     weight_hh`` (+ ``bias_ih``, ``bias_hh`` for the biases the layer has). ``truncate=k`` lets
     the loss at step t reach back through at most k recurrent steps.
     """
-    x, h0, gates, s_all, hs, weight_ih, weight_hh, has_bias_ih, has_bias_hh = cache
-    check_truncate(truncate)
+    gates, hs, h0, weight_hh = cache.gates, cache.hs, cache.h0, cache.weight_hh
     T, B, H = hs.shape
-    r, u, n = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:]
-    u = u.contiguous()
+    r, u = gates[..., :H], gates[..., H:2 * H].contiguous()
+    K, Ks = _factors(cache)
+    k = effective_truncate(truncate, T)
+    ds_buf = gates.new_empty((1 if k is None else k + 1, B, GATES * H))
 
-    # da_t = dh_t * K_t and ds_t = dh_t * Ks_t, the factors for every step at once
-    K = gates.new_empty((T, B, GATES, H))
-    k_n = K[:, :, 2]
-    torch.mul(1.0 - u, 1.0 - n * n, out=k_n)             # (1 - u_t)(1 - n_t^2)            (2)
-    torch.mul(shifted(h0, hs) - n, u * (1.0 - u), out=K[:, :, 1])  # (h_{t-1}-n_t) u_t(1-u_t) (3)
-    torch.mul(k_n, s_all[..., 2 * H:] * r * (1.0 - r), out=K[:, :, 0])  # .. s^n_t r_t(1-r_t) (4)
-    Ks = K.clone()
-    Ks[:, :, 2].mul_(r)                                  # [.. | .. | (2) * r_t]           (5)
-    ds_buf = None
-
-    def step(t: int, dstate: tuple, g: torch.Tensor) -> None:
-        nonlocal ds_buf
+    def step(t: int, dstate: tuple, da_out: torch.Tensor, prev_out: tuple) -> None:
         (dh,) = dstate                                   # (A, B, H): dh_t by age          (1)
-        A = dh.shape[0]
-        if ds_buf is None:
-            ds_buf = dh.new_empty((A, B, GATES * H))
         dh4 = dh.unsqueeze(2)
-        torch.mul(dh4, K[t], out=g.view(A, B, GATES, H))  # da_t = [da^r|da^z|da^n]   (2)-(4)
-        torch.mul(dh4, Ks[t], out=ds_buf.view(A, B, GATES, H))  # ds_t                    (5)
-        dh.mul_(u[t])                                    # dh_t * u_t
-        dh.view(-1, H).addmm_(ds_buf.view(-1, GATES * H), weight_hh)  # + ds_t W_hh -> dh_{t-1} (1)
+        torch.mul(dh4, K[t], out=da_out.view(*dh4.shape[:2], GATES, H))  # da_t    (2)-(4)
+        (dh_prev,) = prev_out
+        ages = dh_prev.shape[0]
+        if ages:
+            ds = ds_buf[:ages]
+            torch.mul(dh4[:ages], Ks[t], out=ds.view(ages, B, GATES, H))  # ds_t          (5)
+            torch.mul(dh[:ages], u[t], out=dh_prev)      # dh_t * u_t
+            dh_prev.view(-1, H).addmm_(ds.view(-1, GATES * H), weight_hh)  # + ds_t W_hh  (1)
 
-    da, (dh0,) = bptt_loop(step, dhs, (dh_n,), hs, GATES * H, truncate)
+    dstate_n = check_state_parts(KIND, dstate_n, B, h0, names="d{}_n")
+    da, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, GATES * H)
     ds = da.clone()
     ds[..., 2 * H:].mul_(r)                              # ds_t = [da^r | da^z | da^n r_t]  (5)
 
     grads = {"weight_hh": recurrent_weight_grad(ds, hs, h0)}  # dW_hh = sum ds_t^T h_{t-1} (6)
-    dx, grads["weight_ih"] = project_inputs_backward(da, x, weight_ih, need_dx)  # (7), (8)
-    if has_bias_ih:
+    dx, grads["weight_ih"] = project_inputs_backward(da, cache.x, cache.weight_ih,
+                                                     need_dx)  # (7), (8)
+    if cache.has_bias_ih:
         grads["bias_ih"] = da.sum(dim=(0, 1))            # db_ih = sum_t sum_b da_t        (7)
-    if has_bias_hh:
+    if cache.has_bias_hh:
         grads["bias_hh"] = ds.sum(dim=(0, 1))            # db_hh = sum_t sum_b ds_t        (6)
-    return dx, dh0, grads
+    return dx, dstate0, grads

@@ -35,40 +35,43 @@ Symbols: T steps, B batch, I input size, H hidden size.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from ..layout import check_gate_weights
+from ...cells import LSTM as KIND
+from ..layout import check_gate_weights, sum_biases
+from ..recursion import bptt_loop
 from .common import (
-    bptt_loop,
+    OPS,
     check_sequence,
-    check_state,
-    check_truncate,
+    check_state_parts,
+    input_step,
     project_inputs,
     project_inputs_backward,
     recurrent_weight_grad,
     shifted,
-    sum_biases,
 )
 
-GATES = 4
+GATES = KIND.num_gates
+PRECISIONS = ("fp32",)
+"""The torch engine's precisions this cell implements (``bptt.engine.torch.stack``)."""
 
 
-def _check_weights(weight_ih, weight_hh, bias_ih, bias_hh) -> int:
-    """Validate torch-shaped parameters; return H."""
-    return check_gate_weights(weight_ih, weight_hh, bias_ih, bias_hh, GATES)
+class Cache(NamedTuple):
+    """What :func:`forward` keeps for :func:`backward`."""
 
-
-def _check_state_pair(state0, batch: int, like: torch.Tensor):
-    """The initial (h0, c0), each (B, H); zeros for a missing one."""
-    if state0 is None:
-        return check_state(None, batch, like), check_state(None, batch, like)
-    if not isinstance(state0, tuple | list) or len(state0) != 2:
-        raise ValueError(
-            f"expected the LSTM state as a pair (h0, c0) of ({batch}, {like.shape[1]}) tensors, "
-            f"got {type(state0).__name__}"
-        )
-    return (check_state(state0[0], batch, like, name="h0"),
-            check_state(state0[1], batch, like, name="c0"))
+    x: torch.Tensor            # (T, B, I) floats or (T, B) int64 token ids
+    h0: torch.Tensor           # (B, H)
+    c0: torch.Tensor           # (B, H)
+    gates: torch.Tensor        # (T, B, 4H): [i_t | f_t | g_t | o_t], after their activations
+    cs: torch.Tensor           # (T, B, H): c_t
+    tanh_cs: torch.Tensor      # (T, B, H): tanh(c_t)
+    hs: torch.Tensor           # (T, B, H): h_t
+    weight_ih: torch.Tensor    # (4H, I)
+    weight_hh: torch.Tensor    # (4H, H)
+    has_bias_ih: bool
+    has_bias_hh: bool
 
 
 def forward(
@@ -78,41 +81,78 @@ def forward(
     weight_hh: torch.Tensor,
     bias_ih: torch.Tensor | None = None,
     bias_hh: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], tuple]:
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], Cache]:
     """Run the layer over ``x``; return ``(hs, (h_n, c_n), cache)``, hs (T, B, H)."""
-    H = _check_weights(weight_ih, weight_hh, bias_ih, bias_hh)
+    H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
     T, B = check_sequence(x, weight_ih.shape[1])
-    h0, c0 = _check_state_pair(state0, B, weight_hh)
+    h0, c0 = check_state_parts(KIND, state0, B, weight_hh)
 
     gates = project_inputs(x, weight_ih, sum_biases(bias_ih, bias_hh))  # x_t W_ih^T + b, all t
     hs = weight_hh.new_empty((T, B, H))
     cs = weight_hh.new_empty((T, B, H))
     tanh_cs = weight_hh.new_empty((T, B, H))
     w_hh_t = weight_hh.t()
-    h, c_prev = h0, c0
+    h, c = h0, c0
     for t in range(T):
-        z = gates[t]
-        z.addmm_(h, w_hh_t)                              # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
-        z[:, :2 * H].sigmoid_()                          # i_t, f_t = sigmoid(z^i_t, z^f_t)
-        z[:, 2 * H:3 * H].tanh_()                        # g_t = tanh(z^g_t)
-        z[:, 3 * H:].sigmoid_()                          # o_t = sigmoid(z^o_t)
-        i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
-        c = cs[t]
-        torch.mul(f, c_prev, out=c)
-        c.addcmul_(i, g)                                 # c_t = f_t * c_{t-1} + i_t * g_t
-        torch.tanh(c, out=tanh_cs[t])
-        h = hs[t]
-        torch.mul(o, tanh_cs[t], out=h)                  # h_t = o_t * tanh(c_t)
-        c_prev = c
-    cache = (x, h0, c0, gates, cs, tanh_cs, hs, weight_ih, weight_hh,
-             bias_ih is not None, bias_hh is not None)
+        h, c = _cell(gates[t], h, c, w_hh_t, out=(hs[t], cs[t], tanh_cs[t]))
+    cache = Cache(x=x, h0=h0, c0=c0, gates=gates, cs=cs, tanh_cs=tanh_cs, hs=hs,
+                  weight_ih=weight_ih, weight_hh=weight_hh, has_bias_ih=bias_ih is not None,
+                  has_bias_hh=bias_hh is not None)
     return hs, (hs[-1], cs[-1]), cache
+
+
+def _cell(z: torch.Tensor, h: torch.Tensor, c_prev: torch.Tensor, w_hh_t: torch.Tensor,
+          out: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step in place, returning ``(h_t, c_t)``: ``z`` (B, 4H) holds x_t W_ih^T + b and
+    becomes [i_t | f_t | g_t | o_t]; ``out`` = (h_t, c_t, tanh(c_t)) (B, H) each, written;
+    ``w_hh_t`` is W_hh^T."""
+    H = h.shape[1]
+    h_new, c, tanh_c = out
+    z.addmm_(h, w_hh_t)                                  # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
+    z[:, :2 * H].sigmoid_()                              # i_t, f_t = sigmoid(z^i_t, z^f_t)
+    z[:, 2 * H:3 * H].tanh_()                            # g_t = tanh(z^g_t)
+    z[:, 3 * H:].sigmoid_()                              # o_t = sigmoid(z^o_t)
+    i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
+    torch.mul(f, c_prev, out=c)
+    c.addcmul_(i, g)                                     # c_t = f_t * c_{t-1} + i_t * g_t
+    torch.tanh(c, out=tanh_c)
+    torch.mul(o, tanh_c, out=h_new)                      # h_t = o_t * tanh(c_t)
+    return h_new, c
+
+
+def step(x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], weight_ih: torch.Tensor,
+         weight_hh: torch.Tensor, bias_ih: torch.Tensor | None = None,
+         bias_hh: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step, no checks and no cache (generation): (h_t, c_t) from x_t (B,) int64 token ids
+    or (B, I) features and (h_{t-1}, c_{t-1}), (B, H) each; the operations of one step of
+    :func:`forward`."""
+    h, c = state
+    z = input_step(x, weight_ih, sum_biases(bias_ih, bias_hh))  # x_t W_ih^T + b
+    return _cell(z, h, c, weight_hh.t(), out=tuple(h.new_empty(h.shape) for _ in range(3)))
+
+
+def _factors(cache: Cache):
+    """The factors of (2)-(6) that do not depend on the incoming gradient, for every step at
+    once: ``(k_c (T, B, H), coef (T, B, 4, H), f (T, B, H))``."""
+    gates, tanh_cs = cache.gates, cache.tanh_cs
+    T, B, GH = gates.shape
+    H = GH // GATES
+    i, f, g, o = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:3 * H], gates[..., 3 * H:]
+    f = f.contiguous()
+    k_c = o * (1.0 - tanh_cs * tanh_cs)                  # o_t (1 - tanh(c_t)^2)          (2)
+    coef = gates.new_empty((T, B, GATES, H))
+    torch.mul(g, i * (1.0 - i), out=coef[:, :, 0])       # g_t i_t (1 - i_t)              (3)
+    c_prev = shifted(cache.c0, cache.cs)
+    torch.mul(c_prev, f * (1.0 - f), out=coef[:, :, 1])  # c_{t-1} f_t (1 - f_t)          (4)
+    torch.mul(i, 1.0 - g * g, out=coef[:, :, 2])         # i_t (1 - g_t^2)                (5)
+    torch.mul(tanh_cs, o * (1.0 - o), out=coef[:, :, 3])  # tanh(c_t) o_t (1 - o_t)       (6)
+    return k_c, coef, f
 
 
 def backward(
     dhs: torch.Tensor | None,
     dstate_n: tuple[torch.Tensor | None, torch.Tensor | None] | None,
-    cache: tuple,
+    cache: Cache,
     truncate: int | None = None,
     need_dx: bool = True,
 ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
@@ -123,39 +163,34 @@ def backward(
     ``need_dx``), and grads with keys ``weight_ih, weight_hh`` (+ the biases the layer has).
     ``truncate=k`` cuts both the h and the c path after k recurrent steps.
     """
-    (x, h0, c0, gates, cs, tanh_cs, hs, weight_ih, weight_hh,
-     has_bias_ih, has_bias_hh) = cache
-    check_truncate(truncate)
-    T, B, H = hs.shape
-    dh_n, dc_n = (None, None) if dstate_n is None else dstate_n
+    T, B, H = cache.hs.shape
+    weight_hh = cache.weight_hh
+    k_c, coef, f = _factors(cache)
 
-    # the factors of (2)-(6) for every step at once
-    i, f, g, o = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:3 * H], gates[..., 3 * H:]
-    f = f.contiguous()
-    k_c = o * (1.0 - tanh_cs * tanh_cs)                  # o_t (1 - tanh(c_t)^2)          (2)
-    coef = gates.new_empty((T, B, GATES, H))
-    torch.mul(g, i * (1.0 - i), out=coef[:, :, 0])       # g_t i_t (1 - i_t)              (3)
-    torch.mul(shifted(c0, cs), f * (1.0 - f), out=coef[:, :, 1])  # c_{t-1} f_t (1 - f_t) (4)
-    torch.mul(i, 1.0 - g * g, out=coef[:, :, 2])         # i_t (1 - g_t^2)                (5)
-    torch.mul(tanh_cs, o * (1.0 - o), out=coef[:, :, 3])  # tanh(c_t) o_t (1 - o_t)       (6)
-
-    def step(t: int, dstate: tuple, gz: torch.Tensor) -> None:
+    def step(t: int, dstate: tuple, dz_out: torch.Tensor, prev_out: tuple) -> None:
         dh, dc = dstate                                  # (A, B, H): dh_t, dc_{t+1} f_{t+1}
         dc.addcmul_(dh, k_c[t])                          # dc_t                           (2)
-        gz4 = gz.view(*gz.shape[:2], GATES, H)
-        torch.mul(dc.unsqueeze(2), coef[t, :, :3], out=gz4[:, :, :3])  # dz^i, dz^f, dz^g (3-5)
-        torch.mul(dh, coef[t, :, 3], out=gz4[:, :, 3])   # dz^o_t                         (6)
-        torch.mm(gz.view(-1, GATES * H), weight_hh, out=dh.view(-1, H))  # dz_t W_hh     (1)
-        dc.mul_(f[t])                                    # dc_t f_t, for step t-1         (2)
+        dz4 = dz_out.view(*dz_out.shape[:2], GATES, H)
+        torch.mul(dc.unsqueeze(2), coef[t, :, :3], out=dz4[:, :, :3])  # dz^i, dz^f, dz^g (3-5)
+        torch.mul(dh, coef[t, :, 3], out=dz4[:, :, 3])   # dz^o_t                         (6)
+        dh_prev, dc_prev = prev_out
+        K = dh_prev.shape[0]
+        if K:
+            torch.mm(dz_out[:K].view(-1, GATES * H), weight_hh,
+                     out=dh_prev.view(-1, H))            # dh_{t-1} = dz_t W_hh           (1)
+            torch.mul(dc[:K], f[t], out=dc_prev)         # dc_t f_t, for step t-1         (2)
 
-    dz, (dh0, dc0) = bptt_loop(step, dhs, (dh_n, dc_n), hs, GATES * H, truncate)
+    dstate_n = check_state_parts(KIND, dstate_n, B, cache.h0, names="d{}_n")
+    dz, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, GATES * H)
 
+    hs, h0 = cache.hs, cache.h0
     grads = {"weight_hh": recurrent_weight_grad(dz, hs, h0)}  # dW_hh = sum dz_t^T h_{t-1} (7)
-    dx, grads["weight_ih"] = project_inputs_backward(dz, x, weight_ih, need_dx)  # (8), (10)
-    if has_bias_ih or has_bias_hh:
+    dx, grads["weight_ih"] = project_inputs_backward(dz, cache.x, cache.weight_ih,
+                                                     need_dx)  # (8), (10)
+    if cache.has_bias_ih or cache.has_bias_hh:
         db = dz.sum(dim=(0, 1))                          # db_ih = db_hh = sum_t sum_b dz_t (9)
-        if has_bias_ih:
+        if cache.has_bias_ih:
             grads["bias_ih"] = db
-        if has_bias_hh:
-            grads["bias_hh"] = db.clone() if has_bias_ih else db
-    return dx, (dh0, dc0), grads
+        if cache.has_bias_hh:
+            grads["bias_hh"] = db.clone() if cache.has_bias_ih else db
+    return dx, dstate0, grads

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from ...model import ModelSpec, check_params
-from ..layout import layer_params
-from . import rnn, stack, unrolled
+from ..layout import layer_keys, step_layers
+from . import stack, unrolled
 from .common import check_truncate, is_tokens, linear
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -87,6 +87,7 @@ class _TorchBase:
         self.dtype = DTYPES[key]
         self.np_dtype = np.dtype(key)
         self.precision = precision
+        self.kind = spec.kind
         self.names = stack.param_names(spec.num_layers, spec.bidirectional, spec.bias)
 
     # -- parameters and state -------------------------------------------------------------
@@ -118,10 +119,8 @@ class _TorchBase:
     def begin_state(self, batch_size: int):
         s = self.spec
         shape = (s.num_layers * s.directions, batch_size, s.hidden_size)
-        zeros = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        if s.cell == "lstm":
-            return (zeros, torch.zeros_like(zeros))
-        return zeros
+        return self.kind.from_parts(tuple(
+            torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.kind.state))
 
     def detach_state(self, state):
         """The state without its graph: the gradient stops at the batch boundary."""
@@ -191,25 +190,28 @@ class _TorchBase:
 
     def _state_in(self, state, batch: int):
         """The incoming state, detached, on the device; its shape (L*D, B, H) checked."""
+        parts = self._state_parts(state, batch)
+        return None if parts is None else self.kind.from_parts(parts)
+
+    def _state_parts(self, state, batch: int) -> tuple | None:
+        """:meth:`_state_in` as the tuple of the state's parts."""
         if state is None:
             return None
-        s = self.spec
-        lstm = s.cell == "lstm"
-        if lstm != isinstance(state, tuple | list) or (lstm and len(state) != 2):
-            raise ValueError(
-                f"expected the {s.cell.upper()} state as "
-                + ("a pair (h, c) of tensors" if lstm else "one tensor")
-                + f", got {type(state).__name__}"
-            )
+        s, kind = self.spec, self.kind
+        try:
+            parts = kind.to_parts(state)
+        except ValueError:
+            form = ("one tensor" if not kind.paired_state else
+                    f"a tuple ({', '.join(kind.state)}) of tensors")
+            raise ValueError(f"expected the {kind.title} state as {form}, "
+                             f"got {type(state).__name__}") from None
         shape = (s.num_layers * s.directions, batch, s.hidden_size)
-        parts = tuple(state) if lstm else (state,)
         for part in parts:
             if tuple(part.shape) != shape:
                 raise ValueError(
                     f"expected state of shape (L*D, B, H) = {shape}, got {tuple(part.shape)}"
                 )
-        parts = tuple(torch.as_tensor(p).detach().to(self.device, self.dtype) for p in parts)
-        return parts if lstm else parts[0]
+        return tuple(torch.as_tensor(p).detach().to(self.device, self.dtype) for p in parts)
 
     def _generator(self, rng, training: bool) -> torch.Generator | None:
         """The dropout generator: a torch.Generator as given, one seeded from a NumPy
@@ -334,7 +336,7 @@ class TorchEngine(_TorchBase):
     pre-activations, the gradients and the loss stay float32. The head is
     :class:`HeadFunction` (its gradient written out, its products through oneDNN on the CPU);
     the loss is torch's, differentiated by autograd. A single step (generation) skips the stack:
-    one :func:`bptt.engine.torch.rnn.step` per layer, under no_grad.
+    one ``step`` of the cell's module per layer, under no_grad.
     """
 
     name = "torch"
@@ -343,12 +345,16 @@ class TorchEngine(_TorchBase):
     def __init__(self, spec: ModelSpec, device: str | torch.device | None = None,
                  dtype: str = "float32", precision: str = "fp32") -> None:
         super().__init__(spec, device=device, dtype=dtype, precision=precision)
-        stack.check_precision(spec.cell, precision)
+        stack.check_precision(self.kind, precision)
         if precision == "bf16" and self.dtype != torch.float32:
             raise ValueError(
                 f"expected dtype 'float32' with precision 'bf16' (float32 master weights), "
                 f"got {dtype!r}"
             )
+        # generation: the cell's step per layer
+        self.cell = stack.cell_module(self.kind)
+        self.options = stack.cell_options(self.kind, spec.nonlinearity, precision)
+        self._layer_keys = layer_keys(spec.num_layers)
 
     def _config(self, training: bool, generator, truncate) -> stack.StackConfig:
         s = self.spec
@@ -376,24 +382,22 @@ class TorchEngine(_TorchBase):
         return y
 
     def forward(self, params: dict, X, state=None):
-        """Outputs (B, T, O) and the last state; a single step of an rnn stack (generation)
-        runs the cell's step per layer, without the stack's bookkeeping."""
+        """Outputs (B, T, O) and the last state; a single step of a unidirectional stack
+        (generation) runs the cell's step per layer, without the stack's bookkeeping."""
         s = self.spec
-        if s.cell != "rnn" or s.bidirectional or len(np.shape(X)) < 2 or np.shape(X)[1] != 1:
+        if s.bidirectional or len(np.shape(X)) < 2 or np.shape(X)[1] != 1:
             return super().forward(params, X, state)
         B, _ = self._check_batch(X)
-        state = self._state_in(state, B)
+        parts = self._state_parts(state, B)
         with torch.no_grad():
-            inp = self._inputs(X)[0]                     # (B,) ids or (B, I) features
-            finals = []
-            for layer in range(s.num_layers):
-                h_prev = (params["weight_hh_l0"].new_zeros((B, s.hidden_size))
-                          if state is None else state[layer])
-                inp = rnn.step(inp, h_prev, **layer_params(params, layer, 0),
-                               nonlinearity=s.nonlinearity, precision=self.precision)
-                finals.append(inp)
-            y = self._head(params, inp.unsqueeze(0))     # (B, O)
-        return y.view(1, B, -1).transpose(0, 1), torch.stack(finals)
+            x = self._inputs(X)[0]                       # (B,) ids or (B, I) features
+            if parts is None:
+                zeros = params["weight_hh_l0"].new_zeros((s.num_layers, B, s.hidden_size))
+                parts = (zeros,) * len(self.kind.state)
+            h, parts_n = step_layers(self.cell.step, self.options, params, self._layer_keys,
+                                     x, parts, torch.stack)
+            y = self._head(params, h.unsqueeze(0))       # (B, O)
+        return y.view(1, B, -1).transpose(0, 1), self.kind.from_parts(parts_n)
 
     def _stack(self, params, x, state, *, training, generator, truncate):
         out, state_n, _ = stack.apply(self._config(training, generator, truncate), x, params,
@@ -403,7 +407,7 @@ class TorchEngine(_TorchBase):
     def _stack_eval(self, params, x, state):
         s = self.spec
         out, state_n, _ = stack.forward(
-            s.cell, params, x, state, num_layers=s.num_layers, bidirectional=s.bidirectional,
+            self.kind, params, x, state, num_layers=s.num_layers, bidirectional=s.bidirectional,
             nonlinearity=s.nonlinearity, dropout=s.dropout, training=False,
             precision=self.precision,
         )
@@ -442,8 +446,13 @@ class TorchBuiltinEngine(_TorchBase):
     def __init__(self, spec: ModelSpec, device=None, dtype: str = "float32",
                  precision: str = "fp32") -> None:
         super().__init__(spec, device=device, dtype=dtype, precision=precision)
-        cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[spec.cell]
-        kwargs = {"nonlinearity": spec.nonlinearity} if spec.cell == "rnn" else {}
+        kind = self.kind
+        if kind.torch_name is None:
+            raise ValueError(f"expected a cell torch.nn computes for the torch-builtin engine, "
+                             f"got {kind.name!r} (torch has no {kind.title}); use the 'torch' "
+                             f"engine")
+        cls = getattr(torch.nn, kind.torch_name)
+        kwargs = kind.options(spec.nonlinearity)
         self.module = cls(
             spec.input_size, spec.hidden_size, num_layers=spec.num_layers, bias=spec.bias,
             dropout=spec.dropout if spec.num_layers > 1 else 0.0,

@@ -18,11 +18,13 @@ Backward, with dh_t the total gradient reaching h_t (from the loss at t and from
 The input projection of every step is one product before the loop; the loop does one
 ``addmm_`` and one in-place activation per step into the preallocated ``hs``. The backward
 computes f'(z_t) for all steps at once, then (without truncation) folds it into the recursion:
-with u_t = dL/dh_t * f'(z_t) for every t at once, (1)-(2) become
+with u_t = dL/dh_t * f'(z_t) for every t at once, left in dz_t for the step to read, (1)-(2)
+become
 
-    dz_{t-1} = u_{t-1} + (dz_t W_hh) * f'(z_{t-1})
+    dz_t = u_t + (dz_{t+1} W_hh) * f'(z_t)
 
-one product and one ``addcmul_`` per step; (3)-(5) are single products after the loop.
+one ``addcmul_`` and one product per step (the shared recursion,
+:class:`bptt.engine.recursion.Recursion`); (3)-(5) are single products after the loop.
 
 Precision ``bf16`` (the torch engine's ``precision="bf16"``): every matrix product -- the
 recurrent h_{t-1} W_hh^T and dz_t W_hh per step, the weight gradients, a float input's
@@ -32,118 +34,149 @@ which is added into float32. Everything else -- the states h_t, z_t, the gradien
 master weights and their gradients -- stays float32.
 
 Symbols: T steps, B batch, I input size, H hidden size.
-  x   (T, B, I) float, or (T, B) int64 token ids (one-hot input; projected as a gather)
-  h0  (B, H) or None (zeros)
-  hs  (T, B, H): every hidden state; hs[-1] is h_n
+  x       (T, B, I) float, or (T, B) int64 token ids (one-hot input; projected as a gather)
+  state0  None (zeros) or the tuple (h0,), h0 (B, H) or None (zeros)
+  hs      (T, B, H): every hidden state; hs[-1] is h_n
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
+from ...cells import RNN as KIND
+from ..layout import check_gate_weights, sum_biases
+from ..recursion import Recursion, effective_truncate
 from .common import (
-    bptt_loop,
+    OPS,
     check_nonlinearity,
     check_sequence,
-    check_state,
-    check_truncate,
+    check_state_parts,
     linear,
     linear_add,
     numpy_view,
     pack,
     project_inputs,
     project_inputs_backward,
-    sum_biases,
     tanh_into,
 )
 
-GATES = 1
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+GATES = KIND.num_gates
+PRECISIONS = ("fp32", "bf16")
+"""The torch engine's precisions this cell implements (``bptt.engine.torch.stack``)."""
+_LOW = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def low_dtype(precision: str) -> torch.dtype | None:
     """The dtype of the matrix products' operands: None (the tensors' own) or bfloat16."""
-    if precision not in PRECISIONS:
+    if precision not in _LOW:
         raise ValueError(f"expected precision 'fp32' or 'bf16', got {precision!r}")
-    return PRECISIONS[precision]
+    return _LOW[precision]
+
+
+class Cache(NamedTuple):
+    """What :func:`forward` keeps for :func:`backward`."""
+
+    x: torch.Tensor                    # (T, B, I) floats or (T, B) int64 token ids
+    h0: torch.Tensor                   # (B, H)
+    hs: torch.Tensor                   # (T, B, H): h_t
+    weight_ih: torch.Tensor            # (H, I)
+    weight_hh: torch.Tensor            # (H, H)
+    has_bias_ih: bool
+    has_bias_hh: bool
+    nonlinearity: str                  # tanh | relu
+    precision: str                     # fp32 | bf16
+    states_low: torch.Tensor | None    # bf16: (T + 1, B, H), [h0, h_0 .. h_{T-1}] in bfloat16
 
 
 def forward(
     x: torch.Tensor,
-    h0: torch.Tensor | None,
+    state0: tuple[torch.Tensor | None] | None,
     weight_ih: torch.Tensor,
     weight_hh: torch.Tensor,
     bias_ih: torch.Tensor | None = None,
     bias_hh: torch.Tensor | None = None,
     nonlinearity: str = "tanh",
     precision: str = "fp32",
-) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-    """Run the layer over ``x``; return ``(hs, h_n, cache)`` with hs (T, B, H), h_n (B, H)."""
+) -> tuple[torch.Tensor, tuple[torch.Tensor], Cache]:
+    """Run the layer over ``x``; return ``(hs, (h_n,), cache)`` with hs (T, B, H), h_n (B, H)."""
     check_nonlinearity(nonlinearity)
     low = low_dtype(precision)
-    H = weight_hh.shape[1]
-    if weight_hh.shape != (H, H) or weight_ih.dim() != 2 or weight_ih.shape[0] != H:
-        raise ValueError(
-            f"expected weight_hh (H, H) and weight_ih (H, I) with one H, got "
-            f"{tuple(weight_hh.shape)} and {tuple(weight_ih.shape)}"
-        )
-    T, B = check_sequence(x, weight_ih.shape[1])
-    h0 = check_state(h0, B, weight_hh)
+    check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
+    check_sequence(x, weight_ih.shape[1])
+    (h0,) = check_state_parts(KIND, state0, x.shape[1], weight_hh)
     bias = sum_biases(bias_ih, bias_hh)
-
     if low is None:
-        hs = project_inputs(x, weight_ih, bias)          # x_t W_ih^T + b, all t
-        h = h0
-        hs_np = numpy_view(hs) if nonlinearity == "tanh" else None  # NumPy's tanh (common.py)
-        w_hh = pack(weight_hh, B)                        # reordered once for all T steps
-        for t, z in enumerate(hs.unbind(0)):             # z = hs[t], a view
-            # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T;  h_t = f(z_t), written into hs[t]
-            r = linear_add(h, w_hh, z)
-            r_np = None if hs_np is None else numpy_view(r)
-            if r_np is not None:
-                np.tanh(r_np, out=hs_np[t])
-            elif nonlinearity == "tanh":
-                torch.tanh(r, out=z)
-            else:
-                torch.clamp(r, min=0.0, out=z)           # relu
-            h = z
-        states_low = None
+        hs, states_low = _forward_fp32(x, h0, weight_ih, weight_hh, bias, nonlinearity), None
     else:
-        if x.is_floating_point():                        # x_t W_ih^T + b: bf16 operands
-            hs = torch.mm(x.reshape(T * B, -1).to(low), weight_ih.t().to(low)).float()
-            hs = hs.view(T, B, H)
-            if bias is not None:
-                hs += bias
+        hs, states_low = _forward_low(x, h0, weight_ih, weight_hh, bias, nonlinearity, low)
+    cache = Cache(x=x, h0=h0, hs=hs, weight_ih=weight_ih, weight_hh=weight_hh,
+                  has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
+                  nonlinearity=nonlinearity, precision=precision, states_low=states_low)
+    return hs, (hs[-1],), cache
+
+
+def _forward_fp32(x, h0, weight_ih, weight_hh, bias, nonlinearity: str) -> torch.Tensor:
+    """The states hs (T, B, H) in the tensors' own dtype."""
+    hs = project_inputs(x, weight_ih, bias)              # x_t W_ih^T + b, all t
+    h = h0
+    hs_np = numpy_view(hs) if nonlinearity == "tanh" else None  # NumPy's tanh (common.py)
+    w_hh = pack(weight_hh, h0.shape[0])                  # reordered once for all T steps
+    for t, z in enumerate(hs.unbind(0)):                 # z = hs[t], a view
+        # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T;  h_t = f(z_t), written into hs[t]
+        r = linear_add(h, w_hh, z)
+        r_np = None if hs_np is None else numpy_view(r)
+        if r_np is not None:
+            np.tanh(r_np, out=hs_np[t])
+        elif nonlinearity == "tanh":
+            torch.tanh(r, out=z)
         else:
-            hs = project_inputs(x, weight_ih, bias)      # a gather: no product
-        w_low = pack(weight_hh.to(low), B)               # bf16, reordered once for all T steps
-        states_low = hs.new_empty((T + 1, B, H), dtype=low)  # [h0, h_0 .. h_{T-1}] in bf16
-        states_low[0].copy_(h0)
-        lows = states_low.unbind(0)
-        hs_np = numpy_view(hs) if nonlinearity == "tanh" else None
-        for t, z in enumerate(hs.unbind(0)):
-            z.add_(linear(lows[t], w_low))               # z_t += h_{t-1} W_hh^T (bf16 product)
-            if hs_np is not None:
-                np.tanh(hs_np[t], out=hs_np[t])
-            elif nonlinearity == "tanh":
-                z.tanh_()
-            else:
-                z.relu_()
-            lows[t + 1].copy_(z)
-    cache = (x, h0, hs, weight_ih, weight_hh, bias_ih is not None, bias_hh is not None,
-             nonlinearity, precision, states_low)
-    return hs, hs[-1], cache
+            torch.clamp(r, min=0.0, out=z)               # relu
+        h = z
+    return hs
 
 
-def step(x: torch.Tensor, h: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor,
-         bias_ih: torch.Tensor | None = None, bias_hh: torch.Tensor | None = None,
-         nonlinearity: str = "tanh", precision: str = "fp32") -> torch.Tensor:
-    """One step, no checks and no cache (generation): h_t (B, H) from x_t and h_{t-1} (B, H).
+def _forward_low(x, h0, weight_ih, weight_hh, bias, nonlinearity: str, low: torch.dtype):
+    """precision bf16: the states hs (T, B, H) in float32 from bfloat16 products, and their
+    bfloat16 copies [h0, h_0 .. h_{T-1}] (T + 1, B, H) for the weight gradient."""
+    T, B = x.shape[:2]
+    H = weight_hh.shape[1]
+    if x.is_floating_point():                            # x_t W_ih^T + b: bf16 operands
+        hs = torch.mm(x.reshape(T * B, -1).to(low), weight_ih.t().to(low)).float()
+        hs = hs.view(T, B, H)
+        if bias is not None:
+            hs += bias
+    else:
+        hs = project_inputs(x, weight_ih, bias)          # a gather: no product
+    w_low = pack(weight_hh.to(low), B)                   # bf16, reordered once for all T steps
+    states_low = hs.new_empty((T + 1, B, H), dtype=low)  # [h0, h_0 .. h_{T-1}] in bf16
+    states_low[0].copy_(h0)
+    lows = states_low.unbind(0)
+    hs_np = numpy_view(hs) if nonlinearity == "tanh" else None
+    for t, z in enumerate(hs.unbind(0)):
+        z.add_(linear(lows[t], w_low))                   # z_t += h_{t-1} W_hh^T (bf16 product)
+        if hs_np is not None:
+            np.tanh(hs_np[t], out=hs_np[t])
+        elif nonlinearity == "tanh":
+            z.tanh_()
+        else:
+            z.relu_()
+        lows[t + 1].copy_(z)
+    return hs, states_low
+
+
+def step(x: torch.Tensor, state: tuple[torch.Tensor], weight_ih: torch.Tensor,
+         weight_hh: torch.Tensor, bias_ih: torch.Tensor | None = None,
+         bias_hh: torch.Tensor | None = None, nonlinearity: str = "tanh",
+         precision: str = "fp32") -> tuple[torch.Tensor]:
+    """One step, no checks and no cache (generation): (h_t,) from x_t and (h_{t-1},), (B, H).
 
     ``x`` is (B,) int64 token ids or (B, I) features; the operations of one step of
     :func:`forward`.
     """
+    (h,) = state
     low = low_dtype(precision)
     if x.is_floating_point():
         if low is None:
@@ -159,85 +192,110 @@ def step(x: torch.Tensor, h: torch.Tensor, weight_ih: torch.Tensor, weight_hh: t
         z.addmm_(h, weight_hh.t())
     else:
         z.add_(torch.mm(h.to(low), weight_hh.t().to(low)))
-    return tanh_into(z, z) if nonlinearity == "tanh" else z.relu_()
+    return (tanh_into(z, z) if nonlinearity == "tanh" else z.relu_(),)
+
+
+def _fprime(hs: torch.Tensor, nonlinearity: str) -> torch.Tensor:
+    """f'(z_t) for every t at once, (T, B, H): 1 - h_t^2 (tanh) or [h_t > 0] (relu)."""
+    if nonlinearity != "tanh":
+        return (hs > 0).to(hs.dtype)                     # f'(z_t) = [h_t > 0]
+    fprime = torch.empty_like(hs)                        # f'(z_t) = 1 - h_t^2
+    f_np, hs_np = numpy_view(fprime), numpy_view(hs.detach())  # hs: a saved output
+    if f_np is not None and hs_np is not None:          # CPU: NumPy, two passes instead of 3
+        np.multiply(hs_np, hs_np, out=f_np)
+        np.subtract(1.0, f_np, out=f_np)
+    else:
+        torch.mul(hs, hs, out=fprime).neg_().add_(1.0)
+    return fprime
 
 
 def backward(
     dhs: torch.Tensor | None,
-    dh_n: torch.Tensor | None,
-    cache: tuple,
+    dstate_n: tuple[torch.Tensor | None] | None,
+    cache: Cache,
     truncate: int | None = None,
     need_dx: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor, dict[str, torch.Tensor]]:
-    """BPTT from upstream gradients on every output ``dhs`` (T, B, H) and on ``h_n`` (B, H).
+) -> tuple[torch.Tensor | None, tuple[torch.Tensor], dict[str, torch.Tensor]]:
+    """BPTT from upstream gradients on every output ``dhs`` (T, B, H) and on ``(h_n,)``.
 
-    Either may be None (no gradient there). Returns ``(dx, dh0, grads)``: dx (T, B, I) (None for
-    token-id input or when not ``need_dx``), dh0 (B, H), and grads with keys ``weight_ih,
+    Either may be None (no gradient there). Returns ``(dx, (dh0,), grads)``: dx (T, B, I) (None
+    for token-id input or when not ``need_dx``), dh0 (B, H), and grads with keys ``weight_ih,
     weight_hh`` (+ ``bias_ih``, ``bias_hh`` for the biases the layer has). ``truncate=k`` lets
     the loss at step t reach back through at most k recurrent steps
-    (:func:`bptt.engine.torch.common.bptt_loop`).
+    (:class:`bptt.engine.recursion.Recursion`).
     """
-    (x, h0, hs, weight_ih, weight_hh, has_bias_ih, has_bias_hh, nonlinearity, precision,
-     states_low) = cache
-    check_truncate(truncate)
-    low = low_dtype(precision)
+    hs = cache.hs
+    low = low_dtype(cache.precision)
     T, B, H = hs.shape
-    if truncate is not None and truncate >= T:
-        truncate = None                                  # no path is ever cut: full BPTT
-    if nonlinearity == "tanh":                          # f'(z_t) = 1 - h_t^2, every t at once
-        fprime = torch.empty_like(hs)
-        f_np, hs_np = numpy_view(fprime), numpy_view(hs.detach())  # hs: a saved output
-        if f_np is not None and hs_np is not None:      # CPU: NumPy, two passes instead of 3
-            np.multiply(hs_np, hs_np, out=f_np)
-            np.subtract(1.0, f_np, out=f_np)
-        else:
-            torch.mul(hs, hs, out=fprime).neg_().add_(1.0)
-    else:
-        fprime = (hs > 0).to(hs.dtype)                   # f'(z_t) = [h_t > 0]
+    k = effective_truncate(truncate, T)
+    fprime = _fprime(hs, cache.nonlinearity)
     # dz W_hh = dz (W_hh^T)^T: the products' weight is W_hh^T, reordered once for all steps
-    A = 1 if truncate is None else truncate + 1
-    w_hh_t = weight_hh.t().contiguous()
-    w_hh_t = pack(w_hh_t if low is None else w_hh_t.to(low), A * B)
-
-    if truncate is None:
-        # u_t = dL/dh_t * f'(z_t);  dz_{t-1} = u_{t-1} + (dz_t W_hh) * f'(z_{t-1})     (1, 2)
+    K = 1 if k is None else max(k, 1)
+    w_hh_t = cache.weight_hh.t().contiguous()
+    w_hh_t = pack(w_hh_t if low is None else w_hh_t.to(low), K * B)
+    dstate_n = check_state_parts(KIND, dstate_n, B, cache.h0, names="d{}_n")
+    rec = Recursion(OPS, dstate_n, T, k, H)
+    dz_low = None if low is None else hs.new_empty((T, B, H), dtype=low)  # bf16 rows of dz
+    if k is None:
+        # u_t = dL/dh_t * f'(z_t), left in dz_t;  dz_t = u_t + (dz_{t+1} W_hh) * f'(z_t)  (1, 2)
         dz = hs.new_zeros((T, B, H)) if dhs is None else torch.mul(dhs, fprime)
-        if dh_n is not None:
-            dz[-1].addcmul_(dh_n, fprime[-1])
-        rows, fps = dz.unbind(0), fprime.unbind(0)
-        if low is not None:                              # bf16 copies of the rows, as made
-            dz_low = hs.new_empty((T, B, H), dtype=low)
-            lows = dz_low.unbind(0)
-        for t in range(T - 1, 0, -1):
-            if low is None:
-                carried = linear(rows[t], w_hh_t)       # dh_{t-1} = dz_t W_hh       (1)
-            else:
-                lows[t].copy_(rows[t])
-                carried = linear(lows[t], w_hh_t)
-            rows[t - 1].addcmul_(carried, fps[t - 1])
-        if low is None:
-            dh0 = linear(rows[0], w_hh_t)
-        else:
-            lows[0].copy_(rows[0])
-            dh0 = linear(lows[0], w_hh_t).float()
+        rec.run(_folded_step(dz, fprime, w_hh_t, dz_low), None, dz)
     else:
-        def step(t: int, dstate: tuple, g: torch.Tensor) -> None:
-            (dh,) = dstate                               # (A, B, H): dh_t by age       (1)
-            torch.mul(dh, fprime[t], out=g)              # dz_t = dh_t * f'(z_t)        (2)
-            if low is None:
-                dh.view(-1, H).copy_(linear(g.view(-1, H), w_hh_t))  # dz_t W_hh       (1)
-            else:
-                dh.view(-1, H).copy_(linear(g.view(-1, H).to(low), w_hh_t))
+        dz = hs.new_empty((T, B, H))
+        rec.run(_step(fprime, w_hh_t, low), dhs, dz)
+        if low is not None:
+            dz_low = dz.to(low)
+    grads, dx = _weight_grads(cache, dz, dz_low, need_dx)
+    (dh0,) = rec.dstate0()
+    return dx, (dh0.to(hs.dtype),), grads               # precision: the bf16 product, as float
 
-        dz, (dh0,) = bptt_loop(step, dhs, (dh_n,), hs, H, truncate)
 
-    if low is None:
-        h_prev = torch.cat((h0.unsqueeze(0), hs[:-1])).view(T * B, H)  # h_{t-1}, every t
+def _folded_step(dz: torch.Tensor, fprime: torch.Tensor, w_hh_t: torch.Tensor,
+                 dz_low: torch.Tensor | None):
+    """The one-step backward without truncation (recursion contract, A = 1): dz_out, row t of
+    ``dz``, holds u_t; it returns dh_{t-1}, the product itself (no copy). ``dz_low`` (bf16):
+    the rows of dz in bfloat16, written as they are made."""
+    fps = fprime.unbind(0)                               # f'(z_t), (B, H) each
+    rows = dz.unbind(0) if dz_low is None else dz_low.unbind(0)  # the products' operands
+
+    def step(t: int, dstate: tuple, dz_out: torch.Tensor, prev_out: tuple) -> tuple:
+        dz_out.addcmul_(dstate[0], fps[t])               # dz_t = u_t + dz_{t+1} W_hh * f'(z_t)
+        if dz_low is not None:
+            rows[t].copy_(dz_out[0])                     # precision: a bf16 copy of the row
+        return (linear(rows[t], w_hh_t).unsqueeze(0),)   # dh_{t-1} = dz_t W_hh       (1)
+
+    return step
+
+
+def _step(fprime: torch.Tensor, w_hh_t: torch.Tensor, low: torch.dtype | None):
+    """The one-step backward (recursion contract) for every age at once (truncation)."""
+    H = fprime.shape[2]
+
+    def step(t: int, dstate: tuple, dz_out: torch.Tensor, prev_out: tuple) -> None:
+        (dh,) = dstate                                   # (A, B, H): dh_t by age       (1)
+        torch.mul(dh, fprime[t], out=dz_out)             # dz_t = dh_t * f'(z_t)        (2)
+        (dh_prev,) = prev_out
+        K = dh_prev.shape[0]
+        if K:                                            # dh_{t-1} = dz_t W_hh, ages 0..K-1
+            g = dz_out[:K].reshape(-1, H)
+            dh_prev.view(-1, H).copy_(linear(g if low is None else g.to(low), w_hh_t))
+
+    return step
+
+
+def _weight_grads(cache: Cache, dz: torch.Tensor, dz_low: torch.Tensor | None, need_dx: bool):
+    """(3)-(6) after the loop: ``(grads, dx)``, one product each."""
+    x, hs, weight_ih = cache.x, cache.hs, cache.weight_ih
+    T, B, H = hs.shape
+    if dz_low is None:
+        h_prev = torch.cat((cache.h0.unsqueeze(0), hs[:-1])).view(T * B, H)  # h_{t-1}, every t
         dz2 = dz.view(T * B, H)
         grads = {"weight_hh": linear(dz2.t(), h_prev.t())}  # dW_hh = sum dz_t^T h_{t-1} (3)
         dx, grads["weight_ih"] = project_inputs_backward(dz, x, weight_ih, need_dx)  # (4, 6)
-    else:
-        dz_low = (dz_low if truncate is None else dz.to(low)).view(T * B, H)
+    else:                                                # precision: bf16 operands
+        low = dz_low.dtype
+        dz_low = dz_low.view(T * B, H)
+        states_low = cache.states_low
         grads = {"weight_hh": torch.mm(dz_low.t(), states_low[:-1].view(T * B, H)).float()}
         if x.is_floating_point():
             x_low = x.reshape(T * B, -1).to(low)
@@ -246,10 +304,10 @@ def backward(
                   if need_dx else None)                                            # (6)
         else:
             dx, grads["weight_ih"] = project_inputs_backward(dz, x, weight_ih, need_dx)
-    if has_bias_ih or has_bias_hh:
+    if cache.has_bias_ih or cache.has_bias_hh:
         db = dz.sum(dim=(0, 1))                          # db_ih = db_hh = sum_t sum_b dz_t (5)
-        if has_bias_ih:
+        if cache.has_bias_ih:
             grads["bias_ih"] = db
-        if has_bias_hh:
-            grads["bias_hh"] = db.clone() if has_bias_ih else db
-    return dx, dh0, grads
+        if cache.has_bias_hh:
+            grads["bias_hh"] = db.clone() if cache.has_bias_ih else db
+    return grads, dx

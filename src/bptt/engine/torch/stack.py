@@ -1,11 +1,8 @@
 """Layers x directions on torch tensors, and the whole stack as a ``torch.autograd.Function``.
 
-:func:`forward` and :func:`backward` stack the single-layer cells exactly as
-:mod:`bptt.engine.numpy.stack` does (and as torch.nn.RNN/LSTM/GRU do): layer l >= 1 reads the
-concatenated outputs of both directions of layer l - 1, multiplied while training by a
-Bernoulli(1 - p) mask scaled by 1 / (1 - p) (never after the last layer); the reverse direction
-runs its cell on the time-reversed sequence. The masks are drawn in the forward pass (by
-:func:`draw_mask`, from a ``torch.Generator`` or the global torch RNG) and reused by the backward.
+:func:`forward` and :func:`backward` are :mod:`bptt.engine.stack` (the stack written once, as
+torch.nn.RNN/LSTM/GRU stack layers) with torch's operations, this engine's cells and dropout
+masks drawn by :func:`draw_mask` (from a ``torch.Generator`` or the global torch RNG) or given.
 
 :class:`StackFunction` wraps them for autograd: its forward runs the hand-written forward (under
 no_grad, as every Function's forward) and saves the caches; its backward is our derived BPTT,
@@ -23,26 +20,29 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layout import (  # noqa: F401 (CELLS, param_names: re-exported for callers)
-    CELLS,
-    check_stacked,
-    layer_params,
-    param_names,
-    split_state,
-    suffix,
-)
+from ...cells import CELL_NAMES, CellKind, get_cell
+from .. import stack as shared
 from ..layout import cell_module as _cell_module
-from .common import check_truncate, is_tokens
+from ..layout import param_names  # noqa: F401 (re-exported for callers)
+from .common import OPS, check_truncate
 
 
-def check_precision(cell: str, precision: str) -> None:
-    """fp32 for every cell; bf16 (bfloat16 matrix products) for the rnn cell."""
-    if precision == "fp32" or (precision == "bf16" and cell == "rnn"):
+def cell_module(cell: str | CellKind):
+    """This engine's module of a cell (``bptt.engine.torch.<name>``): forward, backward, step."""
+    return _cell_module(__package__, cell)
+
+
+def check_precision(cell: str | CellKind, precision: str) -> None:
+    """fp32 for every cell; bf16 (bfloat16 matrix products) for the cells whose torch module
+    lists it in its ``PRECISIONS``."""
+    kind = get_cell(cell)
+    if precision in cell_module(kind).PRECISIONS:
         return
     if precision == "bf16":
+        with_bf16 = [c for c in CELL_NAMES if "bf16" in cell_module(c).PRECISIONS]
         raise ValueError(
-            f"expected precision 'fp32', got 'bf16' for the {cell} cell (bfloat16 products are "
-            f"implemented for the rnn cell, the book's model)"
+            f"expected precision 'fp32', got 'bf16' for the {kind.name} cell (bfloat16 products "
+            f"are implemented for the {' and '.join(with_bf16)} cell, the book's model)"
         )
     raise ValueError(f"expected precision 'fp32' or 'bf16', got {precision!r}")
 
@@ -60,13 +60,17 @@ def draw_mask(shape, dropout: float, *, like: torch.Tensor,
     return mask.div_(keep)
 
 
-def cell_module(cell: str):
-    """The module (``rnn``, ``lstm`` or ``gru``) of this engine holding a cell's pair."""
-    return _cell_module(__package__, cell)
+def cell_options(kind: CellKind, nonlinearity: str, precision: str) -> dict:
+    """The keyword options of the cell's forward and step: the registry's, and ``precision``
+    unless it is the default fp32 (which every torch cell takes)."""
+    options = kind.options(nonlinearity)
+    if precision != "fp32":
+        options["precision"] = precision
+    return options
 
 
 def forward(
-    cell: str,
+    cell: str | CellKind,
     params: dict[str, torch.Tensor],
     x: torch.Tensor,
     hx=None,
@@ -87,94 +91,28 @@ def forward(
     ``precision="bf16"`` (the rnn cell): bfloat16 matrix products, float32 everything else
     (:mod:`bptt.engine.torch.rnn`).
     """
-    mod = cell_module(cell)
-    D = 2 if bidirectional else 1
-    hidden = params["weight_hh_l0"].shape[1]
-    check_stacked(hx, cell, num_layers * D, x.shape[1], hidden, "hx")
-    check_precision(cell, precision)
-    opts = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
-    if precision != "fp32":
-        opts["precision"] = precision
-    use_dropout = training and dropout > 0 and num_layers > 1
-    if masks is not None and use_dropout and len(masks) != num_layers - 1:
-        raise ValueError(f"expected {num_layers - 1} dropout masks, got {len(masks)}")
-    layer_in = x
-    caches, used_masks, finals = [], [], []
-    for layer in range(num_layers):
-        outs = []
-        for d in range(D):
-            p = layer_params(params, layer, d)
-            seq = layer_in.flip(0) if d else layer_in
-            hs, state_n, c = mod.forward(seq, split_state(hx, cell, layer * D + d), **p, **opts)
-            outs.append(hs.flip(0) if d else hs)
-            caches.append(c)
-            finals.append(state_n)
-        out = outs[0] if D == 1 else torch.cat(outs, dim=2)   # (T, B, D*H)
-        mask = None
-        if use_dropout and layer < num_layers - 1:
-            if masks is not None:
-                mask = masks[layer].to(out.dtype)
-                if mask.shape != out.shape:
-                    raise ValueError(
-                        f"expected dropout mask of shape {tuple(out.shape)}, "
-                        f"got {tuple(mask.shape)}"
-                    )
-            else:
-                mask = draw_mask(out.shape, dropout, like=out, generator=generator)
-            out = out * mask
-        used_masks.append(mask)
-        layer_in = out
-    if cell == "lstm":
-        h_n = (torch.stack([f[0] for f in finals]), torch.stack([f[1] for f in finals]))
-    else:
-        h_n = torch.stack(finals)
-    cache = (cell, num_layers, D, hidden, caches, used_masks, is_tokens(x))
-    return layer_in, h_n, cache
+    kind = get_cell(cell)
+    check_precision(kind, precision)
+    mask = _dropout(num_layers, dropout, training, generator, masks)
+    out, parts_n, cache = shared.forward(
+        OPS, cell_module(kind), kind, params, x, kind.to_parts(hx), num_layers=num_layers,
+        bidirectional=bidirectional, options=cell_options(kind, nonlinearity, precision),
+        mask=mask)
+    return out, kind.from_parts(parts_n), cache
 
 
-def backward(dout: torch.Tensor | None, dh_n, cache, truncate: int | None = None,
-             need_dx: bool = True):
+def backward(dout: torch.Tensor | None, dh_n, cache: shared.StackCache,
+             truncate: int | None = None, need_dx: bool = True):
     """Backward through the stack: ``(dx, dhx, grads)`` with torch-named grads.
 
     ``dout`` (T, B, D*H) or None; ``dh_n`` (L*D, B, H) or None (for the LSTM a pair whose parts
     may be None). dx is None for token-id input or when not ``need_dx``; dhx has the layout of
     h_n.
     """
-    check_truncate(truncate)
-    cell, num_layers, D, H, caches, masks, token_input = cache
-    mod = cell_module(cell)
-    if dout is not None:
-        check_stacked(dh_n, cell, num_layers * D, dout.shape[1], H, "dh_n")
-    grads: dict[str, torch.Tensor] = {}
-    dstate0 = [None] * (num_layers * D)
-    d_layer_out = dout
-    for layer in reversed(range(num_layers)):
-        if masks[layer] is not None and d_layer_out is not None:
-            d_layer_out = d_layer_out * masks[layer]     # dropout: same mask as the forward
-        want_dx = layer > 0 or (need_dx and not token_input)
-        d_in = None
-        for d in range(D):
-            i = layer * D + d
-            dhs = None
-            if d_layer_out is not None:
-                dhs = d_layer_out[:, :, d * H:(d + 1) * H]
-                dhs = dhs.flip(0) if d else dhs
-            dx, ds0, g = mod.backward(dhs, split_state(dh_n, cell, i), caches[i], truncate,
-                                      need_dx=want_dx)
-            if dx is not None:
-                dx = dx.flip(0) if d else dx
-                d_in = dx if d_in is None else d_in.add_(dx)
-            dstate0[i] = ds0
-            s = suffix(layer, d)
-            for k, v in g.items():
-                grads[f"{k}{s}"] = v
-        d_layer_out = d_in
-    if cell == "lstm":
-        dhx = (torch.stack([s[0] for s in dstate0]), torch.stack([s[1] for s in dstate0]))
-    else:
-        dhx = torch.stack(dstate0)
-    dx = None if token_input or not need_dx else d_layer_out
-    return dx, dhx, grads
+    kind = cache.kind
+    dx, dparts0, grads = shared.backward(OPS, cell_module(kind), dout, kind.to_parts(dh_n),
+                                         cache, truncate, need_dx)
+    return dx, kind.from_parts(dparts0), grads
 
 
 # -- the stack as an autograd.Function -------------------------------------------------------
@@ -210,13 +148,21 @@ class _Slot:
         self.index = index
 
 
+def _rebuild(obj, items):
+    """A tuple, NamedTuple or list like ``obj`` holding ``items``."""
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*items)                         # a NamedTuple: fields by position
+    return type(obj)(items)
+
+
 def _flatten(obj, tensors: list):
-    """Replace every tensor in nested tuples/lists by a :class:`_Slot`, collecting them."""
+    """Replace every tensor in nested tuples, NamedTuples and lists by a :class:`_Slot`,
+    collecting them (what ``save_for_backward`` takes)."""
     if isinstance(obj, torch.Tensor):
         tensors.append(obj)
         return _Slot(len(tensors) - 1)
     if isinstance(obj, tuple | list):
-        return type(obj)(_flatten(o, tensors) for o in obj)
+        return _rebuild(obj, [_flatten(o, tensors) for o in obj])
     return obj
 
 
@@ -224,16 +170,27 @@ def _unflatten(obj, tensors):
     if isinstance(obj, _Slot):
         return tensors[obj.index]
     if isinstance(obj, tuple | list):
-        return type(obj)(_unflatten(o, tensors) for o in obj)
+        return _rebuild(obj, [_unflatten(o, tensors) for o in obj])
     return obj
+
+
+STATE_SLOTS = 2
+""":class:`StackFunction` takes and returns the state parts in two slots, ``h`` and ``c``
+(the parts of :mod:`bptt.cells`, in order; a slot past the cell's parts is None)."""
+
+
+def _slots(parts: tuple) -> tuple:
+    """The state parts padded with None to :data:`STATE_SLOTS`."""
+    return (*parts, *(None,) * (STATE_SLOTS - len(parts)))
 
 
 class StackFunction(torch.autograd.Function):
     """The recurrent stack with our hand-derived BPTT as its backward.
 
-    ``StackFunction.apply(cfg, x, h0, c0, *weights)`` with ``weights`` in ``cfg.names`` order,
-    ``h0`` (L*D, B, H) or None, ``c0`` the LSTM's (L*D, B, H) or None (None for other cells).
-    Returns ``(out, h_n, c_n, masks)``; ``c_n`` is None for the RNN and GRU, and ``masks``
+    ``StackFunction.apply(cfg, x, h0, c0, *weights)`` with ``weights`` in ``cfg.names`` order and
+    the initial state in its slots: ``h0`` (L*D, B, H) or None, ``c0`` the LSTM's cell state
+    (L*D, B, H) or None (always None for a cell whose state is ``h`` alone). Returns
+    ``(out, h_n, c_n, masks)``; ``c_n`` is None for the RNN and GRU, and ``masks``
     ((L-1, T, B, D*H) while dropping out, else empty) is marked non-differentiable.
 
     The backward returns gradients for ``x`` (float input only, when it requires grad), ``h0``,
@@ -246,56 +203,77 @@ class StackFunction(torch.autograd.Function):
         if len(weights) != len(cfg.names):
             raise ValueError(f"expected {len(cfg.names)} weights {cfg.names}, got {len(weights)}")
         check_truncate(cfg.truncate)
+        kind = get_cell(cfg.cell)
+        n = kind.num_state_parts
+        slots = (h0, c0)
+        if any(s is not None for s in slots[n:]):
+            raise ValueError(f"expected no c0 for the {kind.title} (its state is h alone), "
+                             f"got a tensor")
+        hx = None if all(s is None for s in slots[:n]) else kind.from_parts(slots[:n])
         params = dict(zip(cfg.names, weights, strict=True))
         # autograd runs Function.forward with grad mode off: the hand forward builds no graph
-        if cfg.cell == "lstm":
-            hx = None if h0 is None and c0 is None else (h0, c0)
-        else:
-            hx = h0
         out, h_n, cache = forward(
-            cfg.cell, params, x, hx, num_layers=cfg.num_layers,
-            bidirectional=cfg.bidirectional, nonlinearity=cfg.nonlinearity,
-            dropout=cfg.dropout, training=cfg.training, generator=cfg.generator,
-            masks=cfg.masks, precision=cfg.precision,
+            kind, params, x, hx, num_layers=cfg.num_layers, bidirectional=cfg.bidirectional,
+            nonlinearity=cfg.nonlinearity, dropout=cfg.dropout, training=cfg.training,
+            generator=cfg.generator, masks=cfg.masks, precision=cfg.precision,
         )
         tensors: list[torch.Tensor] = []
         ctx.skeleton = _flatten(cache, tensors)
         ctx.save_for_backward(*tensors)
         ctx.cfg = cfg
         ctx.set_materialize_grads(False)                 # absent output gradients stay None
-        _, _, _, _, _, layer_masks, _ = cache
-        used = [m for m in layer_masks if m is not None]
+        used = [m for m in cache.masks if m is not None]
         masks = torch.stack(used) if used else out.new_empty((0,))
         ctx.mark_non_differentiable(masks)
-        if cfg.cell == "lstm":
-            return out, h_n[0], h_n[1], masks
-        return out, h_n, None, masks
+        return out, *_slots(kind.to_parts(h_n)), masks
 
     @staticmethod
     def backward(ctx, dout, dh_n, dc_n, _dmasks):
         cfg = ctx.cfg
         cache = _unflatten(ctx.skeleton, ctx.saved_tensors)
-        need_x, need_h0, need_c0 = ctx.needs_input_grad[1:4]
-        dstate_n = (dh_n, dc_n) if cfg.cell == "lstm" else dh_n
-        if cfg.cell == "lstm" and dh_n is None and dc_n is None:
-            dstate_n = None
-        dx, dhx, grads = backward(dout, dstate_n, cache, cfg.truncate, need_dx=need_x)
-        if cfg.cell == "lstm":
-            dh0, dc0 = dhx
-        else:
-            dh0, dc0 = dhx, None
-        return (None, dx if need_x else None, dh0 if need_h0 else None,
-                dc0 if need_c0 else None, *(grads[n] for n in cfg.names))
+        kind = cache.kind
+        need_x = ctx.needs_input_grad[1]
+        dslots = (dh_n, dc_n)[:kind.num_state_parts]
+        dparts_n = None if all(d is None for d in dslots) else dslots
+        dx, dparts0, grads = shared.backward(OPS, cell_module(kind), dout, dparts_n, cache,
+                                             cfg.truncate, need_dx=need_x)
+        dstate0 = tuple(d if need else None for d, need in
+                        zip(_slots(dparts0), ctx.needs_input_grad[2:4], strict=True))
+        return (None, dx if need_x else None, *dstate0, *(grads[n] for n in cfg.names))
+
+
+def _dropout(num_layers: int, dropout: float, training: bool,
+             generator: torch.Generator | None, masks) -> shared.Mask:
+    """The ``mask(layer, out)`` of :func:`bptt.engine.stack.forward`: given ``masks`` (one per
+    layer but the last), else drawn by :func:`draw_mask`; None when not dropping out."""
+    use_dropout = training and dropout > 0 and num_layers > 1
+    if masks is not None and use_dropout and len(masks) != num_layers - 1:
+        raise ValueError(f"expected {num_layers - 1} dropout masks, got {len(masks)}")
+
+    def mask(layer: int, out: torch.Tensor) -> torch.Tensor | None:
+        if not use_dropout:
+            return None
+        if masks is None:
+            return draw_mask(out.shape, dropout, like=out, generator=generator)
+        m = masks[layer].to(out.dtype)
+        if m.shape != out.shape:
+            raise ValueError(
+                f"expected dropout mask of shape {tuple(out.shape)}, got {tuple(m.shape)}"
+            )
+        return m
+
+    return mask
 
 
 def apply(cfg: StackConfig, x: torch.Tensor, params: dict[str, torch.Tensor], hx=None):
     """Run :class:`StackFunction`; return ``(out, h_n, masks)`` (h_n the pair for the LSTM).
 
-    ``hx`` is None, the (L*D, B, H) state, or for the LSTM the pair ``(h0, c0)``.
+    ``hx`` is None, or the state in torch's form: the (L*D, B, H) state, or for the LSTM the
+    pair ``(h0, c0)``.
     """
-    if cfg.cell == "lstm":
-        h0, c0 = (None, None) if hx is None else hx
-    else:
-        h0, c0 = hx, None
-    out, h_n, c_n, masks = StackFunction.apply(cfg, x, h0, c0, *(params[n] for n in cfg.names))
-    return out, ((h_n, c_n) if cfg.cell == "lstm" else h_n), masks
+    kind = get_cell(cfg.cell)
+    parts = kind.to_parts(hx)
+    slots = _slots(parts) if parts is not None else (None,) * STATE_SLOTS
+    out, *parts_n, masks = StackFunction.apply(cfg, x, *slots,
+                                               *(params[n] for n in cfg.names))
+    return out, kind.from_parts(tuple(parts_n[:kind.num_state_parts])), masks
