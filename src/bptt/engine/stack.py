@@ -45,6 +45,15 @@ class StackCache(NamedTuple):
     token_input: bool        # x is (T, B) token ids (no dx)
 
 
+def cell_options(kind: CellKind, nonlinearity: str, precision: str) -> dict:
+    """The keyword options of a cell's forward and step in every engine: the registry's, and
+    ``precision`` unless it is the default fp32 (which every cell takes)."""
+    options = kind.options(nonlinearity)
+    if precision != "fp32":
+        options["precision"] = precision
+    return options
+
+
 Mask = Callable[[int, object], object]
 """``mask(layer, out)``: the dropout mask for the outputs ``out`` (T, B, D*H) of ``layer``
 (never the last), or None while not dropping out."""

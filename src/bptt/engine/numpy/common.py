@@ -18,6 +18,7 @@ import numpy as np
 
 from ...cells import NONLINEARITIES, CellKind
 from ..layout import state_parts
+from ..products import bf16_round, matmul
 
 
 class NumpyOps:
@@ -109,6 +110,18 @@ def check_state_parts(kind: CellKind, state0, batch: int, hidden: int, dtype: np
     return tuple(out)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str, weight: np.ndarray) -> None:
+    """fp32, or bf16 (bfloat16 products) on float32 weights."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"expected precision 'fp32' or 'bf16', got {precision!r}")
+    if precision == "bf16" and weight.dtype != np.float32:
+        raise ValueError(f"expected float32 weights with precision 'bf16' (float32 master "
+                         f"weights), got {weight.dtype}")
+
+
 def check_nonlinearity(nonlinearity: str) -> None:
     if nonlinearity not in NONLINEARITIES:
         expected = " or ".join(repr(n) for n in NONLINEARITIES)
@@ -116,12 +129,13 @@ def check_nonlinearity(nonlinearity: str) -> None:
 
 
 def project_inputs(x: np.ndarray, weight_ih: np.ndarray, bias: np.ndarray | None,
-                   out: np.ndarray | None = None) -> np.ndarray:
+                   out: np.ndarray | None = None, precision: str = "fp32") -> np.ndarray:
     """All steps at once: ``x_t W_ih^T + bias`` for every t.  (T, B, G*H).
 
     Written into ``out`` (a C-contiguous (T, B, G*H) array of the weight's dtype) when given,
     else into a fresh array: the cells project straight into the buffer their loop then
-    overwrites in place, so the forward pass allocates nothing per step.
+    overwrites in place, so the forward pass allocates nothing per step. ``precision="bf16"``:
+    a float input's product on bfloat16 operands (token ids gather rows: no product).
     """
     T, B = x.shape[:2]
     GH = weight_ih.shape[0]
@@ -130,14 +144,16 @@ def project_inputs(x: np.ndarray, weight_ih: np.ndarray, bias: np.ndarray | None
     if np.issubdtype(x.dtype, np.integer):
         # one-hot times W_ih^T is a row gather from W_ih^T (V, GH); the ids were validated.
         # A contiguous copy of W_ih^T is cheap when V is small next to T*B and keeps every
-        # gathered row one contiguous read.
-        table = weight_ih.T
+        # gathered row one contiguous read; for a large vocabulary, the columns of W_ih are
+        # gathered from its rows (each a contiguous read) and transposed into place.
         if weight_ih.shape[1] <= 4 * T * B:
-            table = np.ascontiguousarray(table)
-        np.take(table, x, 0, out, "clip")  # (T, B, GH): one-hot times W_ih^T is a column gather
+            table = np.ascontiguousarray(weight_ih.T)
+            np.take(table, x, 0, out, "clip")  # (T, B, GH): one-hot times W_ih^T is a column gather
+        else:
+            out.reshape(T * B, GH)[...] = np.take(weight_ih, x.reshape(-1), axis=1).T
     else:
-        np.matmul(x.reshape(T * B, -1).astype(weight_ih.dtype, copy=False), weight_ih.T,
-                  out=out.reshape(T * B, GH))
+        matmul(x.reshape(T * B, -1).astype(weight_ih.dtype, copy=False), weight_ih.T,
+               out.reshape(T * B, GH), precision=precision)
     if bias is not None:
         out += bias
     return out
@@ -148,29 +164,38 @@ ONE_HOT_MAX_VOCAB = 256
 of 0/1 times dz: a few FLOPs per element, BLAS speed); above it, a sort and a segment sum."""
 
 
-def token_weight_grad_(dW_t: np.ndarray, ids: np.ndarray, dz2: np.ndarray) -> np.ndarray:
-    """Accumulate ``dW_ih^T[v] += sum of the rows of dz2 whose token is v``; returns dW_t.
+def token_weight_grad_(dW: np.ndarray, ids: np.ndarray, dz2: np.ndarray) -> np.ndarray:
+    """Accumulate ``dW_ih^T[v] += sum of the rows of dz2 whose token is v``; returns dW.
 
-    ``dW_t`` (V, GH), ``ids`` (N,) token ids, ``dz2`` (N, GH). A small vocabulary (the book's
-    28 characters) multiplies the one-hot matrix of the ids by dz2 -- one product, five times
-    faster than gathering the rows; a large one sorts once and segment-sums, never a V-wide
-    product.
+    ``dW`` (GH, V), torch's layout of dW_ih (its column v is row v of dW_ih^T), ``ids`` (N,)
+    token ids, ``dz2`` (N, GH). A small vocabulary (the book's 28 characters) multiplies the
+    one-hot matrix of the ids by dz2 -- one product, five times faster than gathering the rows;
+    a large one sorts once and segment-sums, then adds the sums into the columns of the tokens
+    seen: never a V-wide product, nor a (V, GH) array to transpose.
     """
-    V, N = dW_t.shape[0], ids.shape[0]
+    V = dW.shape[1]
     if V <= ONE_HOT_MAX_VOCAB:
-        one_hot = np.zeros((V, N), dtype=dz2.dtype)
-        one_hot[ids, np.arange(N)] = 1.0
-        dW_t += one_hot @ dz2
-        return dW_t
+        one_hot = np.zeros((V, ids.shape[0]), dtype=dz2.dtype)
+        one_hot[ids, np.arange(ids.shape[0])] = 1.0
+        dW.T[...] += one_hot @ dz2
+        return dW
+    tokens, sums = token_sums(ids, dz2)
+    dW[:, tokens] += sums.T                             # distinct columns: no np.add.at
+    return dW
+
+
+def token_sums(ids: np.ndarray, dz2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(tokens, sums)``: the distinct token ids (U,) and, for each, the sum of the rows of
+    ``dz2`` (N, GH) carrying it (U, GH): sort once, segment-sum."""
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
-    dW_t[sorted_ids[starts]] += np.add.reduceat(dz2[order], starts, axis=0)
-    return dW_t
+    return sorted_ids[starts], np.add.reduceat(dz2[order], starts, axis=0)
 
 
 def project_inputs_backward(
-    dz: np.ndarray, x: np.ndarray, weight_ih: np.ndarray, need_dx: bool = True
+    dz: np.ndarray, x: np.ndarray, weight_ih: np.ndarray, need_dx: bool = True,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Gradients of :func:`project_inputs`: ``(dx, dW_ih)``; dx is None for token ids.
 
@@ -180,17 +205,16 @@ def project_inputs_backward(
     T, B, GH = dz.shape
     dz2 = dz.reshape(T * B, GH)
     if np.issubdtype(x.dtype, np.integer):
-        # dW_ih^T[v] = sum of the rows of dz whose token is v: sort once, segment-sum.
-        dW_t = np.zeros((weight_ih.shape[1], GH), dtype=dz.dtype)
-        token_weight_grad_(dW_t, x.reshape(-1), dz2)
-        return None, np.ascontiguousarray(dW_t.T)
-    x2 = x.reshape(T * B, -1)
-    dW = dz2.T @ x2.astype(dz.dtype, copy=False)
-    dx = (dz2 @ weight_ih).reshape(T, B, -1) if need_dx else None
+        # dW_ih^T[v] = sum of the rows of dz whose token is v
+        dW = np.zeros((GH, weight_ih.shape[1]), dtype=dz.dtype)
+        return None, token_weight_grad_(dW, x.reshape(-1), dz2)
+    x2 = x.reshape(T * B, -1).astype(dz.dtype, copy=False)
+    dW = matmul(dz2.T, x2, precision=precision)
+    dx = matmul(dz2, weight_ih, precision=precision).reshape(T, B, -1) if need_dx else None
     return dx, dW
 
 
-def prev_weight_grad(dz: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
+def prev_weight_grad(dz: np.ndarray, h_prev: np.ndarray, precision: str = "fp32") -> np.ndarray:
     """dW_hh = sum_t dz_t^T h_{t-1} as ONE product over all T*B rows.
 
     ``h_prev`` (T, B, H) holds h_{t-1} for every t (h0 first): the cells keep their states in a
@@ -198,7 +222,16 @@ def prev_weight_grad(dz: np.ndarray, h_prev: np.ndarray) -> np.ndarray:
     contiguous, and the h0 term needs no product of its own.
     """
     GH, H = dz.shape[2], h_prev.shape[2]
-    return dz.reshape(-1, GH).T @ h_prev.reshape(-1, H)
+    return matmul(dz.reshape(-1, GH).T, h_prev.reshape(-1, H), precision=precision)
+
+
+def step_product(a: np.ndarray, w_t: np.ndarray, out: np.ndarray, precision: str) -> None:
+    """One step's product ``a @ w_t`` into ``out`` in a Python loop; bf16: on bfloat16
+    operands (``w_t`` already rounded once by the caller)."""
+    if precision == "bf16":
+        np.matmul(bf16_round(a), w_t, out=out)
+    else:
+        np.matmul(a, w_t, out=out)
 
 
 def sigmoid_(a: np.ndarray) -> np.ndarray:

@@ -42,17 +42,21 @@ from typing import NamedTuple
 import numpy as np
 
 from ...cells import GRU as KIND
+from .. import kernel
 from ..layout import check_gate_weights
+from ..products import bf16_round, matmul
 from ..recursion import bptt_loop, effective_truncate
 from .common import (
     OPS,
     Upstream,
+    check_precision,
     check_sequence,
     check_state_parts,
     prev_weight_grad,
     project_inputs,
     project_inputs_backward,
     sigmoid_,
+    step_product,
     upstream_array,
 )
 
@@ -70,6 +74,11 @@ class Cache(NamedTuple):
     weight_hh: np.ndarray    # (3H, H)
     has_bias_ih: bool
     has_bias_hh: bool
+    precision: str = "fp32"  # fp32 | bf16: the products' operands
+
+
+PRECISIONS = ("fp32", "bf16")
+"""The precisions this cell implements (``bptt.engine.numpy.stack``)."""
 
 
 def forward(
@@ -79,40 +88,50 @@ def forward(
     weight_hh: np.ndarray,
     bias_ih: np.ndarray | None = None,
     bias_hh: np.ndarray | None = None,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, tuple[np.ndarray], Cache]:
     """Run the layer over ``x``; return ``(hs, (h_n,), cache)`` with hs (T, B, H), h_n (B, H)."""
+    check_precision(precision, weight_hh)
     H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
     T, B = check_sequence(x, weight_ih.shape[1])
     dtype = weight_hh.dtype
     (h0,) = check_state_parts(KIND, state0, B, H, dtype)
 
-    gates = project_inputs(x, weight_ih, bias_ih)        # (T, B, 3H): a_t = x_t W_ih^T + b_ih
+    # (T, B, 3H): a_t = x_t W_ih^T + b_ih
+    gates = project_inputs(x, weight_ih, bias_ih, precision=precision)
     h_buf = np.empty((T + 1, B, H), dtype=dtype)         # h_buf[0] = h0, h_buf[t + 1] = h_t
     h_buf[0] = h0
     hs = h_buf[1:]
-    s_n = np.empty((T, B, H), dtype=dtype)               # s^n_t, needed by da^r_t
-    s = np.empty((B, GATES * H), dtype=dtype)
-    rs = np.empty((B, H), dtype=dtype)
-    w_hh_t = weight_hh.T
-    for t in range(T):
-        a = gates[t]
-        np.matmul(h_buf[t], w_hh_t, out=s)               # s_t = h_{t-1} W_hh^T + b_hh
-        if bias_hh is not None:
-            s += bias_hh
-        a[:, :2 * H] += s[:, :2 * H]
-        sigmoid_(a[:, :2 * H])                          # r_t, u_t = sigmoid(a_t + s_t) (r, z)
-        r, u, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
-        s_n[t] = s[:, 2 * H:]
-        np.multiply(r, s_n[t], out=rs)
-        n += rs
-        np.tanh(n, out=n)                                # n_t = tanh(a^n_t + r_t * s^n_t)
-        h_new = hs[t]
-        np.subtract(h_buf[t], n, out=h_new)
-        h_new *= u
-        h_new += n                                       # h_t = n_t + u_t * (h_{t-1} - n_t)
+    if kernel.covers(gates, h_buf, weight_hh, *([] if bias_hh is None else [bias_hh]),
+                     precision=precision):
+        s_all = np.empty((T, B, GATES * H), dtype=dtype)  # the loop below, compiled
+        kernel.forward(KIND, gates, h0, hs, weight_hh, b_hh=bias_hh, s=s_all,
+                       precision=precision)
+        s_n = s_all[:, :, 2 * H:]                        # s^n_t: a view of every s_t
+    else:
+        s_n = np.empty((T, B, H), dtype=dtype)           # s^n_t, needed by da^r_t
+        s = np.empty((B, GATES * H), dtype=dtype)
+        rs = np.empty((B, H), dtype=dtype)
+        w_hh_t = weight_hh.T if precision == "fp32" else bf16_round(weight_hh.T)
+        for t in range(T):
+            a = gates[t]
+            step_product(h_buf[t], w_hh_t, s, precision)  # s_t = h_{t-1} W_hh^T + b_hh
+            if bias_hh is not None:
+                s += bias_hh
+            a[:, :2 * H] += s[:, :2 * H]
+            sigmoid_(a[:, :2 * H])                      # r_t, u_t = sigmoid(a_t + s_t) (r, z)
+            r, u, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
+            s_n[t] = s[:, 2 * H:]
+            np.multiply(r, s_n[t], out=rs)
+            n += rs
+            np.tanh(n, out=n)                            # n_t = tanh(a^n_t + r_t * s^n_t)
+            h_new = hs[t]
+            np.subtract(h_buf[t], n, out=h_new)
+            h_new *= u
+            h_new += n                                   # h_t = n_t + u_t * (h_{t-1} - n_t)
     cache = Cache(x=x, gates=gates, s_n=s_n, h_buf=h_buf, weight_ih=weight_ih,
                   weight_hh=weight_hh, has_bias_ih=bias_ih is not None,
-                  has_bias_hh=bias_hh is not None)
+                  has_bias_hh=bias_hh is not None, precision=precision)
     return hs, (hs[-1],), cache
 
 
@@ -156,13 +175,12 @@ def backward(
     back through at most k recurrent steps (module docstring and
     :class:`bptt.engine.recursion.Recursion`).
     """
-    gates, weight_hh = cache.gates, cache.weight_hh
+    gates, prec = cache.gates, cache.precision
     T, B, GH = gates.shape
     H = GH // GATES
     dtype = gates.dtype
     G3 = gates.reshape(T, B, GATES, H)
     r, u = G3[:, :, 0], G3[:, :, 1]
-    F = _factors(cache)
     k = effective_truncate(truncate, T)
     A = 1 if k is None else k + 1
     ds_buf = np.empty((A, B, GATES * H), dtype=dtype)
@@ -182,25 +200,44 @@ def backward(
             dsK = ds_buf[:K]
             np.copyto(dsK, da_out[:K])
             dsK.reshape(K, B, GATES, H)[:, :, 2] *= r[t]  # ds_t = [da^r_t | da^z_t | da^n_t r_t]
-            np.matmul(dsK.reshape(K * B, GATES * H), weight_hh,
-                      out=dh_prev.reshape(K * B, H))
+            step_product(dsK.reshape(K * B, GATES * H), w_hh, dh_prev.reshape(K * B, H),
+                         prec)
             np.multiply(dh[:K], u[t], out=du[:K])
             dh_prev += du[:K]                            # dh_{t-1} = ds_t W_hh + dh_t * u_t
 
     dstate_n = check_state_parts(KIND, dstate_n, B, H, dtype, names="d{}_n")
     dhs = upstream_array(dhs, T, B, H, dtype)           # a head's lazy gradient, all rows
-    da, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, GATES * H)
-    ds = da.copy()
-    ds[..., 2 * H:] *= gates[..., :H]                    # ds_t = [da^r_t | da^z_t | da^n_t r_t]
+    if k is None and kernel.covers(gates, cache.h_buf, cache.s_n, cache.weight_hh, *dstate_n,
+                                   *([] if dhs is None else [dhs]), precision=prec):
+        da, ds, dstate0 = _compiled_loop(cache, dhs, dstate_n)  # the same steps, compiled
+    else:
+        F = _factors(cache)                              # read by step, as w_hh
+        w_hh = cache.weight_hh if prec == "fp32" else bf16_round(cache.weight_hh)
+        da, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, GATES * H)
+        ds = da.copy()
+        ds[..., 2 * H:] *= gates[..., :H]                # ds_t = [da^r_t | da^z_t | da^n_t r_t]
 
-    grads = {"weight_hh": prev_weight_grad(ds, cache.h_buf[:-1])}  # dW_hh = sum_t ds_t^T h_{t-1}
-    dx, grads["weight_ih"] = project_inputs_backward(da, cache.x, cache.weight_ih,
-                                                     need_dx)  # dW_ih = sum da_t^T x_t
+    # dW_hh = sum_t ds_t^T h_{t-1}
+    grads = {"weight_hh": prev_weight_grad(ds, cache.h_buf[:-1], prec)}
+    dx, grads["weight_ih"] = project_inputs_backward(da, cache.x, cache.weight_ih, need_dx,
+                                                     prec)  # dW_ih = sum da_t^T x_t
     if cache.has_bias_ih:
         grads["bias_ih"] = da.sum(axis=(0, 1))           # db_ih = sum_t sum_b da_t
     if cache.has_bias_hh:
         grads["bias_hh"] = ds.sum(axis=(0, 1))           # db_hh = sum_t sum_b ds_t
     return dx, dstate0, grads
+
+
+def _compiled_loop(cache: Cache, dhs: np.ndarray | None, dstate_n: tuple) -> tuple:
+    """The backward recursion without truncation in the compiled kernel (the steps of
+    :func:`backward`'s ``step``, fused): ``(da, ds (T, B, 3H), (dh0,))``."""
+    da = np.empty(cache.gates.shape, dtype=cache.gates.dtype)
+    ds = np.empty_like(da)
+    dh = np.array(dstate_n[0], dtype=da.dtype)       # in: dL/dh_n; out: dL/dh0
+    kernel.backward(KIND, cache.weight_hh, dz=da, ds=ds, carry_h=dh, gates=cache.gates,
+                    h0=cache.h_buf[0], hs=cache.h_buf[1:], s_n=cache.s_n, dhs=dhs,
+                    precision=cache.precision)
+    return da, ds, (dh,)
 
 
 def step(
@@ -210,6 +247,7 @@ def step(
     weight_hh: np.ndarray,
     bias_ih: np.ndarray | None = None,
     bias_hh: np.ndarray | None = None,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray]:
     """One step, no checks and no cache (generation): (h_t,) from x_t and (h_{t-1},), (B, H).
 
@@ -221,10 +259,10 @@ def step(
     if x.dtype.kind in "iu":
         a = weight_ih.T[x]                               # one-hot x_t W_ih^T: a row gather
     else:
-        a = x.astype(weight_ih.dtype, copy=False) @ weight_ih.T
+        a = matmul(x.astype(weight_ih.dtype, copy=False), weight_ih.T, precision=precision)
     if bias_ih is not None:
         a += bias_ih
-    s = h @ weight_hh.T                                  # s_t = h_{t-1} W_hh^T + b_hh
+    s = matmul(h, weight_hh.T, precision=precision)      # s_t = h_{t-1} W_hh^T + b_hh
     if bias_hh is not None:
         s += bias_hh
     a[:, :2 * H] += s[:, :2 * H]

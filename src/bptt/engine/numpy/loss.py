@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import kernel
+
 
 def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
     """Mean cross-entropy of ``logits`` (N, V) against ``targets`` (N,); returns (loss, dlogits).
@@ -42,6 +44,8 @@ def softmax_cross_entropy_(logits: np.ndarray, targets: np.ndarray) -> tuple[flo
         raise ValueError(
             f"expected targets in [0, {V}), got values in [{targets.min()}, {targets.max()}]"
         )
+    if kernel.covers(logits) and logits.flags.c_contiguous:
+        return kernel.softmax_xent(logits, targets), logits   # the lines below, compiled
     rows = np.arange(N)
     logits -= logits.max(axis=1, keepdims=True)               # s - max: exp never overflows
     shifted_y = logits[rows, targets]                          # (N,) a copy: s[y] - max

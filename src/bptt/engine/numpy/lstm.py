@@ -42,17 +42,21 @@ from typing import NamedTuple
 import numpy as np
 
 from ...cells import LSTM as KIND
+from .. import kernel
 from ..layout import check_gate_weights, sum_biases
+from ..products import bf16_round, matmul
 from ..recursion import bptt_loop, effective_truncate
 from .common import (
     OPS,
     Upstream,
+    check_precision,
     check_sequence,
     check_state_parts,
     prev_weight_grad,
     project_inputs,
     project_inputs_backward,
     sigmoid_,
+    step_product,
     upstream_array,
 )
 
@@ -71,6 +75,11 @@ class Cache(NamedTuple):
     weight_hh: np.ndarray    # (4H, H)
     has_bias_ih: bool
     has_bias_hh: bool
+    precision: str = "fp32"  # fp32 | bf16: the products' operands
+
+
+PRECISIONS = ("fp32", "bf16")
+"""The precisions this cell implements (``bptt.engine.numpy.stack``)."""
 
 
 def forward(
@@ -80,40 +89,47 @@ def forward(
     weight_hh: np.ndarray,
     bias_ih: np.ndarray | None = None,
     bias_hh: np.ndarray | None = None,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], Cache]:
     """Run the layer over ``x``; return ``(hs, (h_n, c_n), cache)``, hs (T, B, H)."""
+    check_precision(precision, weight_hh)
     H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
     T, B = check_sequence(x, weight_ih.shape[1])
     dtype = weight_hh.dtype
     h0, c0 = check_state_parts(KIND, state0, B, H, dtype)
 
     bias = sum_biases(bias_ih, bias_hh)
-    gates = project_inputs(x, weight_ih, bias)           # (T, B, 4H): x_t W_ih^T + b, all t
+    # (T, B, 4H): x_t W_ih^T + b, all t
+    gates = project_inputs(x, weight_ih, bias, precision=precision)
     h_buf = np.empty((T + 1, B, H), dtype=dtype)         # h_buf[0] = h0, h_buf[t + 1] = h_t
     c_buf = np.empty((T + 1, B, H), dtype=dtype)         # c_buf[0] = c0, c_buf[t + 1] = c_t
     h_buf[0], c_buf[0] = h0, c0
     hs, cs = h_buf[1:], c_buf[1:]
     tanh_cs = np.empty((T, B, H), dtype=dtype)
-    rec = np.empty((B, GATES * H), dtype=dtype)
-    ig = np.empty((B, H), dtype=dtype)
-    w_hh_t = weight_hh.T
-    for t in range(T):
-        z = gates[t]
-        np.matmul(h_buf[t], w_hh_t, out=rec)
-        z += rec                                         # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
-        sigmoid_(z[:, :2 * H])                          # i_t, f_t = sigmoid(z^i_t, z^f_t)
-        np.tanh(z[:, 2 * H:3 * H], out=z[:, 2 * H:3 * H])  # g_t = tanh(z^g_t)
-        sigmoid_(z[:, 3 * H:])                          # o_t = sigmoid(z^o_t)
-        i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
-        c = cs[t]
-        np.multiply(f, c_buf[t], out=c)
-        np.multiply(i, g, out=ig)
-        c += ig                                          # c_t = f_t * c_{t-1} + i_t * g_t
-        np.tanh(c, out=tanh_cs[t])
-        np.multiply(o, tanh_cs[t], out=hs[t])            # h_t = o_t * tanh(c_t)
+    if kernel.covers(gates, h_buf, c_buf, weight_hh, precision=precision):  # the loop, compiled
+        kernel.forward(KIND, gates, h_buf[0], hs, weight_hh, c0=c_buf[0], cs=cs,
+                       tanh_cs=tanh_cs, precision=precision)
+    else:
+        rec = np.empty((B, GATES * H), dtype=dtype)
+        ig = np.empty((B, H), dtype=dtype)
+        w_hh_t = weight_hh.T if precision == "fp32" else bf16_round(weight_hh.T)
+        for t in range(T):
+            z = gates[t]
+            step_product(h_buf[t], w_hh_t, rec, precision)
+            z += rec                                     # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
+            sigmoid_(z[:, :2 * H])                      # i_t, f_t = sigmoid(z^i_t, z^f_t)
+            np.tanh(z[:, 2 * H:3 * H], out=z[:, 2 * H:3 * H])  # g_t = tanh(z^g_t)
+            sigmoid_(z[:, 3 * H:])                      # o_t = sigmoid(z^o_t)
+            i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
+            c = cs[t]
+            np.multiply(f, c_buf[t], out=c)
+            np.multiply(i, g, out=ig)
+            c += ig                                      # c_t = f_t * c_{t-1} + i_t * g_t
+            np.tanh(c, out=tanh_cs[t])
+            np.multiply(o, tanh_cs[t], out=hs[t])        # h_t = o_t * tanh(c_t)
     cache = Cache(x=x, gates=gates, h_buf=h_buf, c_buf=c_buf, tanh_cs=tanh_cs,
                   weight_ih=weight_ih, weight_hh=weight_hh, has_bias_ih=bias_ih is not None,
-                  has_bias_hh=bias_hh is not None)
+                  has_bias_hh=bias_hh is not None, precision=precision)
     return hs, (hs[-1], cs[-1]), cache
 
 
@@ -169,9 +185,8 @@ def backward(
     T, B, GH = cache.gates.shape
     H = GH // GATES
     dtype = cache.gates.dtype
-    weight_hh = cache.weight_hh
+    prec = cache.precision
     f = cache.gates.reshape(T, B, GATES, H)[:, :, 1]    # f_t
-    F = _factors(cache)
     k = effective_truncate(truncate, T)
     A = 1 if k is None else k + 1
     dc = np.empty((A, B, H), dtype=dtype)               # dc_t by age
@@ -191,17 +206,24 @@ def backward(
         dh_prev, dc_prev = prev_out
         K = dh_prev.shape[0]
         if K:                                            # dh_{t-1} = dz_t W_hh,  dc_t * f_t
-            np.matmul(dz_out[:K].reshape(K * B, GATES * H), weight_hh,
-                      out=dh_prev.reshape(K * B, H))
+            step_product(dz_out[:K].reshape(K * B, GATES * H), w_hh,
+                         dh_prev.reshape(K * B, H), prec)
             np.multiply(dc[:K], f[t], out=dc_prev)
 
     dstate_n = check_state_parts(KIND, dstate_n, B, H, dtype, names="d{}_n")
     dhs = upstream_array(dhs, T, B, H, dtype)           # a head's lazy gradient, all rows
-    dz, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, GATES * H)
+    if k is None and kernel.covers(cache.gates, cache.h_buf, cache.c_buf, cache.weight_hh,
+                                   *dstate_n, *([] if dhs is None else [dhs]), precision=prec):
+        dz, dstate0 = _compiled_loop(cache, dhs, dstate_n)  # the same steps, compiled
+    else:
+        F = _factors(cache)                              # read by step, as w_hh
+        w_hh = cache.weight_hh if prec == "fp32" else bf16_round(cache.weight_hh)
+        dz, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, GATES * H)
 
-    grads = {"weight_hh": prev_weight_grad(dz, cache.h_buf[:-1])}  # dW_hh = sum_t dz_t^T h_{t-1}
-    dx, grads["weight_ih"] = project_inputs_backward(dz, cache.x, cache.weight_ih,
-                                                     need_dx)  # dW_ih = sum dz_t^T x_t
+    # dW_hh = sum_t dz_t^T h_{t-1}
+    grads = {"weight_hh": prev_weight_grad(dz, cache.h_buf[:-1], prec)}
+    dx, grads["weight_ih"] = project_inputs_backward(dz, cache.x, cache.weight_ih, need_dx,
+                                                     prec)  # dW_ih = sum dz_t^T x_t
     if cache.has_bias_ih or cache.has_bias_hh:
         db = dz.sum(axis=(0, 1))                         # db_ih = db_hh = sum_t sum_b dz_t
         if cache.has_bias_ih:
@@ -211,6 +233,18 @@ def backward(
     return dx, dstate0, grads
 
 
+def _compiled_loop(cache: Cache, dhs: np.ndarray | None, dstate_n: tuple) -> tuple:
+    """The backward recursion without truncation in the compiled kernel (the steps of
+    :func:`backward`'s ``step``, fused): ``(dz (T, B, 4H), (dh0, dc0))``."""
+    T, B, GH = cache.gates.shape
+    dz = np.empty((T, B, GH), dtype=cache.gates.dtype)
+    dh, dc = (np.array(d, dtype=dz.dtype) for d in dstate_n)  # in: dL/d(h_n, c_n); out: h0, c0
+    kernel.backward(KIND, cache.weight_hh, dz=dz, carry_h=dh, carry_c=dc, gates=cache.gates,
+                    hs=cache.h_buf[1:], c0=cache.c_buf[0], cs=cache.c_buf[1:],
+                    tanh_cs=cache.tanh_cs, dhs=dhs, precision=cache.precision)
+    return dz, (dh, dc)
+
+
 def step(
     x: np.ndarray,
     state: tuple[np.ndarray, np.ndarray],
@@ -218,6 +252,7 @@ def step(
     weight_hh: np.ndarray,
     bias_ih: np.ndarray | None = None,
     bias_hh: np.ndarray | None = None,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One step, no checks and no cache (generation): (h_t, c_t) from x_t and (h_{t-1}, c_{t-1}).
 
@@ -229,11 +264,11 @@ def step(
     if x.dtype.kind in "iu":
         z = weight_ih.T[x]                               # one-hot x_t W_ih^T: a row gather
     else:
-        z = x.astype(weight_ih.dtype, copy=False) @ weight_ih.T
+        z = matmul(x.astype(weight_ih.dtype, copy=False), weight_ih.T, precision=precision)
     bias = sum_biases(bias_ih, bias_hh)                  # b_ih + b_hh first, as forward
     if bias is not None:
         z += bias
-    z += h @ weight_hh.T                                 # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
+    z += matmul(h, weight_hh.T, precision=precision)   # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
     sigmoid_(z[:, :2 * H])                              # i_t, f_t
     np.tanh(z[:, 2 * H:3 * H], out=z[:, 2 * H:3 * H])    # g_t
     sigmoid_(z[:, 3 * H:])                              # o_t

@@ -31,14 +31,16 @@ import numpy as np
 
 from ...model import ModelSpec, check_params
 from ..layout import check_stacked, layer_keys, layer_params, split_state, step_layers
+from ..products import matmul
+from ..stack import cell_options
 from . import rnn, stack  # rnn: its CHUNK_ROWS sizes the head's blocks too
-from .common import check_sequence
+from .common import PRECISIONS, check_sequence
 from .loss import mse, softmax_cross_entropy_
 
 DTYPES = ("float32", "float64")
 
 
-def _head_product(rows: np.ndarray, W: np.ndarray) -> np.ndarray:
+def _head_product(rows: np.ndarray, W: np.ndarray, precision: str = "fp32") -> np.ndarray:
     """``rows @ W^T`` (N, O): one product, or for a long sequence one per block of rows.
 
     For N large next to O, OpenBLAS copies the whole (N, DH) operand into its own buffer, which
@@ -47,10 +49,10 @@ def _head_product(rows: np.ndarray, W: np.ndarray) -> np.ndarray:
     """
     N = rows.shape[0]
     if N <= 4 * rnn.CHUNK_ROWS:
-        return rows @ W.T
+        return matmul(rows, W.T, precision=precision)
     y = np.empty((N, W.shape[0]), dtype=np.result_type(rows, W))
     for s in range(0, N, rnn.CHUNK_ROWS):
-        np.matmul(rows[s:s + rnn.CHUNK_ROWS], W.T, out=y[s:s + rnn.CHUNK_ROWS])
+        matmul(rows[s:s + rnn.CHUNK_ROWS], W.T, y[s:s + rnn.CHUNK_ROWS], precision=precision)
     return y
 
 
@@ -68,16 +70,17 @@ class NumpyEngine:
             raise ValueError(f"expected device 'cpu' for the numpy engine, got {device!r}")
         if str(dtype) not in DTYPES:
             raise ValueError(f"expected dtype 'float32' or 'float64', got {dtype!r}")
-        if precision != "fp32":
-            raise ValueError(
-                f"expected precision 'fp32' for the numpy engine (NumPy has no bfloat16 matrix "
-                f"product; bf16 is the 'torch' engine's), got {precision!r}"
-            )
+        if precision not in PRECISIONS:
+            raise ValueError(f"expected precision 'fp32' or 'bf16', got {precision!r}")
+        if precision == "bf16" and str(dtype) != "float32":
+            raise ValueError(f"expected dtype 'float32' with precision 'bf16' (float32 master "
+                             f"weights), got {dtype!r}")
         self.spec = spec
         self.dtype = np.dtype(dtype)
+        self.precision = precision
         self.kind = spec.kind
         self.cell = stack.cell_module(self.kind)         # forward, backward, step
-        self.options = self.kind.options(spec.nonlinearity)
+        self.options = cell_options(self.kind, spec.nonlinearity, precision)
         self._layer_keys = layer_keys(spec.num_layers)  # for step()
 
     # -- parameters and state -------------------------------------------------------------
@@ -131,7 +134,7 @@ class NumpyEngine:
         return stack.forward(
             self.kind, params, x, state, num_layers=s.num_layers,
             bidirectional=s.bidirectional, nonlinearity=s.nonlinearity, dropout=s.dropout,
-            training=training, rng=rng,
+            training=training, rng=rng, precision=self.precision,
         )
 
     def _fused(self) -> bool:
@@ -153,7 +156,8 @@ class NumpyEngine:
             return y[:, None, :], state_n
         out, state_n, _ = self._stack_forward(params, x, state, False, None)
         T, B, DH = out.shape
-        y = out.reshape(T * B, DH) @ params["head.weight"].T + params["head.bias"]
+        y = _head_product(out.reshape(T * B, DH), params["head.weight"], self.precision)
+        y += params["head.bias"]
         return y.reshape(T, B, -1).transpose(1, 0, 2), state_n
 
     def step(self, params: dict, x: np.ndarray, state=None):
@@ -180,7 +184,7 @@ class NumpyEngine:
                 raise ValueError(f"expected a state of shape {shape}, got {got}")
         h, parts_n = step_layers(self.cell.step, self.options, params, self._layer_keys, x,
                                  parts, np.stack)
-        y = h @ params["head.weight"].T
+        y = matmul(h, params["head.weight"].T, precision=self.precision)
         y += params["head.bias"]
         return y, self.kind.from_parts(parts_n)
 
@@ -209,7 +213,7 @@ class NumpyEngine:
             out, state_n, cache = self._stack_forward(params, x, state, training, rng)
         T, B, DH = out.shape
         rows = out.reshape(T * B, DH)
-        y = _head_product(rows, W)                                            # (T*B, O)
+        y = _head_product(rows, W, self.precision)                            # (T*B, O)
         y += params["head.bias"]
         if self.spec.task == "lm":
             loss, dy = softmax_cross_entropy_(y, np.asarray(Y).T.reshape(-1))  # y becomes dy
@@ -217,15 +221,16 @@ class NumpyEngine:
             target = np.asarray(Y, dtype=self.dtype).transpose(1, 0, 2).reshape(T * B, -1)
             loss, dy = mse(y, target)
         # backward: head (dW = dy^T out, db = sum dy, dout = dy W), then BPTT through the stack
-        grads = {"head.weight": dy.T @ rows, "head.bias": dy.sum(axis=0)}
+        prec = self.precision
+        grads = {"head.weight": matmul(dy.T, rows, precision=prec), "head.bias": dy.sum(axis=0)}
         if self._fused():
             def dout(s: int, e: int, buf: np.ndarray) -> None:   # dL/dh_t = dy_t W, t in s..e-1
-                np.matmul(dy[s * B:e * B], W, out=buf.reshape((e - s) * B, DH))
+                matmul(dy[s * B:e * B], W, buf.reshape((e - s) * B, DH), precision=prec)
 
             _, _, g = self.cell.backward(dout, None, cache, truncate, need_dx=False)
             grads.update({f"{k}_l0": v for k, v in g.items()})
         else:
-            _, _, g = stack.backward((dy @ W).reshape(T, B, DH), None, cache, truncate,
-                                     need_dx=False)
+            _, _, g = stack.backward(matmul(dy, W, precision=prec).reshape(T, B, DH), None,
+                                     cache, truncate, need_dx=False)
             grads.update(g)
         return loss, grads, state_n

@@ -27,7 +27,13 @@ chunks of steps (all T when T*B is small, as in the book's model): per chunk one
 each weight gradient, and memory beyond the states is two chunk-sized buffers, not (T, B, H)
 arrays. The upstream gradient may be given lazily, chunk by chunk, so a model's head never
 materialises dL/dh for the whole sequence. The recursion itself is the one every cell shares
-(:class:`bptt.engine.recursion.Recursion`), run once per chunk.
+(:class:`bptt.engine.recursion.Recursion`), run once per chunk. Where the compiled kernel
+applies (``bptt.engine.kernel``: float32 or float64, BPTT without truncation), the loops over
+time run there instead, the same equations with every step's product and activation fused.
+
+Precision ``bf16``: every matrix product takes bfloat16 operands and accumulates in float32
+(the kernel's bf16 products, or NumPy on operands rounded to bfloat16); states, gradients and
+weights stay float32.
 """
 
 from __future__ import annotations
@@ -37,15 +43,19 @@ from typing import NamedTuple
 import numpy as np
 
 from ...cells import RNN as KIND
+from .. import kernel
 from ..layout import check_gate_weights, sum_biases
-from ..recursion import Recursion
+from ..products import bf16_round, matmul
+from ..recursion import Recursion, effective_truncate
 from .common import (
     OPS,
     Upstream,
     check_nonlinearity,
+    check_precision,
     check_sequence,
     check_state_parts,
     project_inputs,
+    step_product,
     token_weight_grad_,
 )
 
@@ -67,6 +77,11 @@ class Cache(NamedTuple):
     has_bias_ih: bool
     has_bias_hh: bool
     nonlinearity: str        # tanh | relu
+    precision: str = "fp32"  # fp32 | bf16: the products' operands
+
+
+PRECISIONS = ("fp32", "bf16")
+"""The precisions this cell implements (``bptt.engine.numpy.stack``)."""
 
 
 def forward(
@@ -77,9 +92,11 @@ def forward(
     bias_ih: np.ndarray | None = None,
     bias_hh: np.ndarray | None = None,
     nonlinearity: str = "tanh",
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, tuple[np.ndarray], Cache]:
     """Run the layer over ``x``; return ``(hs, (h_n,), cache)`` with hs (T, B, H), h_n (B, H)."""
     check_nonlinearity(nonlinearity)
+    check_precision(precision, weight_hh)
     H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
     T, B = check_sequence(x, weight_ih.shape[1])
     dtype = weight_hh.dtype
@@ -89,20 +106,25 @@ def forward(
     states = np.empty((T + 1, B, H), dtype=dtype)        # states[0] = h0, states[t + 1] = h_t
     states[0] = h0
     hs = states[1:]
-    project_inputs(x, weight_ih, bias, out=hs)           # (T, B, H): x_t W_ih^T + b, all t
-    w_hh_t = weight_hh.T
-    rec = np.empty((B, H), dtype=dtype)
-    for t in range(T):
-        z = hs[t]
-        np.matmul(states[t], w_hh_t, out=rec)
-        z += rec                                         # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
-        if nonlinearity == "tanh":
-            np.tanh(z, out=z)                            # h_t = tanh(z_t), in place
-        else:
-            np.maximum(z, 0, out=z)                      # h_t = relu(z_t), in place
+    # (T, B, H): x_t W_ih^T + b, all t
+    project_inputs(x, weight_ih, bias, out=hs, precision=precision)
+    if kernel.covers(states, weight_hh, precision=precision):  # the loop below, compiled
+        kernel.forward(KIND, hs, states[0], hs, weight_hh, relu=nonlinearity == "relu",
+                       precision=precision)
+    else:
+        w_hh_t = weight_hh.T if precision == "fp32" else bf16_round(weight_hh.T)
+        rec = np.empty((B, H), dtype=dtype)
+        for t in range(T):
+            z = hs[t]
+            step_product(states[t], w_hh_t, rec, precision)
+            z += rec                                     # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
+            if nonlinearity == "tanh":
+                np.tanh(z, out=z)                        # h_t = tanh(z_t), in place
+            else:
+                np.maximum(z, 0, out=z)                  # h_t = relu(z_t), in place
     cache = Cache(x=x, states=states, weight_ih=weight_ih, weight_hh=weight_hh,
                   has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
-                  nonlinearity=nonlinearity)
+                  nonlinearity=nonlinearity, precision=precision)
     return hs, (hs[-1],), cache
 
 
@@ -114,6 +136,7 @@ def step(
     bias_ih: np.ndarray | None = None,
     bias_hh: np.ndarray | None = None,
     nonlinearity: str = "tanh",
+    precision: str = "fp32",
 ) -> tuple[np.ndarray]:
     """One step, no checks and no cache (generation): (h_t,) from x_t and (h_{t-1},), (B, H).
 
@@ -124,12 +147,12 @@ def step(
     if x.dtype.kind in "iu":
         z = weight_ih.T[x]                               # one-hot x_t W_ih^T: a row gather
     else:
-        z = x.astype(weight_ih.dtype, copy=False) @ weight_ih.T
+        z = matmul(x.astype(weight_ih.dtype, copy=False), weight_ih.T, precision=precision)
     if bias_ih is not None:                              # b_ih + b_hh first, as forward
         z += bias_ih if bias_hh is None else bias_ih + bias_hh
     elif bias_hh is not None:
         z += bias_hh
-    z += h @ weight_hh.T                                 # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
+    z += matmul(h, weight_hh.T, precision=precision)   # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
     if nonlinearity == "tanh":
         return (np.tanh(z, out=z),)
     return (np.maximum(z, 0, out=z),)
@@ -139,21 +162,34 @@ def _chunk_steps(T: int, B: int) -> int:
     return T if T * B <= 4 * CHUNK_ROWS else max(1, CHUNK_ROWS // B)
 
 
-def _step(act: np.ndarray, start: int, weight_hh: np.ndarray, A: int, K: int):
+def _step(act: np.ndarray, start: int, weight_hh: np.ndarray, A: int, K: int,
+          precision: str = "fp32"):
     """The one-step backward (:mod:`bptt.engine.recursion`'s contract, A ages, K carried back)
-    of the chunk of steps beginning at ``start``, whose f'(z_t) are ``act``."""
+    of the chunk of steps beginning at ``start``, whose f'(z_t) are ``act``. bf16: ``weight_hh``
+    is already rounded to bfloat16."""
     B, H = act.shape[1:]
     acts = list(act)                                     # (B, H) views, step start + j at j
 
     def step(t: int, dstate: tuple, dz_out: np.ndarray, prev_out: tuple) -> None:
         np.multiply(dstate[0], acts[t - start], out=dz_out)  # dz_t = dh_t * f'(z_t), by age
         if K == 1:                                       # one age: a (1, B, H) product, as 2-D
-            np.matmul(dz_out if A == 1 else dz_out[:1], weight_hh, out=prev_out[0])
+            step_product(dz_out if A == 1 else dz_out[:1], weight_hh, prev_out[0], precision)
         elif K:                                          # dh_{t-1} = dz_t W_hh (ages 0..K-1)
-            np.matmul(dz_out[:K].reshape(K * B, H), weight_hh,
-                      out=prev_out[0].reshape(K * B, H))
+            step_product(dz_out[:K].reshape(K * B, H), weight_hh,
+                         prev_out[0].reshape(K * B, H), precision)
 
     return step
+
+
+def _compiled(cache: Cache, truncate: int | None, dstate_n: tuple):
+    """Where the kernel runs the backward recursion (no truncation, arrays it takes): the
+    packed W_hh and the gradient carried from chunk to chunk (dL/dh_n in, dL/dh0 out)."""
+    T = cache.states.shape[0] - 1
+    if effective_truncate(truncate, T) is not None or not kernel.covers(
+            cache.states, cache.weight_hh, *dstate_n, precision=cache.precision):
+        return None
+    packed = kernel.pack(cache.weight_hh, KIND, kernel.BACKWARD, cache.precision)
+    return packed, np.array(dstate_n[0])
 
 
 def backward(
@@ -175,7 +211,7 @@ def backward(
     head then never materialises dL/dh for the whole sequence (:class:`NumpyEngine`).
     """
     x, states, weight_ih, weight_hh = cache.x, cache.states, cache.weight_ih, cache.weight_hh
-    hs = states[1:]
+    hs, prec = states[1:], cache.precision
     T, B, H = hs.shape
     dtype = hs.dtype
     token_input = np.issubdtype(x.dtype, np.integer)
@@ -183,14 +219,15 @@ def backward(
     chunk = _chunk_steps(T, B)
 
     dW_hh = np.zeros((H, H), dtype=dtype)
-    dW_ih_t = np.zeros((weight_ih.shape[1], H), dtype=dtype) if token_input else None
-    dW_ih = None if token_input else np.zeros((H, weight_ih.shape[1]), dtype=dtype)
+    dW_ih = np.zeros((H, weight_ih.shape[1]), dtype=dtype)
     dx = np.empty(x.shape, dtype=dtype) if need_dx else None
     db = np.zeros(H, dtype=dtype)
     dz_buf = np.empty((chunk, B, H), dtype=dtype)        # dL/dh_t in, dz_t out, per chunk
     act_buf = np.empty((chunk, B, H), dtype=dtype)       # f'(z_t) for the chunk's steps
     dstate_n = check_state_parts(KIND, dstate_n, B, H, dtype, names="d{}_n")
     rec = Recursion(OPS, dstate_n, T, truncate, H)
+    compiled = _compiled(cache, truncate, dstate_n)      # or the recursion in the kernel
+    w_hh = weight_hh if prec == "fp32" else bf16_round(weight_hh)
 
     for s in reversed(range(0, T, chunk)):
         e = min(s + chunk, T)
@@ -200,28 +237,34 @@ def backward(
             dhs(s, e, dz)
         elif dhs is not None:
             dz[...] = dhs[s:e]
-        # f'(z_t) for the chunk's steps, the factor of dz_t = dh_t * f'(z_t):
-        if cache.nonlinearity == "tanh":
-            np.multiply(hs[s:e], hs[s:e], out=act)
-            np.subtract(1.0, act, out=act)               # dz_t = dh_t * (1 - h_t^2)
+        if compiled is not None:                         # the steps below, compiled
+            kernel.backward(KIND, weight_hh, dz=dz, carry_h=compiled[1], hs=hs[s:e],
+                            dhs=None if dhs is None else dz, packed=compiled[0],
+                            relu=cache.nonlinearity == "relu", precision=prec)
         else:
-            np.sign(hs[s:e], out=act)                    # dz_t = dh_t * [h_t > 0]
-        rec.run(_step(act, s, weight_hh, rec.A, rec.K), None if dhs is None else dz, dz, start=s)
+            # f'(z_t) for the chunk's steps, the factor of dz_t = dh_t * f'(z_t):
+            if cache.nonlinearity == "tanh":
+                np.multiply(hs[s:e], hs[s:e], out=act)
+                np.subtract(1.0, act, out=act)           # dz_t = dh_t * (1 - h_t^2)
+            else:
+                np.sign(hs[s:e], out=act)                # dz_t = dh_t * [h_t > 0]
+            rec.run(_step(act, s, w_hh, rec.A, rec.K, prec), None if dhs is None else dz, dz,
+                    start=s)
         # this chunk's share of the weight gradients: one product each
         rows = dz.reshape(n * B, H)
-        dW_hh += rows.T @ states[s:e].reshape(n * B, H)  # dW_hh = sum_t dz_t^T h_{t-1}
+        matmul(rows.T, states[s:e].reshape(n * B, H), dW_hh, accumulate=True,
+               precision=prec)                           # dW_hh = sum_t dz_t^T h_{t-1}
         if token_input:
-            token_weight_grad_(dW_ih_t, x[s:e].reshape(-1), rows)  # dW_ih = sum_t dz_t^T x_t
+            token_weight_grad_(dW_ih, x[s:e].reshape(-1), rows)  # dW_ih = sum_t dz_t^T x_t
         else:
             xs = x[s:e].reshape(n * B, -1).astype(dtype, copy=False)
-            dW_ih += rows.T @ xs
-            if need_dx:
-                np.matmul(rows, weight_ih, out=dx[s:e].reshape(n * B, -1))  # dx_t = dz_t W_ih
+            matmul(rows.T, xs, dW_ih, accumulate=True, precision=prec)
+            if need_dx:                                  # dx_t = dz_t W_ih
+                matmul(rows, weight_ih, dx[s:e].reshape(n * B, -1), precision=prec)
         db += rows.sum(axis=0)                           # db_ih = db_hh = sum_t sum_b dz_t
 
-    grads = {"weight_hh": dW_hh,
-             "weight_ih": np.ascontiguousarray(dW_ih_t.T) if token_input else dW_ih}
+    grads = {"weight_hh": dW_hh, "weight_ih": dW_ih}
     for key, present in (("bias_ih", cache.has_bias_ih), ("bias_hh", cache.has_bias_hh)):
         if present:
             grads[key] = db.copy()
-    return dx, rec.dstate0(), grads
+    return dx, rec.dstate0() if compiled is None else (compiled[1],), grads

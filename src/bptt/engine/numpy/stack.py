@@ -34,8 +34,12 @@ def forward(
     dropout: float = 0.0,
     training: bool = False,
     rng: np.random.Generator | None = None,
+    precision: str = "fp32",
 ):
-    """Run the stack; return ``(out, h_n, cache)`` (h_n is ``(h_n, c_n)`` for the LSTM)."""
+    """Run the stack; return ``(out, h_n, cache)`` (h_n is ``(h_n, c_n)`` for the LSTM).
+
+    ``precision="bf16"``: every product on bfloat16 operands, float32 everything else.
+    """
     kind = get_cell(cell)
 
     def mask(layer: int, out: np.ndarray) -> np.ndarray | None:
@@ -48,7 +52,8 @@ def forward(
 
     out, parts_n, cache = shared.forward(
         OPS, cell_module(kind), kind, params, x, kind.to_parts(hx), num_layers=num_layers,
-        bidirectional=bidirectional, options=kind.options(nonlinearity), mask=mask)
+        bidirectional=bidirectional, options=shared.cell_options(kind, nonlinearity, precision),
+        mask=mask)
     return out, kind.from_parts(parts_n), cache
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ...cells import NONLINEARITIES, CellKind
+from .. import kernel, products
 from ..layout import state_parts
 from ..recursion import check_truncate  # noqa: F401 (re-exported: the torch modules' check)
 
@@ -129,6 +130,71 @@ def linear_add(a: torch.Tensor, w: torch.Tensor, other: torch.Tensor) -> torch.T
     return torch.addmm(other, a, w.t())
 
 
+# -- precision, the kernel and the large products ----------------------------------------------
+
+PRECISIONS = ("fp32", "bf16")
+"""The precisions every torch cell implements (``bptt.engine.torch.stack``)."""
+_LOW = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def low_dtype(precision: str) -> torch.dtype | None:
+    """The dtype of the matrix products' operands: None (the tensors' own) or bfloat16."""
+    if precision not in _LOW:
+        raise ValueError(f"expected precision 'fp32' or 'bf16', got {precision!r}")
+    return _LOW[precision]
+
+
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def kernel_views(*tensors: torch.Tensor | None, precision: str = "fp32") -> list | None:
+    """NumPy views of the memory of the tensors (None stays None) when the compiled kernel
+    computes on them -- CPU, contiguous, all float32 or all float64 (bf16: float32) -- else
+    None: the caller runs its Python path."""
+    first = tensors[0]
+    if (first.device.type != "cpu" or first.dtype not in _KERNEL_DTYPES
+            or (precision == "bf16" and first.dtype != torch.float32) or not kernel.enabled()):
+        return None
+    views = []
+    for t in tensors:
+        if t is None:
+            views.append(None)
+        elif t.device.type != "cpu" or t.dtype != first.dtype or not t.is_contiguous():
+            return None
+        else:
+            views.append(t.detach().numpy())
+    return views
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """``a @ b`` of two matrices (transposed views welcome), a fresh tensor of ``a``'s dtype.
+
+    On the CPU in float32 and float64 by the product this machine runs fastest
+    (:mod:`bptt.engine.products`: the compiled kernel, oneDNN or torch.mm, measured at first
+    use); elsewhere torch.mm. ``precision="bf16"``: bfloat16 operands, float32 accumulation,
+    float32 result.
+    """
+    low = low_dtype(precision)
+    runners = {}
+    if a.device.type == "cpu" and a.dtype in _KERNEL_DTYPES and kernel.computes(
+            str(a.dtype).removeprefix("torch."), precision):
+        out = a.new_empty((a.shape[0], b.shape[1]))
+        an, bn, on = a.detach().numpy(), b.detach().numpy(), out.numpy()
+        runners["kernel"] = lambda: (kernel.matmul(an, bn, on, precision=precision), out)[1]
+    if _use_onednn(a, b) and (a.dtype == torch.float32 or low is not None):
+        def onednn():
+            al, bl = (a, b) if low is None else (a.to(low), b.to(low))
+            return _onednn()[0](al, bl.t(), None, "none", [], "").to(a.dtype)
+        runners["onednn"] = onednn
+    if low is None:
+        runners["mm"] = lambda: a @ b
+    else:
+        runners["mm"] = lambda: (a.to(low) @ b.to(low)).to(a.dtype)
+    if len(runners) == 1 or a.shape[0] * a.shape[1] * b.shape[1] < 1 << 15:
+        return runners["mm"]()
+    return runners[products.choose("torch", products.shape_key(a, b, precision), runners)]()
+
+
 def numpy_view(t: torch.Tensor):
     """``t``'s memory as a NumPy array (no copy) when NumPy can compute on it in place -- a
     contiguous float32/float64 CPU tensor outside autograd -- else None."""
@@ -207,29 +273,32 @@ def check_state_parts(kind: CellKind, state0, batch: int, like: torch.Tensor,
     return tuple(out)
 
 
-def project_inputs(x: torch.Tensor, weight_ih: torch.Tensor,
-                   bias: torch.Tensor | None) -> torch.Tensor:
-    """All steps at once: ``x_t W_ih^T + bias`` for every t.  (T, B, G*H), a fresh tensor."""
+def project_inputs(x: torch.Tensor, weight_ih: torch.Tensor, bias: torch.Tensor | None,
+                   precision: str = "fp32") -> torch.Tensor:
+    """All steps at once: ``x_t W_ih^T + bias`` for every t.  (T, B, G*H), a fresh tensor.
+    ``precision="bf16"``: a float input's product on bfloat16 operands."""
     T, B = x.shape[:2]
     if is_tokens(x):
         table = weight_ih.t()                          # (V, GH); contiguous rows gather faster
         if weight_ih.shape[1] <= 4 * T * B:
             table = table.contiguous()
-        # (T, B, GH): one-hot W_ih^T = a row gather (index_select: ~5x advanced indexing)
-        out = torch.index_select(table, 0, x.reshape(-1)).view(T, B, -1)
+            # (T, B, GH): one-hot W_ih^T = a row gather (index_select: ~5x advanced indexing)
+            out = torch.index_select(table, 0, x.reshape(-1)).view(T, B, -1)
+        else:                                          # a large vocabulary: columns of W_ih,
+            out = torch.index_select(weight_ih, 1, x.reshape(-1)).t().contiguous()  # from rows
+            out = out.view(T, B, -1)
         if bias is not None:
             out += bias
         return out
     x2 = x.reshape(T * B, -1).to(weight_ih.dtype)
-    if bias is None:
-        out = x2 @ weight_ih.t()
-    else:
-        out = torch.addmm(bias, x2, weight_ih.t())     # x W_ih^T + b in one product
+    out = matmul(x2, weight_ih.t(), precision)
+    if bias is not None:
+        out += bias                                    # x W_ih^T + b
     return out.view(T, B, -1)
 
 
-def input_step(x: torch.Tensor, weight_ih: torch.Tensor,
-               bias: torch.Tensor | None) -> torch.Tensor:
+def input_step(x: torch.Tensor, weight_ih: torch.Tensor, bias: torch.Tensor | None,
+               precision: str = "fp32") -> torch.Tensor:
     """One step of :func:`project_inputs` (generation): ``x_t W_ih^T + bias``, (B, G*H), from
     (B,) int64 ids or (B, I) features; the same operations, without the table copy."""
     if is_tokens(x):
@@ -238,38 +307,47 @@ def input_step(x: torch.Tensor, weight_ih: torch.Tensor,
             out += bias
         return out
     x = x.to(weight_ih.dtype)
+    low = low_dtype(precision)
+    if low is not None:
+        out = torch.mm(x.to(low), weight_ih.t().to(low)).to(x.dtype)
+        return out if bias is None else out.add_(bias)
     return x @ weight_ih.t() if bias is None else torch.addmm(bias, x, weight_ih.t())
 
 
 def project_inputs_backward(
-    dz: torch.Tensor, x: torch.Tensor, weight_ih: torch.Tensor, need_dx: bool = True
+    dz: torch.Tensor, x: torch.Tensor, weight_ih: torch.Tensor, need_dx: bool = True,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Gradients of :func:`project_inputs`: ``(dx, dW_ih)``; dx is None for token ids.
 
-    dW_ih = sum_t dz_t^T x_t   (one product over all T*B rows; a row scatter-add for ids)
+    dW_ih = sum_t dz_t^T x_t   (one product over all T*B rows; a column scatter-add for ids)
     dx_t  = dz_t W_ih          (only when ``need_dx``)
     """
     T, B, GH = dz.shape
     dz2 = dz.reshape(T * B, GH)
     if is_tokens(x):
         # dW_ih^T[v] = sum of the rows of dz whose token is v
-        dW_t = dz.new_zeros((weight_ih.shape[1], GH))
-        dW_t.index_add_(0, x.reshape(-1), dz2)
-        return None, dW_t.t().contiguous()
+        V = weight_ih.shape[1]
+        if V <= 4 * T * B:
+            dW_t = dz.new_zeros((V, GH))
+            dW_t.index_add_(0, x.reshape(-1), dz2)
+            return None, dW_t.t().contiguous()
+        dW = dz.new_zeros((GH, V))                    # a large vocabulary: into the columns,
+        dW.index_add_(1, x.reshape(-1), dz2.t())      # no (V, GH) gradient to transpose
+        return None, dW
     x2 = x.reshape(T * B, -1).to(dz.dtype)
-    dW = dz2.t() @ x2
-    dx = (dz2 @ weight_ih).view(T, B, -1) if need_dx else None
+    dW = matmul(dz2.t(), x2, precision)
+    dx = matmul(dz2, weight_ih, precision).view(T, B, -1) if need_dx else None
     return dx, dW
 
 
-def recurrent_weight_grad(dz: torch.Tensor, hs: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """dW_hh = sum_t dz_t^T h_{t-1}: the h0 term plus one product over steps 1..T-1."""
+def recurrent_weight_grad(dz: torch.Tensor, hs: torch.Tensor, h0: torch.Tensor,
+                          precision: str = "fp32") -> torch.Tensor:
+    """dW_hh = sum_t dz_t^T h_{t-1}: one product over every step, h_{t-1} = h0 then hs."""
     T, B, GH = dz.shape
     H = hs.shape[2]
-    dW = dz[0].t() @ h0
-    if T > 1:
-        dW.addmm_(dz[1:].reshape(-1, GH).t(), hs[:-1].reshape(-1, H))
-    return dW
+    h_prev = shifted(h0, hs).reshape(T * B, H)
+    return matmul(dz.reshape(T * B, GH).t(), h_prev, precision)
 
 
 def shifted(first: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:

@@ -44,13 +44,19 @@ from typing import NamedTuple
 import torch
 
 from ...cells import GRU as KIND
+from .. import kernel
 from ..layout import check_gate_weights
 from ..recursion import bptt_loop, effective_truncate
 from .common import (
     OPS,
+    PRECISIONS,  # noqa: F401 (the precisions this cell implements: bptt.engine.torch.stack)
     check_sequence,
     check_state_parts,
     input_step,
+    kernel_views,
+    linear,
+    low_dtype,
+    pack,
     project_inputs,
     project_inputs_backward,
     recurrent_weight_grad,
@@ -58,8 +64,6 @@ from .common import (
 )
 
 GATES = KIND.num_gates
-PRECISIONS = ("fp32",)
-"""The torch engine's precisions this cell implements (``bptt.engine.torch.stack``)."""
 
 
 class Cache(NamedTuple):
@@ -74,6 +78,7 @@ class Cache(NamedTuple):
     weight_hh: torch.Tensor    # (3H, H)
     has_bias_ih: bool
     has_bias_hh: bool
+    precision: str = "fp32"    # fp32 | bf16: the products' operands
 
 
 def forward(
@@ -83,35 +88,47 @@ def forward(
     weight_hh: torch.Tensor,
     bias_ih: torch.Tensor | None = None,
     bias_hh: torch.Tensor | None = None,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, tuple[torch.Tensor], Cache]:
     """Run the layer over ``x``; return ``(hs, (h_n,), cache)`` with hs (T, B, H), h_n (B, H)."""
+    low = low_dtype(precision)
     H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
     T, B = check_sequence(x, weight_ih.shape[1])
     (h0,) = check_state_parts(KIND, state0, B, weight_hh)
 
-    gates = project_inputs(x, weight_ih, bias_ih)        # (T, B, 3H): a_t = x_t W_ih^T + b_ih
+    # (T, B, 3H): a_t = x_t W_ih^T + b_ih
+    gates = project_inputs(x, weight_ih, bias_ih, precision)
     s_all = weight_hh.new_empty((T, B, GATES * H))       # s_t for every t
     hs = weight_hh.new_empty((T, B, H))
-    w_hh_t = weight_hh.t()
-    h = h0
-    for t in range(T):
-        h = _cell(gates[t], s_all[t], h, w_hh_t, bias_hh, out=hs[t])
+    views = kernel_views(gates, h0, hs, weight_hh, s_all, bias_hh, precision=precision)
+    if views is not None:                                # the loop below, compiled
+        g, h0v, hsv, w, sv, bh = views
+        kernel.forward(KIND, g, h0v, hsv, w, b_hh=bh, s=sv, precision=precision)
+    else:
+        w = weight_hh.t() if low is None else pack(weight_hh.to(low), B)
+        h = h0
+        for t in range(T):
+            h = _cell(gates[t], s_all[t], h, w, bias_hh, low, out=hs[t])
     cache = Cache(x=x, h0=h0, gates=gates, s_all=s_all, hs=hs, weight_ih=weight_ih,
                   weight_hh=weight_hh, has_bias_ih=bias_ih is not None,
-                  has_bias_hh=bias_hh is not None)
+                  has_bias_hh=bias_hh is not None, precision=precision)
     return hs, (hs[-1],), cache
 
 
-def _cell(a: torch.Tensor, s: torch.Tensor, h: torch.Tensor, w_hh_t: torch.Tensor,
-          bias_hh: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+def _cell(a: torch.Tensor, s: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+          bias_hh: torch.Tensor | None, low: torch.dtype | None, out: torch.Tensor) -> torch.Tensor:
     """One step in place, returning ``out``: ``a`` (B, 3H) holds a_t and becomes
-    [r_t | u_t | n_t], ``s`` (B, 3H) receives s_t, ``out`` (B, H) receives h_t; ``w_hh_t`` is
-    W_hh^T."""
+    [r_t | u_t | n_t], ``s`` (B, 3H) receives s_t, ``out`` (B, H) receives h_t; ``w`` is
+    W_hh^T, or with ``low`` (bf16) W_hh in bfloat16 (:func:`common.pack` of it)."""
     H = h.shape[1]
-    if bias_hh is None:
-        torch.mm(h, w_hh_t, out=s)                       # s_t = h_{t-1} W_hh^T
+    if low is not None:                                  # s_t on bfloat16 operands
+        s.copy_(linear(h.to(low), w))
+        if bias_hh is not None:
+            s.add_(bias_hh)
+    elif bias_hh is None:
+        torch.mm(h, w, out=s)                            # s_t = h_{t-1} W_hh^T
     else:
-        torch.addmm(bias_hh, h, w_hh_t, out=s)           # s_t = h_{t-1} W_hh^T + b_hh
+        torch.addmm(bias_hh, h, w, out=s)                # s_t = h_{t-1} W_hh^T + b_hh
     a[:, :2 * H].add_(s[:, :2 * H]).sigmoid_()           # r_t, u_t = sigmoid(a_t + s_t) (r, z)
     r, u, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
     n.addcmul_(r, s[:, 2 * H:]).tanh_()                  # n_t = tanh(a^n_t + r_t * s^n_t)
@@ -121,13 +138,15 @@ def _cell(a: torch.Tensor, s: torch.Tensor, h: torch.Tensor, w_hh_t: torch.Tenso
 
 def step(x: torch.Tensor, state: tuple[torch.Tensor], weight_ih: torch.Tensor,
          weight_hh: torch.Tensor, bias_ih: torch.Tensor | None = None,
-         bias_hh: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+         bias_hh: torch.Tensor | None = None, precision: str = "fp32") -> tuple[torch.Tensor]:
     """One step, no checks and no cache (generation): (h_t,) from x_t (B,) int64 token ids or
     (B, I) features and (h_{t-1},), (B, H); the operations of one step of :func:`forward`."""
     (h,) = state
-    a = input_step(x, weight_ih, bias_ih)                # a_t = x_t W_ih^T + b_ih
+    low = low_dtype(precision)
+    a = input_step(x, weight_ih, bias_ih, precision)     # a_t = x_t W_ih^T + b_ih
     s = a.new_empty(a.shape)
-    return (_cell(a, s, h, weight_hh.t(), bias_hh, out=h.new_empty(h.shape)),)
+    w = weight_hh.t() if low is None else weight_hh.to(low)
+    return (_cell(a, s, h, w, bias_hh, low, out=h.new_empty(h.shape)),)
 
 
 def _factors(cache: Cache):
@@ -163,10 +182,10 @@ def backward(
     weight_hh`` (+ ``bias_ih``, ``bias_hh`` for the biases the layer has). ``truncate=k`` lets
     the loss at step t reach back through at most k recurrent steps.
     """
-    gates, hs, h0, weight_hh = cache.gates, cache.hs, cache.h0, cache.weight_hh
+    gates, hs, h0 = cache.gates, cache.hs, cache.h0
     T, B, H = hs.shape
+    prec, low = cache.precision, low_dtype(cache.precision)
     r, u = gates[..., :H], gates[..., H:2 * H].contiguous()
-    K, Ks = _factors(cache)
     k = effective_truncate(truncate, T)
     ds_buf = gates.new_empty((1 if k is None else k + 1, B, GATES * H))
 
@@ -180,18 +199,48 @@ def backward(
             ds = ds_buf[:ages]
             torch.mul(dh4[:ages], Ks[t], out=ds.view(ages, B, GATES, H))  # ds_t          (5)
             torch.mul(dh[:ages], u[t], out=dh_prev)      # dh_t * u_t
-            dh_prev.view(-1, H).addmm_(ds.view(-1, GATES * H), weight_hh)  # + ds_t W_hh  (1)
+            if low is None:
+                dh_prev.view(-1, H).addmm_(ds.view(-1, GATES * H), w)  # + ds_t W_hh      (1)
+            else:                                        # the same on bfloat16 operands  (1)
+                dh_prev.view(-1, H).add_(linear(ds.view(-1, GATES * H).to(low), w))
 
     dstate_n = check_state_parts(KIND, dstate_n, B, h0, names="d{}_n")
-    da, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, GATES * H)
-    ds = da.clone()
-    ds[..., 2 * H:].mul_(r)                              # ds_t = [da^r | da^z | da^n r_t]  (5)
+    da, ds, dstate0 = None, None, None
+    if k is None:
+        da, ds, dstate0 = _compiled_loop(cache, dhs, dstate_n)  # the same steps, compiled
+    if da is None:
+        K, Ks = _factors(cache)                          # read by step, as w
+        w = (cache.weight_hh if low is None
+             else pack(cache.weight_hh.t().contiguous().to(low), B))
+        da, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, GATES * H)
+        ds = da.clone()
+        ds[..., 2 * H:].mul_(r)                          # ds_t = [da^r | da^z | da^n r_t]  (5)
 
-    grads = {"weight_hh": recurrent_weight_grad(ds, hs, h0)}  # dW_hh = sum ds_t^T h_{t-1} (6)
-    dx, grads["weight_ih"] = project_inputs_backward(da, cache.x, cache.weight_ih,
-                                                     need_dx)  # (7), (8)
+    # dW_hh = sum ds_t^T h_{t-1} (6)
+    grads = {"weight_hh": recurrent_weight_grad(ds, hs, h0, prec)}
+    dx, grads["weight_ih"] = project_inputs_backward(da, cache.x, cache.weight_ih, need_dx,
+                                                     prec)  # (7), (8)
     if cache.has_bias_ih:
         grads["bias_ih"] = da.sum(dim=(0, 1))            # db_ih = sum_t sum_b da_t        (7)
     if cache.has_bias_hh:
         grads["bias_hh"] = ds.sum(dim=(0, 1))            # db_hh = sum_t sum_b ds_t        (6)
     return dx, dstate0, grads
+
+
+def _compiled_loop(cache: Cache, dhs: torch.Tensor | None, dstate_n: tuple):
+    """The backward recursion without truncation in the compiled kernel (the steps of
+    :func:`backward`'s ``step``, fused): ``(da, ds (T, B, 3H), (dh0,))``, or Nones where the
+    kernel does not compute on these tensors (CUDA, a dtype, no kernel)."""
+    da = torch.empty_like(cache.gates)
+    ds = torch.empty_like(cache.gates)
+    dh = dstate_n[0].detach().to(da.dtype, copy=True).contiguous()
+    H = cache.hs.shape[2]
+    views = kernel_views(cache.gates, cache.h0, cache.hs, cache.s_all, cache.weight_hh, da, ds,
+                         dh, None if dhs is None else dhs.contiguous(),
+                         precision=cache.precision)
+    if views is None:
+        return None, None, None
+    g, h0, hs, s_all, w, dav, dsv, dhv, dhsv = views
+    kernel.backward(KIND, w, dz=dav, ds=dsv, carry_h=dhv, gates=g, h0=h0, hs=hs,
+                    s_n=s_all[:, :, 2 * H:], dhs=dhsv, precision=cache.precision)
+    return da, ds, (dh,)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from ...model import ModelSpec, check_params
 from ..layout import layer_keys, step_layers
 from . import stack, unrolled
-from .common import check_truncate, is_tokens, linear
+from .common import check_truncate, is_tokens, matmul
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -301,29 +301,28 @@ class _TorchBase:
 
 class HeadFunction(torch.autograd.Function):
     """The linear head ``y = x W^T + b`` over all T*B rows, with its three products through
-    :func:`bptt.engine.torch.common.linear` (oneDNN on the CPU; torch.mm elsewhere):
+    :func:`bptt.engine.torch.common.matmul` (on the CPU the product this machine runs fastest:
+    the compiled kernel, oneDNN or MKL, measured at first use; torch.mm elsewhere):
 
         y = x W^T + b,      dx = dy W,      dW = dy^T x,      db = sum_rows dy
 
-    ``low`` = torch.bfloat16: the products take bfloat16 operands (float32 accumulation) and
-    return float32; x, W, b, y and the gradients stay float32.
+    ``precision="bf16"``: the products take bfloat16 operands (float32 accumulation) and return
+    float32; x, W, b, y and the gradients stay float32.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, low):
-        xl = x if low is None else x.to(low)
-        wl = weight if low is None else weight.to(low)
-        y = linear(xl, wl).to(x.dtype)
+    def forward(ctx, x, weight, bias, precision):
+        y = matmul(x, weight.t(), precision)
         y += bias
-        ctx.save_for_backward(xl, wl)
+        ctx.save_for_backward(x, weight)
+        ctx.precision = precision
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        xl, wl = ctx.saved_tensors
-        dyl = dy if dy.dtype == xl.dtype else dy.to(xl.dtype)
-        dx = linear(dyl, wl.t().contiguous()).to(dy.dtype)      # dy W
-        dW = linear(dyl.t(), xl.t()).to(dy.dtype)               # dy^T x
+        x, weight = ctx.saved_tensors
+        dx = matmul(dy, weight, ctx.precision)                  # dy W
+        dW = matmul(dy.t(), x, ctx.precision)                   # dy^T x
         return dx, dW, dy.sum(dim=0), None
 
 
@@ -369,15 +368,15 @@ class TorchEngine(_TorchBase):
         """The head through :class:`HeadFunction` (oneDNN products on the CPU; precision:
         bfloat16 operands with ``precision="bf16"``)."""
         T, B, DH = out.shape
-        low = torch.bfloat16 if self.precision == "bf16" else None
         rows, W, b = out.reshape(T * B, DH), params["head.weight"], params["head.bias"]
         if torch.is_grad_enabled():
-            return HeadFunction.apply(rows, W, b, low)
-        if low is not None:                              # no graph: the product alone
+            return HeadFunction.apply(rows, W, b, self.precision)
+        if self.precision == "bf16":                     # no graph: the product alone
+            low = torch.bfloat16
             return F.linear(rows.to(low), W.to(low), b.to(low)).to(out.dtype)
         if rows.shape[0] < 64:                           # a generation step: torch.addmm
             return F.linear(rows, W, b)
-        y = linear(rows, W)
+        y = matmul(rows, W.t())
         y += b
         return y
 

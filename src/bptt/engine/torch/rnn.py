@@ -47,15 +47,20 @@ import numpy as np
 import torch
 
 from ...cells import RNN as KIND
+from .. import kernel
 from ..layout import check_gate_weights, sum_biases
 from ..recursion import Recursion, effective_truncate
 from .common import (
     OPS,
+    PRECISIONS,  # noqa: F401 (the precisions this cell implements: bptt.engine.torch.stack)
     check_nonlinearity,
     check_sequence,
     check_state_parts,
+    kernel_views,
     linear,
     linear_add,
+    low_dtype,
+    matmul,
     numpy_view,
     pack,
     project_inputs,
@@ -64,16 +69,6 @@ from .common import (
 )
 
 GATES = KIND.num_gates
-PRECISIONS = ("fp32", "bf16")
-"""The torch engine's precisions this cell implements (``bptt.engine.torch.stack``)."""
-_LOW = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def low_dtype(precision: str) -> torch.dtype | None:
-    """The dtype of the matrix products' operands: None (the tensors' own) or bfloat16."""
-    if precision not in _LOW:
-        raise ValueError(f"expected precision 'fp32' or 'bf16', got {precision!r}")
-    return _LOW[precision]
 
 
 class Cache(NamedTuple):
@@ -108,7 +103,11 @@ def forward(
     check_sequence(x, weight_ih.shape[1])
     (h0,) = check_state_parts(KIND, state0, x.shape[1], weight_hh)
     bias = sum_biases(bias_ih, bias_hh)
-    if low is None:
+    hs, states_low = _compiled_forward(x, h0, weight_ih, weight_hh, bias, nonlinearity,
+                                       precision), None
+    if hs is not None:
+        pass                                             # the kernel ran the loop
+    elif low is None:
         hs, states_low = _forward_fp32(x, h0, weight_ih, weight_hh, bias, nonlinearity), None
     else:
         hs, states_low = _forward_low(x, h0, weight_ih, weight_hh, bias, nonlinearity, low)
@@ -116,6 +115,17 @@ def forward(
                   has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
                   nonlinearity=nonlinearity, precision=precision, states_low=states_low)
     return hs, (hs[-1],), cache
+
+
+def _compiled_forward(x, h0, weight_ih, weight_hh, bias, nonlinearity: str, precision: str):
+    """The states hs (T, B, H) by the compiled kernel (the loop of :func:`_forward_fp32`,
+    fused), or None where it does not compute on these tensors."""
+    if kernel_views(h0, weight_hh, precision=precision) is None:
+        return None
+    hs = project_inputs(x, weight_ih, bias, precision)   # x_t W_ih^T + b, all t
+    hsv, h0v, w = kernel_views(hs, h0.contiguous(), weight_hh, precision=precision)
+    kernel.forward(KIND, hsv, h0v, hsv, w, relu=nonlinearity == "relu", precision=precision)
+    return hs
 
 
 def _forward_fp32(x, h0, weight_ih, weight_hh, bias, nonlinearity: str) -> torch.Tensor:
@@ -228,12 +238,17 @@ def backward(
     low = low_dtype(cache.precision)
     T, B, H = hs.shape
     k = effective_truncate(truncate, T)
+    dstate_n = check_state_parts(KIND, dstate_n, B, cache.h0, names="d{}_n")
+    if k is None:
+        dz, dh0 = _compiled_backward(cache, dhs, dstate_n)  # the loop below, compiled
+        if dz is not None:
+            grads, dx = _weight_grads(cache, dz, None, need_dx)
+            return dx, (dh0,), grads
     fprime = _fprime(hs, cache.nonlinearity)
     # dz W_hh = dz (W_hh^T)^T: the products' weight is W_hh^T, reordered once for all steps
     K = 1 if k is None else max(k, 1)
     w_hh_t = cache.weight_hh.t().contiguous()
     w_hh_t = pack(w_hh_t if low is None else w_hh_t.to(low), K * B)
-    dstate_n = check_state_parts(KIND, dstate_n, B, cache.h0, names="d{}_n")
     rec = Recursion(OPS, dstate_n, T, k, H)
     dz_low = None if low is None else hs.new_empty((T, B, H), dtype=low)  # bf16 rows of dz
     if k is None:
@@ -248,6 +263,21 @@ def backward(
     grads, dx = _weight_grads(cache, dz, dz_low, need_dx)
     (dh0,) = rec.dstate0()
     return dx, (dh0.to(hs.dtype),), grads               # precision: the bf16 product, as float
+
+
+def _compiled_backward(cache: Cache, dhs: torch.Tensor | None, dstate_n: tuple):
+    """``(dz (T, B, H), dh0)`` by the compiled kernel (the recursion of :func:`_step`, fused),
+    or ``(None, None)`` where it does not compute on these tensors."""
+    dz = torch.empty_like(cache.hs)
+    dh = dstate_n[0].detach().to(dz.dtype, copy=True).contiguous()
+    views = kernel_views(cache.hs, cache.weight_hh, dz, dh,
+                         None if dhs is None else dhs.contiguous(), precision=cache.precision)
+    if views is None:
+        return None, None
+    hs, w, dzv, dhv, dhsv = views
+    kernel.backward(KIND, w, dz=dzv, carry_h=dhv, hs=hs, dhs=dhsv,
+                    relu=cache.nonlinearity == "relu", precision=cache.precision)
+    return dz, dh
 
 
 def _folded_step(dz: torch.Tensor, fprime: torch.Tensor, w_hh_t: torch.Tensor,
@@ -285,13 +315,14 @@ def _step(fprime: torch.Tensor, w_hh_t: torch.Tensor, low: torch.dtype | None):
 
 def _weight_grads(cache: Cache, dz: torch.Tensor, dz_low: torch.Tensor | None, need_dx: bool):
     """(3)-(6) after the loop: ``(grads, dx)``, one product each."""
-    x, hs, weight_ih = cache.x, cache.hs, cache.weight_ih
+    x, hs, weight_ih, prec = cache.x, cache.hs, cache.weight_ih, cache.precision
     T, B, H = hs.shape
-    if dz_low is None:
+    if dz_low is None or cache.states_low is None:      # (the kernel's forward keeps none)
         h_prev = torch.cat((cache.h0.unsqueeze(0), hs[:-1])).view(T * B, H)  # h_{t-1}, every t
         dz2 = dz.view(T * B, H)
-        grads = {"weight_hh": linear(dz2.t(), h_prev.t())}  # dW_hh = sum dz_t^T h_{t-1} (3)
-        dx, grads["weight_ih"] = project_inputs_backward(dz, x, weight_ih, need_dx)  # (4, 6)
+        grads = {"weight_hh": matmul(dz2.t(), h_prev, prec)}  # dW_hh = sum dz_t^T h_{t-1} (3)
+        dx, grads["weight_ih"] = project_inputs_backward(dz, x, weight_ih, need_dx,
+                                                         prec)  # (4, 6)
     else:                                                # precision: bf16 operands
         low = dz_low.dtype
         dz_low = dz_low.view(T * B, H)

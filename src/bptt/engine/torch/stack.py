@@ -24,6 +24,7 @@ from ...cells import CELL_NAMES, CellKind, get_cell
 from .. import stack as shared
 from ..layout import cell_module as _cell_module
 from ..layout import param_names  # noqa: F401 (re-exported for callers)
+from ..stack import cell_options  # noqa: F401 (re-exported: the engine's options)
 from .common import OPS, check_truncate
 
 
@@ -60,15 +61,6 @@ def draw_mask(shape, dropout: float, *, like: torch.Tensor,
     return mask.div_(keep)
 
 
-def cell_options(kind: CellKind, nonlinearity: str, precision: str) -> dict:
-    """The keyword options of the cell's forward and step: the registry's, and ``precision``
-    unless it is the default fp32 (which every torch cell takes)."""
-    options = kind.options(nonlinearity)
-    if precision != "fp32":
-        options["precision"] = precision
-    return options
-
-
 def forward(
     cell: str | CellKind,
     params: dict[str, torch.Tensor],
@@ -96,7 +88,7 @@ def forward(
     mask = _dropout(num_layers, dropout, training, generator, masks)
     out, parts_n, cache = shared.forward(
         OPS, cell_module(kind), kind, params, x, kind.to_parts(hx), num_layers=num_layers,
-        bidirectional=bidirectional, options=cell_options(kind, nonlinearity, precision),
+        bidirectional=bidirectional, options=shared.cell_options(kind, nonlinearity, precision),
         mask=mask)
     return out, kind.from_parts(parts_n), cache
 

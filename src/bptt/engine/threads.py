@@ -1,0 +1,99 @@
+"""How many threads the engines compute with, set once for every pool in the process.
+
+The products and loops of a training step run on three thread pools: the compiled kernel's
+team (``bptt.engine._kernel``), NumPy's BLAS (OpenBLAS) and torch's intra-op threads (OpenMP,
+MKL, oneDNN). Left alone, each would start as many threads as the machine has cores and spin
+while it waits for work, and with two pools taking turns, or another process on the machine,
+spinning threads steal each other's cores (a 2-core machine once fell from 18,100 to 330
+tokens/s). So every pool gets the same number, :func:`set_threads` sets them all together, and
+the waiting is passive: the kernel's threads spin for at most 50 microseconds and then sleep,
+and the OpenMP environment of child processes (data-parallel workers, benchmark workers) asks
+for passive waiting before they import anything.
+
+The default is the number of cores this process may run on (``os.sched_getaffinity``), unless
+``BPTT_THREADS`` (or else ``OMP_NUM_THREADS``) says otherwise; ``--threads N`` of ``bptt train``
+and ``bptt bench`` sets it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import sys
+
+ENV = "BPTT_THREADS"
+_SETTING: list[int] = []              # [n] once decided
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:            # not Linux
+        return os.cpu_count() or 1
+
+
+def _from_env() -> int | None:
+    for var in (ENV, "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) >= 1:
+            return int(value)
+    return None
+
+
+def default_threads() -> int:
+    """``BPTT_THREADS``, else ``OMP_NUM_THREADS``, else every core this process may use."""
+    return _from_env() or cores()
+
+
+def threads() -> int:
+    """The threads the engines use now (:func:`set_threads`, else the default)."""
+    if not _SETTING:
+        _SETTING.append(default_threads())
+    return _SETTING[0]
+
+
+def child_environment(n: int) -> dict[str, str]:
+    """The environment that gives a child process ``n`` threads in every pool, waiting
+    passively (read by OpenMP, OpenBLAS and MKL when they load, i.e. before any import)."""
+    return {ENV: str(n), "OMP_NUM_THREADS": str(n), "OPENBLAS_NUM_THREADS": str(n),
+            "MKL_NUM_THREADS": str(n), "OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+
+
+def _openblas_setter():
+    """NumPy's bundled OpenBLAS thread setter (``scipy_openblas_set_num_threads64_``), if any."""
+    try:
+        import numpy
+    except ImportError:
+        return None
+    base = os.path.dirname(os.path.dirname(numpy.__file__))
+    for path in glob.glob(os.path.join(base, "numpy.libs", "libscipy_openblas*")):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                return fn
+    return None
+
+
+def set_threads(n: int | None) -> int:
+    """Use ``n`` threads (None: the default) in the kernel's team, NumPy's OpenBLAS and torch
+    (when imported), and in the environment of child processes; returns n."""
+    if n is None:
+        n = default_threads()
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"expected threads a positive integer, got {n!r}")
+    _SETTING[:] = [n]
+    os.environ.update(child_environment(n))
+    setter = _openblas_setter()
+    if setter is not None:
+        setter(ctypes.c_int(n))
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
