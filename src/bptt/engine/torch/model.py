@@ -335,37 +335,39 @@ class _TorchBase:
 
 
 class HeadFunction(torch.autograd.Function):
-    """The linear head ``y = (out * m) W^T + b`` over all T*B rows, with its three products
+    """The linear head ``y = (x * m) W^T + b`` over all N = T*B rows, with its three products
     through :func:`bptt.engine.torch.common.linear` (oneDNN on the CPU; torch.mm elsewhere):
 
-        x = out * m,   y = x W^T + b,   dx = dy W,   dout = dx * m,   dW = dy^T x,   db = sum dy
+        xm = x * m,   y = xm W^T + b,   dx = (dy W) * m,   dW = dy^T xm,   db = sum_rows dy
 
-    ``out`` (T, B, D*H); ``m`` the dropout mask before the head, (T, B, D*H) or (1, B, D*H)
-    (variational), or None (1). ``low`` = torch.bfloat16: the products take bfloat16 operands
-    (float32 accumulation) and return float32; x, W, b, y and the gradients stay float32.
+    ``x`` (N, D*H), its rows time-major; ``mask`` (optional) the dropout mask before the head,
+    (T, B, D*H) or (1, B, D*H) (variational), or None (1). ``low`` = torch.bfloat16: the
+    products take bfloat16 operands (float32 accumulation) and return float32; x, W, b, y and
+    the gradients stay float32.
     """
 
     @staticmethod
-    def forward(ctx, out, weight, bias, low, mask):
-        T, B, DH = out.shape
-        x = (out if mask is None else out * mask).reshape(T * B, DH)
+    def forward(ctx, x, weight, bias, low, *masks):
+        ctx.inputs = 4 + len(masks)                      # apply's arguments: the mask optional
+        mask = masks[0] if masks else None
+        if mask is not None:                             # dropout before the head
+            x = (x.view(-1, *mask.shape[1:]) * mask).view(x.shape)
         xl = x if low is None else x.to(low)
         wl = weight if low is None else weight.to(low)
         y = linear(xl, wl).to(x.dtype)
         y += bias
         ctx.save_for_backward(xl, wl, mask)
-        ctx.shape = (T, B, DH)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         xl, wl, mask = ctx.saved_tensors
         dyl = dy if dy.dtype == xl.dtype else dy.to(xl.dtype)
-        dx = linear(dyl, wl.t().contiguous()).to(dy.dtype).view(ctx.shape)  # dy W
-        if mask is not None:
-            dx.mul_(mask)                                # the forward's mask, again
+        dx = linear(dyl, wl.t().contiguous()).to(dy.dtype)      # dy W
+        if mask is not None:                                     # the forward's mask, again
+            dx = (dx.view(-1, *mask.shape[1:]) * mask).view(dx.shape)
         dW = linear(dyl.t(), xl.t()).to(dy.dtype)               # dy^T x
-        return dx, dW, dy.sum(dim=0), None, None
+        return (dx, dW, dy.sum(dim=0), None, None)[:ctx.inputs]
 
 
 class TorchEngine(_TorchBase):
@@ -422,7 +424,7 @@ class TorchEngine(_TorchBase):
         low = torch.bfloat16 if self.precision == "bf16" else None
         rows, W, b = out.reshape(T * B, DH), params[self.spec.head_weight], params["head.bias"]
         if torch.is_grad_enabled():
-            return HeadFunction.apply(out, W, b, low, mask)
+            return HeadFunction.apply(rows, W, b, low, mask)
         if low is not None:                              # no graph: the product alone
             return F.linear(rows.to(low), W.to(low), b.to(low)).to(out.dtype)
         if rows.shape[0] < 64:                           # a generation step: torch.addmm
