@@ -363,10 +363,12 @@ class HeadFunction(torch.autograd.Function):
     def backward(ctx, dy):
         xl, wl, mask = ctx.saved_tensors
         dyl = dy if dy.dtype == xl.dtype else dy.to(xl.dtype)
-        dx = linear(dyl, wl.t().contiguous()).to(dy.dtype)      # dy W
+        # both products read their transposed operands in place: oneDNN takes the strides,
+        # and spares a copy of W^T (V x D*H) and of dy^T (V x N) per step; the same sums
+        dx = linear(dyl, wl.t()).to(dy.dtype)                    # dy W
         if mask is not None:                                     # the forward's mask, again
             dx = (dx.view(-1, *mask.shape[1:]) * mask).view(dx.shape)
-        dW = linear(dyl.t(), xl.t()).to(dy.dtype)               # dy^T x
+        dW = linear(xl.t(), dyl.t()).t().contiguous().to(dy.dtype)   # dy^T x = (x^T dy)^T
         return (dx, dW, dy.sum(dim=0), None, None)[:ctx.inputs]
 
 
