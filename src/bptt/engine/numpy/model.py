@@ -250,9 +250,9 @@ class NumpyEngine:
         ids = x if s.embedding_size is not None else None
         if ids is not None:
             check_sequence(ids, s.input_size)            # the id range, before the gather
-        inp = x if ids is None else self._embed(params, ids)            # (T, B, E)
+        inp = x if ids is None else self._embed(params, ids)  # e_t = W_emb[x_t], (T, B, E)
         if masks.input is not None:
-            inp *= masks.input                           # dropout on the embedding's output
+            inp *= masks.input                           # e_t *= m_t: the embedding's dropout
         # forward: the stack, then the head over all T*B rows at once
         if self._fused():
             out, parts_n, stack_cache = self.cell.forward(
@@ -266,7 +266,7 @@ class NumpyEngine:
                 training=masks.layers is not None, masks=masks.layers)
         T, B, DH = out.shape
         if masks.output is not None:
-            out = out * masks.output                     # dropout before the head (a copy)
+            out = out * masks.output                     # o_t = h_t * m_t: before the head
         rows = out.reshape(T * B, DH)
         y = _head_product(rows, params[s.head_weight])                        # (T*B, O)
         y += params["head.bias"]
@@ -287,7 +287,7 @@ class NumpyEngine:
         if self._fused():
             def dout(a: int, e: int, buf: np.ndarray) -> None:   # dL/dh_t = dy_t W, t in a..e-1
                 np.matmul(dy[a * B:e * B], W, out=buf.reshape((e - a) * B, DH))
-                if m_out is not None:                    # the head's dropout mask, again
+                if m_out is not None:                    # dh_t = (dy_t W) * m_t, the same mask
                     buf *= m_out if m_out.shape[0] == 1 else m_out[a:e]
 
             dparts = None if dstate_n is None else split_state(self.kind.to_parts(dstate_n), 0)
@@ -297,7 +297,7 @@ class NumpyEngine:
         else:
             dh = (dy @ W).reshape(T, B, DH)
             if m_out is not None:
-                dh *= m_out                              # the head's dropout mask, again
+                dh *= m_out                              # dh_t = (dy_t W) * m_t, the same mask
             dx, dstate0, g = stack.backward(dh, dstate_n, cache.stack, truncate, need_dx=need_dx)
             grads.update(g)
         if need_dx:
@@ -312,11 +312,12 @@ class NumpyEngine:
         """d embedding.weight: the gradient reaching the embedding's output, row-summed per
         token (a scatter-add, :func:`token_weight_grad_`); tied weights add it to the head's."""
         if cache.masks.input is not None:
-            dx *= cache.masks.input                      # the embedding's dropout mask, again
+            dx *= cache.masks.input                      # de_t *= m_t, the forward's mask
         T, B, E = dx.shape
-        if self.spec.tie_weights:                        # the head's dW^T, (V, E): both uses
+        if self.spec.tie_weights:                        # tied: dW_emb = dW_head + scatter
             dE = grads[EMBEDDING]
         else:
             dE = np.zeros((self.spec.input_size, E), dtype=dx.dtype)
             grads[EMBEDDING] = dE
-        token_weight_grad_(dE, cache.ids.reshape(-1), dx.reshape(T * B, E))  # dE[v] += dx rows of v
+        # dW_emb[v] += sum of the rows de_t[b] whose token x_t[b] is v
+        token_weight_grad_(dE, cache.ids.reshape(-1), dx.reshape(T * B, E))
