@@ -180,7 +180,7 @@ def token_weight_grad_(dW: np.ndarray, ids: np.ndarray, dz2: np.ndarray) -> np.n
         dW.T[...] += one_hot @ dz2
         return dW
     tokens, sums = token_sums(ids, dz2)
-    dW[:, tokens] += sums.T                             # distinct columns: no np.add.at
+    dW.T[tokens] += sums                                # distinct columns: no np.add.at
     return dW
 
 
