@@ -196,3 +196,48 @@ def test_a_cell_without_a_torch_reference_gets_finite_differences_only(monkeypat
 def test_run_checks_rejects_an_unknown_cell():
     with pytest.raises(ValueError, match="expected cell one of 'rnn', 'lstm', 'gru', got 'elman'"):
         run_checks(quick=True, cells=["elman"])
+
+
+def test_the_full_check_verifies_the_kernel_and_the_python_path(monkeypatch):
+    """With the compiled kernel built, the full table runs it (``kernel`` yes), then its quick
+    rows again with the kernel off: the Python path it replaces, to the same tolerances. A
+    broken kernel loop shows in the kernel rows alone."""
+    from bptt.check import rows, torch_engine
+    from bptt.engine import kernel
+
+    table = {False: [{"method": "torch", "cell": "lstm", "batch": 2, "steps": 4,
+                      "input_size": 3, "hidden_size": 4, "num_layers": 2}],
+             True: [{"method": "fd", "cell": "gru", "batch": 2, "steps": 3, "input_size": 2,
+                     "hidden_size": 3}]}
+    monkeypatch.setattr(rows, "default_table", lambda quick=False: table[quick])
+    monkeypatch.setattr(torch_engine, "rows", lambda quick: [check_against_torch(
+        "rnn", engine="torch", batch=2, steps=3, input_size=2, hidden_size=3)])
+    got = run_checks(quick=False)
+    assert all(r.ok for r in got), format_table(got)
+    paths = [(r.cell, r.engine, r.kernel) for r in got]
+    if kernel.enabled():
+        assert paths == [("lstm", "numpy", True), ("rnn", "torch", True),
+                         ("gru", "numpy", False), ("rnn", "torch", False)]
+    else:                                         # no kernel built: the Python path alone
+        assert paths == [("lstm", "numpy", False), ("rnn", "torch", False)]
+    assert "kernel" in format_table(got).splitlines()[0]
+    with kernel.disabled():
+        assert [r.kernel for r in run_checks(quick=True)] == [False, False]
+
+
+def test_a_broken_kernel_fails_its_rows(monkeypatch):
+    """The kernel rows check the kernel: its LSTM loop computing a wrong state fails them."""
+    from bptt.engine import kernel
+
+    if not kernel.enabled():                      # nothing compiled to break: it says why
+        assert kernel.status().startswith(("not available", "off"))
+        return
+    real = kernel.forward
+
+    def broken(kind, x, h0, hs, *args, **kw):
+        real(kind, x, h0, hs, *args, **kw)
+        hs[-1] *= 1.001                           # the last step's state, slightly off
+
+    monkeypatch.setattr(kernel, "forward", broken)
+    row = check_against_torch("lstm", batch=2, steps=3, input_size=2, hidden_size=3)
+    assert not row.ok and row.out > 1e-6

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,53 @@ def test_every_numpy_verb_runs_without_torch(tmp_path, data_dir):
     assert methods == {"fd"}
 
 
+KERNEL_STATUS = "from bptt.engine import kernel; print(kernel.status())"
+
+
+def source_copy(tmp_path) -> Path:
+    """What an sdist holds: the metadata, setup.py (the compiled kernel) and src/."""
+    src = tmp_path / "src-copy"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "src", src / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so"))
+    return src
+
+
+def test_without_a_compiler_the_install_runs_the_python_path(tmp_path):
+    """The kernel is an optional extension: with no compiler the package builds and installs
+    without it, trains, and says in one line that the engines run their Python code."""
+    src = source_copy(tmp_path)
+    missing = str(tmp_path / "no-compiler")
+    pip = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-input",
+                          "--no-build-isolation", "-w", tmp_path / "dist", src],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env=subprocess_env(CC=missing, CXX=missing))
+    assert pip.returncode == 0, pip.stdout[-2000:] + pip.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("bptt-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-input",
+                    "--target", site, wheel], capture_output=True, timeout=300, check=True)
+    assert not list(site.glob("bptt/engine/_kernel*"))
+    corpus = tmp_path / "hello.txt"
+    corpus.write_text(HELLO, encoding="utf-8")
+    first = f"import sys; sys.path.insert(0, {str(site)!r}); "
+    done = subprocess.run(
+        [sys.executable, "-c", first + "from bptt.cli import main; sys.exit(main(sys.argv[1:]))",
+         "train", "--data", corpus, "--out", tmp_path / "run", "--engine", "numpy", *TINY],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env=subprocess_env(MPLBACKEND="Agg"))
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if "kernel" in line]
+    assert notes == [notes[0]] and notes[0].startswith("bptt train: warning: the compiled "
+                                                       "kernel is not available"), done.stderr
+    assert "Python code" in notes[0] and (tmp_path / "run" / "best.safetensors").is_file()
+    status = subprocess.run([sys.executable, "-c", first + KERNEL_STATUS], capture_output=True,
+                            text=True, timeout=60, check=True).stdout
+    assert status.startswith("not available"), status
+
+
 def test_torch_only_features_name_their_extra(tmp_path, hello_run):
     run = hello_run / "run"
     assert_needs_extra(run_without_torch("train", "--data", hello_run / "hello.txt", "--out",
@@ -108,14 +156,10 @@ def test_the_metadata_states_lower_bounds_and_the_constraints_pin():
 @pytest.mark.slow
 def test_pip_install_into_a_fresh_venv_at_the_lower_bounds(tmp_path, data_dir):
     """`pip install .` of the source alone (no Makefile) with numpy at its lower bound and no
-    torch: no warning from the build, then the NumPy engine trains and generates, `bptt check`
-    runs its finite-difference rows, and the torch engine names its extra."""
-    src = tmp_path / "src-copy"
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        src.mkdir(exist_ok=True)
-        shutil.copy(REPO / name, src / name)
-    shutil.copytree(REPO / "src", src / "src",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    torch: no warning from the build, the compiled kernel built, then the NumPy engine trains
+    and generates, `bptt check` runs its finite-difference rows, and the torch engine names its
+    extra."""
+    src = source_copy(tmp_path)
     lower = re.search(r'"numpy>=([\d.]+)"', (REPO / "pyproject.toml").read_text())[1]
     constraints = tmp_path / "constraints.txt"
     constraints.write_text("".join(line + "\n" for line in
@@ -145,6 +189,9 @@ def test_pip_install_into_a_fresh_venv_at_the_lower_bounds(tmp_path, data_dir):
          "print(numpy.__version__, u.find_spec('torch') is None)"],
         capture_output=True, text=True, timeout=60, check=True).stdout.split()
     assert versions[0].startswith(lower + ".") and versions[1] == "True", versions
+    kernel = subprocess.run([bin_ / "python", "-c", KERNEL_STATUS], capture_output=True,
+                            text=True, timeout=60, check=True).stdout.strip()
+    assert not kernel.startswith("not available"), kernel     # pip install compiled it
     corpus = tmp_path / "hello.txt"
     corpus.write_text(HELLO, encoding="utf-8")
     ran = bptt("train", "--data", corpus, "--out", tmp_path / "run", *TINY)

@@ -35,7 +35,8 @@ class CheckRow:
     LSTM, c_n); ``params``: the gradient of every parameter (the max over them); ``dx``: the
     input gradient; ``dh0``: the initial-state gradient (h0 and, for the LSTM, c0). A column
     is None where the method does not measure it (finite differences have no forward to
-    compare).
+    compare). ``kernel``: the engine ran with its compiled kernel on (it runs every loop it
+    covers there; truncated BPTT stays Python) or off (the Python path, the reference).
     """
 
     cell: str
@@ -61,6 +62,7 @@ class CheckRow:
     embedding: int | None = None  # a model-level row: the embedding size E (None: a stack row)
     tied: bool = False            # the head's weight is the embedding's
     dropout: str = "-"            # fixed masks: - none, std a mask per step, var per sequence
+    kernel: bool = False          # the compiled kernel was on (bptt.engine.kernel) for the row
 
     @property
     def worst(self) -> float:

@@ -11,6 +11,7 @@ with fixed dropout masks. The torch engine's rows come from :mod:`bptt.check.tor
 from __future__ import annotations
 
 from ..cells import CELL_NAMES, CELLS, get_cell
+from ..engine import kernel
 from ..errors import has_module
 from .model import model_rows, run_model_config
 from .record import CheckRow
@@ -138,14 +139,31 @@ def run_checks(quick: bool = False, cells=None, torch: bool | None = None) -> li
     """Every row of :func:`default_table`, then the torch engine's rows, for ``cells`` (names
     of the registry; default: every cell). ``torch=False`` runs the finite-difference rows
     alone, which need no torch; None (the default): the rows against torch when it is
-    installed."""
+    installed.
+
+    The rows run the engines as they are installed: with the compiled kernel where it is built
+    (``bptt.engine.kernel``; the ``kernel`` column says so). The full table (not ``quick``)
+    then runs the quick rows of both engines once more with the kernel off, so that both paths,
+    the kernel and the Python code it replaces, are checked to the same tolerances."""
     if torch is None:
         torch = has_module("torch")
     wanted = set(CELL_NAMES if cells is None else (get_cell(c).name for c in cells))
+    rows = _rows(quick, wanted, torch)
+    if not quick and kernel.enabled():
+        with kernel.disabled():
+            rows += _rows(True, wanted, torch)
+    return rows
+
+
+def _rows(quick: bool, wanted: set, torch: bool) -> list[CheckRow]:
+    """The rows of both engines for the cells ``wanted``, marked with the kernel's state."""
     rows = [run_config(c) for c in default_table(quick)
             if c["cell"] in wanted and (torch or c["method"] != "torch")]
     if torch:
         from . import torch_engine
 
         rows += [r for r in torch_engine.rows(quick) if r.cell in wanted]
+    on = kernel.enabled()
+    for r in rows:
+        r.kernel = on
     return rows
