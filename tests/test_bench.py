@@ -441,14 +441,26 @@ def test_bench_quick_json_end_to_end(tmp_path, capsys):
     out = json.loads(path.read_text())
     assert set(out["results"]) == set(bench.CONFIGS)
     for name, rows in out["results"].items():
-        assert set(rows) == set(bench.SUBJECTS), name
+        cfg = bench.QUICK_CONFIGS[name]
+        character_rnn = name in ("book", "small", "large", "long")
+        assert set(rows) == (set(bench.SUBJECTS) if character_rnn else
+                             set(bench.SUBJECTS) - {bench.BOOK}), name
         for subject, r in rows.items():
             assert r["train"]["error"] is None, (name, subject, r["train"]["error"])
             assert r["train"]["tokens_per_s"] > 0
             assert r["train"]["ratio_to_reference"] > 0
-            assert r["generate"]["error"] is None, (name, subject, r["generate"]["error"])
-            assert r["generate"]["chars_per_s"] > 0
+            if cfg.embedding is None:
+                assert r["generate"]["error"] is None, (name, subject, r["generate"]["error"])
+                assert r["generate"]["chars_per_s"] > 0
+            else:                                         # word models: training only
+                assert "generate" not in r
+            if subject.startswith(("numpy", "torch-bf16")):   # our engines' products
+                assert r["library"]["kernel"] and isinstance(r["library"]["products"], dict)
         assert rows[bench.REFERENCE]["train"]["ratio_to_reference"] == pytest.approx(1.0)
+        assert out["configs"][name]["reference"].endswith(
+            {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[cfg.cell])
+    assert out["configs"]["word"]["reference"] == "torch.nn.Embedding + torch.nn.LSTM"
+    assert out["machine"]["cpu"] and out["machine"]["kernel"]
     long = out["results"]["long"]
     for subject in bench.SUBJECTS:
         assert long[subject]["memory"]["error"] is None, subject
@@ -457,6 +469,7 @@ def test_bench_quick_json_end_to_end(tmp_path, capsys):
     assert long["numpy"]["memory_tracemalloc"]["peak_mb"] > 0
     assert {t["target"] for t in out["targets"]} == {t[-1] for t in bench.TARGETS}
     assert "torch.nn.RNN" in table and "targets:" in table
+    assert "torch.nn.LSTM" in table and out["machine"]["cpu"] in table
 
 
 def test_bench_rejects_unknown_names():

@@ -1,31 +1,36 @@
 """``bptt bench``: how fast every engine trains and generates, and how much memory it takes.
 
-Subjects (rows of the table), all the book's language model (one tanh RNN layer, a linear head,
-softmax cross-entropy, SGD with the gradient norm clipped at 1):
+Subjects (rows of the table), all the language model of a configuration (its cell and layers
+over one-hot characters, or behind an embedding for the word models; a linear head, softmax
+cross-entropy, SGD with the gradient norm clipped at 1):
 
   numpy           our NumPy engine (hand-written BPTT; its worker never imports torch)
+  numpy-bf16      the NumPy engine with ``precision="bf16"`` (the compiled kernel's bfloat16
+                  products, float32 rest)
   torch           our torch engine (the same BPTT as an autograd.Function)
   torch-bf16      the torch engine with ``precision="bf16"`` (bfloat16 products, float32 rest)
-  torch-autograd  our torch engine differentiating the book's unrolled loop
-  torch-builtin   our engine around torch.nn.RNN + torch.nn.Linear
-  torch.nn.RNN    reference written here, independent of our engines: torch.nn.RNN +
-                  torch.nn.Linear on one-hot inputs, torch.optim.SGD and
-                  torch.nn.utils.clip_grad_norm_; generation steps one character at a time under
-                  torch.no_grad()
+  torch-autograd  our torch engine differentiating the unrolled loop
+  torch-builtin   our engine around torch.nn.RNN/LSTM/GRU + torch.nn.Linear
+  torch.nn        reference written here, independent of our engines: torch.nn.RNN, LSTM or
+                  GRU (torch.nn.Embedding in front of a word model, one-hot inputs otherwise) +
+                  torch.nn.Linear, torch.optim.SGD and torch.nn.utils.clip_grad_norm_;
+                  generation steps one character at a time under torch.no_grad()
   book            reference written here as the book has it (d2l 8.5): the unrolled loop over
                   one-hot inputs with torch.mm and the output layer inside the loop, autograd,
-                  the book's grad_clipping and sgd; generation is its predict_ch8 loop
+                  the book's grad_clipping and sgd; generation is its predict_ch8 loop (the
+                  one-layer character RNN configurations only)
 
 Measurements, per configuration (``CONFIGS``; ``--quick`` shrinks every one of them): training
-tokens/s, single-stream generation characters/s (both in interleaved rounds of timed blocks, one
-persistent worker process per subject), and peak memory of a few training steps in a fresh
-process. Torch uses as many threads as this process may use cores; NumPy its BLAS's own threads
-(as many, by default).
+tokens/s, single-stream generation characters/s (character models; both in interleaved rounds
+of timed blocks, one persistent worker process per subject), and peak memory of a few training
+steps in a fresh process. Every worker computes with the same number of threads in every pool
+(``bptt.engine.threads``: the kernel's, the BLAS's, torch's), by default as many as this process
+may use cores, waiting passively.
 
 Modules, by job:
 
   settings  BenchConfig, CONFIGS, QUICK_CONFIGS, SUBJECTS, PARTS, BenchSettings, threads
-  subjects  EngineSubject, TorchRNNSubject, BookSubject, make_subject
+  subjects  EngineSubject, TorchNNSubject, BookSubject, make_subject
   worker    the worker protocol: Worker (the parent's end), worker_main (the process)
   memory    measure_memory: peak memory growth of a few training steps
   measure   run: the timed rounds and the memory processes of every configuration
@@ -41,10 +46,10 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    **dict.fromkeys(("ENGINE_SUBJECTS", "REFERENCE", "BOOK", "SUBJECTS", "PARTS", "BenchConfig",
-                     "CONFIGS", "QUICK_CONFIGS", "BenchSettings", "cores", "threads",
-                     "THREADS_ENV"), "settings"),
-    **dict.fromkeys(("EngineSubject", "TorchRNNSubject", "BookSubject", "make_subject"),
+    **dict.fromkeys(("ENGINE_SUBJECTS", "BF16_SUBJECTS", "REFERENCE", "BOOK", "SUBJECTS",
+                     "PARTS", "BenchConfig", "CONFIGS", "QUICK_CONFIGS", "BenchSettings",
+                     "cores", "threads", "THREADS_ENV"), "settings"),
+    **dict.fromkeys(("EngineSubject", "TorchNNSubject", "BookSubject", "make_subject"),
                     "subjects"),
     **dict.fromkeys(("Worker", "worker_main"), "worker"),
     "measure_memory": "memory",

@@ -7,7 +7,8 @@
             giving every subject one timed block of about ``seconds`` in a rotating order, with
             a short pause between blocks so that one worker's spinning BLAS/OpenMP threads have
             gone to sleep before the next starts. Reported: the median over the rounds, and
-            the ratio to torch.nn.RNN's median (and the median of the rounds' paired ratios).
+            the ratio to the torch.nn reference's median (and the median of the rounds'
+            paired ratios).
   generate  characters/s of single-stream greedy generation; same workers, same rounds.
   memory    peak memory growth of a few training steps, one fresh process per subject (and one
             more for the NumPy engine under tracemalloc), two processes at a time.
@@ -34,6 +35,7 @@ from .worker import Worker
 class Measurement:
     samples: list[float] = field(default_factory=list)
     error: str | None = None
+    library: dict | None = None      # our engines: the kernel and the products they chose
 
     @property
     def median(self) -> float | None:
@@ -56,6 +58,9 @@ def machine_info() -> dict:
         from importlib.metadata import version
 
         info["torch"] = version("torch")
+    from ..engine import kernel
+
+    info["kernel"] = kernel.status()
     with contextlib.suppress(Exception):
         cfg = np.show_config(mode="dicts")
         blas = cfg["Build Dependencies"]["blas"]
@@ -85,15 +90,16 @@ def run(settings: BenchSettings, log=_log) -> dict:
         if p not in PARTS:
             raise ValueError(f"expected parts among {', '.join(PARTS)}, got {p!r}")
     configs = [settings.config(n) for n in settings.configs]
-    results: dict[str, dict[str, dict]] = {c.name: {s: {} for s in settings.subjects}
-                                           for c in configs}
+    results: dict[str, dict[str, dict]] = {
+        c.name: {s: {} for s in settings.subjects if c.runs(s)} for c in configs}
     t_start = time.perf_counter()
     load_before = _loadavg()
     if "train" in settings.parts or "generate" in settings.parts:
         workers = {s: Worker(settings.threads) for s in settings.subjects}
         try:
             for cfg in configs:
-                _timed_parts(cfg, settings, workers, results[cfg.name], log)
+                _timed_parts(cfg, settings, {s: w for s, w in workers.items() if cfg.runs(s)},
+                             results[cfg.name], log)
         finally:
             for w in workers.values():
                 w.close()
@@ -105,7 +111,7 @@ def run(settings: BenchSettings, log=_log) -> dict:
     out = {
         "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": _loadavg()},
         "settings": {**asdict(settings), "worker_threads": settings.threads or cores()},
-        "configs": {c.name: asdict(c) for c in configs},
+        "configs": {c.name: {**asdict(c), "reference": c.reference} for c in configs},
         "results": results,
         "seconds": time.perf_counter() - t_start,
     }
@@ -118,28 +124,32 @@ def run(settings: BenchSettings, log=_log) -> dict:
 def _timed_parts(cfg: BenchConfig, st: BenchSettings, workers: dict, res: dict, log) -> None:
     """One configuration's timed blocks: set up every worker, interleaved rounds of training
     blocks, then of generation blocks; the medians and the ratios into ``res``."""
-    log(f"[{cfg.name}] V={cfg.vocab} H={cfg.hidden} B={cfg.batch} T={cfg.steps}: setting up")
+    log(f"[{cfg.name}] {cfg.cell} L={cfg.layers} V={cfg.vocab} E={cfg.embedding or '-'} "
+        f"H={cfg.hidden} B={cfg.batch} T={cfg.steps}: setting up")
+    parts = [p for p in st.parts if p != "generate" or cfg.generates]
     n_steps, train, gen = {}, {}, {}
     for s, w in workers.items():
         r = w.ask(op="setup", subject=s, config=asdict(cfg), seed=st.seed, warmup=1)
         train[s], gen[s] = Measurement(error=r.get("error")), Measurement(error=r.get("error"))
         if "error" not in r:
             n_steps[s] = max(1, round(st.seconds / max(r["step_s"], 1e-6)))
-    if "train" in st.parts:
+    if "train" in parts:
         _rounds(workers, train, st.repeats, st.pause,
                 request=lambda s: {"op": "train", "n": n_steps[s]},
                 amount=lambda s: n_steps[s] * cfg.tokens,
                 after_round=lambda rep: log(f"[{cfg.name}] train round {rep + 1}/{st.repeats}"))
-    if "generate" in st.parts:
+    if "generate" in parts:
         _rounds(workers, gen, st.gen_repeats, st.pause,
                 request=lambda s: {"op": "generate", "n": st.gen_chars},
                 amount=lambda s: st.gen_chars)
         log(f"[{cfg.name}] generation done")
     for s in workers:
-        if "train" in st.parts:
+        if "train" in parts:
             res[s]["train"] = {"tokens_per_s": train[s].median, "samples": train[s].samples,
                                "steps_per_block": n_steps.get(s), "error": train[s].error}
-        if "generate" in st.parts:
+            if train[s].library is not None:
+                res[s]["library"] = train[s].library
+        if "generate" in parts:
             res[s]["generate"] = {"chars_per_s": gen[s].median, "samples": gen[s].samples,
                                   "chars_per_block": st.gen_chars, "error": gen[s].error}
     _timed_ratios(res)
@@ -160,13 +170,16 @@ def _rounds(workers: dict, measured: dict[str, Measurement], repeats: int, pause
                 measured[s].error = r["error"]
             else:
                 measured[s].samples.append(amount(s) / r["seconds"])
+                if "products" in r:
+                    measured[s].library = {"kernel": r["kernel"], "products": r["products"]}
             time.sleep(pause)
         if after_round is not None:
             after_round(rep)
 
 
 def _timed_ratios(res: dict) -> None:
-    """Each subject's rates as ratios to torch.nn.RNN's (and generation's to the book's)."""
+    """Each subject's rates as ratios to the torch.nn reference's (and generation's to the
+    book's)."""
     ref_t = res.get(REFERENCE, {}).get("train", {}).get("tokens_per_s")
     ref_g = res.get(REFERENCE, {}).get("generate", {}).get("chars_per_s")
     book_g = res.get(BOOK, {}).get("generate", {}).get("chars_per_s")
@@ -192,7 +205,7 @@ def _memory_part(cfg: BenchConfig, st: BenchSettings, res: dict, log) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     log(f"[{cfg.name}] memory: one fresh process per subject")
-    jobs = [(s, "memory", False) for s in st.subjects]
+    jobs = [(s, "memory", False) for s in st.subjects if cfg.runs(s)]
     jobs += [("numpy", "memory_tracemalloc", True)] if "numpy" in st.subjects else []
 
     def measure(job) -> dict:
@@ -215,7 +228,7 @@ def _memory_part(cfg: BenchConfig, st: BenchSettings, res: dict, log) -> None:
                              "torch_imported": r.get("torch_imported")}
     ref = res.get(REFERENCE, {}).get("memory", {}).get("peak_mb")
     book = res.get(BOOK, {}).get("memory", {}).get("peak_mb")
-    for s in st.subjects:
+    for s in res:
         m = res[s].get("memory")
         if m is not None:
             m["ratio_to_reference"] = _ratio(m["peak_mb"], ref)

@@ -8,15 +8,20 @@ import os
 from dataclasses import dataclass
 
 ENGINE_SUBJECTS = ("numpy", "torch", "torch-autograd", "torch-builtin")
-REFERENCE = "torch.nn.RNN"
+BF16_SUBJECTS = {"numpy-bf16": "numpy", "torch-bf16": "torch"}
+"""Our engines with ``precision="bf16"``: bfloat16 products, float32 everything else."""
+REFERENCE = "torch.nn"
 BOOK = "book"
-SUBJECTS = ("numpy", "torch", "torch-bf16", "torch-autograd", "torch-builtin", REFERENCE, BOOK)
+SUBJECTS = ("numpy", "numpy-bf16", "torch", "torch-bf16", "torch-autograd", "torch-builtin",
+            REFERENCE, BOOK)
 PARTS = ("train", "generate", "memory")
+TORCH_NN = {"rnn": "torch.nn.RNN", "lstm": "torch.nn.LSTM", "gru": "torch.nn.GRU"}
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One workload: vocabulary V, hidden size H, batch B, steps T per batch."""
+    """One workload: vocabulary V, hidden size H, batch B, steps T per batch; the cell, its
+    layers L, and an embedding of size E in front (a word model; None: one-hot characters)."""
 
     name: str
     vocab: int
@@ -24,10 +29,35 @@ class BenchConfig:
     batch: int
     steps: int
     note: str = ""
+    cell: str = "rnn"
+    layers: int = 1
+    embedding: int | None = None
 
     @property
     def tokens(self) -> int:
         return self.batch * self.steps
+
+    @property
+    def reference(self) -> str:
+        """The torch.nn module of the reference subject (nn.Embedding in front of a word model)."""
+        return ("torch.nn.Embedding + " if self.embedding else "") + TORCH_NN[self.cell]
+
+    def runs(self, subject: str) -> bool:
+        """Whether ``subject`` has this workload: the book's model is its one-layer character
+        RNN; every other subject runs every configuration."""
+        return subject != BOOK or (self.cell == "rnn" and self.layers == 1
+                                   and self.embedding is None)
+
+    @property
+    def generates(self) -> bool:
+        """Generation is measured on the character models (the book's 28 characters)."""
+        return self.embedding is None
+
+
+def _word(name: str, vocab: int, hidden: int, batch: int, steps: int, note: str) -> BenchConfig:
+    """A Zaremba et al. (2014) word model: embedding E = H, 2 LSTM layers, a linear head."""
+    return BenchConfig(name, vocab, hidden, batch, steps, note, cell="lstm", layers=2,
+                       embedding=hidden)
 
 
 CONFIGS = {
@@ -35,12 +65,24 @@ CONFIGS = {
     "small": BenchConfig("small", 28, 256, 32, 35, "H = 256"),
     "large": BenchConfig("large", 28, 1024, 128, 35, "H = 1024, B = 128"),
     "long": BenchConfig("long", 28, 256, 16, 1000, "T = 1000 (B and H smaller to stay bounded)"),
+    "lstm": BenchConfig("lstm", 28, 256, 32, 35, "an LSTM over characters", cell="lstm"),
+    "lstm-512": BenchConfig("lstm-512", 28, 512, 32, 35, "H = 512", cell="lstm"),
+    "gru": BenchConfig("gru", 28, 256, 32, 35, "a GRU over characters", cell="gru"),
+    "gru-512": BenchConfig("gru-512", 28, 512, 32, 35, "H = 512", cell="gru"),
+    "word": _word("word", 10_000, 200, 20, 20, "Zaremba small: E = H = 200, 2 LSTM layers"),
+    "word-medium": _word("word-medium", 10_000, 650, 20, 35, "Zaremba medium: E = H = 650"),
 }
 QUICK_CONFIGS = {
     "book": BenchConfig("book", 28, 48, 4, 12, "quick"),
     "small": BenchConfig("small", 28, 32, 4, 12, "quick"),
     "large": BenchConfig("large", 28, 64, 8, 12, "quick"),
     "long": BenchConfig("long", 28, 32, 2, 120, "quick"),
+    "lstm": BenchConfig("lstm", 28, 32, 4, 12, "quick", cell="lstm"),
+    "lstm-512": BenchConfig("lstm-512", 28, 48, 4, 12, "quick", cell="lstm"),
+    "gru": BenchConfig("gru", 28, 32, 4, 12, "quick", cell="gru"),
+    "gru-512": BenchConfig("gru-512", 28, 48, 4, 12, "quick", cell="gru"),
+    "word": _word("word", 300, 16, 4, 6, "quick"),
+    "word-medium": _word("word-medium", 300, 24, 4, 6, "quick"),
 }
 
 
@@ -58,7 +100,7 @@ class BenchSettings:
     pause: float = 0.15              # between two workers' blocks (spinning threads settle)
     seed: int = 0
     memory_configs: tuple[str, ...] | None = None   # None: every configuration
-    threads: int | None = None       # torch and BLAS threads per worker; None: every core
+    threads: int | None = None       # threads per worker (every pool); None: every core
 
     @classmethod
     def quick_settings(cls, **kw) -> BenchSettings:

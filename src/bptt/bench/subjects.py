@@ -1,10 +1,13 @@
-"""The subjects of ``bptt bench``, all the book's language model (one tanh RNN layer, a linear
-head, softmax cross-entropy, SGD with the gradient norm clipped at 1):
+"""The subjects of ``bptt bench``, all the language model of a configuration (its cell and
+layers over one-hot characters, or over an embedding for a word model; a linear head, softmax
+cross-entropy, SGD with the gradient norm clipped at 1):
 
   EngineSubject    one of our engines, through the library code ``bptt train`` uses
-  TorchRNNSubject  the reference written here, independent of our engines: torch.nn.RNN +
-                   torch.nn.Linear on one-hot inputs, torch.optim.SGD, clip_grad_norm_
-  BookSubject      the book's from-scratch loop (d2l 8.5), its grad_clipping, sgd, predict_ch8
+  TorchNNSubject   the reference written here, independent of our engines: torch.nn.RNN, LSTM
+                   or GRU (nn.Embedding in front of a word model, one-hot inputs otherwise) +
+                   torch.nn.Linear, torch.optim.SGD, clip_grad_norm_
+  BookSubject      the book's from-scratch RNN loop (d2l 8.5), its grad_clipping, sgd,
+                   predict_ch8 (the book's configurations only)
 
 Each has ``train(n)`` (n whole training steps on a fixed batch, the state carried and detached
 between them; returns the last loss) and ``generate(n)`` (n characters of greedy generation at
@@ -15,7 +18,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .settings import BOOK, ENGINE_SUBJECTS, REFERENCE, SUBJECTS, BenchConfig, threads
+from .settings import (
+    BF16_SUBJECTS,
+    BOOK,
+    ENGINE_SUBJECTS,
+    REFERENCE,
+    SUBJECTS,
+    BenchConfig,
+    threads,
+)
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "            # with <unk>: the book's 28 characters
 PREFIX = "time traveller "
@@ -36,9 +47,12 @@ def _vocab():
 
 
 def set_torch_threads() -> None:
-    import torch
+    """Every pool of this worker (torch's, the BLAS's, the kernel's) at :func:`threads`."""
+    import torch  # noqa: F401 (imported first: set_threads sets its pool too)
 
-    torch.set_num_threads(threads())
+    from ..engine.threads import set_threads
+
+    set_threads(threads())
 
 
 class EngineSubject:
@@ -47,13 +61,17 @@ class EngineSubject:
     def __init__(self, engine: str, cfg: BenchConfig, seed: int = 0, precision: str = "fp32"):
         from .. import optim
         from ..engine import get_engine
+        from ..engine.threads import set_threads
         from ..model import ModelSpec, init_params
 
         if engine != "numpy":
             set_torch_threads()
+        else:
+            set_threads(threads())
         self.name, self.cfg = engine, cfg
-        self.spec = ModelSpec(cell="rnn", input_size=cfg.vocab, hidden_size=cfg.hidden,
-                              output_size=cfg.vocab, task="lm")
+        self.spec = ModelSpec(cell=cfg.cell, input_size=cfg.vocab, hidden_size=cfg.hidden,
+                              output_size=cfg.vocab, num_layers=cfg.layers,
+                              embedding_size=cfg.embedding, task="lm")
         self.engine = get_engine(engine, self.spec, device="cpu", precision=precision)
         self.params = self.engine.from_numpy(init_params(self.spec, "torch", rng=seed))
         self.opt = optim.SGD(lr=1.0)
@@ -78,8 +96,9 @@ class EngineSubject:
         return generate(model, PREFIX, n, engine=self.name, device="cpu")
 
 
-class TorchRNNSubject:
-    """The reference: torch.nn.RNN + torch.nn.Linear, torch.optim.SGD, clip_grad_norm_."""
+class TorchNNSubject:
+    """The reference: torch.nn.RNN, LSTM or GRU (nn.Embedding in front of a word model) +
+    torch.nn.Linear, torch.optim.SGD, clip_grad_norm_."""
 
     def __init__(self, cfg: BenchConfig, seed: int = 0):
         import torch
@@ -87,41 +106,55 @@ class TorchRNNSubject:
         set_torch_threads()
         self.torch, self.cfg = torch, cfg
         torch.manual_seed(seed)
-        self.rnn = torch.nn.RNN(cfg.vocab, cfg.hidden)
-        self.head = torch.nn.Linear(cfg.hidden, cfg.vocab)
+        nn = torch.nn
+        module = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cfg.cell]
+        self.embed = nn.Embedding(cfg.vocab, cfg.embedding) if cfg.embedding else None
+        self.rnn = module(cfg.embedding or cfg.vocab, cfg.hidden, num_layers=cfg.layers)
+        self.head = nn.Linear(cfg.hidden, cfg.vocab)
         self.params = [*self.rnn.parameters(), *self.head.parameters()]
+        if self.embed is not None:
+            self.params += list(self.embed.parameters())
         self.opt = torch.optim.SGD(self.params, lr=1.0)
         X, Y = _data(cfg, seed)
         self.X, self.Y = torch.as_tensor(X), torch.as_tensor(Y)
-        self.h = torch.zeros(1, cfg.batch, cfg.hidden)
+        self.h = self.zeros(cfg.batch)
+
+    def zeros(self, batch: int):
+        """The initial state: h (L, B, H), or the pair (h, c) for the LSTM."""
+        h = self.torch.zeros(self.cfg.layers, batch, self.cfg.hidden)
+        return (h, h.clone()) if self.cfg.cell == "lstm" else h
+
+    def inputs(self, ids):
+        """(T, B) ids as the module's input: embedded rows, or one-hot vectors."""
+        if self.embed is not None:
+            return self.embed(ids)
+        return self.torch.nn.functional.one_hot(ids, self.cfg.vocab).float()
 
     def train(self, n: int) -> float:
-        torch, F, V, H = self.torch, self.torch.nn.functional, self.cfg.vocab, self.cfg.hidden
+        torch, F, H = self.torch, self.torch.nn.functional, self.cfg.hidden
         loss = None
         for _ in range(n):
-            x = F.one_hot(self.X.T, V).float()                       # (T, B, V)
-            out, h = self.rnn(x, self.h)
+            out, h = self.rnn(self.inputs(self.X.T), self.h)               # (T, B, H)
             logits = self.head(out.reshape(-1, H))
             loss = F.cross_entropy(logits, self.Y.T.reshape(-1))
             self.opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, 1.0)
             self.opt.step()
-            self.h = h.detach()
+            self.h = tuple(s.detach() for s in h) if isinstance(h, tuple) else h.detach()
         return float(loss.detach()) if loss is not None else 0.0
 
     def generate(self, n: int) -> str:
-        torch, F, V = self.torch, self.torch.nn.functional, self.cfg.vocab
+        torch = self.torch
         vocab = _vocab()
         with torch.no_grad():
             ids = torch.as_tensor(vocab.encode(list(PREFIX)))
-            out, h = self.rnn(F.one_hot(ids[:, None], V).float(),
-                              torch.zeros(1, 1, self.cfg.hidden))
+            out, h = self.rnn(self.inputs(ids[:, None]), self.zeros(1))
             nxt = int(self.head(out[-1]).argmax())
             chosen = []
             for _ in range(n):                                       # one character at a time
                 chosen.append(nxt)
-                out, h = self.rnn(F.one_hot(torch.tensor([[nxt]]), V).float(), h)
+                out, h = self.rnn(self.inputs(torch.tensor([[nxt]])), h)
                 nxt = int(self.head(out[0]).argmax())
         return PREFIX + "".join(vocab.idx_to_token[i] for i in chosen)
 
@@ -214,11 +247,14 @@ class BookSubject:
 def make_subject(name: str, cfg: BenchConfig, seed: int = 0):
     if name in ENGINE_SUBJECTS:
         return EngineSubject(name, cfg, seed)
-    if name == "torch-bf16":
-        return EngineSubject("torch", cfg, seed, precision="bf16")
+    if name in BF16_SUBJECTS:
+        return EngineSubject(BF16_SUBJECTS[name], cfg, seed, precision="bf16")
     if name == REFERENCE:
-        return TorchRNNSubject(cfg, seed)
+        return TorchNNSubject(cfg, seed)
     if name == BOOK:
+        if not cfg.runs(BOOK):
+            raise ValueError(f"expected a one-layer character RNN for the book's model, got "
+                             f"configuration {cfg.name!r} ({cfg.cell}, {cfg.layers} layers)")
         return BookSubject(cfg, seed)
     raise ValueError(f"expected a subject among {', '.join(SUBJECTS)}, got {name!r}")
 

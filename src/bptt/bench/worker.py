@@ -5,7 +5,7 @@ one a line on its stdin; :func:`worker_main` answers each with one JSON line on 
 
   {"op": "setup", "subject", "config", "seed", "warmup", "warmup_tiny"}
       -> {"ok": true, "step_s"}         build the subject (after ``warmup`` steps: one timed step)
-  {"op": "train", "n"}                  -> {"seconds", "loss"}
+  {"op": "train", "n"}                  -> {"seconds", "loss", "kernel", "products"}
   {"op": "generate", "n"}               -> {"seconds", "text"}
   {"op": "memory", "steps", "tracemalloc"}
       -> {"method", "peak_mb", "torch_imported"}
@@ -26,15 +26,27 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
+from ..engine.threads import child_environment
 from .memory import measure_memory
-from .settings import THREADS_ENV, BenchConfig
+from .settings import THREADS_ENV, BenchConfig, cores
 from .subjects import make_subject
 
 
 def _tiny(cfg: BenchConfig) -> BenchConfig:
-    return BenchConfig(cfg.name + "-warmup", cfg.vocab, 8, 2, 3)
+    return replace(cfg, name=cfg.name + "-warmup", hidden=8, batch=2, steps=3,
+                   embedding=8 if cfg.embedding else None)
 
+
+
+def _library() -> dict:
+    """The compiled kernel's state and the products chosen by measurement in this worker
+    (``bptt.engine.products``), when the subject uses our engines."""
+    products = sys.modules.get("bptt.engine.products")
+    if products is None:
+        return {}
+    return {"kernel": products.kernel.status(), "products": products.chosen()}
 
 
 def worker_main() -> int:
@@ -65,7 +77,7 @@ def worker_main() -> int:
             elif op == "train":
                 t0 = time.perf_counter()
                 loss = subject.train(int(msg["n"]))
-                reply = {"seconds": time.perf_counter() - t0, "loss": loss}
+                reply = {"seconds": time.perf_counter() - t0, "loss": loss, **_library()}
             elif op == "generate":
                 t0 = time.perf_counter()
                 text = subject.generate(int(msg["n"]))
@@ -85,17 +97,15 @@ def worker_main() -> int:
 class Worker:
     """A subject's process: ``python -m bptt.bench --worker``.
 
-    ``threads``: torch's threads (``torch.set_num_threads``) and the BLAS's (OpenBLAS, MKL and
-    OpenMP environment variables, read when NumPy loads); None leaves every core to both.
+    ``threads``: the threads of every pool of the worker -- the kernel's, the BLAS's (OpenBLAS,
+    MKL), OpenMP's and torch's -- set in its environment before it imports anything, with
+    passive waiting (:func:`bptt.engine.threads.child_environment`); None: every core.
     """
 
     def __init__(self, threads: int | None = None) -> None:
         self._err = tempfile.TemporaryFile(mode="w+")
-        env = dict(os.environ)
-        if threads is not None:
-            env[THREADS_ENV] = str(threads)
-            for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
-                env[var] = str(threads)
+        n = threads or cores()
+        env = {**os.environ, **child_environment(n), THREADS_ENV: str(n)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bptt.bench", "--worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._err, text=True, bufsize=1, env=env)

@@ -8,20 +8,28 @@ from ..ranges import COUNT, POSITIVE
 from .argtypes import RawHelpFormatter, add_number
 
 EPILOG = """\
+configurations:
+  book, small, large, long   the book's character RNN (H = 512, 256, 1024; T = 1000)
+  lstm, gru (-512)           an LSTM / GRU over characters, H = 256 (512)
+  word, word-medium          Zaremba's word models: V = 10,000, 2 LSTM layers, E = H = 200
+                             (B = 20, T = 20) and 650 (B = 20, T = 35)
+
 subjects (rows):
-  numpy, torch, torch-autograd, torch-builtin   our engines (torch-bf16: the torch engine with
+  numpy, torch, torch-autograd, torch-builtin   our engines (numpy-bf16, torch-bf16: with
                                                 --precision bf16)
-  torch.nn.RNN   reference: torch.nn.RNN + torch.nn.Linear, torch.optim.SGD, clip_grad_norm_;
-                 generation steps one character at a time under torch.no_grad()
+  torch.nn       reference: torch.nn.RNN/LSTM/GRU (torch.nn.Embedding in front of a word
+                 model) + torch.nn.Linear, torch.optim.SGD, clip_grad_norm_; generation steps
+                 one character at a time under torch.no_grad()
   book           reference: the book's from-scratch model (unrolled loop, one-hot torch.mm,
-                 autograd, grad_clipping, sgd); generation is its predict_ch8 loop
+                 autograd, grad_clipping, sgd); generation is its predict_ch8 loop (the
+                 character RNN configurations only)
 
 columns:
   train tok/s    tokens per second of whole training steps (forward, BPTT, clip, SGD step)
   gen char/s     characters per second of greedy generation at batch 1
   peak MiB       resident-memory growth of a few training steps over the post-setup baseline,
                  each in a fresh process; (..t) = NumPy's tracemalloc peak
-  x nn.RNN, x book   ratios of medians measured in the same run
+  x nn, x book   ratios of medians measured in the same run (x nn: to the torch.nn reference)
 
 Every subject runs in its own worker process; the timed blocks go round-robin over the
 subjects, repeated, and the median is reported: compare ratios, not absolute numbers, on a
@@ -46,9 +54,10 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "bench", help="measure training and generation speed and memory of every engine",
-        description="Benchmark every engine against torch.nn.RNN and the book's model: "
-        "training tokens/s, single-stream generation characters/s and peak memory, in "
-        "the configurations book, small, large and long; print a table, optionally write JSON.",
+        description="Benchmark every engine against torch.nn and the book's model: "
+        "training tokens/s, single-stream generation characters/s and peak memory, for the "
+        "book's RNN, LSTMs, GRUs and word models; print a table naming the CPU and the "
+        "products chosen, optionally write JSON.",
         epilog=EPILOG, formatter_class=RawHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="a tiny version of everything (seconds; what CI runs)")
@@ -66,7 +75,8 @@ def register(sub) -> None:
     add_number(p, "--gen-chars", COUNT, default=None,
                help="characters per generation block (default: 300)")
     add_number(p, "--threads", COUNT, default=None,
-               help="torch and BLAS threads per worker (default: every core; quick: 1)")
+               help="threads per worker, every pool (the kernel's, the BLAS's, torch's) "
+               "(default: every core this process may use; quick: 1)")
     p.set_defaults(func=run)
 
 
@@ -83,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:               # checked where parsed (argtypes)
             kw[name] = value
-    needs_torch = [s for s in args.subjects if s != "numpy"]
+    needs_torch = [s for s in args.subjects if not s.startswith("numpy")]
     if needs_torch and not has_module("torch"):
         raise MissingExtra(f"expected torch installed for the subjects {', '.join(needs_torch)}, "
                            "got none; install it with pip install 'bptt[torch]', or pass "
