@@ -21,7 +21,8 @@ from .argtypes import (
 _D = TrainConfig()
 
 # Settings a resumed run takes from the command line; every other one comes from the checkpoint.
-RESUME_FLAGS = ("epochs", "out", "progress", "device", "engine", "data", "val_data", "lr")
+RESUME_FLAGS = ("epochs", "out", "progress", "device", "engine", "threads", "data", "val_data",
+                "lr")
 
 
 def _mark_given(namespace: argparse.Namespace, dest: str) -> None:
@@ -114,7 +115,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=["float32", "float64"], default=_D.dtype,
                    help="floating-point type of parameters and activations")
     g.add_argument("--precision", choices=["fp32", "bf16"], default=_D.precision,
-                   help="bf16: matrix products in bfloat16 (the torch engine)")
+                   help="bf16: matrix products on bfloat16 operands, float32 everything else")
+    add_number(g, "--threads", RANGES["threads"], default=_D.threads,
+               help="threads of the compiled kernel, the BLAS and torch, set together "
+               "(default: the cores this process may run on)")
 
 
 def register(sub) -> None:

@@ -10,8 +10,9 @@ the waiting is passive: the kernel's threads spin for at most 50 microseconds an
 and the OpenMP environment of child processes (data-parallel workers, benchmark workers) asks
 for passive waiting before they import anything.
 
-The default is the number of cores this process may run on (``os.sched_getaffinity``), unless
-``BPTT_THREADS`` (or else ``OMP_NUM_THREADS``) says otherwise; ``--threads N`` of ``bptt train``
+The default is the number of cores this process may run on (``os.sched_getaffinity``; divided
+among the ranks of a data-parallel job on one machine), unless ``BPTT_THREADS`` (or else
+``OMP_NUM_THREADS``) says otherwise; ``--threads N`` of ``bptt train``
 and ``bptt bench`` sets it.
 """
 
@@ -43,8 +44,12 @@ def _from_env() -> int | None:
 
 
 def default_threads() -> int:
-    """``BPTT_THREADS``, else ``OMP_NUM_THREADS``, else every core this process may use."""
-    return _from_env() or cores()
+    """``BPTT_THREADS``, else ``OMP_NUM_THREADS``, else every core this process may use,
+    shared among the processes of one data-parallel job on this machine (torchrun's
+    ``LOCAL_WORLD_SIZE``)."""
+    local = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    share = int(local) if local.isdigit() and int(local) >= 1 else 1
+    return _from_env() or max(1, cores() // share)
 
 
 def threads() -> int:

@@ -41,6 +41,8 @@ class TrainConfig(DictConfig):
     device: str | None = None          # torch engines: cuda when available
     dtype: str = "float32"
     precision: str = "fp32"
+    threads: int | None = None         # of every pool (the kernel's, the BLAS's, torch's)
+    #                                    together; None: the cores this process may run on
     # -- optimisation -------------------------------------------------------------------------
     batch_size: int = 32               # the book's 32 sequences
     num_steps: int = 35                # of 35 steps each
@@ -87,6 +89,7 @@ RANGES = {
     "lr_decay": R.Range(float, lo=0, hi=1, lo_open=True, none="no decay",
                         about="the factor per epoch"),
     "lr_decay_start": R.COUNT,
+    "threads": R.Range(int, lo=1, none="the cores this process may run on"),
     "sample_every": R.COUNT0, "sample_length": R.COUNT0,
 }
 

@@ -42,6 +42,7 @@ from ..data import (
     split_tokens,
 )
 from ..engine import get_engine
+from ..engine.threads import set_threads
 from ..errors import Diverged, StopFlag
 from ..jsonl import json_line
 from ..model import DROPOUT_MODES, ModelSpec, init_params
@@ -313,6 +314,7 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], dist: dis
     # -- model, engine, optimiser -------------------------------------------------------------
     engine = get_engine(cfg.engine, spec, device=dist.device or cfg.device, dtype=cfg.dtype,
                         precision=cfg.precision)
+    set_threads(cfg.threads)          # every pool the same number (torch's too, now imported)
     memory.require(memory.estimate(spec, batch_size=cfg.batch_size // dist.world_size,
                                    num_steps=cfg.num_steps, optimizer=cfg.optimizer,
                                    dtype=cfg.dtype), engine.device,
@@ -391,10 +393,11 @@ def _resumable(last_path: Path) -> ck.Checkpoint:
 
 
 def _resumed_config(cfg: TrainConfig, ckpt: ck.Checkpoint, lr: float | None) -> TrainConfig:
-    """The checkpoint's config, with the epochs, folder, progress and device asked for now
-    (and the learning rate, when one is given)."""
+    """The checkpoint's config, with the epochs, folder, progress, device, engine and threads
+    asked for now (and the learning rate, when one is given)."""
     now = {"epochs": cfg.epochs, "out": str(Path(cfg.out)), "progress": cfg.progress,
-           "device": cfg.device, "engine": cfg.engine, **({} if lr is None else {"lr": lr})}
+           "device": cfg.device, "engine": cfg.engine, "threads": cfg.threads,
+           **({} if lr is None else {"lr": lr})}
     return TrainConfig.from_dict({**ckpt.config, **now})
 
 
