@@ -1,7 +1,9 @@
 """Word-level training speed: ``bptt train --recipe zaremba-small`` on the numpy and torch
-engines next to a plain PyTorch word language model, interleaved, medians and ratios.
+engines, float32 and ``--precision bf16``, next to a plain PyTorch word language model (float32),
+interleaved, medians and ratios, and the validation perplexity each reaches.
 
-    python benchmarks/word_lm.py [--rounds 5] [--vocab 0|10000] [--json out.json]
+    python benchmarks/word_lm.py [--rounds 5] [--vocab 0|10000] [--epochs 1] [--threads 1]
+                                 [--json out.json]
 
 The plain model is PyTorch's word_language_model as one writes it: torch.nn.Embedding +
 torch.nn.LSTM (2 layers) + torch.nn.Linear, U(-0.1, 0.1), cross-entropy, loss.backward(),
@@ -9,13 +11,18 @@ torch.nn.utils.clip_grad_norm_ and an SGD step, the hidden state carried and det
 batches: the recipe's sizes (E = H = 200, batch 20 x 20 steps), lr 20, clip 0.25, on the same
 token ids in the same sequential batches. ``bptt`` runs through ``bptt.lm.train.train`` with
 the recipe's settings (its tokens/s: the training loop of an epoch, the same span the plain
-model's timer covers). Every subject runs in its own process with one thread (torch, MKL,
-OpenBLAS, OpenMP), and the rounds interleave the subjects, so the machine's other load falls on
-all of them alike; the ratios are taken per round, then their median.
+model's timer covers; the median of its epochs). Every subject runs in its own process with the
+same threads (``--threads``: torch, MKL, OpenBLAS, OpenMP and bptt's kernel, waiting
+passively), and the rounds interleave the subjects, so the machine's other load falls on all of
+them alike; the ratios are taken per round, then their median. After its epochs every subject's
+parameters are evaluated on the validation text by the same code (``bptt``'s
+``evaluate_tokens`` on the NumPy engine in float32, the plain model's weights carried over by
+their torch names): the validation perplexities of the same run, side by side.
 
 ``--vocab 0`` (the default) reads The Time Machine's word-level split as the recipe does
 (V = 1,870); ``--vocab 10000`` a synthetic text of 10,000 Zipf-distributed word types in lines
-of 20 words, the vocabulary size of the 10k-word benchmark corpus, where the head dominates.
+of 20 words, the vocabulary size of the 10k-word benchmark corpus, where the head dominates (its
+validation text: another draw of the same distribution, a tenth of the size).
 """
 
 from __future__ import annotations
@@ -34,42 +41,68 @@ from pathlib import Path
 
 import numpy as np
 
-SUBJECTS = ("numpy", "torch", "pytorch")
-ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+SUBJECTS = ("numpy", "numpy-bf16", "torch", "torch-bf16", "pytorch")
+OURS = {"numpy": ("numpy", "fp32"), "numpy-bf16": ("numpy", "bf16"),
+        "torch": ("torch", "fp32"), "torch-bf16": ("torch", "bf16")}
 
 
-def recipe_config(data: str | None, out: str, engine: str):
-    """The recipe's settings for one epoch on ``data`` (None: the recipe's own corpus)."""
+def recipe_config(data: str | None, val: str | None, out: str, engine: str,
+                  precision: str = "fp32", epochs: int = 1, threads: int = 1):
+    """The recipe's settings for ``epochs`` on ``data`` and ``val`` (None: the recipe's own
+    corpus and its validation split)."""
     from bptt.lm.config import TrainConfig, apply_recipe
 
-    overrides = {"out": out, "engine": engine, "epochs": 1, "sample_every": 0,
-                 "progress": "log", "device": "cpu"}
-    if data is not None:                       # a synthetic corpus: no validation stream
-        overrides.update(data=data, val_data=None)
+    overrides = {"out": out, "engine": engine, "precision": precision, "epochs": epochs,
+                 "threads": threads, "sample_every": 0, "progress": "log", "device": "cpu"}
+    if data is not None:                       # a synthetic corpus and its validation draw
+        overrides.update(data=data, val_data=val)
     return apply_recipe(TrainConfig(), "zaremba-small", overrides)
 
 
-def bptt_worker(engine: str, data: str | None) -> dict:
-    """One epoch of the recipe through bptt's trainer (its training loop's tokens/s)."""
+def bptt_worker(subject: str, data: str | None, val: str | None, epochs: int,
+                threads: int) -> dict:
+    """The recipe through bptt's trainer (its training loop's tokens/s, the median over the
+    epochs), then the validation perplexity of its parameters."""
+    from bptt import checkpoint as ck
     from bptt.lm.train import train
 
+    engine, precision = OURS[subject]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = recipe_config(data, str(Path(tmp) / "run"), engine)
+        cfg = recipe_config(data, val, str(Path(tmp) / "run"), engine, precision, epochs,
+                            threads)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")      # the validation text's unknown words
-            last = train(cfg, log=lambda _msg: None).last
-    return {"tokens_per_s": last["tokens_per_s"], "loss": last["loss"]}
+            result = train(cfg, log=lambda _msg: None)
+            ppl = validation_perplexity(cfg, ck.load(result.out, "last").params)
+    epochs_done = [m for m in result.metrics if m.get("kind") == "epoch"]
+    return {"tokens_per_s": statistics.median(m["tokens_per_s"] for m in epochs_done),
+            "loss": epochs_done[-1]["loss"], "val_perplexity": ppl}
 
 
-def pytorch_worker(data: str | None) -> dict:
-    """The plain PyTorch word language model over the same epoch, the same batches."""
+def validation_perplexity(cfg, params: dict) -> float:
+    """The perplexity of ``params`` (NumPy arrays by torch name) on the validation text, by
+    bptt's evaluator on the NumPy engine in float32: the same code for every subject."""
+    from bptt.data import resolve_normalization
+    from bptt.engine import get_engine
+    from bptt.lm.evaluate import evaluate_tokens
+    from bptt.lm.train import build_spec, load_data
+
+    cfg = replace(cfg, normalization=resolve_normalization(cfg.normalization, cfg.data))
+    _, val_ids, vocab = load_data(cfg)
+    engine = get_engine("numpy", build_spec(cfg, len(vocab)))
+    return evaluate_tokens(engine, engine.from_numpy(params), val_ids, cfg.batch_size,
+                           cfg.num_steps)["perplexity"]
+
+
+def pytorch_worker(data: str | None, val: str | None, epochs: int, threads: int) -> dict:
+    """The plain PyTorch word language model over the same epochs, the same batches."""
     import torch
 
     from bptt.data import batches, resolve_normalization
     from bptt.lm.train import load_data
 
-    torch.set_num_threads(1)
-    cfg = recipe_config(data, "unused", "numpy")
+    torch.set_num_threads(threads)
+    cfg = recipe_config(data, val, "unused", "numpy", epochs=epochs, threads=threads)
     cfg = replace(cfg, normalization=resolve_normalization(cfg.normalization, cfg.data))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -81,47 +114,61 @@ def pytorch_worker(data: str | None) -> dict:
     with torch.no_grad():
         for p in params:
             p.uniform_(-cfg.init_scale, cfg.init_scale)
-    # bptt's first epoch: the same sequential batches (the offset drawn from [seed, 1, 0])
-    stream = list(batches(ids, cfg.batch_size, cfg.num_steps, cfg.partition,
-                          np.random.default_rng([cfg.seed, 1, 0])))
-    hidden, n_tokens = None, 0
-    start = time.perf_counter()
-    for X, Y in stream:
-        x, y = torch.from_numpy(X.T.copy()), torch.from_numpy(Y.T.copy())    # (T, B)
-        out, hidden = lstm(emb(x), hidden)
-        loss = torch.nn.functional.cross_entropy(head(out).view(-1, V), y.reshape(-1))
-        for p in params:
-            p.grad = None
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-        with torch.no_grad():
+    hidden, lr, rates = None, cfg.lr, []
+    for epoch in range(epochs):
+        # bptt's epochs: the same sequential batches (the offset drawn from [seed, 1, epoch])
+        stream = list(batches(ids, cfg.batch_size, cfg.num_steps, cfg.partition,
+                              np.random.default_rng([cfg.seed, 1, epoch])))
+        n_tokens = 0
+        start = time.perf_counter()
+        for X, Y in stream:
+            x, y = torch.from_numpy(X.T.copy()), torch.from_numpy(Y.T.copy())    # (T, B)
+            out, hidden = lstm(emb(x), hidden)
+            loss = torch.nn.functional.cross_entropy(head(out).view(-1, V), y.reshape(-1))
             for p in params:
-                p.add_(p.grad, alpha=-cfg.lr)
-        hidden = tuple(h.detach() for h in hidden)
-        n_tokens += X.size
-    seconds = time.perf_counter() - start
-    return {"tokens_per_s": n_tokens / seconds, "loss": float(loss), "vocab": V,
-            "batches": len(stream)}
+                p.grad = None
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            with torch.no_grad():
+                for p in params:
+                    p.add_(p.grad, alpha=-lr)
+            hidden = tuple(h.detach() for h in hidden)
+            n_tokens += X.size
+        rates.append(n_tokens / (time.perf_counter() - start))
+        if cfg.lr_decay is not None and epoch + 1 >= cfg.lr_decay_start:
+            lr *= cfg.lr_decay                   # bptt's schedule (Zaremba's decay)
+    weights = {"embedding.weight": emb.weight, **dict(lstm.named_parameters()),
+               "head.weight": head.weight, "head.bias": head.bias}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ppl = validation_perplexity(cfg, {k: v.detach().numpy() for k, v in weights.items()})
+    return {"tokens_per_s": statistics.median(rates), "loss": float(loss), "vocab": V,
+            "batches": len(stream), "val_perplexity": ppl}
 
 
-def synthetic_corpus(folder: Path, vocab: int, tokens: int, seed: int = 0) -> Path:
+def synthetic_corpus(folder: Path, vocab: int, tokens: int, seed: int = 0,
+                     name: str = "zipf") -> Path:
     """``tokens`` words drawn from ``vocab`` types with Zipf frequencies, 20 to a line."""
     rng = np.random.default_rng(seed)
     p = 1.0 / np.arange(1, vocab + 1)
     ids = rng.choice(vocab, size=tokens, p=p / p.sum())
-    ids[:vocab] = np.arange(vocab)                       # every type at least once
+    if seed == 0:
+        ids[:vocab] = np.arange(vocab)                   # every type at least once
     rng.shuffle(ids)
     lines = [" ".join(f"w{i}" for i in ids[s:s + 20]) for s in range(0, tokens, 20)]
-    path = folder / f"zipf{vocab}.txt"
+    path = folder / f"{name}{vocab}.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
-def run_worker(subject: str, data: str | None) -> dict:
-    env = {**os.environ, **ONE_THREAD}
-    cmd = [sys.executable, __file__, "--worker", subject]
+def run_worker(subject: str, args, data: str | None, val: str | None) -> dict:
+    from bptt.engine.threads import child_environment
+
+    env = {**os.environ, **child_environment(args.threads)}
+    cmd = [sys.executable, __file__, "--worker", subject, "--epochs", str(args.epochs),
+           "--threads", str(args.threads)]
     if data is not None:
-        cmd += ["--data", data]
+        cmd += ["--data", data, "--val", val]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -133,36 +180,58 @@ def main() -> None:
                    help="0: The Time Machine (the recipe's data); N: a synthetic N-word text")
     p.add_argument("--batches", type=int, default=60,
                    help="with --vocab N: the batches of the synthetic text (at least 2N words)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs per measurement")
+    p.add_argument("--threads", type=int, default=1, help="threads of every subject")
+    p.add_argument("--subjects", default=",".join(SUBJECTS),
+                   help=f"comma-separated, among {','.join(SUBJECTS)}")
     p.add_argument("--json", metavar="PATH", help="write the measurements as JSON")
     p.add_argument("--worker", choices=SUBJECTS, help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--val", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        out = (pytorch_worker(args.data) if args.worker == "pytorch"
-               else bptt_worker(args.worker, args.data))
+        out = (pytorch_worker(args.data, args.val, args.epochs, args.threads)
+               if args.worker == "pytorch"
+               else bptt_worker(args.worker, args.data, args.val, args.epochs, args.threads))
         print(json.dumps(out))
         return
+    subjects = [s for s in args.subjects.split(",") if s]
+    if "pytorch" not in subjects or not set(subjects) <= set(SUBJECTS):
+        p.error(f"expected --subjects among {','.join(SUBJECTS)} with pytorch, got "
+                f"{args.subjects!r}")
     with tempfile.TemporaryDirectory() as tmp:
-        data = (str(synthetic_corpus(Path(tmp), args.vocab,
-                                     max(400 * args.batches + 21, 2 * args.vocab)))
-                if args.vocab else None)
-        rounds = [{s: run_worker(s, data) for s in SUBJECTS} for _ in range(args.rounds)]
-    report(rounds, args)
+        data = val = None
+        if args.vocab:
+            tokens = max(400 * args.batches + 21, 2 * args.vocab)
+            data = str(synthetic_corpus(Path(tmp), args.vocab, tokens))
+            val = str(synthetic_corpus(Path(tmp), args.vocab, tokens // 10, seed=1,
+                                       name="valid"))
+        rounds = []
+        for i in range(args.rounds):                 # a rotating order within each round
+            order = subjects[i % len(subjects):] + subjects[:i % len(subjects)]
+            rounds.append({s: run_worker(s, args, data, val) for s in order})
+    report(rounds, subjects, args)
 
 
-def report(rounds: list[dict], args) -> None:
+def report(rounds: list[dict], subjects: list[str], args) -> None:
     plain = rounds[0]["pytorch"]
     print(f"bptt train --recipe zaremba-small (E = H = 200, 2 LSTM layers, batch 20 x 20), "
-          f"V = {plain['vocab']:,}, one epoch of {plain['batches']} batches per measurement, "
-          f"{args.rounds} interleaved rounds, one thread each")
-    rates = {s: [r[s]["tokens_per_s"] for r in rounds] for s in SUBJECTS}
-    for s in SUBJECTS:
-        print(f"  {s:8s} median {statistics.median(rates[s]):8,.0f} tokens/s   "
+          f"V = {plain['vocab']:,}, {args.epochs} epoch(s) of {plain['batches']} batches per "
+          f"measurement, {args.rounds} interleaved rounds, {args.threads} thread(s) each")
+    rates = {s: [r[s]["tokens_per_s"] for r in rounds] for s in subjects}
+    ppl = {s: [r[s]["val_perplexity"] for r in rounds] for s in subjects}
+    for s in subjects:
+        print(f"  {s:10s} median {statistics.median(rates[s]):8,.0f} tokens/s   validation "
+              f"perplexity {statistics.median(ppl[s]):8.2f}   "
               f"(rounds: {', '.join(f'{x:,.0f}' for x in rates[s])})")
-    for s in ("numpy", "torch"):
+    for s in subjects:
+        if s == "pytorch":
+            continue
         ratios = [a / b for a, b in zip(rates[s], rates["pytorch"], strict=True)]
-        print(f"  {s} / pytorch: median {statistics.median(ratios):.2f} "
-              f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+        gap = [a / b - 1 for a, b in zip(ppl[s], ppl["pytorch"], strict=True)]
+        print(f"  {s} / pytorch: tokens/s median {statistics.median(ratios):.2f} "
+              f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}); validation perplexity "
+              f"{statistics.median(gap):+.2%}")
     if args.json:
         Path(args.json).write_text(json.dumps(rounds, indent=1), encoding="utf-8")
 
