@@ -486,3 +486,18 @@ def test_gemm_shapes_and_rates_are_sane():
     assert shapes["weight grad (H,TB)x(TB,H)"] == (cfg.hidden, cfg.tokens, cfg.hidden)
     rates = bench.gemm_rates(cfg, with_torch=False, min_seconds=0.001)
     assert all(r["numpy_fp32"] > 0 for r in rates.values())
+
+
+def test_flops_per_token_and_the_roofline():
+    """A training step's products per token: 6 G H (H + I) per layer (forward, the input
+    gradient and the weight gradient; no input product over one-hot characters) and 6 H V for
+    the head; the roofline spends each product's FLOPs at its shape's rate."""
+    from bptt.bench.rates import flops_per_token, roofline, step_products
+
+    book, word = bench.CONFIGS["book"], bench.CONFIGS["word"]
+    H, V = book.hidden, book.vocab
+    assert flops_per_token(book) == pytest.approx(6 * H * H + 6 * H * V)
+    H, E, V = word.hidden, word.embedding, word.vocab
+    assert flops_per_token(word) == pytest.approx(2 * 6 * 4 * H * (H + E) + 6 * H * V)
+    rates = {name: {"r": 100.0} for name in step_products(word)}     # 100 GFLOP/s everywhere
+    assert roofline(word, rates, "r") == pytest.approx(100e9 / flops_per_token(word))

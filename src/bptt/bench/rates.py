@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from ..engine import kernel
 from .settings import BenchConfig
 from .subjects import make_subject, set_torch_threads
 
@@ -58,15 +59,49 @@ def _rate(fn, flop: float, min_seconds: float = 0.2) -> float:
         n *= 2
 
 
-def gemm_shapes(cfg: BenchConfig) -> dict[str, tuple[int, int, int]]:
-    """(m, k, n) of the products one training step of the book's model is made of."""
-    H, B, T, V = cfg.hidden, cfg.batch, cfg.steps, cfg.vocab
-    return {
-        "step (B,H)x(H,H)": (B, H, H),
-        "weight grad (H,TB)x(TB,H)": (H, T * B, H),
-        "head (TB,H)x(H,V)": (T * B, H, V),
-        "generation (1,H)x(H,H)": (1, H, H),
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def step_products(cfg: BenchConfig) -> dict[str, tuple[tuple[int, int, int], int]]:
+    """The matrix products of one training step (forward, BPTT, head) of a configuration:
+    name -> ((m, k, n), how many per step), G the gates, L the layers, I a layer's input
+    (layer 0 over one-hot characters: a row gather, no product; behind an embedding: E)."""
+    H, B, T, V, G, L = cfg.hidden, cfg.batch, cfg.steps, cfg.vocab, GATES[cfg.cell], cfg.layers
+    gh = "H" if G == 1 else f"{G}H"
+    dense_inputs = L - 1 + (1 if cfg.embedding else 0)      # layers whose input is a product
+    I = cfg.embedding or H
+    out = {
+        f"step (B,H)x(H,{gh})": ((B, H, G * H), 2 * T * L),            # z_t and dh_{t-1}
+        f"weight grad ({gh},TB)x(TB,H)": ((G * H, T * B, H), L),       # dW_hh
+        "head (TB,H)x(H,V)": ((T * B, H, V), 3),                       # y, dh, dW_head
     }
+    if dense_inputs:
+        out[f"input (TB,I)x(I,{gh})"] = ((T * B, I, G * H), 2 * dense_inputs)   # x W_ih^T, dx
+        out[f"input grad ({gh},TB)x(TB,I)"] = ((G * H, T * B, I), dense_inputs)  # dW_ih
+    return out
+
+
+def flops_per_token(cfg: BenchConfig) -> float:
+    """The matrix-product FLOPs of one training step per token (2 m k n per product)."""
+    total = sum(2.0 * m * k * n * count for (m, k, n), count in step_products(cfg).values())
+    return total / cfg.tokens
+
+
+def roofline(cfg: BenchConfig, rates: dict, column: str) -> float:
+    """Tokens/s if a training step took no time but its products, each at the rate of its
+    shape measured in ``column`` of :func:`gemm_rates` (GFLOP/s)."""
+    seconds = sum(2.0 * m * k * n * count / (rates[name][column] * 1e9)
+                  for name, ((m, k, n), count) in step_products(cfg).items())
+    return cfg.tokens / seconds
+
+
+def gemm_shapes(cfg: BenchConfig) -> dict[str, tuple[int, int, int]]:
+    """(m, k, n) of the products one training step is made of (:func:`step_products`), and
+    of a generation step."""
+    shapes = {name: shape for name, (shape, _) in step_products(cfg).items()}
+    gh = "H" if cfg.cell == "rnn" else f"{GATES[cfg.cell]}H"
+    shapes[f"generation (1,H)x(H,{gh})"] = (1, cfg.hidden, GATES[cfg.cell] * cfg.hidden)
+    return shapes
 
 
 def gemm_rates(cfg: BenchConfig, with_torch: bool = True, min_seconds: float = 0.2) -> dict:
@@ -77,6 +112,8 @@ def gemm_rates(cfg: BenchConfig, with_torch: bool = True, min_seconds: float = 0
     engine uses for float32 on the CPU; ``onednn_fp32_packed``: the same with the weight
     reordered once (the per-step products). ``torch_bf16``: torch.mm on bfloat16 operands;
     ``onednn_bf16_packed``: oneDNN with a reordered bfloat16 weight (the bf16 engine's steps).
+    ``kernel_fp32``, ``kernel_bf16``: the compiled kernel's product (``bptt.engine.kernel``;
+    bf16: bfloat16 operands, float32 accumulation), when it is built.
     """
     rng = np.random.default_rng(0)
     rates = {}
@@ -94,6 +131,11 @@ def gemm_rates(cfg: BenchConfig, with_torch: bool = True, min_seconds: float = 0
         row = {"shape": [m, k, n],
                "numpy_fp32": _rate(lambda a=a, b=b, c=c: np.matmul(a, b, out=c), flop,
                                    min_seconds)}
+        if kernel.enabled():
+            for precision in ("fp32", "bf16"):
+                row[f"kernel_{precision}"] = _rate(
+                    lambda a=a, b=b, c=c, p=precision: kernel.matmul(a, b, c, precision=p),
+                    flop, min_seconds)
         if with_torch:
             ta, tb = torch.from_numpy(a), torch.from_numpy(b)
             tc = torch.empty(m, n)
