@@ -42,6 +42,8 @@ CACHE_ENV = "BPTT_CACHE_DIR"
 CANDIDATES = {"numpy": ("kernel", "numpy"), "torch": ("kernel", "onednn", "mm")}
 """The implementations each kind of operand may use, in order of preference on a tie."""
 
+ROUNDS = 5
+"""Timed runs of each candidate, interleaved; the fastest run of each counts."""
 _CHOSEN: dict[str, str] = {}
 _FILE: dict = {}
 
@@ -76,13 +78,14 @@ def cpu_model() -> str:
 
 def _machine() -> str:
     torch = sys.modules.get("torch")
+    # v2: NumPy's BLAS runs one thread beside the kernel (threads.set_blas_threads)
     return (f"{cpu_model()}|numpy {np.__version__}|torch {getattr(torch, '__version__', '-')}|"
             f"kernel {kernel.status()}|threads {threads()}")
 
 
 def _cache_path() -> Path:
     base = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "bptt")
-    return Path(base) / "products-v1.json"
+    return Path(base) / "products-v2.json"
 
 
 def _remembered() -> dict:
@@ -130,15 +133,14 @@ def choose(kind: str, key: str, runners: dict) -> str:
     if name in runners:
         _CHOSEN[full] = name
         return name
-    times = {}
-    for n, run in runners.items():
+    for run in runners.values():
         run()                                            # warm up (first-use costs)
-        best = float("inf")
-        for _ in range(3):
+    times = dict.fromkeys(runners, float("inf"))
+    for _ in range(ROUNDS):                              # interleaved: a busy moment of the
+        for n, run in runners.items():                   # machine falls on every candidate
             t0 = time.perf_counter()
             run()
-            best = min(best, time.perf_counter() - t0)
-        times[n] = best
+            times[n] = min(times[n], time.perf_counter() - t0)
     name = min(times, key=lambda n: (times[n], CANDIDATES[kind].index(n)))
     _CHOSEN[full] = name
     _remembered()[full] = name

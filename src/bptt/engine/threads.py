@@ -66,8 +66,18 @@ def child_environment(n: int) -> dict[str, str]:
             "MKL_NUM_THREADS": str(n), "OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 
 
+_SETTER: list = []
+
+
 def _openblas_setter():
-    """NumPy's bundled OpenBLAS thread setter (``scipy_openblas_set_num_threads64_``), if any."""
+    """NumPy's bundled OpenBLAS thread setter (``scipy_openblas_set_num_threads64_``), if any
+    (looked up once)."""
+    if not _SETTER:
+        _SETTER.append(_find_openblas_setter())
+    return _SETTER[0]
+
+
+def _find_openblas_setter():
     try:
         import numpy
     except ImportError:
@@ -86,18 +96,34 @@ def _openblas_setter():
     return None
 
 
+def set_blas_threads(n: int) -> None:
+    """NumPy's OpenBLAS threads (where NumPy's bundled OpenBLAS is found).
+
+    With the compiled kernel on, it gets one: the kernel's team computes every large product
+    and loop, waiting passively, and what is left to NumPy is small. OpenBLAS's own threads
+    wait by spinning and yielding, and on a busy machine a small product on two of them was
+    measured 90 times slower than on one (a 28 x 1120 x 512 product: 87 ms against 0.9 ms,
+    docs/performance.md).
+    """
+    setter = _openblas_setter()
+    if setter is not None:
+        setter(ctypes.c_int(n))
+
+
 def set_threads(n: int | None) -> int:
-    """Use ``n`` threads (None: the default) in the kernel's team, NumPy's OpenBLAS and torch
-    (when imported), and in the environment of child processes; returns n."""
+    """Use ``n`` threads (None: the default) in the kernel's team, NumPy's OpenBLAS (one while
+    the kernel is on: :func:`set_blas_threads`) and torch (when imported), and in the
+    environment of child processes; returns n."""
     if n is None:
         n = default_threads()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"expected threads a positive integer, got {n!r}")
     _SETTING[:] = [n]
     os.environ.update(child_environment(n))
-    setter = _openblas_setter()
-    if setter is not None:
-        setter(ctypes.c_int(n))
+    # imported here: the kernel module imports this one
+    from . import kernel
+
+    set_blas_threads(1 if kernel.enabled() else n)
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)

@@ -1,0 +1,72 @@
+"""The large products: chosen per machine by measurement at first use, kept in a file, forced
+by ``BPTT_PRODUCTS``; every candidate computes the same product (bf16: on operands rounded to
+bfloat16, accumulated in float32)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bptt.engine import kernel, products
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """No choice known: an empty cache folder, nothing remembered in this process."""
+    monkeypatch.setenv(products.CACHE_ENV, str(tmp_path))
+    monkeypatch.delenv(products.ENV, raising=False)
+    monkeypatch.setattr(products, "_CHOSEN", {})
+    monkeypatch.setattr(products, "_FILE", {})
+    return tmp_path
+
+
+def test_the_choice_is_measured_once_kept_and_read_back(fresh, monkeypatch):
+    calls = {"slow": 0, "fast": 0}
+    monkeypatch.setitem(products.CANDIDATES, "test", ("slow", "fast"))
+
+    def runner(name, seconds):
+        def run():
+            calls[name] += 1
+            products.time.sleep(seconds)
+        return run
+
+    runners = {"slow": runner("slow", 0.004), "fast": runner("fast", 0.0)}
+    assert products.choose("test", "k", runners) == "fast"
+    assert calls == {"slow": 1 + products.ROUNDS, "fast": 1 + products.ROUNDS}
+    assert products.choose("test", "k", runners) == "fast"             # known: not measured
+    assert calls["slow"] == 1 + products.ROUNDS
+    saved = json.loads((fresh / "products-v2.json").read_text())
+    (machine, choices), = saved.items()
+    assert products.cpu_model() in machine and choices == {"test|k": "fast"}
+    monkeypatch.setattr(products, "_CHOSEN", {})                       # a new process
+    monkeypatch.setattr(products, "_FILE", {})
+    assert products.choose("test", "k", runners) == "fast"
+    assert calls["slow"] == 1 + products.ROUNDS                        # read from the file
+    monkeypatch.setenv(products.ENV, "library")                        # forced
+    assert products.choose("numpy", "k", {"kernel": runners["fast"],
+                                           "numpy": runners["slow"]}) == "numpy"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_every_candidate_computes_the_same_product(fresh, monkeypatch, precision):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((70, 300), dtype=np.float32)
+    b = rng.standard_normal((200, 300), dtype=np.float32).T              # a transposed view
+    if precision == "bf16":
+        ref = products.bf16_round(a).astype(np.float64) @ products.bf16_round(b)
+    else:
+        ref = a.astype(np.float64) @ b
+    for forced in ("kernel", "library"):
+        monkeypatch.setenv(products.ENV, forced)
+        out = products.matmul(a, b, precision=precision)
+        assert out.dtype == np.float32
+        assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max(), forced
+        acc = out.copy()
+        products.matmul(a, b, acc, accumulate=True, precision=precision)
+        assert np.allclose(acc, 2 * out, rtol=1e-5, atol=1e-4)
+    assert products.bf16_round(np.float32([1 + 2 ** -8, np.nan]))[0] == 1.0   # to nearest even
+    assert np.isnan(products.bf16_round(np.float32([np.nan]))[0])
+    if not kernel.enabled():                                           # the Python path alone
+        assert kernel.status().startswith(("not available", "off"))
