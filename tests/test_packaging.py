@@ -104,18 +104,19 @@ def test_without_a_compiler_the_install_runs_the_python_path(tmp_path):
     corpus = tmp_path / "hello.txt"
     corpus.write_text(HELLO, encoding="utf-8")
     first = f"import sys; sys.path.insert(0, {str(site)!r}); "
+    env = subprocess_env(MPLBACKEND="Agg")
+    env.pop("BPTT_KERNEL", None)                 # (a suite run with the kernel turned off)
     done = subprocess.run(
         [sys.executable, "-c", first + "from bptt.cli import main; sys.exit(main(sys.argv[1:]))",
          "train", "--data", corpus, "--out", tmp_path / "run", "--engine", "numpy", *TINY],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-        env=subprocess_env(MPLBACKEND="Agg"))
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     notes = [line for line in done.stderr.splitlines() if "kernel" in line]
     assert notes == [notes[0]] and notes[0].startswith("bptt train: warning: the compiled "
                                                        "kernel is not available"), done.stderr
     assert "Python code" in notes[0] and (tmp_path / "run" / "best.safetensors").is_file()
     status = subprocess.run([sys.executable, "-c", first + KERNEL_STATUS], capture_output=True,
-                            text=True, timeout=60, check=True).stdout
+                            text=True, timeout=60, check=True, env=env).stdout
     assert status.startswith("not available"), status
 
 

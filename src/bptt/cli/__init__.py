@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -84,6 +85,10 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenMP's threads (torch's) wait passively unless told otherwise: read when OpenMP loads,
+    # so before anything imports torch; spinning threads starve a competing process's (and the
+    # compiled kernel's) threads on a busy machine (bptt.engine.threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

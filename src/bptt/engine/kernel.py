@@ -30,7 +30,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..cells import CellKind
-from .threads import set_blas_threads, threads
+from .threads import beside_kernel, threads
 
 ENV = "BPTT_KERNEL"
 CELL_CODES = {"rnn": 0, "lstm": 1, "gru": 2}
@@ -60,9 +60,7 @@ def enabled() -> bool:
                           f"engines run their Python code (slower; see docs/performance.md)",
                           stacklevel=3)
         return False
-    if not _STATE.get("blas"):           # NumPy's BLAS one thread beside the kernel's team
-        _STATE["blas"] = True
-        set_blas_threads(1)
+    beside_kernel()                      # NumPy's BLAS: one thread beside the kernel's team
     return True
 
 

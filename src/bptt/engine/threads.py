@@ -96,6 +96,17 @@ def _find_openblas_setter():
     return None
 
 
+_BESIDE_KERNEL: list[bool] = []       # [True] once the compiled kernel has loaded
+
+
+def beside_kernel() -> None:
+    """The compiled kernel has loaded (``bptt.engine.kernel`` says so): from now on NumPy's BLAS
+    runs one thread (:func:`set_blas_threads`)."""
+    if not _BESIDE_KERNEL:
+        _BESIDE_KERNEL.append(True)
+        set_blas_threads(1)
+
+
 def set_blas_threads(n: int) -> None:
     """NumPy's OpenBLAS threads (where NumPy's bundled OpenBLAS is found).
 
@@ -120,10 +131,7 @@ def set_threads(n: int | None) -> int:
         raise ValueError(f"expected threads a positive integer, got {n!r}")
     _SETTING[:] = [n]
     os.environ.update(child_environment(n))
-    # imported here: the kernel module imports this one
-    from . import kernel
-
-    set_blas_threads(1 if kernel.enabled() else n)
+    set_blas_threads(1 if _BESIDE_KERNEL else n)
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)

@@ -312,9 +312,7 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], dist: dis
     spec = build_spec(cfg, len(vocab))
 
     # -- model, engine, optimiser -------------------------------------------------------------
-    engine = get_engine(cfg.engine, spec, device=dist.device or cfg.device, dtype=cfg.dtype,
-                        precision=cfg.precision)
-    set_threads(cfg.threads)          # every pool the same number (torch's too, now imported)
+    engine = _engine(cfg, spec, dist)
     memory.require(memory.estimate(spec, batch_size=cfg.batch_size // dist.world_size,
                                    num_steps=cfg.num_steps, optimizer=cfg.optimizer,
                                    dtype=cfg.dtype), engine.device,
@@ -370,6 +368,15 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], dist: dis
         _plot(run.metrics, out, cfg)
     result.metrics = run.metrics
     return result
+
+
+def _engine(cfg: TrainConfig, spec: ModelSpec, dist):
+    """The run's engine, and every thread pool at ``cfg.threads`` (torch's too, imported by
+    the engine)."""
+    engine = get_engine(cfg.engine, spec, device=dist.device or cfg.device, dtype=cfg.dtype,
+                        precision=cfg.precision)
+    set_threads(cfg.threads)
+    return engine
 
 
 # -- settings and resume ------------------------------------------------------------------------
