@@ -7,9 +7,12 @@ fraction of its own single-thread speed without it (the target: no engine below 
 
 Both measurements are ``bptt bench``'s (``bptt.bench``: one worker process per subject, timed
 blocks interleaved over the subjects, medians): first one thread per worker on the machine as
-it is, then the default threads (every core this process may use, in every pool, waiting
-passively) with the busy process started, then the single-thread run once more, so that a
-change in the machine's other load over the run shows as the two idle runs disagreeing.
+it is, then the default threads (``bptt.engine.threads.default_threads``: the cores the
+machine's other work leaves idle, by the load average, in every pool, waiting passively) with
+the busy process started a minute before (as a user's training starts beside work already
+running; the 1-minute load average has seen it by then), then the single-thread run once
+more, so that a change in the machine's other load over the run shows as the two idle runs
+disagreeing.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,11 +42,14 @@ def rates(out: dict) -> dict:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.set_defaults(configs="word", subjects="numpy,numpy-bf16,torch,torch-bf16,torch.nn")
+    p.add_argument("--settle", type=float, default=60.0,
+                   help="seconds the busy process runs before the measurement")
     args = p.parse_args()
     base = settings(args, ("train",))
     idle = rates(run_bench(replace(base, threads=1)))
     busy_proc = subprocess.Popen(BUSY)
     try:
+        time.sleep(args.settle)
         busy = rates(run_bench(replace(base, threads=None)))
     finally:
         busy_proc.kill()

@@ -1,5 +1,6 @@
-"""Threads: one number for every pool (the compiled kernel's, OpenBLAS's, torch's), its default,
-and ``--threads`` of ``bptt train`` (``bptt bench --threads`` is in test_bench's run)."""
+"""Threads: one number for every pool (the compiled kernel's, OpenBLAS's, torch's), its default
+(the cores other work leaves idle), and ``--threads`` of ``bptt train`` (``bptt bench
+--threads`` is in test_bench's run)."""
 
 from __future__ import annotations
 
@@ -41,10 +42,16 @@ def test_set_threads_sets_every_pool_and_the_children(restore_threads):
             threads.set_threads(bad)
 
 
-def test_the_default_is_the_cores_shared_among_local_ranks(monkeypatch):
+def test_the_default_is_the_idle_cores_shared_among_local_ranks(monkeypatch):
     monkeypatch.setattr(threads, "cores", lambda: 8)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 16)
     for var in ("BPTT_THREADS", "OMP_NUM_THREADS", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (6.2, 0.0, 0.0))
+    assert threads.default_threads() == 5                     # our 8 of 16 cores: 3 busy
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (40.0, 0.0, 0.0))
+    assert threads.default_threads() == 1                     # all busy: one, never zero
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
     assert threads.default_threads() == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")               # torchrun, 3 ranks here
     assert threads.default_threads() == 2

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.threads import default_threads
 from .report import evaluate_targets
 from .settings import BOOK, PARTS, REFERENCE, SUBJECTS, BenchConfig, BenchSettings, cores
 from .worker import Worker
@@ -94,7 +95,8 @@ def run(settings: BenchSettings, log=_log) -> dict:
         c.name: {s: {} for s in settings.subjects if c.runs(s)} for c in configs}
     t_start = time.perf_counter()
     load_before = _loadavg()
-    if "train" in settings.parts or "generate" in settings.parts:
+    threads_used = settings.threads or default_threads()     # what a worker without a number
+    if "train" in settings.parts or "generate" in settings.parts:  # takes, decided now
         workers = {s: Worker(settings.threads) for s in settings.subjects}
         try:
             for cfg in configs:
@@ -110,7 +112,7 @@ def run(settings: BenchSettings, log=_log) -> dict:
                 _memory_part(cfg, settings, results[cfg.name], log)
     out = {
         "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": _loadavg()},
-        "settings": {**asdict(settings), "worker_threads": settings.threads or cores()},
+        "settings": {**asdict(settings), "worker_threads": settings.threads or threads_used},
         "configs": {c.name: {**asdict(c), "reference": c.reference} for c in configs},
         "results": results,
         "seconds": time.perf_counter() - t_start,

@@ -100,7 +100,8 @@ class BenchSettings:
     pause: float = 0.15              # between two workers' blocks (spinning threads settle)
     seed: int = 0
     memory_configs: tuple[str, ...] | None = None   # None: every configuration
-    threads: int | None = None       # threads per worker (every pool); None: every core
+    threads: int | None = None       # threads per worker (every pool); None: the engines'
+    #                                  default, the cores the machine's other work leaves idle
 
     @classmethod
     def quick_settings(cls, **kw) -> BenchSettings:

@@ -28,9 +28,9 @@ import tempfile
 import time
 from dataclasses import replace
 
-from ..engine.threads import child_environment
+from ..engine.threads import child_environment, default_threads
 from .memory import measure_memory
-from .settings import THREADS_ENV, BenchConfig, cores
+from .settings import THREADS_ENV, BenchConfig
 from .subjects import make_subject
 
 
@@ -99,12 +99,13 @@ class Worker:
 
     ``threads``: the threads of every pool of the worker -- the kernel's, the BLAS's (OpenBLAS,
     MKL), OpenMP's and torch's -- set in its environment before it imports anything, with
-    passive waiting (:func:`bptt.engine.threads.child_environment`); None: every core.
+    passive waiting (:func:`bptt.engine.threads.child_environment`); None: the engines' default
+    (:func:`bptt.engine.threads.default_threads`: the cores other work leaves idle).
     """
 
     def __init__(self, threads: int | None = None) -> None:
         self._err = tempfile.TemporaryFile(mode="w+")
-        n = threads or cores()
+        n = threads or default_threads()
         env = {**os.environ, **child_environment(n), THREADS_ENV: str(n)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bptt.bench", "--worker"], stdin=subprocess.PIPE,

@@ -76,7 +76,8 @@ def register(sub) -> None:
                help="characters per generation block (default: 300)")
     add_number(p, "--threads", COUNT, default=None,
                help="threads per worker, every pool (the kernel's, the BLAS's, torch's) "
-               "(default: every core this process may use; quick: 1)")
+               "(default: the cores this process may use that other work leaves idle; "
+               "quick: 1)")
     p.set_defaults(func=run)
 
 

@@ -118,7 +118,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="bf16: matrix products on bfloat16 operands, float32 everything else")
     add_number(g, "--threads", RANGES["threads"], default=_D.threads,
                help="threads of the compiled kernel, the BLAS and torch, set together "
-               "(default: the cores this process may run on)")
+               "(default: the cores this process may run on that other work leaves idle)")
 
 
 def register(sub) -> None:

@@ -10,9 +10,10 @@ the waiting is passive: the kernel's threads spin for at most 50 microseconds an
 and the OpenMP environment of child processes (data-parallel workers, benchmark workers) asks
 for passive waiting before they import anything.
 
-The default is the number of cores this process may run on (``os.sched_getaffinity``; divided
-among the ranks of a data-parallel job on one machine), unless ``BPTT_THREADS`` (or else
-``OMP_NUM_THREADS``) says otherwise; ``--threads N`` of ``bptt train``
+The default is the number of cores this process may run on (``os.sched_getaffinity``) less
+those the machine's other work keeps busy (the load average), divided among the ranks of a
+data-parallel job on one machine, unless ``BPTT_THREADS`` (or else ``OMP_NUM_THREADS``) says
+otherwise; ``--threads N`` of ``bptt train``
 and ``bptt bench`` sets it.
 """
 
@@ -43,13 +44,30 @@ def _from_env() -> int | None:
     return None
 
 
+def idle_cores() -> int:
+    """The cores this process may run on, less those the machine's other work keeps busy: its
+    share of the 1-minute load average, rounded to whole cores; at least one."""
+    n = cores()
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # not available here
+        return n
+    busy = int(n * load / (os.cpu_count() or n) + 0.5)
+    return max(1, n - busy)
+
+
 def default_threads() -> int:
-    """``BPTT_THREADS``, else ``OMP_NUM_THREADS``, else every core this process may use,
-    shared among the processes of one data-parallel job on this machine (torchrun's
-    ``LOCAL_WORLD_SIZE``)."""
+    """``BPTT_THREADS``, else ``OMP_NUM_THREADS``, else the cores this process may use that
+    other work does not keep busy (:func:`idle_cores`), shared among the processes of one
+    data-parallel job on this machine (torchrun's ``LOCAL_WORLD_SIZE``).
+
+    Why not every core: each step of a recurrent loop waits for all its threads, so a thread
+    that loses its core to another process for a scheduler slice stalls the whole team; with
+    one busy process on a 2-core machine two threads trained at 0.3-0.5x the speed of one
+    (docs/performance.md, "Threads")."""
     local = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
     share = int(local) if local.isdigit() and int(local) >= 1 else 1
-    return _from_env() or max(1, cores() // share)
+    return _from_env() or max(1, idle_cores() // share)
 
 
 def threads() -> int:

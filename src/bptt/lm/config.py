@@ -43,6 +43,7 @@ class TrainConfig(DictConfig):
     precision: str = "fp32"
     threads: int | None = None         # of every pool (the kernel's, the BLAS's, torch's)
     #                                    together; None: the cores this process may run on
+    #                                    that other work leaves idle (at the start)
     # -- optimisation -------------------------------------------------------------------------
     batch_size: int = 32               # the book's 32 sequences
     num_steps: int = 35                # of 35 steps each
