@@ -22,11 +22,11 @@ def main() -> None:
     p.add_argument("--no-torch-profiler", action="store_true")
     args = p.parse_args()
     cfg = (QUICK_CONFIGS if args.quick else CONFIGS)[args.config]
-    for subject in args.subjects.split(","):
+    for subject in [s for s in args.subjects.split(",") if cfg.runs(s)]:
         print(f"==== {subject} ({cfg.name}: H={cfg.hidden} B={cfg.batch} T={cfg.steps}), "
               f"{args.steps} steps ====")
         print(profile_step(subject, cfg, args.steps, args.top))
-        if subject != "numpy" and not args.no_torch_profiler:
+        if not subject.startswith("numpy") and not args.no_torch_profiler:
             print(torch_profile_step(subject, cfg, args.steps, args.top))
 
 
