@@ -346,6 +346,48 @@ def test_zaremba_recipes_in_our_loss_scale():
                                          for n in RECIPES if n in PAPER}
 
 
+@pytest.mark.parametrize("clip", [1.0, 1e3])
+def test_lr_t_and_clip_over_t_take_the_papers_steps_on_the_summed_loss(clip):
+    """Zaremba's SGD (lr 1, norm clip c, the loss summed over the T steps and averaged over the
+    B rows, torch.nn modules under autograd) and ours (lr T, clip c / T on the mean over T*B
+    tokens) move the weights alike, with the clip biting (c 1) and idle (c 1e3)."""
+    from bptt import optim, training
+
+    V, T, B = 11, 7, 3
+    spec = spec_for(V)
+    params = init_params(spec, "uniform", 0, "float64", scale=0.5)
+    rng = np.random.default_rng(1)
+    X, Y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    ours = {k: v.copy() for k, v in params.items()}
+    _, grads, _ = NumpyEngine(spec, dtype="float64").loss_and_grads(ours, X, Y, training=False)
+    before, _ = training.clip_and_step(optim.make_optimizer("sgd", lr=T), ours, grads, clip / T)
+
+    emb = torch.nn.Embedding(V, 6).double()
+    lstm = torch.nn.LSTM(6, 6, num_layers=2).double()
+    head = torch.nn.Linear(6, V).double()
+    modules = {"embedding.": emb, "": lstm, "head.": head}
+    for prefix, m in modules.items():
+        m.load_state_dict({k: torch.tensor(params[prefix + k]) for k, _ in m.named_parameters()})
+    out, _ = lstm(emb(torch.tensor(X.T)))                                   # (T, B, H)
+    targets = torch.tensor(Y.T.reshape(-1))                                 # (T*B,)
+    loss = torch.nn.functional.cross_entropy(head(out).reshape(T * B, V), targets,
+                                             reduction="sum") / B
+    loss.backward()
+    paper_norm = math.sqrt(sum(float((p.grad ** 2).sum())
+                               for m in modules.values() for p in m.parameters()))
+    assert (paper_norm > clip) == (clip == 1.0)                      # the clip bites, or not
+    assert paper_norm == pytest.approx(T * float(before), rel=1e-12)
+    scale = min(1.0, clip / paper_norm)          # the paper's rule: g * c / ||g|| past c
+    # clipping divides by the norm + 1e-6 (torch's rule, ours too): on our T times smaller
+    # norm that 1e-6 weighs T times more, a relative 7e-6 / ||g|| in the clipped step
+    rtol = 1e-10 if scale == 1.0 else 1e-5
+    for prefix, m in modules.items():
+        for k, p in m.named_parameters():
+            step = -1.0 * scale * p.grad.numpy()                        # SGD at lr 1
+            np.testing.assert_allclose(ours[prefix + k] - params[prefix + k], step, rtol=rtol,
+                                       atol=1e-14)
+
+
 # -- the whole job through the command line ----------------------------------------------------
 
 
