@@ -388,6 +388,18 @@ def test_lr_t_and_clip_over_t_take_the_papers_steps_on_the_summed_loss(clip):
                                        atol=1e-14)
 
 
+def test_the_closing_line_names_the_best_validation_epoch_beside_the_last():
+    from bptt.cli.train import summary
+
+    overfit = [{"epoch": e, "perplexity": p, "val_perplexity": v, "tokens_per_s": 1000.0}
+               for e, p, v in ((1, 900.0, 650.0), (2, 300.0, 399.8), (3, 40.0, 1737.0))]
+    line = summary(overfit, "numpy")
+    assert line.startswith("perplexity 40.00, validation perplexity 1737.00 (epoch 3; "
+                           "best 399.80 at epoch 2)"), line
+    assert "validation" not in summary([{k: v for k, v in overfit[0].items()
+                                          if k != "val_perplexity"}], "numpy")
+
+
 # -- the whole job through the command line ----------------------------------------------------
 
 
