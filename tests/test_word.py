@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -92,6 +93,28 @@ def test_max_vocab_keeps_the_most_frequent_unk_and_eos_included(make_corpus):
         load_corpus(path, "none", "word", eos=True, max_vocab=2)
     with pytest.raises(DataError, match="expected a vocabulary size of at least 3"):
         Vocab(["a"], reserved=["x", "y"], max_size=2)
+
+
+def test_no_eos_on_the_command_line_reads_the_words_without_line_ends(data_dir):
+    from bptt.cli import build_parser
+    from bptt.cli.train import config_from_args
+    from bptt.data import resolve_normalization
+    from bptt.lm.train import load_data
+
+    got = {}
+    for flags in ((), ("--no-eos",)):
+        args = build_parser().parse_args(["train", "--recipe", "zaremba-small", *flags])
+        cfg = config_from_args(args)
+        auto = resolve_normalization(cfg.normalization, cfg.data)      # as train resolves it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ids, _, vocab = load_data(replace(cfg, normalization=auto))
+        got[flags] = (cfg.eos, vocab, ids)
+    (eos, vocab, ids), (no_eos, vocab_no, ids_no) = got.values()
+    assert eos and not no_eos and EOS in vocab.token_to_idx and EOS not in vocab_no.token_to_idx
+    n_lines = len(read_text(resolve("timemachine")).splitlines())
+    ends = int((ids == vocab.token_to_idx[EOS]).sum())
+    assert ends == math.floor(0.8 * n_lines) == ids.size - ids_no.size   # one per train line
 
 
 def test_word_vocabulary_comes_from_the_training_tokens_alone(make_corpus):
