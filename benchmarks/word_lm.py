@@ -11,13 +11,15 @@ torch.nn.utils.clip_grad_norm_ and an SGD step, the hidden state carried and det
 batches: the recipe's sizes (E = H = 200, batch 20 x 20 steps), lr 20, clip 0.25, on the same
 token ids in the same sequential batches. ``bptt`` runs through ``bptt.lm.train.train`` with
 the recipe's settings (its tokens/s: the training loop of an epoch, the same span the plain
-model's timer covers; the median of its epochs). Every subject runs in its own process with the
-same threads (``--threads``: torch, MKL, OpenBLAS, OpenMP and bptt's kernel, waiting
-passively), and the rounds interleave the subjects, so the machine's other load falls on all of
-them alike; the ratios are taken per round, then their median. After its epochs every subject's
-parameters are evaluated on the validation text by the same code (``bptt``'s
-``evaluate_tokens`` on the NumPy engine in float32, the plain model's weights carried over by
-their torch names): the validation perplexities of the same run, side by side.
+model's timer covers; the median of its epochs), and per CPU second of that same span (the
+trainer's epochs, timed by wrapping them), which the machine's other load disturbs far less than
+the wall clock. Every subject runs in its own process with the same threads (``--threads``:
+torch, MKL, OpenBLAS, OpenMP and bptt's kernel, waiting passively), and the rounds interleave
+the subjects, so that load falls on all of them alike; the ratios are taken per round, then
+their median. After its epochs every subject's parameters are evaluated on the validation text
+by the same code (``bptt``'s ``evaluate_tokens`` on the NumPy engine in float32, the plain
+model's weights carried over by their torch names): the validation perplexities of the same
+run, side by side.
 
 ``--vocab 0`` (the default) reads The Time Machine's word-level split as the recipe does
 (V = 1,870); ``--vocab 10000`` a synthetic text of 10,000 Zipf-distributed word types in lines
@@ -61,22 +63,37 @@ def recipe_config(data: str | None, val: str | None, out: str, engine: str,
 
 def bptt_worker(subject: str, data: str | None, val: str | None, epochs: int,
                 threads: int) -> dict:
-    """The recipe through bptt's trainer (its training loop's tokens/s, the median over the
-    epochs), then the validation perplexity of its parameters."""
+    """The recipe through bptt's trainer: the epochs' tokens/s (wall clock, the training loop;
+    their median) and tokens per CPU second (the same loops, timed by wrapping the trainer's
+    epoch: no setup, validation, checkpoint or plot counted); then the validation perplexity
+    of its parameters."""
     from bptt import checkpoint as ck
-    from bptt.lm.train import train
+    from bptt.lm import train as trainer
 
     engine, precision = OURS[subject]
+    if engine != "numpy":
+        import bptt.engine.torch.model  # noqa: F401  (torch's import is not the engine's time)
+    epoch, cpu = trainer._epoch, []
+
+    def timed_epoch(*args, **kwargs):
+        start = time.process_time()
+        out = epoch(*args, **kwargs)
+        cpu.append(time.process_time() - start)
+        return out
+
+    trainer._epoch = timed_epoch
     with tempfile.TemporaryDirectory() as tmp:
         cfg = recipe_config(data, val, str(Path(tmp) / "run"), engine, precision, epochs,
                             threads)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")      # the validation text's unknown words
-            result = train(cfg, log=lambda _msg: None)
+            result = trainer.train(cfg, log=lambda _msg: None)
             ppl = validation_perplexity(cfg, ck.load(result.out, "last").params)
     epochs_done = [m for m in result.metrics if m.get("kind") == "epoch"]
+    tokens = sum(m["steps"] for m in epochs_done) * cfg.batch_size * cfg.num_steps
     return {"tokens_per_s": statistics.median(m["tokens_per_s"] for m in epochs_done),
-            "loss": epochs_done[-1]["loss"], "val_perplexity": ppl}
+            "tokens_per_cpu_s": tokens / sum(cpu), "loss": epochs_done[-1]["loss"],
+            "val_perplexity": ppl}
 
 
 def validation_perplexity(cfg, params: dict) -> float:
@@ -114,13 +131,13 @@ def pytorch_worker(data: str | None, val: str | None, epochs: int, threads: int)
     with torch.no_grad():
         for p in params:
             p.uniform_(-cfg.init_scale, cfg.init_scale)
-    hidden, lr, rates = None, cfg.lr, []
+    hidden, lr, rates, n_all, cpu = None, cfg.lr, [], 0, 0.0
     for epoch in range(epochs):
         # bptt's epochs: the same sequential batches (the offset drawn from [seed, 1, epoch])
         stream = list(batches(ids, cfg.batch_size, cfg.num_steps, cfg.partition,
                               np.random.default_rng([cfg.seed, 1, epoch])))
         n_tokens = 0
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for X, Y in stream:
             x, y = torch.from_numpy(X.T.copy()), torch.from_numpy(Y.T.copy())    # (T, B)
             out, hidden = lstm(emb(x), hidden)
@@ -135,6 +152,8 @@ def pytorch_worker(data: str | None, val: str | None, epochs: int, threads: int)
             hidden = tuple(h.detach() for h in hidden)
             n_tokens += X.size
         rates.append(n_tokens / (time.perf_counter() - start))
+        cpu += time.process_time() - cpu_start
+        n_all += n_tokens
         if cfg.lr_decay is not None and epoch + 1 >= cfg.lr_decay_start:
             lr *= cfg.lr_decay                   # bptt's schedule (Zaremba's decay)
     weights = {"embedding.weight": emb.weight, **dict(lstm.named_parameters()),
@@ -142,8 +161,8 @@ def pytorch_worker(data: str | None, val: str | None, epochs: int, threads: int)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ppl = validation_perplexity(cfg, {k: v.detach().numpy() for k, v in weights.items()})
-    return {"tokens_per_s": statistics.median(rates), "loss": float(loss), "vocab": V,
-            "batches": len(stream), "val_perplexity": ppl}
+    return {"tokens_per_s": statistics.median(rates), "tokens_per_cpu_s": n_all / cpu,
+            "loss": float(loss), "vocab": V, "batches": len(stream), "val_perplexity": ppl}
 
 
 def synthetic_corpus(folder: Path, vocab: int, tokens: int, seed: int = 0,
@@ -218,20 +237,24 @@ def report(rounds: list[dict], subjects: list[str], args) -> None:
     print(f"bptt train --recipe zaremba-small (E = H = 200, 2 LSTM layers, batch 20 x 20), "
           f"V = {plain['vocab']:,}, {args.epochs} epoch(s) of {plain['batches']} batches per "
           f"measurement, {args.rounds} interleaved rounds, {args.threads} thread(s) each")
-    rates = {s: [r[s]["tokens_per_s"] for r in rounds] for s in subjects}
+    for key, what in (("tokens_per_s", "tokens/s (wall clock)"),
+                      ("tokens_per_cpu_s", "tokens per CPU second")):
+        rates = {s: [r[s][key] for r in rounds] for s in subjects}
+        print(f" {what}:")
+        for s in subjects:
+            print(f"  {s:10s} median {statistics.median(rates[s]):8,.0f}   "
+                  f"(rounds: {', '.join(f'{x:,.0f}' for x in rates[s])})")
+        for s in subjects:
+            if s == "pytorch":
+                continue
+            ratios = [a / b for a, b in zip(rates[s], rates["pytorch"], strict=True)]
+            print(f"  {s} / pytorch: median {statistics.median(ratios):.2f} "
+                  f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
     ppl = {s: [r[s]["val_perplexity"] for r in rounds] for s in subjects}
+    print(" validation perplexity (median; and its median gap to pytorch's per round):")
     for s in subjects:
-        print(f"  {s:10s} median {statistics.median(rates[s]):8,.0f} tokens/s   validation "
-              f"perplexity {statistics.median(ppl[s]):8.2f}   "
-              f"(rounds: {', '.join(f'{x:,.0f}' for x in rates[s])})")
-    for s in subjects:
-        if s == "pytorch":
-            continue
-        ratios = [a / b for a, b in zip(rates[s], rates["pytorch"], strict=True)]
         gap = [a / b - 1 for a, b in zip(ppl[s], ppl["pytorch"], strict=True)]
-        print(f"  {s} / pytorch: tokens/s median {statistics.median(ratios):.2f} "
-              f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}); validation perplexity "
-              f"{statistics.median(gap):+.2%}")
+        print(f"  {s:10s} {statistics.median(ppl[s]):8.2f}   {statistics.median(gap):+.2%}")
     if args.json:
         Path(args.json).write_text(json.dumps(rounds, indent=1), encoding="utf-8")
 
