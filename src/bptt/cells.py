@@ -2,8 +2,9 @@
 
 A cell kind is a frozen description of one recurrent cell: its name (the ``--cell`` value and
 ``ModelSpec.cell``), the names of its gates in the order of the G*H rows of ``weight_ih`` and
-``weight_hh`` (torch's order), the parts of its state, whether it takes a nonlinearity, and the
-``torch.nn`` class that computes the same function, when torch has one.
+``weight_hh`` (torch's order), the parts of its state, whether it takes a nonlinearity, the
+``torch.nn`` class that computes the same function, when torch has one, and whether it projects
+its output (``proj_size``, torch's LSTM: h_t = m_t W_hr^T, ``weight_hr_l{k}`` (P, H)).
 
 Inside the engines a state is always a tuple with one array per state part (``(h,)`` or
 ``(h, c)``); the public API keeps torch's forms (``h``, or the pair ``(h, c)``), converted by
@@ -29,6 +30,7 @@ class CellKind:
     state: tuple[str, ...] = ("h",)    # the state parts: ("h",) or ("h", "c")
     takes_nonlinearity: bool = False   # tanh | relu (the Elman RNN only)
     torch_name: str | None = None      # the torch.nn class computing the same cell
+    projects: bool = False             # takes proj_size: h_t = m_t W_hr^T (torch's LSTM)
 
     @property
     def num_gates(self) -> int:
@@ -77,7 +79,7 @@ class CellKind:
 
 RNN = CellKind("rnn", "Elman RNN", gates=("h",), takes_nonlinearity=True, torch_name="RNN")
 LSTM = CellKind("lstm", "LSTM", gates=("i", "f", "g", "o"), state=("h", "c"),
-                torch_name="LSTM")
+                torch_name="LSTM", projects=True)
 GRU = CellKind("gru", "GRU", gates=("r", "z", "n"), torch_name="GRU")
 
 CELLS: dict[str, CellKind] = {c.name: c for c in (RNN, LSTM, GRU)}

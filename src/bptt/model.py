@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .cells import NONLINEARITIES, CellKind, get_cell
+from .cells import CELLS, NONLINEARITIES, CellKind, get_cell
 
 TASKS = ("lm", "regression")
 INITS = ("torch", "d2l")
@@ -35,6 +35,8 @@ class ModelSpec:
     dropout: float = 0.0          # between layers, training only (as torch)
     bidirectional: bool = False   # a language model predicting the next token cannot be
     task: str = "lm"              # lm (token ids, cross-entropy) | regression (floats, MSE)
+    proj_size: int = 0            # > 0: the LSTM's h_t = m_t W_hr^T has P < H features (torch's
+                                  # proj_size); the next layer and the head read P, not H
 
     def __post_init__(self) -> None:
         def bad(what: str, got: object) -> ValueError:
@@ -53,6 +55,15 @@ class ModelSpec:
             raise bad(f"nonlinearity {' or '.join(map(repr, NONLINEARITIES))}", self.nonlinearity)
         if not 0.0 <= self.dropout < 1.0:
             raise bad("dropout in [0, 1)", self.dropout)
+        if not isinstance(self.proj_size, int | np.integer) or self.proj_size < 0:
+            raise bad("proj_size an integer >= 0", self.proj_size)
+        if self.proj_size and not self.kind.projects:
+            takers = [c.name for c in CELLS.values() if c.projects]
+            raise ValueError(f"expected proj_size 0 for the {self.cell} cell (proj_size is for "
+                             f"the {' and '.join(takers)} cell), got {self.proj_size}")
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"expected proj_size below hidden_size {self.hidden_size}, got "
+                             f"{self.proj_size}")
         if self.task == "lm" and self.bidirectional:
             raise ValueError(
                 "expected bidirectional=False for a language model (the reverse direction would "
@@ -72,6 +83,16 @@ class ModelSpec:
     def gates(self) -> int:
         return self.kind.num_gates
 
+    @property
+    def out_size(self) -> int:
+        """The features of h_t per direction: proj_size when projecting, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    @property
+    def state_sizes(self) -> tuple[int, ...]:
+        """The size of each state part: h has ``out_size``, a further part (c) hidden_size."""
+        return (self.out_size, *(self.hidden_size,) * (self.kind.num_state_parts - 1))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -85,19 +106,25 @@ class ModelSpec:
 
 
 def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every parameter's shape, in torch's order, then the head."""
-    G, H, D = spec.gates, spec.hidden_size, spec.directions
+    """Every parameter's shape, in torch's order, then the head.
+
+    With ``proj_size`` P > 0 (torch.nn.LSTM's names and shapes): ``weight_hh`` is (4H, P),
+    ``weight_hr`` (P, H) follows the biases, and the next layer and the head read D*P features.
+    """
+    G, H, D, S = spec.gates, spec.hidden_size, spec.directions, spec.out_size
     shapes: dict[str, tuple[int, ...]] = {}
     for layer in range(spec.num_layers):
-        in_size = spec.input_size if layer == 0 else D * H
+        in_size = spec.input_size if layer == 0 else D * S
         for d in range(D):
             s = f"_l{layer}" + ("_reverse" if d else "")
             shapes[f"weight_ih{s}"] = (G * H, in_size)
-            shapes[f"weight_hh{s}"] = (G * H, H)
+            shapes[f"weight_hh{s}"] = (G * H, S)
             if spec.bias:
                 shapes[f"bias_ih{s}"] = (G * H,)
                 shapes[f"bias_hh{s}"] = (G * H,)
-    shapes["head.weight"] = (spec.output_size, D * H)
+            if spec.proj_size:
+                shapes[f"weight_hr{s}"] = (spec.proj_size, H)
+    shapes["head.weight"] = (spec.output_size, D * S)
     shapes["head.bias"] = (spec.output_size,)
     return shapes
 
@@ -125,7 +152,7 @@ def init_params(
             value = np.zeros(shape) if is_bias else rng.normal(0.0, 0.01, size=shape)
         else:
             fan = shape[1] if name == "head.weight" else (
-                spec.directions * spec.hidden_size if name == "head.bias" else spec.hidden_size
+                spec.directions * spec.out_size if name == "head.bias" else spec.hidden_size
             )
             bound = 1.0 / np.sqrt(fan)
             value = rng.uniform(-bound, bound, size=shape)

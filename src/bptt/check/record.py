@@ -52,6 +52,7 @@ class CheckRow:
     dx: float | None = None
     dh0: float | None = None
     bias: bool = True
+    proj_size: int = 0         # > 0: an LSTM whose h is projected to P features
     dtype: str = "float64"
     tolerance: float = TOLERANCE["float64"]
 

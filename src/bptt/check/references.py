@@ -30,7 +30,7 @@ from .record import FD_TOLERANCE, CheckRow, grads_error, parts, parts_error, rel
 # -- against torch.nn autograd --------------------------------------------------------------------
 
 def torch_module(cell, nonlinearity, input_size, hidden_size, num_layers, bidirectional, bias,
-                 seed):
+                 seed, proj_size: int = 0):
     """The cell's ``torch.nn`` module in float64, initialised from ``seed`` (global RNG kept)."""
     import torch
 
@@ -41,6 +41,8 @@ def torch_module(cell, nonlinearity, input_size, hidden_size, num_layers, bidire
               "bias": bias, "bidirectional": bidirectional}
     if kind.takes_nonlinearity:
         kwargs["nonlinearity"] = nonlinearity
+    if proj_size:
+        kwargs["proj_size"] = proj_size
     with torch.random.fork_rng(devices=[]):          # seeded init, global RNG untouched
         torch.manual_seed(seed)
         module = getattr(torch.nn, kind.torch_name)(**kwargs)
@@ -62,19 +64,22 @@ def check_against_torch(
     bias: bool = True,
     seed: int = 0,
     engine: str = "numpy",
+    proj_size: int = 0,
 ) -> CheckRow:
     """Our stack forward/backward vs ``torch.nn.RNN/LSTM/GRU(...).double()`` and autograd.
 
     Without ``with_h0`` our stack gets no initial state and torch gets zeros that require
     grad, so the dh0 column checks the gradient reaching the zero state in both cases.
-    ``engine`` is whose forward and backward are checked: "numpy" or "torch".
+    ``engine`` is whose forward and backward are checked: "numpy" or "torch". ``proj_size``
+    (the LSTM): torch.nn.LSTM(proj_size=P), its ``weight_hr_l{k}`` among the parameters.
     """
     nl = check_config(cell, nonlinearity, batch, steps, input_size, hidden_size, num_layers,
-                      truncate, bidirectional)
+                      truncate, bidirectional, proj_size)
     module = torch_module(cell, nonlinearity, input_size, hidden_size, num_layers,
-                          bidirectional, bias, seed)
+                          bidirectional, bias, seed, proj_size)
     params = {k: p.detach().numpy().copy() for k, p in module.named_parameters()}
-    d = draws(cell, batch, steps, input_size, hidden_size, num_layers, bidirectional, seed)
+    d = draws(cell, batch, steps, input_size, hidden_size, num_layers, bidirectional, seed,
+              proj_size)
     if not with_h0:
         d["state0"] = tuple(np.zeros_like(s) for s in d["state0"])
 
@@ -90,7 +95,7 @@ def check_against_torch(
         params=grads_error(grads, ref["grads"]),
         dx=rel_error(dx, ref["dx"]),
         dh0=parts_error(dstate0, ref["dstate0"]),
-        bias=bias,
+        bias=bias, proj_size=proj_size,
     )
 
 
@@ -179,6 +184,7 @@ def check_finite_differences(
     bias: bool = True,
     seed: int = 0,
     eps: float = 1e-6,
+    proj_size: int = 0,
 ) -> CheckRow:
     """Our backward vs central differences ``(L(v + eps) - L(v - eps)) / (2 eps)`` in float64.
 
@@ -190,13 +196,14 @@ def check_finite_differences(
     from ..model import ModelSpec, init_params
 
     nl = check_config(cell, nonlinearity, batch, steps, input_size, hidden_size, num_layers,
-                      None, bidirectional)
+                      None, bidirectional, proj_size)
     spec = ModelSpec(cell=cell, input_size=input_size, hidden_size=hidden_size,
                      num_layers=num_layers, nonlinearity=nonlinearity, bias=bias,
-                     bidirectional=bidirectional, task="regression")
+                     bidirectional=bidirectional, task="regression", proj_size=proj_size)
     params = {k: v for k, v in init_params(spec, "torch", seed, "float64").items()
               if not k.startswith("head.")}
-    d = draws(cell, batch, steps, input_size, hidden_size, num_layers, bidirectional, seed + 1)
+    d = draws(cell, batch, steps, input_size, hidden_size, num_layers, bidirectional, seed + 1,
+              proj_size)
     if not with_h0:
         d["state0"] = tuple(np.zeros_like(s) for s in d["state0"])
 
@@ -224,7 +231,7 @@ def check_finite_differences(
         params=grads_error(grads, num_params),
         dx=rel_error(dx, num_dx),
         dh0=parts_error(dstate0, num_ds0),
-        bias=bias,
+        bias=bias, proj_size=proj_size,
         tolerance=FD_TOLERANCE,
     )
 

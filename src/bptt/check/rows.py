@@ -100,6 +100,25 @@ def _gated_rows(cell: str, quick: bool) -> list[dict]:
     return table
 
 
+def _projection_rows(cell: str, quick: bool) -> list[dict]:
+    """A cell that projects its output (the LSTM's proj_size): h_t = m_t W_hr^T, P < H."""
+    def row(method, **shape):
+        return {"method": method, "cell": cell, **shape}
+
+    table = [row("torch", **_shape(2, 4, 3, 4, num_layers=2, bidirectional=True, proj_size=2)),
+             row("fd", **_shape(2, 3, 2, 3, proj_size=2))]
+    if not quick:
+        table += [
+            row("torch", **_shape(3, 5, 4, 5, proj_size=3)),
+            row("torch", **_shape(3, 5, 4, 5, proj_size=1, with_h0=False, bias=False)),
+            row("torch", **_shape(2, 6, 3, 4, proj_size=2, truncate=2)),
+            row("torch", **_shape(2, 4, 3, 4, num_layers=3, proj_size=3)),
+            row("fd", **_shape(2, 3, 2, 3, num_layers=2, bidirectional=True, proj_size=2,
+                               with_h0=False)),
+        ]
+    return table
+
+
 def default_table(quick: bool = False) -> list[dict]:
     """The configurations ``run_checks`` runs on the NumPy engine, as keyword dicts.
 
@@ -112,6 +131,8 @@ def default_table(quick: bool = False) -> list[dict]:
     table: list[dict] = []
     for kind in CELLS.values():
         rows = (_nonlinearity_rows if kind.takes_nonlinearity else _gated_rows)(kind.name, quick)
+        if kind.projects:
+            rows += _projection_rows(kind.name, quick)
         table += [r for r in rows if r["method"] != "torch" or kind.torch_name is not None]
     return table
 

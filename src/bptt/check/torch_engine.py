@@ -16,36 +16,31 @@ from __future__ import annotations
 import torch
 
 from ..cells import get_cell
-from ..engine.torch.stack import StackConfig, StackFunction, param_names
+from ..engine.torch.stack import StackConfig, StackFunction
+from ..model import ModelSpec, param_shapes
 from .record import CheckRow
 from .references import check_against_torch
 
 
 def gradcheck_row(cell: str, *, nonlinearity: str = "tanh", batch: int = 2, steps: int = 3,
                   input_size: int = 3, hidden_size: int = 3, num_layers: int = 1,
-                  bidirectional: bool = False, seed: int = 0) -> CheckRow:
+                  bidirectional: bool = False, seed: int = 0, proj_size: int = 0) -> CheckRow:
     """``torch.autograd.gradcheck`` on the StackFunction (float64, tiny sizes)."""
     kind = get_cell(cell)
     gen = torch.Generator().manual_seed(seed)
-    D = 2 if bidirectional else 1
-    G = kind.num_gates
-    names = tuple(param_names(num_layers, bidirectional, True))
-    weights = []
-    for n in names:
-        layer = int(n.split("_l")[1].split("_")[0])
-        in_size = input_size if layer == 0 else D * hidden_size
-        shape = ((G * hidden_size, in_size) if n.startswith("weight_ih") else
-                 (G * hidden_size, hidden_size) if n.startswith("weight_hh") else
-                 (G * hidden_size,))
-        weights.append((0.5 * torch.randn(shape, generator=gen, dtype=torch.float64))
-                       .requires_grad_())
-    S = num_layers * D
+    spec = ModelSpec(cell=cell, input_size=input_size, hidden_size=hidden_size,
+                     num_layers=num_layers, bidirectional=bidirectional, proj_size=proj_size,
+                     task="regression")
+    shapes = {k: v for k, v in param_shapes(spec).items() if not k.startswith("head.")}
+    names = tuple(shapes)
+    weights = [(0.5 * torch.randn(shape, generator=gen, dtype=torch.float64)).requires_grad_()
+               for shape in shapes.values()]
+    LD = num_layers * spec.directions
     x = torch.randn(steps, batch, input_size, generator=gen, dtype=torch.float64,
                     requires_grad=True)
-    h0 = torch.randn(S, batch, hidden_size, generator=gen, dtype=torch.float64,
-                     requires_grad=True)
-    c0 = (torch.randn(S, batch, hidden_size, generator=gen, dtype=torch.float64,
-                      requires_grad=True) if kind.paired_state else None)
+    states = [torch.randn(LD, batch, size, generator=gen, dtype=torch.float64,
+                          requires_grad=True) for size in spec.state_sizes]
+    h0, c0 = (*states, None)[:2]                         # c0: the LSTM's only
     cfg = StackConfig(cell, names=names, num_layers=num_layers, bidirectional=bidirectional,
                       nonlinearity=nonlinearity)
 
@@ -60,23 +55,27 @@ def gradcheck_row(cell: str, *, nonlinearity: str = "tanh", batch: int = 2, step
                     nonlinearity=nonlinearity if kind.takes_nonlinearity else "-",
                     batch=batch, steps=steps, input_size=input_size,
                     hidden_size=hidden_size, layers=num_layers, bidirectional=bidirectional,
-                    with_h0=True, truncate=None, method="gradcheck", params=err)
+                    with_h0=True, truncate=None, method="gradcheck", params=err,
+                    proj_size=proj_size)
 
 
 def rows(quick: bool = False) -> list[CheckRow]:
     """The torch engine's rows: vs torch.nn autograd, and gradcheck."""
     shape = dict(batch=3, steps=5, input_size=4, hidden_size=5)
     configs = [("rnn", "tanh", {}), ("rnn", "relu", {"with_h0": False, "truncate": 2}),
-               ("lstm", "tanh", {"num_layers": 2}), ("gru", "tanh", {"bidirectional": True})]
+               ("lstm", "tanh", {"num_layers": 2}), ("gru", "tanh", {"bidirectional": True}),
+               ("lstm", "tanh", {"proj_size": 2})]
     if not quick:
         configs += [("rnn", "tanh", {"num_layers": 2, "bidirectional": True}),
                     ("lstm", "tanh", {"truncate": 1}), ("gru", "tanh", {"truncate": 0}),
                     ("lstm", "tanh", {"bidirectional": True, "with_h0": False}),
-                    ("gru", "tanh", {"num_layers": 3})]
+                    ("gru", "tanh", {"num_layers": 3}),
+                    ("lstm", "tanh", {"proj_size": 2, "truncate": 1}),
+                    ("lstm", "tanh", {"proj_size": 3, "num_layers": 2, "bidirectional": True})]
     out = [check_against_torch(cell, nonlinearity=nl, engine="torch", **shape, **kw)
            for cell, nl, kw in configs]
     grad_cfgs = [("rnn", "tanh", {}), ("rnn", "relu", {}), ("lstm", "tanh", {}),
-                 ("gru", "tanh", {})]
+                 ("gru", "tanh", {}), ("lstm", "tanh", {"proj_size": 2})]
     if not quick:
         grad_cfgs += [("rnn", "tanh", {"num_layers": 2, "bidirectional": True}),
                       ("lstm", "tanh", {"num_layers": 2}), ("gru", "tanh", {"num_layers": 2}),

@@ -27,13 +27,14 @@ columns:
             gradcheck = torch.autograd.gradcheck on the torch engine's autograd.Function
   nonlin    tanh or relu for the rnn cell, - for lstm and gru
   B T I H   batch, time steps, input size, hidden size
+  P         the LSTM's proj_size (h_t = m_t W_hr^T has P features); - = no projection
   L         stacked layers;  bidir: both directions;  bias: with bias_ih/bias_hh
   h0        yes = a random initial state; no = none given (zeros; its gradient still checked)
   trunc     truncated BPTT: the loss at step t reaches back at most k steps; - = full BPTT
-  out       forward outputs of every step (T, B, D*H)
+  out       forward outputs of every step (T, B, D*H), (T, B, D*P) with a projection
   h_n       final state(s) h_n (and c_n for the LSTM)
-  params    gradient of every parameter (weight_ih_l0, weight_hh_l0, bias_ih_l0, ...): the
-            largest error over them
+  params    gradient of every parameter (weight_ih_l0, weight_hh_l0, bias_ih_l0, ...,
+            weight_hr_l0 with a projection): the largest error over them
   dx        gradient w.r.t. the input x
   dh0       gradient w.r.t. the initial state h0 (and c0 for the LSTM)
   worst     the largest of out, h_n, params, dx, dh0 (- = not measured by the method;

@@ -55,6 +55,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_number(g, "--dropout", RANGES["dropout"], default=_D.dropout,
                help="dropout between stacked layers, training only (no effect, and a warning, "
                "with one layer)")
+    add_number(g, "--proj-size", RANGES["proj_size"], default=_D.proj_size,
+               help="lstm only: project each h_t to P < --hidden-size features (torch's "
+               "proj_size); the next layer and the head read P features; 0: no projection")
     g.add_argument("--init", choices=["torch", "d2l"], default=_D.init,
                    help="torch: U(-1/sqrt(H), 1/sqrt(H)); d2l: the book's N(0, 0.01^2)")
 

@@ -111,8 +111,9 @@ class ArrayOps(Protocol):
     def sum_ages(self, a: Array, out: Array | None = None) -> Array:
         """The sum over axis 0 (into ``out`` when given)."""
 
-    def flip(self, x: Array) -> Array:
-        """``x`` reversed along axis 0 (time)."""
+    def flip(self, x: Array, batch_sizes: tuple | None = None) -> Array:
+        """``x`` reversed along axis 0 (time); with ``batch_sizes`` (packed sequences, padded
+        (T, B, ...)) each sequence reversed within its own length, the padding kept."""
 
     def concat(self, xs: list) -> Array:
         """Concatenated along axis 2 (features)."""

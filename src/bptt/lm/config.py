@@ -26,6 +26,8 @@ class TrainConfig(DictConfig):
     num_layers: int = 1
     nonlinearity: str = "tanh"
     dropout: float = 0.0
+    proj_size: int = 0                 # lstm: h_t = m_t W_hr^T with P < H features (torch's
+    #                                    proj_size), read by the next layer and the head; 0: none
     init: str = "torch"                # torch: U(-1/sqrt(H), 1/sqrt(H)); d2l: N(0, 0.01^2)
     # -- engine -------------------------------------------------------------------------------
     engine: str = "numpy"
@@ -57,7 +59,7 @@ class TrainConfig(DictConfig):
 RANGES = {
     "max_tokens": R.TOKEN_LIMIT, "min_freq": R.COUNT0,
     "val_frac": R.Range(float, lo=0, hi=0.5, about="the validation fraction, held out"),
-    "hidden_size": R.COUNT, "num_layers": R.COUNT, "dropout": R.FRACTION,
+    "hidden_size": R.COUNT, "num_layers": R.COUNT, "dropout": R.FRACTION, "proj_size": R.COUNT0,
     "batch_size": R.COUNT, "num_steps": R.COUNT, "epochs": R.COUNT, "lr": R.POSITIVE,
     "clip": R.THRESHOLD, "truncate": R.TRUNCATION, "seed": R.SEED,
     "sample_every": R.COUNT0, "sample_length": R.COUNT0,

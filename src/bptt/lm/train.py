@@ -148,7 +148,8 @@ def _trim_metrics(path: Path, epoch: int, metrics: list) -> None:
 def build_spec(cfg: TrainConfig, vocab_size: int) -> ModelSpec:
     return ModelSpec(cell=cfg.cell, input_size=vocab_size, hidden_size=cfg.hidden_size,
                      output_size=vocab_size, num_layers=cfg.num_layers,
-                     nonlinearity=cfg.nonlinearity, dropout=cfg.dropout, task="lm")
+                     nonlinearity=cfg.nonlinearity, dropout=cfg.dropout, task="lm",
+                     proj_size=cfg.proj_size)
 
 
 def _validate(cfg: TrainConfig) -> None:
@@ -158,6 +159,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise ValueError(f"expected clip mode 'norm' or 'value', got {cfg.clip_mode!r}")
     for name, rng in RANGES.items():                 # finite and in range (NaN never is)
         rng.check(name, getattr(cfg, name))
+    if cfg.proj_size:                                # a cell that projects, P < H: the spec's
+        ModelSpec(cell=cfg.cell, hidden_size=cfg.hidden_size, proj_size=cfg.proj_size)
     if cfg.dropout > 0 and cfg.num_layers == 1:      # as torch.nn.RNN warns
         warnings.warn(f"dropout {cfg.dropout:g} has no effect with num_layers 1 (dropout acts "
                       f"between stacked layers)", stacklevel=3)

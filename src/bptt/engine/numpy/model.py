@@ -101,8 +101,9 @@ class NumpyEngine:
 
     def begin_state(self, batch_size: int):
         s = self.spec
-        shape = (s.num_layers * s.directions, batch_size, s.hidden_size)
-        return self.kind.from_parts(tuple(np.zeros(shape, self.dtype) for _ in self.kind.state))
+        LD = s.num_layers * s.directions
+        return self.kind.from_parts(tuple(np.zeros((LD, batch_size, size), self.dtype)
+                                          for size in s.state_sizes))
 
     def detach_state(self, state):
         return state  # NumPy arrays carry no graph: the gradient stops at the batch boundary
@@ -118,12 +119,12 @@ class NumpyEngine:
         return np.ascontiguousarray(X.transpose(1, 0, 2), dtype=self.dtype)  # (T, B, I)
 
     def _state_parts(self, state, batch: int) -> tuple | None:
-        """The incoming state (torch's form) as its tuple of parts, each (L*D, B, H)."""
+        """The incoming state (torch's form) as its tuple of parts, each (L*D, B, S)."""
         if state is None:
             return None
         s = self.spec
         parts = self.kind.to_parts(state)
-        check_stacked(parts, s.num_layers * s.directions, batch, s.hidden_size, "state")
+        check_stacked(parts, s.num_layers * s.directions, batch, s.state_sizes, "state")
         return parts
 
     def _stack_forward(self, params, x, state, training, rng):
@@ -173,8 +174,8 @@ class NumpyEngine:
         else:
             x = np.asarray(x, dtype=self.dtype)
         parts = self.kind.to_parts(self.begin_state(B) if state is None else state)
-        shape = (s.num_layers, B, s.hidden_size)
-        for part in parts:
+        for part, size in zip(parts, s.state_sizes, strict=True):
+            shape = (s.num_layers, B, size)
             if not isinstance(part, np.ndarray) or part.shape != shape:
                 got = tuple(part.shape) if hasattr(part, "shape") else type(part).__name__
                 raise ValueError(f"expected a state of shape {shape}, got {got}")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ...cells import NONLINEARITIES, CellKind
-from ..layout import state_parts
+from ..layout import last_rows, sequence_groups, state_parts
 from ..recursion import check_truncate  # noqa: F401 (re-exported: the torch modules' check)
 
 
@@ -42,8 +42,13 @@ class TorchOps:
         return a.sum(dim=0) if out is None else torch.sum(a, dim=0, out=out)
 
     @staticmethod
-    def flip(x: torch.Tensor) -> torch.Tensor:
-        return x.flip(0)                                 # a copy (torch has no negative strides)
+    def flip(x: torch.Tensor, batch_sizes: tuple | None = None) -> torch.Tensor:
+        if batch_sizes is None:
+            return x.flip(0)                             # a copy (torch has no negative strides)
+        out = x.clone()                                  # each sequence within its length
+        for length, r0, r1 in sequence_groups(batch_sizes):
+            out[:length, r0:r1] = x[:length, r0:r1].flip(0)
+        return out
 
     @staticmethod
     def concat(xs: list) -> torch.Tensor:
@@ -188,23 +193,38 @@ def check_sequence(x: torch.Tensor, input_size: int, name: str = "input") -> tup
 
 
 def check_state_parts(kind: CellKind, state0, batch: int, like: torch.Tensor,
-                      names: str = "{}0") -> tuple[torch.Tensor, ...]:
-    """A state as a tuple of (B, H) tensors of ``like``'s dtype and device, one per state part
-    of ``kind``; zeros for a missing part (or when ``state0`` is None). ``names`` names the parts
-    in errors (``"{}0"``: h0, c0; ``"d{}_n"``: dh_n, dc_n)."""
-    hidden = like.shape[1]
+                      names: str = "{}0", sizes: tuple[int, ...] | None = None
+                      ) -> tuple[torch.Tensor, ...]:
+    """A state as a tuple of (B, S) tensors of ``like``'s dtype and device, one per state part
+    of ``kind`` (S = ``sizes[p]``, default ``like.shape[1]`` for every part); zeros for a missing
+    part (or when ``state0`` is None). ``names`` names the parts in errors (``"{}0"``: h0, c0;
+    ``"d{}_n"``: dh_n, dc_n)."""
+    sizes = sizes or (like.shape[1],) * len(kind.state)
     if state0 is None:
-        return tuple([like.new_zeros((batch, hidden)) for _ in kind.state])
+        return tuple([like.new_zeros((batch, size)) for size in sizes])
     out = []
-    for p, h in zip(kind.state, state_parts(kind, state0, batch, hidden, "tensors"), strict=True):
+    given = state_parts(kind, state0, batch, sizes[0], "tensors")
+    for p, h, size in zip(kind.state, given, sizes, strict=True):
         if h is None:
-            out.append(like.new_zeros((batch, hidden)))
+            out.append(like.new_zeros((batch, size)))
             continue
-        if tuple(h.shape) != (batch, hidden):
-            raise ValueError(f"expected {names.format(p)} of shape ({batch}, {hidden}), "
+        if tuple(h.shape) != (batch, size):
+            raise ValueError(f"expected {names.format(p)} of shape ({batch}, {size}), "
                              f"got {tuple(h.shape)}")
         out.append(h.to(like.dtype))
     return tuple(out)
+
+
+def new_steps(like: torch.Tensor, shape: tuple, batch_sizes: tuple | None) -> torch.Tensor:
+    """A (T, B, ...) buffer the forward loop fills step by step: uninitialised, or zeros for
+    packed sequences, whose padding rows the loop never writes but the all-at-once products
+    after it read (uninitialised memory may hold NaN, and 0 * NaN is NaN)."""
+    return like.new_empty(shape) if batch_sizes is None else like.new_zeros(shape)
+
+
+def final_rows(a: torch.Tensor, batch_sizes: tuple | None) -> torch.Tensor:
+    """(B, ...): each sequence's row of ``a`` (T, B, ...) at its own last step."""
+    return last_rows(a, batch_sizes, torch.cat)
 
 
 def project_inputs(x: torch.Tensor, weight_ih: torch.Tensor,

@@ -31,10 +31,13 @@ needs no copy.
 Truncation (``truncate = k``): both paths from h_t to h_{t-1} (through s_t and through
 ``u_t * h_{t-1}``) are one recurrent transition, cut together after k of them.
 
+Packed sequences (``batch_sizes``, :mod:`bptt.engine.stack`): step t runs the first b_t rows
+only; h_n holds each sequence's state at its own last step.
+
 Symbols: T steps, B batch, I input size, H hidden size.
   x       (T, B, I) float, or (T, B) int64 token ids (one-hot input; projected as a gather)
   state0  None (zeros) or the tuple (h0,), h0 (B, H) or None (zeros)
-  hs      (T, B, H): every hidden state; hs[-1] is h_n
+  hs      (T, B, H): every hidden state; hs[-1] is h_n (for packed sequences, each one's last)
 """
 
 from __future__ import annotations
@@ -44,13 +47,15 @@ from typing import NamedTuple
 import torch
 
 from ...cells import GRU as KIND
-from ..layout import check_gate_weights
+from ..layout import check_batch_sizes, check_gate_weights, per_step, prev_rows
 from ..recursion import bptt_loop, effective_truncate
 from .common import (
     OPS,
     check_sequence,
     check_state_parts,
+    final_rows,
     input_step,
+    new_steps,
     project_inputs,
     project_inputs_backward,
     recurrent_weight_grad,
@@ -74,6 +79,7 @@ class Cache(NamedTuple):
     weight_hh: torch.Tensor    # (3H, H)
     has_bias_ih: bool
     has_bias_hh: bool
+    batch_sizes: tuple | None  # packed sequences: b_t running at step t (None: all B)
 
 
 def forward(
@@ -83,23 +89,28 @@ def forward(
     weight_hh: torch.Tensor,
     bias_ih: torch.Tensor | None = None,
     bias_hh: torch.Tensor | None = None,
+    batch_sizes: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor], Cache]:
-    """Run the layer over ``x``; return ``(hs, (h_n,), cache)`` with hs (T, B, H), h_n (B, H)."""
+    """Run the layer over ``x``; return ``(hs, (h_n,), cache)`` with hs (T, B, H), h_n (B, H).
+
+    ``batch_sizes``: packed sequences (the module docstring)."""
     H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
     T, B = check_sequence(x, weight_ih.shape[1])
+    check_batch_sizes(batch_sizes, T, B)
     (h0,) = check_state_parts(KIND, state0, B, weight_hh)
 
     gates = project_inputs(x, weight_ih, bias_ih)        # (T, B, 3H): a_t = x_t W_ih^T + b_ih
-    s_all = weight_hh.new_empty((T, B, GATES * H))       # s_t for every t
-    hs = weight_hh.new_empty((T, B, H))
+    s_all = new_steps(weight_hh, (T, B, GATES * H), batch_sizes)  # s_t for every t
+    hs = new_steps(weight_hh, (T, B, H), batch_sizes)
+    a, s, h = (per_step(v, batch_sizes) for v in (gates, s_all, hs))
+    h_prev = prev_rows(h0, h, batch_sizes)
     w_hh_t = weight_hh.t()
-    h = h0
     for t in range(T):
-        h = _cell(gates[t], s_all[t], h, w_hh_t, bias_hh, out=hs[t])
+        _cell(a[t], s[t], h_prev[t], w_hh_t, bias_hh, out=h[t])
     cache = Cache(x=x, h0=h0, gates=gates, s_all=s_all, hs=hs, weight_ih=weight_ih,
                   weight_hh=weight_hh, has_bias_ih=bias_ih is not None,
-                  has_bias_hh=bias_hh is not None)
-    return hs, (hs[-1],), cache
+                  has_bias_hh=bias_hh is not None, batch_sizes=batch_sizes)
+    return hs, (final_rows(hs, batch_sizes),), cache
 
 
 def _cell(a: torch.Tensor, s: torch.Tensor, h: torch.Tensor, w_hh_t: torch.Tensor,
@@ -165,25 +176,27 @@ def backward(
     """
     gates, hs, h0, weight_hh = cache.gates, cache.hs, cache.h0, cache.weight_hh
     T, B, H = hs.shape
-    r, u = gates[..., :H], gates[..., H:2 * H].contiguous()
-    K, Ks = _factors(cache)
+    bs = cache.batch_sizes
+    r = gates[..., :H]
+    Kt, Kst, u = (per_step(v, bs) for v in (*_factors(cache), gates[..., H:2 * H].contiguous()))
     k = effective_truncate(truncate, T)
-    ds_buf = gates.new_empty((1 if k is None else k + 1, B, GATES * H))
+    ds_buf = gates.new_empty(((1 if k is None else k + 1) * B, GATES * H))
 
     def step(t: int, dstate: tuple, da_out: torch.Tensor, prev_out: tuple) -> None:
-        (dh,) = dstate                                   # (A, B, H): dh_t by age          (1)
+        (dh,) = dstate                                   # (A, b, H): dh_t by age          (1)
+        b = dh.shape[1]
         dh4 = dh.unsqueeze(2)
-        torch.mul(dh4, K[t], out=da_out.view(*dh4.shape[:2], GATES, H))  # da_t    (2)-(4)
+        torch.mul(dh4, Kt[t], out=da_out.view(*dh4.shape[:2], GATES, H))  # da_t   (2)-(4)
         (dh_prev,) = prev_out
         ages = dh_prev.shape[0]
         if ages:
-            ds = ds_buf[:ages]
-            torch.mul(dh4[:ages], Ks[t], out=ds.view(ages, B, GATES, H))  # ds_t          (5)
+            ds = ds_buf[:ages * b]
+            torch.mul(dh4[:ages], Kst[t], out=ds.view(ages, b, GATES, H))  # ds_t         (5)
             torch.mul(dh[:ages], u[t], out=dh_prev)      # dh_t * u_t
-            dh_prev.view(-1, H).addmm_(ds.view(-1, GATES * H), weight_hh)  # + ds_t W_hh  (1)
+            dh_prev.view(-1, H).addmm_(ds, weight_hh)    # dh_{t-1} = ds_t W_hh + dh_t u_t (1)
 
     dstate_n = check_state_parts(KIND, dstate_n, B, h0, names="d{}_n")
-    da, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, GATES * H)
+    da, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, GATES * H, bs)
     ds = da.clone()
     ds[..., 2 * H:].mul_(r)                              # ds_t = [da^r | da^z | da^n r_t]  (5)
 

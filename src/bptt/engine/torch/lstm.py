@@ -6,31 +6,41 @@ docs/bptt_lstm_gru.md, "LSTM"), gate slices of width H in torch's order i, f, g,
     z_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh         (B, 4H) = [z^i | z^f | z^g | z^o]
     i_t = sigmoid(z^i_t),  f_t = sigmoid(z^f_t),  g_t = tanh(z^g_t),  o_t = sigmoid(z^o_t)
     c_t = f_t * c_{t-1} + i_t * g_t
-    h_t = o_t * tanh(c_t)                                    h_{-1} = h0,  c_{-1} = c0
+    m_t = o_t * tanh(c_t)                                    h_{-1} = h0,  c_{-1} = c0
+    h_t = m_t W_hr^T   with a projection (torch's proj_size P < H: W_hr (P, H)), else h_t = m_t
 
 Backward, with dh_t and dc_t the total gradients reaching h_t and c_t:
 
     (1) dh_t     = dL/dh_t + dz_{t+1} W_hh
-    (2) dc_t     = dc_{t+1} * f_{t+1} + dh_t * o_t * (1 - tanh(c_t)^2)
+    (11) dm_t    = dh_t W_hr   (with a projection; else dm_t = dh_t)
+    (2) dc_t     = dc_{t+1} * f_{t+1} + dm_t * o_t * (1 - tanh(c_t)^2)
     (3) dz^i_t   = dc_t * g_t * i_t (1 - i_t)
     (4) dz^f_t   = dc_t * c_{t-1} * f_t (1 - f_t)
     (5) dz^g_t   = dc_t * i_t * (1 - g_t^2)
-    (6) dz^o_t   = dh_t * tanh(c_t) * o_t (1 - o_t)
+    (6) dz^o_t   = dm_t * tanh(c_t) * o_t (1 - o_t)
     (7) dW_hh    = sum_t dz_t^T h_{t-1}
     (8) dW_ih    = sum_t dz_t^T x_t
     (9) db_ih    = db_hh = sum_t sum_b dz_t
     (10) dx_t    = dz_t W_ih,     dh0 = dz_0 W_hh,     dc0 = dc_0 * f_0
+    (12) dW_hr   = sum_t dh_t^T m_t
 
 The factors of (2)-(6) that do not depend on the incoming gradient are computed for every step
-at once before the backward loop, so each step is four element-wise kernels and one product.
+at once before the backward loop, so each step is four element-wise kernels and one product
+(two with a projection). For (12) a step also writes its dh_t beside its dz_t (the last P
+columns of the recursion's rows, summed over ages like dz_t), so dW_hr is one product after the
+loop.
 
 Truncation (``truncate = k``): one transition is one step of the pair (h, c); both the h path
 (through dz_t W_hh) and the c path (through dc_t * f_t) are cut together after k transitions.
 
-Symbols: T steps, B batch, I input size, H hidden size.
+Packed sequences (``batch_sizes``, :mod:`bptt.engine.stack`): step t runs the first b_t rows
+only; (h_n, c_n) hold each sequence's state at its own last step.
+
+Symbols: T steps, B batch, I input size, H hidden size, S the size of h: P with a projection,
+else H.
   x       (T, B, I) float, or (T, B) int64 token ids (one-hot input; projected as a gather)
-  state0  None (zeros) or the pair (h0, c0), each (B, H) or None (zeros)
-  hs      (T, B, H): every hidden state; hs[-1] is h_n
+  state0  None (zeros) or the pair (h0, c0), (B, S) and (B, H), either None (zeros)
+  hs      (T, B, S): every hidden state; hs[-1] is h_n (for packed sequences, each one's last)
 """
 
 from __future__ import annotations
@@ -40,13 +50,15 @@ from typing import NamedTuple
 import torch
 
 from ...cells import LSTM as KIND
-from ..layout import check_gate_weights, sum_biases
-from ..recursion import bptt_loop
+from ..layout import check_batch_sizes, check_gate_weights, per_step, prev_rows, sum_biases
+from ..recursion import bptt_loop, effective_truncate
 from .common import (
     OPS,
     check_sequence,
     check_state_parts,
+    final_rows,
     input_step,
+    new_steps,
     project_inputs,
     project_inputs_backward,
     recurrent_weight_grad,
@@ -62,16 +74,19 @@ class Cache(NamedTuple):
     """What :func:`forward` keeps for :func:`backward`."""
 
     x: torch.Tensor            # (T, B, I) floats or (T, B) int64 token ids
-    h0: torch.Tensor           # (B, H)
+    h0: torch.Tensor           # (B, S)
     c0: torch.Tensor           # (B, H)
     gates: torch.Tensor        # (T, B, 4H): [i_t | f_t | g_t | o_t], after their activations
     cs: torch.Tensor           # (T, B, H): c_t
     tanh_cs: torch.Tensor      # (T, B, H): tanh(c_t)
-    hs: torch.Tensor           # (T, B, H): h_t
+    hs: torch.Tensor           # (T, B, S): h_t
+    ms: torch.Tensor           # (T, B, H): m_t = o_t * tanh(c_t) (hs itself without projection)
     weight_ih: torch.Tensor    # (4H, I)
-    weight_hh: torch.Tensor    # (4H, H)
+    weight_hh: torch.Tensor    # (4H, S)
+    weight_hr: torch.Tensor | None  # (P, H) with a projection
     has_bias_ih: bool
     has_bias_hh: bool
+    batch_sizes: tuple | None  # packed sequences: b_t running at step t (None: all B)
 
 
 def forward(
@@ -81,32 +96,44 @@ def forward(
     weight_hh: torch.Tensor,
     bias_ih: torch.Tensor | None = None,
     bias_hh: torch.Tensor | None = None,
+    weight_hr: torch.Tensor | None = None,
+    batch_sizes: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], Cache]:
-    """Run the layer over ``x``; return ``(hs, (h_n, c_n), cache)``, hs (T, B, H)."""
-    H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
+    """Run the layer over ``x``; return ``(hs, (h_n, c_n), cache)``, hs (T, B, S).
+
+    ``weight_hr`` (P, H): the projection; ``batch_sizes``: packed sequences (module docstring).
+    """
+    H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
     T, B = check_sequence(x, weight_ih.shape[1])
-    h0, c0 = check_state_parts(KIND, state0, B, weight_hh)
+    check_batch_sizes(batch_sizes, T, B)
+    S = weight_hh.shape[1]
+    h0, c0 = check_state_parts(KIND, state0, B, weight_hh, sizes=(S, H))
 
     gates = project_inputs(x, weight_ih, sum_biases(bias_ih, bias_hh))  # x_t W_ih^T + b, all t
-    hs = weight_hh.new_empty((T, B, H))
-    cs = weight_hh.new_empty((T, B, H))
-    tanh_cs = weight_hh.new_empty((T, B, H))
+    hs = new_steps(weight_hh, (T, B, S), batch_sizes)
+    cs, tanh_cs = (new_steps(weight_hh, (T, B, H), batch_sizes) for _ in range(2))
+    ms = hs if weight_hr is None else new_steps(weight_hh, (T, B, H), batch_sizes)
+    z, h, c, tc, m = (per_step(a, batch_sizes) for a in (gates, hs, cs, tanh_cs, ms))
+    h_prev, c_prev = prev_rows(h0, h, batch_sizes), prev_rows(c0, c, batch_sizes)
     w_hh_t = weight_hh.t()
-    h, c = h0, c0
+    w_hr_t = None if weight_hr is None else weight_hr.t()
     for t in range(T):
-        h, c = _cell(gates[t], h, c, w_hh_t, out=(hs[t], cs[t], tanh_cs[t]))
-    cache = Cache(x=x, h0=h0, c0=c0, gates=gates, cs=cs, tanh_cs=tanh_cs, hs=hs,
-                  weight_ih=weight_ih, weight_hh=weight_hh, has_bias_ih=bias_ih is not None,
-                  has_bias_hh=bias_hh is not None)
-    return hs, (hs[-1], cs[-1]), cache
+        _cell(z[t], h_prev[t], c_prev[t], w_hh_t, out=(m[t], c[t], tc[t]))
+        if w_hr_t is not None:
+            torch.mm(m[t], w_hr_t, out=h[t])             # h_t = m_t W_hr^T
+    cache = Cache(x=x, h0=h0, c0=c0, gates=gates, cs=cs, tanh_cs=tanh_cs, hs=hs, ms=ms,
+                  weight_ih=weight_ih, weight_hh=weight_hh, weight_hr=weight_hr,
+                  has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
+                  batch_sizes=batch_sizes)
+    return hs, (final_rows(hs, batch_sizes), final_rows(cs, batch_sizes)), cache
 
 
 def _cell(z: torch.Tensor, h: torch.Tensor, c_prev: torch.Tensor, w_hh_t: torch.Tensor,
           out: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step in place, returning ``(h_t, c_t)``: ``z`` (B, 4H) holds x_t W_ih^T + b and
-    becomes [i_t | f_t | g_t | o_t]; ``out`` = (h_t, c_t, tanh(c_t)) (B, H) each, written;
-    ``w_hh_t`` is W_hh^T."""
-    H = h.shape[1]
+    """One step in place, returning ``(m_t, c_t)``: ``z`` (B, 4H) holds x_t W_ih^T + b and
+    becomes [i_t | f_t | g_t | o_t]; ``out`` = (m_t, c_t, tanh(c_t)) (B, H) each, written
+    (m_t is h_t without a projection); ``w_hh_t`` is W_hh^T."""
+    H = c_prev.shape[1]
     h_new, c, tanh_c = out
     z.addmm_(h, w_hh_t)                                  # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
     z[:, :2 * H].sigmoid_()                              # i_t, f_t = sigmoid(z^i_t, z^f_t)
@@ -116,19 +143,21 @@ def _cell(z: torch.Tensor, h: torch.Tensor, c_prev: torch.Tensor, w_hh_t: torch.
     torch.mul(f, c_prev, out=c)
     c.addcmul_(i, g)                                     # c_t = f_t * c_{t-1} + i_t * g_t
     torch.tanh(c, out=tanh_c)
-    torch.mul(o, tanh_c, out=h_new)                      # h_t = o_t * tanh(c_t)
+    torch.mul(o, tanh_c, out=h_new)                      # m_t = o_t * tanh(c_t)
     return h_new, c
 
 
 def step(x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], weight_ih: torch.Tensor,
          weight_hh: torch.Tensor, bias_ih: torch.Tensor | None = None,
-         bias_hh: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+         bias_hh: torch.Tensor | None = None,
+         weight_hr: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One step, no checks and no cache (generation): (h_t, c_t) from x_t (B,) int64 token ids
-    or (B, I) features and (h_{t-1}, c_{t-1}), (B, H) each; the operations of one step of
+    or (B, I) features and (h_{t-1}, c_{t-1}), (B, S) and (B, H); the operations of one step of
     :func:`forward`."""
     h, c = state
     z = input_step(x, weight_ih, sum_biases(bias_ih, bias_hh))  # x_t W_ih^T + b
-    return _cell(z, h, c, weight_hh.t(), out=tuple(h.new_empty(h.shape) for _ in range(3)))
+    m, c = _cell(z, h, c, weight_hh.t(), out=tuple(c.new_empty(c.shape) for _ in range(3)))
+    return (m if weight_hr is None else m @ weight_hr.t(), c)  # h_t = m_t W_hr^T
 
 
 def _factors(cache: Cache):
@@ -156,32 +185,47 @@ def backward(
     truncate: int | None = None,
     need_dx: bool = True,
 ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
-    """BPTT from upstream gradients on every output ``dhs`` (T, B, H) and on ``(h_n, c_n)``.
+    """BPTT from upstream gradients on every output ``dhs`` (T, B, S) and on ``(h_n, c_n)``.
 
     ``dhs`` and ``dstate_n`` may be None, and so may either of ``(dh_n, dc_n)``.
     Returns ``(dx, (dh0, dc0), grads)``: dx (T, B, I) (None for token-id input or when not
-    ``need_dx``), and grads with keys ``weight_ih, weight_hh`` (+ the biases the layer has).
-    ``truncate=k`` cuts both the h and the c path after k recurrent steps.
+    ``need_dx``), and grads with keys ``weight_ih, weight_hh`` (+ the biases the layer has, +
+    ``weight_hr`` with a projection). ``truncate=k`` cuts both the h and the c path after k
+    recurrent steps.
     """
-    T, B, H = cache.hs.shape
-    weight_hh = cache.weight_hh
-    k_c, coef, f = _factors(cache)
+    T, B, S = cache.hs.shape
+    H = cache.cs.shape[2]
+    W = GATES * H
+    weight_hh, w_hr, bs = cache.weight_hh, cache.weight_hr, cache.batch_sizes
+    kcs, coefs, fs = (per_step(a, bs) for a in _factors(cache))
+    k = effective_truncate(truncate, T)
+    dm_buf = None if w_hr is None else cache.cs.new_empty(((1 if k is None else k + 1) * B, H))
 
     def step(t: int, dstate: tuple, dz_out: torch.Tensor, prev_out: tuple) -> None:
-        dh, dc = dstate                                  # (A, B, H): dh_t, dc_{t+1} f_{t+1}
-        dc.addcmul_(dh, k_c[t])                          # dc_t                           (2)
-        dz4 = dz_out.view(*dz_out.shape[:2], GATES, H)
-        torch.mul(dc.unsqueeze(2), coef[t, :, :3], out=dz4[:, :, :3])  # dz^i, dz^f, dz^g (3-5)
-        torch.mul(dh, coef[t, :, 3], out=dz4[:, :, 3])   # dz^o_t                         (6)
+        dh, dc = dstate                                  # (A, b, S), (A, b, H) by age: dh_t,
+        A, b = dh.shape[:2]                              # dc_{t+1} f_{t+1}
+        dz = dz_out
+        dm = dh
+        if w_hr is not None:
+            dz = dz_out[..., :W]
+            dz_out[..., W:] = dh                         # dh_t beside dz_t, for dW_hr   (12)
+            dm = torch.mm(dh.view(-1, S), w_hr,
+                          out=dm_buf[:A * b]).view(A, b, H)  # dm_t = dh_t W_hr          (11)
+        dc.addcmul_(dm, kcs[t])                          # dc_t                           (2)
+        dz4 = dz.view(A, b, GATES, H)
+        torch.mul(dc.unsqueeze(2), coefs[t][:, :3], out=dz4[:, :, :3])  # dz^i, dz^f, dz^g (3-5)
+        torch.mul(dm, coefs[t][:, 3], out=dz4[:, :, 3])  # dz^o_t                         (6)
         dh_prev, dc_prev = prev_out
         K = dh_prev.shape[0]
         if K:
-            torch.mm(dz_out[:K].view(-1, GATES * H), weight_hh,
-                     out=dh_prev.view(-1, H))            # dh_{t-1} = dz_t W_hh           (1)
-            torch.mul(dc[:K], f[t], out=dc_prev)         # dc_t f_t, for step t-1         (2)
+            torch.mm(dz[:K].reshape(-1, W), weight_hh,
+                     out=dh_prev.view(-1, S))            # dh_{t-1} = dz_t W_hh           (1)
+            torch.mul(dc[:K], fs[t], out=dc_prev)        # dc_t f_t, for step t-1         (2)
 
-    dstate_n = check_state_parts(KIND, dstate_n, B, cache.h0, names="d{}_n")
-    dz, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, GATES * H)
+    dstate_n = check_state_parts(KIND, dstate_n, B, cache.h0, names="d{}_n", sizes=(S, H))
+    width = W if w_hr is None else W + S                 # [dz_t | dh_t] with a projection
+    dz_all, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, width, bs)
+    dz = dz_all if w_hr is None else dz_all[..., :W]
 
     hs, h0 = cache.hs, cache.h0
     grads = {"weight_hh": recurrent_weight_grad(dz, hs, h0)}  # dW_hh = sum dz_t^T h_{t-1} (7)
@@ -193,4 +237,7 @@ def backward(
             grads["bias_ih"] = db
         if cache.has_bias_hh:
             grads["bias_hh"] = db.clone() if cache.has_bias_ih else db
+    if w_hr is not None:
+        dh_all = dz_all[..., W:].reshape(T * B, S)
+        grads["weight_hr"] = dh_all.t() @ cache.ms.reshape(T * B, H)  # dW_hr = sum dh_t^T m_t (12)
     return dx, dstate0, grads

@@ -88,7 +88,8 @@ class _TorchBase:
         self.np_dtype = np.dtype(key)
         self.precision = precision
         self.kind = spec.kind
-        self.names = stack.param_names(spec.num_layers, spec.bidirectional, spec.bias)
+        self.names = stack.param_names(spec.num_layers, spec.bidirectional, spec.bias,
+                                       spec.proj_size > 0)
 
     # -- parameters and state -------------------------------------------------------------
     def from_numpy(self, params: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -118,9 +119,10 @@ class _TorchBase:
 
     def begin_state(self, batch_size: int):
         s = self.spec
-        shape = (s.num_layers * s.directions, batch_size, s.hidden_size)
+        LD = s.num_layers * s.directions
         return self.kind.from_parts(tuple(
-            torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.kind.state))
+            torch.zeros((LD, batch_size, size), dtype=self.dtype, device=self.device)
+            for size in s.state_sizes))
 
     def detach_state(self, state):
         """The state without its graph: the gradient stops at the batch boundary."""
@@ -205,8 +207,8 @@ class _TorchBase:
                     f"a tuple ({', '.join(kind.state)}) of tensors")
             raise ValueError(f"expected the {kind.title} state as {form}, "
                              f"got {type(state).__name__}") from None
-        shape = (s.num_layers * s.directions, batch, s.hidden_size)
-        for part in parts:
+        for part, size in zip(parts, s.state_sizes, strict=True):
+            shape = (s.num_layers * s.directions, batch, size)
             if tuple(part.shape) != shape:
                 raise ValueError(
                     f"expected state of shape (L*D, B, H) = {shape}, got {tuple(part.shape)}"
@@ -392,8 +394,8 @@ class TorchEngine(_TorchBase):
         with torch.no_grad():
             x = self._inputs(X)[0]                       # (B,) ids or (B, I) features
             if parts is None:
-                zeros = params["weight_hh_l0"].new_zeros((s.num_layers, B, s.hidden_size))
-                parts = (zeros,) * len(self.kind.state)
+                w = params["weight_hh_l0"]
+                parts = tuple(w.new_zeros((s.num_layers, B, size)) for size in s.state_sizes)
             h, parts_n = step_layers(self.cell.step, self.options, params, self._layer_keys,
                                      x, parts, torch.stack)
             y = self._head(params, h.unsqueeze(0))       # (B, O)
@@ -453,6 +455,8 @@ class TorchBuiltinEngine(_TorchBase):
                              f"engine")
         cls = getattr(torch.nn, kind.torch_name)
         kwargs = kind.options(spec.nonlinearity)
+        if spec.proj_size:
+            kwargs["proj_size"] = spec.proj_size
         self.module = cls(
             spec.input_size, spec.hidden_size, num_layers=spec.num_layers, bias=spec.bias,
             dropout=spec.dropout if spec.num_layers > 1 else 0.0,

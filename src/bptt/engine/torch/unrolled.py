@@ -7,7 +7,7 @@ reference the hand-written engines are proven against.
 
     rnn   h_t = f(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
     lstm  [i|f|g|o] = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh,  c_t = s(f) c_{t-1} + s(i) tanh(g),
-          h_t = s(o) tanh(c_t)
+          h_t = s(o) tanh(c_t)  (times W_hr^T with a projection)
     gru   r, u = s(x_t W_i{r,z}^T + b_i{r,z} + h_{t-1} W_h{r,z}^T + b_h{r,z}),
           n = tanh(x_t W_in^T + b_in + r * (h_{t-1} W_hn^T + b_hn)),  h_t = (1 - u) n + u h_{t-1}
 
@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 
 from ...cells import CellKind, get_cell
-from ..layout import layer_params, split_state
+from ..layout import layer_params, split_state, state_sizes
 from .stack import draw_mask
 
 
@@ -61,11 +61,12 @@ def rnn_step(x_t, state: tuple, p: dict, nonlinearity: str = "tanh") -> tuple:
 
 def lstm_step(x_t, state: tuple, p: dict) -> tuple:
     """[i|f|g|o] = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh;  c_t = s(f) c_{t-1} + s(i)
-    tanh(g);  h_t = s(o) tanh(c_t)."""
+    tanh(g);  h_t = s(o) tanh(c_t), projected by W_hr^T when ``p`` has ``weight_hr``."""
     h, c = state
     zi, zf, zg, zo = _preactivation(x_t, h, p).chunk(4, dim=1)
     c = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zg)
-    return (torch.sigmoid(zo) * torch.tanh(c), c)
+    m = torch.sigmoid(zo) * torch.tanh(c)
+    return (m if p.get("weight_hr") is None else m @ p["weight_hr"].t(), c)
 
 
 def gru_step(x_t, state: tuple, p: dict) -> tuple:
@@ -142,7 +143,7 @@ def stack_forward(cell: str | CellKind, params: dict, x: torch.Tensor, hx=None, 
     D = 2 if bidirectional else 1
     B = x.shape[1]
     ref = params["weight_hh_l0"]
-    H = ref.shape[1]
+    sizes = state_sizes(kind, params)
     parts = kind.to_parts(hx)
     layer_in = x
     finals = []
@@ -150,7 +151,8 @@ def stack_forward(cell: str | CellKind, params: dict, x: torch.Tensor, hx=None, 
         outs = []
         for d in range(D):
             s0 = split_state(parts, layer * D + d) or (None,) * kind.num_state_parts
-            s0 = tuple(ref.new_zeros((B, H)) if s is None else s for s in s0)
+            s0 = tuple(ref.new_zeros((B, n)) if s is None else s
+                       for s, n in zip(s0, sizes, strict=True))
             seq = layer_in.flip(0) if d else layer_in
             hs, state_n = layer_forward(kind, seq, s0, layer_params(params, layer, d),
                                         nonlinearity, truncate)
