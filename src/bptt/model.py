@@ -111,21 +111,33 @@ def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     With ``proj_size`` P > 0 (torch.nn.LSTM's names and shapes): ``weight_hh`` is (4H, P),
     ``weight_hr`` (P, H) follows the biases, and the next layer and the head read D*P features.
     """
-    G, H, D, S = spec.gates, spec.hidden_size, spec.directions, spec.out_size
+    shapes = stack_shapes(spec.kind, spec.input_size, spec.hidden_size, spec.num_layers,
+                          spec.bidirectional, spec.bias, spec.proj_size)
+    shapes["head.weight"] = (spec.output_size, spec.directions * spec.out_size)
+    shapes["head.bias"] = (spec.output_size,)
+    return shapes
+
+
+def stack_shapes(kind: CellKind, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False, bias: bool = True,
+                 proj_size: int = 0) -> dict[str, tuple[int, ...]]:
+    """The recurrent stack's parameters as torch.nn.RNN/LSTM/GRU name and order them (without a
+    head): per layer and direction ``weight_ih`` (G*H, in), ``weight_hh`` (G*H, S), the biases
+    (G*H,), then ``weight_hr`` (P, H) with a projection; S = P or H, in = I or D*S."""
+    G, H, D = kind.num_gates, hidden_size, 2 if bidirectional else 1
+    S = proj_size or hidden_size
     shapes: dict[str, tuple[int, ...]] = {}
-    for layer in range(spec.num_layers):
-        in_size = spec.input_size if layer == 0 else D * S
+    for layer in range(num_layers):
+        in_size = input_size if layer == 0 else D * S
         for d in range(D):
             s = f"_l{layer}" + ("_reverse" if d else "")
             shapes[f"weight_ih{s}"] = (G * H, in_size)
             shapes[f"weight_hh{s}"] = (G * H, S)
-            if spec.bias:
+            if bias:
                 shapes[f"bias_ih{s}"] = (G * H,)
                 shapes[f"bias_hh{s}"] = (G * H,)
-            if spec.proj_size:
-                shapes[f"weight_hr{s}"] = (spec.proj_size, H)
-    shapes["head.weight"] = (spec.output_size, D * S)
-    shapes["head.bias"] = (spec.output_size,)
+            if proj_size:
+                shapes[f"weight_hr{s}"] = (proj_size, H)
     return shapes
 
 
