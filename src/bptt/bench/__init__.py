@@ -1,7 +1,8 @@
 """``bptt bench``: how fast every engine trains and generates, and how much memory it takes.
 
-Subjects (rows of the table), all the book's language model (one tanh RNN layer, a linear head,
-softmax cross-entropy, SGD with the gradient norm clipped at 1):
+Subjects (rows of the table), all a language model of the configuration's cell (the book's:
+one tanh RNN layer), a linear head, softmax cross-entropy, SGD with the gradient norm clipped at
+1; a configuration runs the subjects that take its cell (``BenchConfig.takes``):
 
   numpy           our NumPy engine (hand-written BPTT; its worker never imports torch)
   torch           our torch engine (the same BPTT as an autograd.Function)
@@ -11,7 +12,10 @@ softmax cross-entropy, SGD with the gradient norm clipped at 1):
   torch.nn.RNN    reference written here, independent of our engines: torch.nn.RNN +
                   torch.nn.Linear on one-hot inputs, torch.optim.SGD and
                   torch.nn.utils.clip_grad_norm_; generation steps one character at a time under
-                  torch.no_grad()
+                  torch.no_grad(); torch.nn.LSTM and torch.nn.GRU likewise, the references of
+                  the ``lstm`` and ``gru`` configurations (2 layers)
+  bptt.nn.RNN     the same with bptt.nn's drop-in module (our BPTT inside a torch.nn.Module);
+                  bptt.nn.LSTM and bptt.nn.GRU likewise
   book            reference written here as the book has it (d2l 8.5): the unrolled loop over
                   one-hot inputs with torch.mm and the output layer inside the loop, autograd,
                   the book's grad_clipping and sgd; generation is its predict_ch8 loop
@@ -25,7 +29,7 @@ process. Torch uses as many threads as this process may use cores; NumPy its BLA
 Modules, by job:
 
   settings  BenchConfig, CONFIGS, QUICK_CONFIGS, SUBJECTS, PARTS, BenchSettings, threads
-  subjects  EngineSubject, TorchRNNSubject, BookSubject, make_subject
+  subjects  EngineSubject, ModuleSubject, BookSubject, make_subject
   worker    the worker protocol: Worker (the parent's end), worker_main (the process)
   memory    measure_memory: peak memory growth of a few training steps
   measure   run: the timed rounds and the memory processes of every configuration
@@ -41,10 +45,11 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    **dict.fromkeys(("ENGINE_SUBJECTS", "REFERENCE", "BOOK", "SUBJECTS", "PARTS", "BenchConfig",
+    **dict.fromkeys(("ENGINE_SUBJECTS", "REFERENCE", "BOOK", "MODULE_SUBJECTS", "SUBJECTS",
+                     "PARTS", "BenchConfig",
                      "CONFIGS", "QUICK_CONFIGS", "BenchSettings", "cores", "threads",
                      "THREADS_ENV"), "settings"),
-    **dict.fromkeys(("EngineSubject", "TorchRNNSubject", "BookSubject", "make_subject"),
+    **dict.fromkeys(("EngineSubject", "ModuleSubject", "BookSubject", "make_subject"),
                     "subjects"),
     **dict.fromkeys(("Worker", "worker_main"), "worker"),
     "measure_memory": "memory",

@@ -7,7 +7,9 @@
             giving every subject one timed block of about ``seconds`` in a rotating order, with
             a short pause between blocks so that one worker's spinning BLAS/OpenMP threads have
             gone to sleep before the next starts. Reported: the median over the rounds, and
-            the ratio to torch.nn.RNN's median (and the median of the rounds' paired ratios).
+            the ratio to the reference's median (torch.nn's module of the configuration's
+            cell: torch.nn.RNN for the book's model) and the median of the rounds' paired
+            ratios. A configuration runs the subjects that take its cell.
   generate  characters/s of single-stream greedy generation; same workers, same rounds.
   memory    peak memory growth of a few training steps, one fresh process per subject (and one
             more for the NumPy engine under tracemalloc), two processes at a time.
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .report import evaluate_targets
-from .settings import BOOK, PARTS, REFERENCE, SUBJECTS, BenchConfig, BenchSettings, cores
+from .settings import BOOK, PARTS, SUBJECTS, BenchConfig, BenchSettings, cores
 from .worker import Worker
 
 
@@ -85,15 +87,17 @@ def run(settings: BenchSettings, log=_log) -> dict:
         if p not in PARTS:
             raise ValueError(f"expected parts among {', '.join(PARTS)}, got {p!r}")
     configs = [settings.config(n) for n in settings.configs]
-    results: dict[str, dict[str, dict]] = {c.name: {s: {} for s in settings.subjects}
-                                           for c in configs}
+    results: dict[str, dict[str, dict]] = {c.name: {s: {} for s in settings.subjects
+                                                    if c.takes(s)} for c in configs}
     t_start = time.perf_counter()
     load_before = _loadavg()
     if "train" in settings.parts or "generate" in settings.parts:
-        workers = {s: Worker(settings.threads) for s in settings.subjects}
+        workers = {s: Worker(settings.threads) for s in settings.subjects
+                   if any(c.takes(s) for c in configs)}
         try:
             for cfg in configs:
-                _timed_parts(cfg, settings, workers, results[cfg.name], log)
+                _timed_parts(cfg, settings, {s: w for s, w in workers.items() if cfg.takes(s)},
+                             results[cfg.name], log)
         finally:
             for w in workers.values():
                 w.close()
@@ -118,7 +122,8 @@ def run(settings: BenchSettings, log=_log) -> dict:
 def _timed_parts(cfg: BenchConfig, st: BenchSettings, workers: dict, res: dict, log) -> None:
     """One configuration's timed blocks: set up every worker, interleaved rounds of training
     blocks, then of generation blocks; the medians and the ratios into ``res``."""
-    log(f"[{cfg.name}] V={cfg.vocab} H={cfg.hidden} B={cfg.batch} T={cfg.steps}: setting up")
+    log(f"[{cfg.name}] {cfg.cell} V={cfg.vocab} H={cfg.hidden} L={cfg.layers} B={cfg.batch} "
+        f"T={cfg.steps}: setting up")
     n_steps, train, gen = {}, {}, {}
     for s, w in workers.items():
         r = w.ask(op="setup", subject=s, config=asdict(cfg), seed=st.seed, warmup=1)
@@ -142,7 +147,7 @@ def _timed_parts(cfg: BenchConfig, st: BenchSettings, workers: dict, res: dict, 
         if "generate" in st.parts:
             res[s]["generate"] = {"chars_per_s": gen[s].median, "samples": gen[s].samples,
                                   "chars_per_block": st.gen_chars, "error": gen[s].error}
-    _timed_ratios(res)
+    _timed_ratios(res, cfg.reference)
 
 
 def _rounds(workers: dict, measured: dict[str, Measurement], repeats: int, pause: float, *,
@@ -165,12 +170,12 @@ def _rounds(workers: dict, measured: dict[str, Measurement], repeats: int, pause
             after_round(rep)
 
 
-def _timed_ratios(res: dict) -> None:
-    """Each subject's rates as ratios to torch.nn.RNN's (and generation's to the book's)."""
-    ref_t = res.get(REFERENCE, {}).get("train", {}).get("tokens_per_s")
-    ref_g = res.get(REFERENCE, {}).get("generate", {}).get("chars_per_s")
+def _timed_ratios(res: dict, reference: str) -> None:
+    """Each subject's rates as ratios to the reference's (and generation's to the book's)."""
+    ref_t = res.get(reference, {}).get("train", {}).get("tokens_per_s")
+    ref_g = res.get(reference, {}).get("generate", {}).get("chars_per_s")
     book_g = res.get(BOOK, {}).get("generate", {}).get("chars_per_s")
-    ref_samples = res.get(REFERENCE, {}).get("train", {}).get("samples", [])
+    ref_samples = res.get(reference, {}).get("train", {}).get("samples", [])
     for r in res.values():
         if "train" in r:
             t = r["train"]
@@ -192,7 +197,7 @@ def _memory_part(cfg: BenchConfig, st: BenchSettings, res: dict, log) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     log(f"[{cfg.name}] memory: one fresh process per subject")
-    jobs = [(s, "memory", False) for s in st.subjects]
+    jobs = [(s, "memory", False) for s in st.subjects if cfg.takes(s)]
     jobs += [("numpy", "memory_tracemalloc", True)] if "numpy" in st.subjects else []
 
     def measure(job) -> dict:
@@ -213,9 +218,9 @@ def _memory_part(cfg: BenchConfig, st: BenchSettings, res: dict, log) -> None:
         res[subject][key] = {"peak_mb": r.get("peak_mb"), "method": r.get("method"),
                              "steps": st.memory_steps, "error": r.get("error"),
                              "torch_imported": r.get("torch_imported")}
-    ref = res.get(REFERENCE, {}).get("memory", {}).get("peak_mb")
+    ref = res.get(cfg.reference, {}).get("memory", {}).get("peak_mb")
     book = res.get(BOOK, {}).get("memory", {}).get("peak_mb")
-    for s in st.subjects:
+    for s in res:
         m = res[s].get("memory")
         if m is not None:
             m["ratio_to_reference"] = _ratio(m["peak_mb"], ref)

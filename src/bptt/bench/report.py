@@ -7,6 +7,8 @@ part -> numbers), ``seconds`` and ``targets`` (:func:`evaluate_targets`).
 
 from __future__ import annotations
 
+from ..cells import get_cell
+
 TARGETS = (
     # (config, subject, part, key, comparison, threshold, description)
     ("book", "numpy", "train", "ratio_to_reference", ">=", 1.25,
@@ -29,6 +31,12 @@ TARGETS = (
      "generation: torch chars/s >= 10x the book's predict_ch8"),
     ("long", "numpy", "memory", "ratio_to_book", "<=", 1 / 3,
      "long: numpy peak memory <= 1/3 of the book's autograd model"),
+    ("book", "bptt.nn.RNN", "train", "ratio_to_reference", ">=", 1.0,
+     "book: bptt.nn.RNN training tokens/s >= torch.nn.RNN"),
+    ("lstm", "bptt.nn.LSTM", "train", "ratio_to_reference", ">=", 1.0,
+     "lstm: bptt.nn.LSTM (2 layers) training tokens/s >= torch.nn.LSTM"),
+    ("gru", "bptt.nn.GRU", "train", "ratio_to_reference", ">=", 1.0,
+     "gru: bptt.nn.GRU (2 layers) training tokens/s >= torch.nn.GRU"),
 )
 
 
@@ -57,12 +65,13 @@ def format_table(out: dict) -> str:
                  f"{out['settings']['worker_threads']} thread(s) per worker; "
                  f"medians of {out['settings']['repeats']} interleaved rounds; load average "
                  f"{m.get('loadavg_before')} before, {m.get('loadavg_after')} after")
-    head = (f"{'subject':<15} {'train tok/s':>12} {'x nn.RNN':>9} {'gen char/s':>11} "
-            f"{'x nn.RNN':>9} {'x book':>7} {'peak MiB':>9} {'x book':>7}")
+    head = (f"{'subject':<15} {'train tok/s':>12} {'x torch.nn':>10} {'gen char/s':>11} "
+            f"{'x torch.nn':>10} {'x book':>7} {'peak MiB':>9} {'x book':>7}")
     for name, cfg in out["configs"].items():
         lines.append("")
-        lines.append(f"{name}: V={cfg['vocab']} H={cfg['hidden']} B={cfg['batch']} "
-                     f"T={cfg['steps']}  {cfg['note']}")
+        lines.append(f"{name}: {cfg['cell']} V={cfg['vocab']} H={cfg['hidden']} "
+                     f"L={cfg['layers']} B={cfg['batch']} T={cfg['steps']}  {cfg['note']}; "
+                     f"x torch.nn: the ratio to torch.nn.{get_cell(cfg['cell']).torch_name}")
         lines.append(head)
         for s, r in out["results"][name].items():
             t, g, mem = r.get("train", {}), r.get("generate", {}), r.get("memory", {})
@@ -71,8 +80,8 @@ def format_table(out: dict) -> str:
                 peak += f" ({r['memory_tracemalloc']['peak_mb']:.1f}t)"
             lines.append(
                 f"{s:<15} {_fmt(t.get('tokens_per_s')):>12} "
-                f"{_fmt(t.get('ratio_to_reference'), '.2f'):>9} "
-                f"{_fmt(g.get('chars_per_s')):>11} {_fmt(g.get('ratio_to_reference'), '.2f'):>9} "
+                f"{_fmt(t.get('ratio_to_reference'), '.2f'):>10} "
+                f"{_fmt(g.get('chars_per_s')):>11} {_fmt(g.get('ratio_to_reference'), '.2f'):>10} "
                 f"{_fmt(g.get('ratio_to_book'), '.1f'):>7} {peak:>9} "
                 f"{_fmt(mem.get('ratio_to_book'), '.2f'):>7}")
             errors = {p: r[p]["error"] for p in ("train", "generate", "memory")

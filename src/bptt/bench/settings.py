@@ -7,16 +7,25 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..cells import CELLS, RNN, get_cell
+
 ENGINE_SUBJECTS = ("numpy", "torch", "torch-autograd", "torch-builtin")
 REFERENCE = "torch.nn.RNN"
 BOOK = "book"
-SUBJECTS = ("numpy", "torch", "torch-bf16", "torch-autograd", "torch-builtin", REFERENCE, BOOK)
+MODULES = tuple(c.torch_name for c in CELLS.values() if c.torch_name)  # RNN, LSTM, GRU
+MODULE_SUBJECTS = tuple(f"{package}.{m}" for m in MODULES for package in ("torch.nn", "bptt.nn"))
+"""torch.nn.X (the reference of a configuration of that cell) and bptt.nn.X, the drop-in
+module on our BPTT, each with the same head, loss, optimiser and clipping."""
+SUBJECTS = ("numpy", "torch", "torch-bf16", "torch-autograd", "torch-builtin", *MODULE_SUBJECTS,
+            BOOK)
 PARTS = ("train", "generate", "memory")
+RNN_ONLY = ("torch-bf16", BOOK)     # bfloat16 products and the book's loop: the Elman RNN's
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One workload: vocabulary V, hidden size H, batch B, steps T per batch."""
+    """One workload: vocabulary V, hidden size H, batch B, steps T per batch, the cell and its
+    layers (a language model: one-hot input, a linear head, cross-entropy)."""
 
     name: str
     vocab: int
@@ -24,10 +33,29 @@ class BenchConfig:
     batch: int
     steps: int
     note: str = ""
+    cell: str = "rnn"               # a name of bptt.cells (tanh for the rnn)
+    layers: int = 1
 
     @property
     def tokens(self) -> int:
         return self.batch * self.steps
+
+    @property
+    def module(self) -> str:
+        """torch.nn's class of the cell (the registry's ``torch_name``): RNN, LSTM or GRU."""
+        return get_cell(self.cell).torch_name
+
+    @property
+    def reference(self) -> str:
+        """The subject every rate is a ratio to: torch.nn's module of the cell."""
+        return f"torch.nn.{self.module}"
+
+    def takes(self, subject: str) -> bool:
+        """Whether ``subject`` runs this workload: the engines run every cell, the modules
+        their own, the bfloat16 engine and the book's loop the Elman RNN alone."""
+        if subject in MODULE_SUBJECTS:
+            return subject.rsplit(".", 1)[1] == self.module
+        return get_cell(self.cell) is RNN or subject not in RNN_ONLY
 
 
 CONFIGS = {
@@ -35,12 +63,16 @@ CONFIGS = {
     "small": BenchConfig("small", 28, 256, 32, 35, "H = 256"),
     "large": BenchConfig("large", 28, 1024, 128, 35, "H = 1024, B = 128"),
     "long": BenchConfig("long", 28, 256, 16, 1000, "T = 1000 (B and H smaller to stay bounded)"),
+    "lstm": BenchConfig("lstm", 28, 256, 32, 35, "a 2-layer LSTM, H = 256", "lstm", 2),
+    "gru": BenchConfig("gru", 28, 256, 32, 35, "a 2-layer GRU, H = 256", "gru", 2),
 }
 QUICK_CONFIGS = {
     "book": BenchConfig("book", 28, 48, 4, 12, "quick"),
     "small": BenchConfig("small", 28, 32, 4, 12, "quick"),
     "large": BenchConfig("large", 28, 64, 8, 12, "quick"),
     "long": BenchConfig("long", 28, 32, 2, 120, "quick"),
+    "lstm": BenchConfig("lstm", 28, 32, 4, 12, "quick", "lstm", 2),
+    "gru": BenchConfig("gru", 28, 32, 4, 12, "quick", "gru", 2),
 }
 
 

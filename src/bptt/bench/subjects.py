@@ -1,9 +1,11 @@
-"""The subjects of ``bptt bench``, all the book's language model (one tanh RNN layer, a linear
-head, softmax cross-entropy, SGD with the gradient norm clipped at 1):
+"""The subjects of ``bptt bench``, all a language model of the configuration's cell and layers
+(the book's: one tanh RNN layer), a linear head, softmax cross-entropy, SGD with the gradient
+norm clipped at 1:
 
   EngineSubject    one of our engines, through the library code ``bptt train`` uses
-  TorchRNNSubject  the reference written here, independent of our engines: torch.nn.RNN +
-                   torch.nn.Linear on one-hot inputs, torch.optim.SGD, clip_grad_norm_
+  ModuleSubject    a recurrent torch.nn.Module + torch.nn.Linear on one-hot inputs,
+                   torch.optim.SGD, clip_grad_norm_: torch.nn.RNN/LSTM/GRU (the reference,
+                   independent of our engines) or bptt.nn's drop-in module of the same name
   BookSubject      the book's from-scratch loop (d2l 8.5), its grad_clipping, sgd, predict_ch8
 
 Each has ``train(n)`` (n whole training steps on a fixed batch, the state carried and detached
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .settings import BOOK, ENGINE_SUBJECTS, REFERENCE, SUBJECTS, BenchConfig, threads
+from .settings import BOOK, ENGINE_SUBJECTS, MODULE_SUBJECTS, SUBJECTS, BenchConfig, threads
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz "            # with <unk>: the book's 28 characters
 PREFIX = "time traveller "
@@ -52,8 +54,8 @@ class EngineSubject:
         if engine != "numpy":
             set_torch_threads()
         self.name, self.cfg = engine, cfg
-        self.spec = ModelSpec(cell="rnn", input_size=cfg.vocab, hidden_size=cfg.hidden,
-                              output_size=cfg.vocab, task="lm")
+        self.spec = ModelSpec(cell=cfg.cell, input_size=cfg.vocab, hidden_size=cfg.hidden,
+                              output_size=cfg.vocab, num_layers=cfg.layers, task="lm")
         self.engine = get_engine(engine, self.spec, device="cpu", precision=precision)
         self.params = self.engine.from_numpy(init_params(self.spec, "torch", rng=seed))
         self.opt = optim.SGD(lr=1.0)
@@ -78,36 +80,50 @@ class EngineSubject:
         return generate(model, PREFIX, n, engine=self.name, device="cpu")
 
 
-class TorchRNNSubject:
-    """The reference: torch.nn.RNN + torch.nn.Linear, torch.optim.SGD, clip_grad_norm_."""
+class ModuleSubject:
+    """A recurrent nn.Module (torch.nn's, or bptt.nn's of the same name: ``package``) +
+    torch.nn.Linear on one-hot inputs, torch.optim.SGD, clip_grad_norm_; the state carried and
+    detached between batches. Both packages draw the same initial parameters from one seed."""
 
-    def __init__(self, cfg: BenchConfig, seed: int = 0):
+    def __init__(self, cfg: BenchConfig, package: str = "torch.nn", seed: int = 0):
+        import importlib
+
         import torch
 
         set_torch_threads()
         self.torch, self.cfg = torch, cfg
+        nn = importlib.import_module(package)
         torch.manual_seed(seed)
-        self.rnn = torch.nn.RNN(cfg.vocab, cfg.hidden)
+        self.rnn = getattr(nn, cfg.module)(cfg.vocab, cfg.hidden, cfg.layers)
         self.head = torch.nn.Linear(cfg.hidden, cfg.vocab)
         self.params = [*self.rnn.parameters(), *self.head.parameters()]
         self.opt = torch.optim.SGD(self.params, lr=1.0)
         X, Y = _data(cfg, seed)
         self.X, self.Y = torch.as_tensor(X), torch.as_tensor(Y)
-        self.h = torch.zeros(1, cfg.batch, cfg.hidden)
+        self.state = self.zeros(cfg.batch)
+
+    def zeros(self, batch: int):
+        """The zero state: (L, B, H), the LSTM's pair of them."""
+        h = self.torch.zeros(self.cfg.layers, batch, self.cfg.hidden)
+        return (h, h.clone()) if self.cfg.module == "LSTM" else h
+
+    @staticmethod
+    def detach(state):
+        return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
     def train(self, n: int) -> float:
         torch, F, V, H = self.torch, self.torch.nn.functional, self.cfg.vocab, self.cfg.hidden
         loss = None
         for _ in range(n):
             x = F.one_hot(self.X.T, V).float()                       # (T, B, V)
-            out, h = self.rnn(x, self.h)
+            out, state = self.rnn(x, self.state)
             logits = self.head(out.reshape(-1, H))
             loss = F.cross_entropy(logits, self.Y.T.reshape(-1))
             self.opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, 1.0)
             self.opt.step()
-            self.h = h.detach()
+            self.state = self.detach(state)
         return float(loss.detach()) if loss is not None else 0.0
 
     def generate(self, n: int) -> str:
@@ -115,13 +131,12 @@ class TorchRNNSubject:
         vocab = _vocab()
         with torch.no_grad():
             ids = torch.as_tensor(vocab.encode(list(PREFIX)))
-            out, h = self.rnn(F.one_hot(ids[:, None], V).float(),
-                              torch.zeros(1, 1, self.cfg.hidden))
+            out, state = self.rnn(F.one_hot(ids[:, None], V).float(), self.zeros(1))
             nxt = int(self.head(out[-1]).argmax())
             chosen = []
             for _ in range(n):                                       # one character at a time
                 chosen.append(nxt)
-                out, h = self.rnn(F.one_hot(torch.tensor([[nxt]]), V).float(), h)
+                out, state = self.rnn(F.one_hot(torch.tensor([[nxt]]), V).float(), state)
                 nxt = int(self.head(out[0]).argmax())
         return PREFIX + "".join(vocab.idx_to_token[i] for i in chosen)
 
@@ -216,8 +231,8 @@ def make_subject(name: str, cfg: BenchConfig, seed: int = 0):
         return EngineSubject(name, cfg, seed)
     if name == "torch-bf16":
         return EngineSubject("torch", cfg, seed, precision="bf16")
-    if name == REFERENCE:
-        return TorchRNNSubject(cfg, seed)
+    if name in MODULE_SUBJECTS:
+        return ModuleSubject(cfg, name.rsplit(".", 1)[0], seed)
     if name == BOOK:
         return BookSubject(cfg, seed)
     raise ValueError(f"expected a subject among {', '.join(SUBJECTS)}, got {name!r}")

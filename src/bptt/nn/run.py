@@ -69,10 +69,18 @@ def run_stack(module, names: tuple[str, ...], weights: list[torch.Tensor], x: to
         nonlinearity=getattr(module, "nonlinearity", "tanh"), dropout=dropout,
         training=module.training, truncate=getattr(module, "bptt_truncate", None),
         precision=precision_under_autocast(kind, device_type, dtype), batch_sizes=batch_sizes)
+    params = dict(zip(names, weights, strict=True))
+    hx = None if parts is None else kind.from_parts(parts)
     off = torch.autocast(device_type, enabled=False) if autocast else contextlib.nullcontext()
     with off:
-        out, state_n, _ = stack.apply(cfg, x, dict(zip(names, weights, strict=True)),
-                                      None if parts is None else kind.from_parts(parts))
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (x, *weights, *(parts or ()))):
+            out, state_n, _ = stack.apply(cfg, x, params, hx)
+        else:                                            # no graph wanted: the forward alone
+            out, state_n, _ = stack.forward(
+                kind, params, x, hx, num_layers=num_layers, bidirectional=bidirectional,
+                nonlinearity=cfg.nonlinearity, dropout=dropout, training=cfg.training,
+                precision=cfg.precision, batch_sizes=batch_sizes)
     return out, kind.to_parts(state_n)
 
 

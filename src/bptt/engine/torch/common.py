@@ -107,11 +107,18 @@ def _use_onednn(*tensors: torch.Tensor) -> bool:
             and _onednn() is not None)
 
 
-def pack(w: torch.Tensor, batch: int) -> torch.Tensor:
-    """``w`` (N, K), reordered once for repeated :func:`linear` products with ``batch`` rows
-    (oneDNN's blocked layout; an opaque tensor only :func:`linear` and :func:`linear_add`
-    read); ``w`` itself where oneDNN is not used."""
-    if _use_onednn(w):
+PACK_MIN_USES = 8
+"""Fewer products than this with one weight (a sequence of a few steps, a generation step
+through a module) are cheaper without the reorder, which costs about as much as a few
+products."""
+
+
+def pack(w: torch.Tensor, batch: int, uses: int = PACK_MIN_USES) -> torch.Tensor:
+    """``w`` (N, K), reordered once for ``uses`` repeated :func:`linear` products with
+    ``batch`` rows (oneDNN's blocked layout; an opaque tensor only :func:`linear` and
+    :func:`linear_add` read); ``w`` itself where oneDNN is not used or ``uses`` is below
+    :data:`PACK_MIN_USES`."""
+    if uses >= PACK_MIN_USES and _use_onednn(w):
         try:
             return _onednn()[1](w.contiguous(), batch)
         except RuntimeError:
@@ -119,12 +126,12 @@ def pack(w: torch.Tensor, batch: int) -> torch.Tensor:
     return w
 
 
-def linear(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``a @ w^T`` (a (M, K), w (N, K) or :func:`pack` of it): oneDNN for float32 and
-    bfloat16 CPU tensors, else torch.mm."""
+def linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ w^T`` (+ ``bias``) (a (M, K), w (N, K) or :func:`pack` of it): oneDNN for float32
+    and bfloat16 CPU tensors, else torch.mm."""
     if w.layout == torch._mkldnn or _use_onednn(a, w):
-        return _onednn()[0](a, w, None, "none", [], "")
-    return a @ w.t()
+        return _onednn()[0](a, w, bias, "none", [], "")
+    return a @ w.t() if bias is None else torch.addmm(bias, a, w.t())
 
 
 def linear_add(a: torch.Tensor, w: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -146,12 +153,12 @@ def numpy_view(t: torch.Tensor):
 def tanh_into(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out = tanh(src)`` (same shape; ``src`` may be ``out``).
 
-    On the CPU through NumPy's vectorised tanh on the tensors' own memory (no copy): torch's
-    CPU tanh kernel is about ten times slower for a (B, H) step, which made it a tenth of the
-    RNN's step time. Both are correctly rounded to within an ulp.
+    On the CPU through NumPy's vectorised tanh on the tensors' own memory (no copy, any
+    strides: a gate's slice of the LSTM's rows too): torch's CPU tanh kernel is about ten times
+    slower for a (B, H) step, which made it a tenth of the RNN's step time. Both are correctly
+    rounded to within an ulp.
     """
-    if (out.device.type == "cpu" and src.device.type == "cpu" and out.is_contiguous()
-            and src.is_contiguous() and out.dtype == src.dtype
+    if (out.device.type == "cpu" and src.device.type == "cpu" and out.dtype == src.dtype
             and out.dtype in (torch.float32, torch.float64)
             and not (out.requires_grad or src.requires_grad)):
         np.tanh(src.numpy(), out=out.numpy())
@@ -241,11 +248,7 @@ def project_inputs(x: torch.Tensor, weight_ih: torch.Tensor,
             out += bias
         return out
     x2 = x.reshape(T * B, -1).to(weight_ih.dtype)
-    if bias is None:
-        out = x2 @ weight_ih.t()
-    else:
-        out = torch.addmm(bias, x2, weight_ih.t())     # x W_ih^T + b in one product
-    return out.view(T, B, -1)
+    return linear(x2, weight_ih, bias).view(T, B, -1)   # x W_ih^T + b in one product
 
 
 def input_step(x: torch.Tensor, weight_ih: torch.Tensor,
@@ -277,8 +280,8 @@ def project_inputs_backward(
         dW_t.index_add_(0, x.reshape(-1), dz2)
         return None, dW_t.t().contiguous()
     x2 = x.reshape(T * B, -1).to(dz.dtype)
-    dW = dz2.t() @ x2
-    dx = (dz2 @ weight_ih).view(T, B, -1) if need_dx else None
+    dW = linear(dz2.t(), x2.t())                        # oneDNN on the CPU, as the steps
+    dx = linear(dz2, weight_ih.t()).view(T, B, -1) if need_dx else None
     return dx, dW
 
 
@@ -288,8 +291,30 @@ def recurrent_weight_grad(dz: torch.Tensor, hs: torch.Tensor, h0: torch.Tensor) 
     H = hs.shape[2]
     dW = dz[0].t() @ h0
     if T > 1:
-        dW.addmm_(dz[1:].reshape(-1, GH).t(), hs[:-1].reshape(-1, H))
+        dW += linear(dz[1:].reshape(-1, GH).t(), hs[:-1].reshape(-1, H).t())
     return dW
+
+
+def shared_gate_grads(dz: torch.Tensor, x: torch.Tensor, hs: torch.Tensor, h0: torch.Tensor,
+                      weight_ih: torch.Tensor, need_dx: bool = True):
+    """``(dx, dW_ih, dW_hh)`` for a cell whose input and recurrent pre-activations share one
+    gradient dz (the RNN's, the LSTM's): dW_ih = sum_t dz_t^T x_t and dW_hh = sum_t dz_t^T
+    h_{t-1} as ONE product of dz^T with the rows [x_t | h_{t-1}] (T*B, I + S), the layout a
+    fused RNN kernel keeps; token ids take :func:`project_inputs_backward` and
+    :func:`recurrent_weight_grad` instead."""
+    if is_tokens(x):
+        dx, dW_ih = project_inputs_backward(dz, x, weight_ih, need_dx)
+        return dx, dW_ih, recurrent_weight_grad(dz, hs, h0)
+    T, B, GH = dz.shape
+    I, S = x.shape[2], hs.shape[2]
+    rows = dz.new_empty((T, B, I + S))                  # [x_t | h_{t-1}], every t
+    rows[:, :, :I] = x
+    rows[0, :, I:] = h0
+    rows[1:, :, I:] = hs[:-1]
+    dz2 = dz.reshape(T * B, GH)
+    dW = linear(dz2.t(), rows.view(T * B, I + S).t())  # [dW_ih | dW_hh], one product
+    dx = linear(dz2, weight_ih.t()).view(T, B, I) if need_dx else None
+    return dx, dW[:, :I].contiguous(), dW[:, I:].contiguous()
 
 
 def shifted(first: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:

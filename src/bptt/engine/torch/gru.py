@@ -55,11 +55,15 @@ from .common import (
     check_state_parts,
     final_rows,
     input_step,
+    linear,
+    linear_add,
     new_steps,
+    pack,
     project_inputs,
     project_inputs_backward,
     recurrent_weight_grad,
     shifted,
+    tanh_into,
 )
 
 GATES = KIND.num_gates
@@ -104,28 +108,26 @@ def forward(
     hs = new_steps(weight_hh, (T, B, H), batch_sizes)
     a, s, h = (per_step(v, batch_sizes) for v in (gates, s_all, hs))
     h_prev = prev_rows(h0, h, batch_sizes)
-    w_hh_t = weight_hh.t()
+    w_hh = pack(weight_hh, B, T)                         # reordered once for all T steps
     for t in range(T):
-        _cell(a[t], s[t], h_prev[t], w_hh_t, bias_hh, out=h[t])
+        _cell(a[t], s[t], h_prev[t], w_hh, bias_hh, out=h[t])
     cache = Cache(x=x, h0=h0, gates=gates, s_all=s_all, hs=hs, weight_ih=weight_ih,
                   weight_hh=weight_hh, has_bias_ih=bias_ih is not None,
                   has_bias_hh=bias_hh is not None, batch_sizes=batch_sizes)
     return hs, (final_rows(hs, batch_sizes),), cache
 
 
-def _cell(a: torch.Tensor, s: torch.Tensor, h: torch.Tensor, w_hh_t: torch.Tensor,
+def _cell(a: torch.Tensor, s: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor,
           bias_hh: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
     """One step in place, returning ``out``: ``a`` (B, 3H) holds a_t and becomes
-    [r_t | u_t | n_t], ``s`` (B, 3H) receives s_t, ``out`` (B, H) receives h_t; ``w_hh_t`` is
-    W_hh^T."""
+    [r_t | u_t | n_t], ``s`` (B, 3H) receives s_t, ``out`` (B, H) receives h_t; ``w_hh`` is
+    W_hh or its :func:`pack` (the product through oneDNN on the CPU: :mod:`.common`)."""
     H = h.shape[1]
-    if bias_hh is None:
-        torch.mm(h, w_hh_t, out=s)                       # s_t = h_{t-1} W_hh^T
-    else:
-        torch.addmm(bias_hh, h, w_hh_t, out=s)           # s_t = h_{t-1} W_hh^T + b_hh
+    s.copy_(linear(h, w_hh, bias_hh))                    # s_t = h_{t-1} W_hh^T + b_hh
     a[:, :2 * H].add_(s[:, :2 * H]).sigmoid_()           # r_t, u_t = sigmoid(a_t + s_t) (r, z)
     r, u, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
-    n.addcmul_(r, s[:, 2 * H:]).tanh_()                  # n_t = tanh(a^n_t + r_t * s^n_t)
+    n.addcmul_(r, s[:, 2 * H:])
+    tanh_into(n, n)                                      # n_t = tanh(a^n_t + r_t * s^n_t)
     torch.sub(h, n, out=out)
     return out.mul_(u).add_(n)                           # h_t = n_t + u_t * (h_{t-1} - n_t)
 
@@ -138,7 +140,7 @@ def step(x: torch.Tensor, state: tuple[torch.Tensor], weight_ih: torch.Tensor,
     (h,) = state
     a = input_step(x, weight_ih, bias_ih)                # a_t = x_t W_ih^T + b_ih
     s = a.new_empty(a.shape)
-    return (_cell(a, s, h, weight_hh.t(), bias_hh, out=h.new_empty(h.shape)),)
+    return (_cell(a, s, h, weight_hh, bias_hh, out=h.new_empty(h.shape)),)
 
 
 def _factors(cache: Cache):
@@ -180,20 +182,27 @@ def backward(
     r = gates[..., :H]
     Kt, Kst, u = (per_step(v, bs) for v in (*_factors(cache), gates[..., H:2 * H].contiguous()))
     k = effective_truncate(truncate, T)
-    ds_buf = gates.new_empty(((1 if k is None else k + 1) * B, GATES * H))
+    rows = (1 if k is None else k + 1) * B
+    ds_buf = gates.new_empty((rows, GATES * H))
+    w_hh_t = pack(weight_hh.t().contiguous(), rows, T)  # ds W_hh = ds (W_hh^T)^T, once
 
-    def step(t: int, dstate: tuple, da_out: torch.Tensor, prev_out: tuple) -> None:
+    def step(t: int, dstate: tuple, da_out: torch.Tensor, prev_out: tuple):
         (dh,) = dstate                                   # (A, b, H): dh_t by age          (1)
         b = dh.shape[1]
         dh4 = dh.unsqueeze(2)
         torch.mul(dh4, Kt[t], out=da_out.view(*dh4.shape[:2], GATES, H))  # da_t   (2)-(4)
         (dh_prev,) = prev_out
         ages = dh_prev.shape[0]
-        if ages:
-            ds = ds_buf[:ages * b]
-            torch.mul(dh4[:ages], Kst[t], out=ds.view(ages, b, GATES, H))  # ds_t         (5)
-            torch.mul(dh[:ages], u[t], out=dh_prev)      # dh_t * u_t
-            dh_prev.view(-1, H).addmm_(ds, weight_hh)    # dh_{t-1} = ds_t W_hh + dh_t u_t (1)
+        if not ages:
+            return None
+        ds = ds_buf[:ages * b]
+        torch.mul(dh4[:ages], Kst[t], out=ds.view(ages, b, GATES, H))  # ds_t             (5)
+        through_u = (dh[:ages] * u[t]).view(-1, H)       # dh_t * u_t
+        dh_new = linear_add(ds, w_hh_t, through_u)       # dh_{t-1} = ds_t W_hh + dh_t u_t (1)
+        if k is None:                                    # the step's own array (no copy)
+            return (dh_new.view(1, b, H),)
+        dh_prev.copy_(dh_new.view(ages, b, H))
+        return None
 
     dstate_n = check_state_parts(KIND, dstate_n, B, h0, names="d{}_n")
     da, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, GATES * H, bs)

@@ -58,11 +58,14 @@ from .common import (
     check_state_parts,
     final_rows,
     input_step,
+    linear,
+    linear_add,
     new_steps,
+    pack,
     project_inputs,
-    project_inputs_backward,
-    recurrent_weight_grad,
+    shared_gate_grads,
     shifted,
+    tanh_into,
 )
 
 GATES = KIND.num_gates
@@ -115,12 +118,12 @@ def forward(
     ms = hs if weight_hr is None else new_steps(weight_hh, (T, B, H), batch_sizes)
     z, h, c, tc, m = (per_step(a, batch_sizes) for a in (gates, hs, cs, tanh_cs, ms))
     h_prev, c_prev = prev_rows(h0, h, batch_sizes), prev_rows(c0, c, batch_sizes)
-    w_hh_t = weight_hh.t()
-    w_hr_t = None if weight_hr is None else weight_hr.t()
+    w_hh = pack(weight_hh, B, T)                         # reordered once for all T steps
+    w_hr = None if weight_hr is None else pack(weight_hr, B, T)
     for t in range(T):
-        _cell(z[t], h_prev[t], c_prev[t], w_hh_t, out=(m[t], c[t], tc[t]))
-        if w_hr_t is not None:
-            torch.mm(m[t], w_hr_t, out=h[t])             # h_t = m_t W_hr^T
+        _cell(z[t], h_prev[t], c_prev[t], w_hh, out=(m[t], c[t], tc[t]))
+        if w_hr is not None:
+            h[t].copy_(linear(m[t], w_hr))               # h_t = m_t W_hr^T
     cache = Cache(x=x, h0=h0, c0=c0, gates=gates, cs=cs, tanh_cs=tanh_cs, hs=hs, ms=ms,
                   weight_ih=weight_ih, weight_hh=weight_hh, weight_hr=weight_hr,
                   has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
@@ -128,21 +131,22 @@ def forward(
     return hs, (final_rows(hs, batch_sizes), final_rows(cs, batch_sizes)), cache
 
 
-def _cell(z: torch.Tensor, h: torch.Tensor, c_prev: torch.Tensor, w_hh_t: torch.Tensor,
+def _cell(z: torch.Tensor, h: torch.Tensor, c_prev: torch.Tensor, w_hh: torch.Tensor,
           out: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step in place, returning ``(m_t, c_t)``: ``z`` (B, 4H) holds x_t W_ih^T + b and
-    becomes [i_t | f_t | g_t | o_t]; ``out`` = (m_t, c_t, tanh(c_t)) (B, H) each, written
-    (m_t is h_t without a projection); ``w_hh_t`` is W_hh^T."""
+    """One step, returning ``(m_t, c_t)``: ``z`` (B, 4H) holds x_t W_ih^T + b and becomes
+    [i_t | f_t | g_t | o_t]; ``out`` = (m_t, c_t, tanh(c_t)) (B, H) each, written (m_t is h_t
+    without a projection); ``w_hh`` is W_hh or its :func:`pack` (the product through oneDNN
+    on the CPU, NumPy's tanh there: :mod:`.common`)."""
     H = c_prev.shape[1]
     h_new, c, tanh_c = out
-    z.addmm_(h, w_hh_t)                                  # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
-    z[:, :2 * H].sigmoid_()                              # i_t, f_t = sigmoid(z^i_t, z^f_t)
-    z[:, 2 * H:3 * H].tanh_()                            # g_t = tanh(z^g_t)
-    z[:, 3 * H:].sigmoid_()                              # o_t = sigmoid(z^o_t)
+    r = linear_add(h, w_hh, z)                           # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T
+    torch.sigmoid(r[:, :2 * H], out=z[:, :2 * H])        # i_t, f_t = sigmoid(z^i_t, z^f_t)
+    tanh_into(r[:, 2 * H:3 * H], z[:, 2 * H:3 * H])      # g_t = tanh(z^g_t)
+    torch.sigmoid(r[:, 3 * H:], out=z[:, 3 * H:])        # o_t = sigmoid(z^o_t)
     i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
     torch.mul(f, c_prev, out=c)
     c.addcmul_(i, g)                                     # c_t = f_t * c_{t-1} + i_t * g_t
-    torch.tanh(c, out=tanh_c)
+    tanh_into(c, tanh_c)
     torch.mul(o, tanh_c, out=h_new)                      # m_t = o_t * tanh(c_t)
     return h_new, c
 
@@ -156,7 +160,7 @@ def step(x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], weight_ih: t
     :func:`forward`."""
     h, c = state
     z = input_step(x, weight_ih, sum_biases(bias_ih, bias_hh))  # x_t W_ih^T + b
-    m, c = _cell(z, h, c, weight_hh.t(), out=tuple(c.new_empty(c.shape) for _ in range(3)))
+    m, c = _cell(z, h, c, weight_hh, out=tuple(c.new_empty(c.shape) for _ in range(3)))
     return (m if weight_hr is None else m @ weight_hr.t(), c)  # h_t = m_t W_hr^T
 
 
@@ -199,9 +203,12 @@ def backward(
     weight_hh, w_hr, bs = cache.weight_hh, cache.weight_hr, cache.batch_sizes
     kcs, coefs, fs = (per_step(a, bs) for a in _factors(cache))
     k = effective_truncate(truncate, T)
-    dm_buf = None if w_hr is None else cache.cs.new_empty(((1 if k is None else k + 1) * B, H))
+    rows = (1 if k is None else k + 1) * B
+    # the products' weights (dz W_hh = dz (W_hh^T)^T), reordered once for all steps
+    w_hh_t = pack(weight_hh.t().contiguous(), rows, T)
+    w_hr_t = None if w_hr is None else pack(w_hr.t().contiguous(), rows, T)
 
-    def step(t: int, dstate: tuple, dz_out: torch.Tensor, prev_out: tuple) -> None:
+    def step(t: int, dstate: tuple, dz_out: torch.Tensor, prev_out: tuple):
         dh, dc = dstate                                  # (A, b, S), (A, b, H) by age: dh_t,
         A, b = dh.shape[:2]                              # dc_{t+1} f_{t+1}
         dz = dz_out
@@ -209,28 +216,31 @@ def backward(
         if w_hr is not None:
             dz = dz_out[..., :W]
             dz_out[..., W:] = dh                         # dh_t beside dz_t, for dW_hr   (12)
-            dm = torch.mm(dh.view(-1, S), w_hr,
-                          out=dm_buf[:A * b]).view(A, b, H)  # dm_t = dh_t W_hr          (11)
+            dm = linear(dh.view(-1, S), w_hr_t).view(A, b, H)  # dm_t = dh_t W_hr       (11)
         dc.addcmul_(dm, kcs[t])                          # dc_t                           (2)
         dz4 = dz.view(A, b, GATES, H)
         torch.mul(dc.unsqueeze(2), coefs[t][:, :3], out=dz4[:, :, :3])  # dz^i, dz^f, dz^g (3-5)
         torch.mul(dm, coefs[t][:, 3], out=dz4[:, :, 3])  # dz^o_t                         (6)
         dh_prev, dc_prev = prev_out
         K = dh_prev.shape[0]
-        if K:
-            torch.mm(dz[:K].reshape(-1, W), weight_hh,
-                     out=dh_prev.view(-1, S))            # dh_{t-1} = dz_t W_hh           (1)
-            torch.mul(dc[:K], fs[t], out=dc_prev)        # dc_t f_t, for step t-1         (2)
+        if not K:
+            return None
+        dh_new = linear(dz[:K].reshape(-1, W), w_hh_t)  # dh_{t-1} = dz_t W_hh           (1)
+        if k is None:                                    # the step's own arrays (no copy)
+            return dh_new.view(1, b, S), dc * fs[t]      # dc_t f_t, for step t-1         (2)
+        dh_prev.copy_(dh_new.view(K, b, S))
+        torch.mul(dc[:K], fs[t], out=dc_prev)            # dc_t f_t, for step t-1         (2)
+        return None
 
     dstate_n = check_state_parts(KIND, dstate_n, B, cache.h0, names="d{}_n", sizes=(S, H))
     width = W if w_hr is None else W + S                 # [dz_t | dh_t] with a projection
     dz_all, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, width, bs)
     dz = dz_all if w_hr is None else dz_all[..., :W]
 
-    hs, h0 = cache.hs, cache.h0
-    grads = {"weight_hh": recurrent_weight_grad(dz, hs, h0)}  # dW_hh = sum dz_t^T h_{t-1} (7)
-    dx, grads["weight_ih"] = project_inputs_backward(dz, cache.x, cache.weight_ih,
-                                                     need_dx)  # (8), (10)
+    grads = {}
+    dx, grads["weight_ih"], grads["weight_hh"] = shared_gate_grads(
+        dz, cache.x, cache.hs, cache.h0, cache.weight_ih, need_dx)  # dW_hh = sum dz_t^T h_{t-1},
+    #                                                      dW_ih = sum dz_t^T x_t (7, 8, 10)
     if cache.has_bias_ih or cache.has_bias_hh:
         db = dz.sum(dim=(0, 1))                          # db_ih = db_hh = sum_t sum_b dz_t (9)
         if cache.has_bias_ih:

@@ -139,7 +139,7 @@ def _forward_fp32(x, h0, weight_ih, weight_hh, bias, nonlinearity: str,
     prevs = prev_rows(h0, rows, batch_sizes)             # h_{t-1}: h0, then rows of hs
     hs_np = numpy_view(hs) if nonlinearity == "tanh" else None  # NumPy's tanh (common.py)
     np_rows = None if hs_np is None else per_step(hs_np, batch_sizes)
-    w_hh = pack(weight_hh, h0.shape[0])                  # reordered once for all T steps
+    w_hh = pack(weight_hh, h0.shape[0], len(rows))     # reordered once for all T steps
     for t, (z, h) in enumerate(zip(rows, prevs, strict=True)):
         # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T;  h_t = f(z_t), written into hs[t]
         r = linear_add(h, w_hh, z)
@@ -166,7 +166,7 @@ def _forward_low(x, h0, weight_ih, weight_hh, bias, nonlinearity: str, low: torc
             hs += bias
     else:
         hs = project_inputs(x, weight_ih, bias)          # a gather: no product
-    w_low = pack(weight_hh.to(low), B)                   # bf16, reordered once for all T steps
+    w_low = pack(weight_hh.to(low), B, T)                # bf16, reordered once for all T steps
     new = hs.new_empty if batch_sizes is None else hs.new_zeros  # packed: padding rows zero
     states_low = new((T + 1, B, H), dtype=low)           # [h0, h_0 .. h_{T-1}] in bf16
     states_low[0].copy_(h0)
@@ -252,7 +252,7 @@ def backward(
     # dz W_hh = dz (W_hh^T)^T: the products' weight is W_hh^T, reordered once for all steps
     K = 1 if k is None else max(k, 1)
     w_hh_t = cache.weight_hh.t().contiguous()
-    w_hh_t = pack(w_hh_t if low is None else w_hh_t.to(low), K * B)
+    w_hh_t = pack(w_hh_t if low is None else w_hh_t.to(low), K * B, T)
     dstate_n = check_state_parts(KIND, dstate_n, B, cache.h0, names="d{}_n")
     rec = Recursion(OPS, dstate_n, T, k, H, bs)
     new = hs.new_empty if bs is None else hs.new_zeros  # packed: padding rows zero
