@@ -237,8 +237,8 @@ def prev_rows(first, rows: list, batch_sizes: tuple[int, ...] | None) -> list:
     ``rows`` (the views :func:`per_step` gives of the buffer the loop writes), cut to b_t."""
     if batch_sizes is None:
         return [first, *rows[:-1]]
-    return [first[:batch_sizes[0]],
-            *(rows[t - 1][:b] for t, b in enumerate(batch_sizes) if t > 0)]
+    return [first[:batch_sizes[0]],                      # step t reads the first b_t rows of
+            *(rows[t - 1][:b] for t, b in enumerate(batch_sizes) if t > 0)]  # h_{t-1}
 
 
 def sequence_groups(batch_sizes: tuple[int, ...]) -> list[tuple[int, int, int]]:
@@ -257,5 +257,6 @@ def last_rows(a, batch_sizes: tuple[int, ...] | None, concat) -> object:
     ``concat`` joins the groups of equal length along axis 0."""
     if batch_sizes is None:
         return a[-1]
-    pieces = [a[length - 1, r0:r1] for length, r0, r1 in sequence_groups(batch_sizes)]
+    pieces = [a[length - 1, r0:r1]                       # h_n[b] = h_{L_b - 1}[b]
+              for length, r0, r1 in sequence_groups(batch_sizes)]
     return pieces[0] if len(pieces) == 1 else concat(pieces)
