@@ -53,7 +53,8 @@ def test_verb_is_registered():
 
 def test_quick_rows_are_all_ok():
     rows = run_checks(quick=True)
-    assert 5 <= len([r for r in rows if r.engine == "numpy"]) <= 12
+    # the cells' rows, the projected LSTM's two and the word models': a quick table stays small
+    assert 5 <= len([r for r in rows if r.engine == "numpy"]) <= 14
     assert all(r.ok for r in rows), format_table(rows)
     assert {("rnn", "torch"), ("rnn", "fd")} <= {(r.cell, r.method) for r in rows}
     assert any(r.truncate is not None for r in rows)
@@ -71,7 +72,7 @@ def test_full_table_size_and_rnn_grid():
                         ("input_size", {1, 4}), ("hidden_size", {1, 5}),
                         ("with_h0", {True, False}), ("truncate", {None, 2})]:
         assert values <= {c.get(key) for c in rnn_torch}, key
-    assert len(default_table(quick=True)) <= 12
+    assert len(default_table(quick=True)) <= 14         # with the projected LSTM's two rows
 
 
 def test_cli_quick_prints_the_table(main, capsys, tmp_path):
