@@ -47,17 +47,38 @@ def _linear(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> 
 
 
 # -- the cells' steps, out of place ---------------------------------------------------------------
+# What one step's forward keeps for its backward, per cell (b = b_t rows, H hidden size).
+
+class RnnSaved(NamedTuple):
+    h: torch.Tensor           # (b, H) h_t = f(z_t): f'(z_t) reads it
+
+
+class LstmSaved(NamedTuple):
+    i: torch.Tensor           # (b, H) the gates after their activations
+    f: torch.Tensor           # (b, H)
+    g: torch.Tensor           # (b, H)
+    o: torch.Tensor           # (b, H)
+    tanh_c: torch.Tensor      # (b, H) tanh(c_t)
+    m: torch.Tensor           # (b, H) m_t = o_t tanh(c_t), before the projection
+
+
+class GruSaved(NamedTuple):
+    r: torch.Tensor           # (b, H) the reset gate
+    u: torch.Tensor           # (b, H) the update gate z_t
+    n: torch.Tensor           # (b, H) the candidate
+    s_n: torch.Tensor         # (b, H) h_{t-1} W_hn^T + b_hn
+
 
 def rnn_forward(a, state, p):
     """z_t = a_t + h_{t-1} W_hh^T + b_hh, h_t = f(z_t); saves h_t (f' reads it)."""
     (h,) = state
     z = a + _linear(h, p["weight_hh"], p["bias_hh"])
     h = torch.tanh(z) if p["nonlinearity"] == "tanh" else torch.relu(z)
-    return (h,), (h,)
+    return (h,), RnnSaved(h=h)
 
 
-def rnn_backward(dstate, saved, prev, p):
-    (dh,), (h,) = dstate, saved
+def rnn_backward(dstate, saved: RnnSaved, prev, p):
+    (dh,), h = dstate, saved.h
     fprime = 1 - h * h if p["nonlinearity"] == "tanh" else (h > 0).to(h.dtype)
     dz = dh * fprime                                     # dz_t = dh_t * f'(z_t)
     return dz, dz, (dz @ p["weight_hh"],), {}            # dh_{t-1} = dz_t W_hh
@@ -72,12 +93,13 @@ def lstm_forward(a, state, p):
     tc = torch.tanh(c)
     m = o * tc                                           # m_t = o_t tanh(c_t)
     w_hr = p.get("weight_hr")
-    return (m if w_hr is None else m @ w_hr.t(), c), (i, f, g, o, tc, m)
+    return (m if w_hr is None else m @ w_hr.t(), c), LstmSaved(i=i, f=f, g=g, o=o, tanh_c=tc, m=m)
 
 
-def lstm_backward(dstate, saved, prev, p):
+def lstm_backward(dstate, saved: LstmSaved, prev, p):
     """k_c = o_t (1 - tanh(c_t)^2), the factor of dc_t."""
-    (dh, dc), (i, f, g, o, tc, m), c_prev = dstate, saved, prev[1]
+    (dh, dc), c_prev = dstate, prev[1]
+    i, f, g, o, tc, m = saved.i, saved.f, saved.g, saved.o, saved.tanh_c, saved.m
     w_hr = p.get("weight_hr")
     dm = dh if w_hr is None else dh @ w_hr               # dm_t = dh_t W_hr
     dc = dc + dm * o * (1 - tc * tc)                     # dc_t = dc_{t+1} f_{t+1} + dm_t k_c
@@ -95,11 +117,12 @@ def gru_forward(a, state, p):
     s_r, s_z, s_n = s.chunk(3, dim=-1)
     r, u = torch.sigmoid(a_r + s_r), torch.sigmoid(a_z + s_z)
     n = torch.tanh(a_n + r * s_n)
-    return (n + u * (h - n),), (r, u, n, s_n)
+    return (n + u * (h - n),), GruSaved(r=r, u=u, n=n, s_n=s_n)
 
 
-def gru_backward(dstate, saved, prev, p):
-    (dh,), (r, u, n, s_n), (h_prev,) = dstate, saved, prev
+def gru_backward(dstate, saved: GruSaved, prev, p):
+    (dh,), (h_prev,) = dstate, prev
+    r, u, n, s_n = saved.r, saved.u, saved.n, saved.s_n
     da_n = dh * (1 - u) * (1 - n * n)                    # da^n_t = dh_t (1 - u_t)(1 - n_t^2)
     da_z = dh * (h_prev - n) * u * (1 - u)               # da^z_t = dh_t (h_{t-1} - n_t) u(1-u)
     da_r = da_n * s_n * r * (1 - r)                      # da^r_t = da^n_t s^n_t r_t(1-r_t)
@@ -127,7 +150,7 @@ class Cache(NamedTuple):
     x: torch.Tensor            # (T, B, I) floats or (T, B) token ids
     p: dict                    # the layer's weights and options
     prevs: list                # T tuples of state parts before step t, (b_t, S) each
-    saved: list                # T tuples: what the step's backward reads
+    saved: list                # T per-step records (RnnSaved, ...): what the step's backward reads
     sizes: tuple               # b_t per step
     state_sizes: tuple         # S per part
 
