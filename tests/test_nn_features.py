@@ -430,3 +430,18 @@ def test_engine_stack_function_takes_an_empty_batch():
     assert out.shape == (4, 0, 1) and h.shape == (1, 0, 1) and c.shape == (1, 0, 2)
     (out.sum() + h.sum()).backward()
     assert all(v.grad is not None and not v.grad.any() for v in w.values())
+
+
+def test_both_engines_ops_flip_each_packed_sequence_within_its_length():
+    """ArrayOps.flip with batch_sizes (lengths 3, 2, 1): every sequence reversed in place of its
+    own steps, the padding kept, the same in NumPy and torch."""
+    import numpy as np
+
+    from bptt.engine.numpy.common import OPS as NUMPY_OPS
+    from bptt.engine.torch.common import OPS as TORCH_OPS
+
+    x = np.arange(3 * 3, dtype=np.float64).reshape(3, 3, 1)   # (T, B, 1): x[t, b] = 3t + b
+    want = np.array([[6, 4, 2], [3, 1, 5], [0, 7, 8]], dtype=np.float64)[..., None]
+    np.testing.assert_array_equal(NUMPY_OPS.flip(x, (3, 2, 1)), want)
+    np.testing.assert_array_equal(TORCH_OPS.flip(torch.from_numpy(x), (3, 2, 1)).numpy(), want)
+    np.testing.assert_array_equal(NUMPY_OPS.flip(x), x[::-1])

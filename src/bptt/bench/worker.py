@@ -122,4 +122,7 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):    # else: unclosed-file warnings
+            if pipe is not None:
+                pipe.close()
         self._err.close()
