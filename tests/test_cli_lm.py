@@ -455,10 +455,11 @@ def test_demo_runs_end_to_end(tmp_path, data_dir, cli):
 
 
 @pytest.mark.parametrize("engine", ["numpy", "torch"])
-def test_a_projected_lstm_trains_resumes_generates_and_export_refuses_it(tmp_path, hello_corpus,
-                                                                         cli, engine):
+def test_a_projected_lstm_trains_resumes_generates_and_exports(tmp_path, hello_corpus, cli,
+                                                               engine):
     """--proj-size through the whole job: h_t has P features, the head and a tied embedding
-    read them; export says in one line that it has no projection, and the run is untouched."""
+    read them; TorchScript exports it, ONNX says in one line that it has no projection and
+    leaves the run as it was."""
     run = tmp_path / "run"
     ran = cli("train", "--data", hello_corpus, "--out", run, *TINY, "--cell", "lstm",
               "--num-layers", "2", "--proj-size", "5", "--tie-weights", "--engine", engine,
@@ -472,8 +473,9 @@ def test_a_projected_lstm_trains_resumes_generates_and_export_refuses_it(tmp_pat
     assert cli("train", "--resume", "--out", run, "--epochs", "4").rc == 0
     assert cli("generate", run, "--prefix", "hello", "--length", "10").rc == 0
     before = sorted(p.name for p in run.iterdir())
-    out = tmp_path / "model.pt"
-    refused = cli("export", run, "--format", "torchscript", "--out", out)
+    assert cli("export", run, "--format", "torchscript", "--out", tmp_path / "m.pt").rc == 0
+    out = tmp_path / "model.onnx"
+    refused = cli("export", run, "--format", "onnx", "--out", out)
     assert refused.rc == 2 and len(refused.err_lines) == 1
-    assert "expected a model without proj_size to export" in refused.err
+    assert "ONNX's LSTM operator has no projection" in refused.err
     assert not out.exists() and sorted(p.name for p in run.iterdir()) == before

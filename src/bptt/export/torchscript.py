@@ -100,10 +100,13 @@ def step_of(model: Exportable) -> type[Step] | None:
 
 
 def choose_via(model: Exportable, via: str | None) -> str:
-    """``via`` checked against what the cell offers; None: torch.nn when torch has the cell."""
+    """``via`` checked against what the cell offers; None: torch.nn when torch has the cell.
+    A projected LSTM goes through torch.nn.LSTM(proj_size=P) only (the loop's steps have no
+    projection)."""
     kind = model.kind
     offers = [v for v, ok in (("torch.nn", kind.torch_name is not None),
-                              ("loop", step_of(model) is not None)) if ok]
+                              ("loop", step_of(model) is not None
+                               and not model.spec.proj_size)) if ok]
     if not offers:
         raise ValueError(f"expected a cell that torch.nn has or one with a TorchScript step in "
                          f"bptt.export.torchscript.STEPS, got cell {kind.name!r} (neither)")
@@ -202,11 +205,12 @@ class LoopStack(nn.Module):
 class Exported(nn.Module):
     """input -> stack -> head, and ``begin_state``."""
 
-    def __init__(self, inputs: nn.Module, stack: nn.Module, head: nn.Linear, parts: int,
-                 num_states: int, hidden_size: int) -> None:
+    def __init__(self, inputs: nn.Module, stack: nn.Module, head: nn.Linear,
+                 state_sizes: list[int], num_states: int) -> None:
         super().__init__()
         self.inputs, self.stack, self.head = inputs, stack, head
-        self.parts, self.num_states, self.hidden_size = parts, num_states, hidden_size
+        self.state_sizes: List[int] = state_sizes  # noqa: UP006
+        self.num_states = num_states
 
     def forward(self, x: Tensor, state: List[Tensor]) -> tuple[Tensor, List[Tensor]]:  # noqa: UP006
         y, state = self.stack(self.inputs(x), state)
@@ -214,8 +218,7 @@ class Exported(nn.Module):
 
     @torch.jit.export
     def begin_state(self, batch_size: int) -> List[Tensor]:  # noqa: UP006
-        return [torch.zeros(self.num_states, batch_size, self.hidden_size)
-                for _ in range(self.parts)]
+        return [torch.zeros(self.num_states, batch_size, size) for size in self.state_sizes]
 
 
 def _tensor(a) -> Tensor:
@@ -234,6 +237,8 @@ def _torch_nn_stack(model: Exportable) -> nn.Module:
     spec, kind = model.spec, model.kind
     first = model.layer_params(0, 0)["weight_ih"].shape[1]
     kw = {"nonlinearity": spec.nonlinearity} if kind.takes_nonlinearity else {}
+    if spec.proj_size:
+        kw["proj_size"] = spec.proj_size
     rnn = getattr(nn, kind.torch_name)(first, spec.hidden_size, spec.num_layers, bias=spec.bias,
                                        batch_first=True, bidirectional=spec.bidirectional, **kw)
     names = {name for name, _ in rnn.named_parameters()}
@@ -256,8 +261,7 @@ def build(model: Exportable, via: str | None = None) -> nn.Module:
     weight = model.head_weight()
     head = nn.Linear(weight.shape[1], weight.shape[0])
     head.load_state_dict({"weight": _tensor(weight), "bias": _tensor(model.params["head.bias"])})
-    module = Exported(_input_stage(model), stack, head, model.kind.num_state_parts,
-                      model.num_states, model.spec.hidden_size)
+    module = Exported(_input_stage(model), stack, head, model.state_sizes, model.num_states)
     return module.eval().requires_grad_(False)
 
 
@@ -276,6 +280,8 @@ def run(path: str, x, state: list):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=Warning)
         module = torch.jit.load(path)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch.nn.LSTM(proj_size=P) notes that oneDNN has no projection and runs its own loop
+        warnings.filterwarnings("ignore", message="LSTM with projections is not supported")
         y, out = module(torch.from_numpy(x), [torch.from_numpy(s) for s in state])
     return y.numpy(), [s.numpy() for s in out]

@@ -86,15 +86,15 @@ def export_model(checkpoint, fmt: str, out: str | Path, *, overwrite: bool = Fal
     backend = _backend(fmt)
     ckpt = checkpoint if isinstance(checkpoint, ck.Checkpoint) else ck.load(checkpoint)
     model = Exportable.from_checkpoint(ckpt)
-    if model.spec.proj_size:
-        raise ValueError(f"expected a model without proj_size to export, got proj_size "
-                         f"{model.spec.proj_size} (the exported stacks and ONNX's LSTM have no "
-                         f"projection)")
     if fmt == "torchscript":
         via = backend.choose_via(model, via)
         save = lambda path: backend.save(model, path, via)  # noqa: E731
     else:
         backend.check_cell(model)
+        if model.spec.proj_size:
+            raise ValueError(f"expected a model without proj_size for --format onnx (ONNX's "
+                             f"LSTM operator has no projection), got proj_size "
+                             f"{model.spec.proj_size}; --format torchscript exports it")
         via = "onnx operators"
         save = lambda path: backend.save(model, path)  # noqa: E731
 
