@@ -2,8 +2,9 @@
 
 A cell kind is a frozen description of one recurrent cell: its name (the ``--cell`` value and
 ``ModelSpec.cell``), the names of its gates in the order of the G*H rows of ``weight_ih`` and
-``weight_hh`` (torch's order), the parts of its state, whether it takes a nonlinearity, and the
-``torch.nn`` class that computes the same function, when torch has one.
+``weight_hh`` (torch's order), the parts of its state, whether it takes a nonlinearity, the
+``torch.nn`` class that computes the same function, when torch has one, the parameters it has
+per layer beyond torch.nn.RNN's four (:class:`CellParam`: names, shapes, initial values).
 
 Inside the engines a state is always a tuple with one array per state part (``(h,)`` or
 ``(h, c)``); the public API keeps torch's forms (``h``, or the pair ``(h, c)``), converted by
@@ -20,6 +21,28 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class CellParam:
+    """A per-layer parameter of a cell beyond torch.nn.RNN's four (``weight_ih``, ``weight_hh``,
+    ``bias_ih``, ``bias_hh``): a vector of ``blocks * H`` values.
+
+    The model lists it after the four for every layer and direction (``bptt.model``), the
+    engines hand it to the cell's ``forward`` and ``step`` as the keyword ``key`` and read its
+    gradient under ``key`` from the cell's ``backward``.
+    """
+
+    key: str              # the keyword of the cell's forward and step, and its gradient's key
+    name: str             # its torch-style name, "{}" standing for the layer's suffix ("_l0")
+    blocks: int           # its length in units of H: the number of gates, or 1
+    fill: float           # its initial value in every scheme (a gain 1, a bias 0)
+    bias: bool = False    # an additive bias: absent when the model has bias=False
+
+    def param_name(self, suffix: str) -> str:
+        """Its name in one layer and direction: ``layernorm_ih{}.weight`` + ``_l1_reverse``
+        -> ``layernorm_ih_l1_reverse.weight``."""
+        return self.name.format(suffix)
+
+
+@dataclass(frozen=True)
 class CellKind:
     """One recurrent cell kind."""
 
@@ -29,6 +52,7 @@ class CellKind:
     state: tuple[str, ...] = ("h",)    # the state parts: ("h",) or ("h", "c")
     takes_nonlinearity: bool = False   # tanh | relu (the Elman RNN only)
     torch_name: str | None = None      # the torch.nn class computing the same cell
+    params: tuple[CellParam, ...] = ()  # per-layer parameters beyond torch.nn.RNN's four
 
     @property
     def num_gates(self) -> int:
@@ -49,6 +73,14 @@ class CellKind:
         ``{"nonlinearity": ...}`` for a cell that takes one, else none. The engines and the
         stacks pass a model's settings through this, so no caller names a cell."""
         return {"nonlinearity": nonlinearity} if self.takes_nonlinearity else {}
+
+    def param_name(self, key: str, suffix: str) -> str:
+        """The name of a layer's parameter from the cell's keyword for it: ``weight_ih`` +
+        ``_l0`` -> ``weight_ih_l0`` (torch's four), a :class:`CellParam` by its template."""
+        for p in self.params:
+            if p.key == key:
+                return p.param_name(suffix)
+        return key + suffix
 
     def to_parts(self, state):
         """The public state (``h``, ``(h, c)`` or None) as the engines' tuple of parts;
@@ -97,6 +129,11 @@ def get_cell(cell: str | CellKind) -> CellKind:
     except (KeyError, TypeError):
         names = ", ".join(repr(n) for n in CELL_NAMES)
         raise ValueError(f"expected cell one of {names}, got {cell!r}") from None
+
+
+def layer_suffix(layer: int, direction: int) -> str:
+    """torch's suffix of a parameter name: ``_l{layer}``, and ``_reverse`` for direction 1."""
+    return f"_l{layer}" + ("_reverse" if direction else "")
 
 
 def to_parts(cell: str | CellKind, state):

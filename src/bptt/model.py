@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .cells import NONLINEARITIES, CellKind, get_cell
+from .cells import NONLINEARITIES, CellKind, CellParam, get_cell, layer_suffix
 
 TASKS = ("lm", "regression")
 INITS = ("torch", "d2l")
@@ -25,7 +25,7 @@ INITS = ("torch", "d2l")
 class ModelSpec:
     """Everything that fixes the parameter shapes and the computation."""
 
-    cell: str = "rnn"             # a name of bptt.cells.CELLS: rnn | lstm | gru
+    cell: str = "rnn"             # a name of bptt.cells.CELLS: rnn | lstm | gru | ...
     input_size: int = 28          # vocabulary size (lm) or features per step (regression)
     hidden_size: int = 512        # the book's 512 hidden units
     output_size: int = 28         # vocabulary size (lm) or predicted values per step
@@ -85,21 +85,37 @@ class ModelSpec:
 
 
 def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every parameter's shape, in torch's order, then the head."""
+    """Every parameter's shape, in torch's order (per layer and direction the four of
+    torch.nn.RNN, then the cell's own ``CellKind.params``), then the head."""
     G, H, D = spec.gates, spec.hidden_size, spec.directions
     shapes: dict[str, tuple[int, ...]] = {}
     for layer in range(spec.num_layers):
         in_size = spec.input_size if layer == 0 else D * H
         for d in range(D):
-            s = f"_l{layer}" + ("_reverse" if d else "")
+            s = layer_suffix(layer, d)
             shapes[f"weight_ih{s}"] = (G * H, in_size)
             shapes[f"weight_hh{s}"] = (G * H, H)
             if spec.bias:
                 shapes[f"bias_ih{s}"] = (G * H,)
                 shapes[f"bias_hh{s}"] = (G * H,)
+            for name, p in _cell_params(spec, s):
+                shapes[name] = (p.blocks * H,)
     shapes["head.weight"] = (spec.output_size, D * H)
     shapes["head.bias"] = (spec.output_size,)
     return shapes
+
+
+def _cell_params(spec: ModelSpec, suffix: str) -> list[tuple[str, CellParam]]:
+    """The cell's own parameters of one layer and direction, by name (biases only with bias)."""
+    return [(p.param_name(suffix), p) for p in spec.kind.params if spec.bias or not p.bias]
+
+
+def param_fills(spec: ModelSpec) -> dict[str, float]:
+    """The parameters the cell declares itself (``CellKind.params``: a layer norm's gains and
+    biases), by name, with the value every initialisation gives them."""
+    return {name: p.fill
+            for layer in range(spec.num_layers) for d in range(spec.directions)
+            for name, p in _cell_params(spec, layer_suffix(layer, d))}
 
 
 def init_params(
@@ -113,14 +129,19 @@ def init_params(
     ``torch``: every recurrent parameter U(-1/sqrt(H), 1/sqrt(H)) as torch.nn.RNN, and the head
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as torch.nn.Linear.
     ``d2l``: the book's N(0, 0.01^2) weights and zero biases.
+    Either way a parameter of the cell's own (``CellKind.params``: a layer norm's gain or bias)
+    starts at its ``fill`` and draws nothing, so the other parameters' draws do not depend on it.
     """
     if init not in INITS:
         raise ValueError(f"expected init 'torch' or 'd2l', got {init!r}")
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     dtype = np.dtype(dtype)
+    fills = param_fills(spec)
     params = {}
     for name, shape in param_shapes(spec).items():
-        if init == "d2l":
+        if name in fills:
+            value = np.full(shape, fills[name])
+        elif init == "d2l":
             is_bias = name.startswith("bias") or name == "head.bias"
             value = np.zeros(shape) if is_bias else rng.normal(0.0, 0.01, size=shape)
         else:

@@ -1,8 +1,9 @@
 """How a stack of recurrent layers is laid out, shared by every engine.
 
 torch's conventions: parameters ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
-``bias_hh_l{k}`` with suffix ``_reverse`` for the backward direction; stacked states (L*D, B, H)
-indexed ``l * D + d``. Inside the engines a state is a tuple of parts, one per state part of the
+``bias_hh_l{k}`` with suffix ``_reverse`` for the backward direction, then a cell's own
+(``CellKind.params``, e.g. ``layernorm_ih_l{k}.weight``); stacked states (L*D, B, H) indexed
+``l * D + d``. Inside the engines a state is a tuple of parts, one per state part of the
 cell (``(h,)`` or ``(h, c)``, :mod:`bptt.cells`). Nothing here reads more of an array than its
 shape (:func:`sum_biases` adds two vectors with ``+``), so the same code serves NumPy arrays and
 torch tensors.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from ..cells import CellKind, get_cell
+from ..cells import CellKind, get_cell, layer_suffix
 
 _MODULES: dict[tuple[str, str], ModuleType] = {}
 
@@ -33,11 +34,13 @@ def cell_module(package: str, cell: str | CellKind) -> ModuleType:
 
 
 def suffix(layer: int, direction: int) -> str:
-    return f"_l{layer}" + ("_reverse" if direction else "")
+    return layer_suffix(layer, direction)
 
 
-def param_names(num_layers: int, bidirectional: bool, bias: bool) -> list[str]:
-    """torch's parameter names, in torch's order."""
+def param_names(num_layers: int, bidirectional: bool, bias: bool,
+                kind: CellKind | None = None) -> list[str]:
+    """torch's parameter names, in torch's order (``bptt.model.param_shapes``): per layer and
+    direction the four of torch.nn.RNN, then ``kind``'s own (``CellKind.params``)."""
     names = []
     for layer in range(num_layers):
         for d in range(2 if bidirectional else 1):
@@ -45,42 +48,56 @@ def param_names(num_layers: int, bidirectional: bool, bias: bool) -> list[str]:
             names += [f"weight_ih{s}", f"weight_hh{s}"]
             if bias:
                 names += [f"bias_ih{s}", f"bias_hh{s}"]
+            if kind is not None:
+                names += [p.param_name(s) for p in kind.params if bias or not p.bias]
     return names
 
 
-def layer_params(params: dict, layer: int, direction: int) -> dict:
-    """One (layer, direction)'s weights under the cell's argument names."""
+def layer_params(params: dict, layer: int, direction: int, kind: CellKind | None = None) -> dict:
+    """One (layer, direction)'s weights under the cell's argument names: the four of
+    torch.nn.RNN (biases None when absent), then ``kind``'s own by their keys."""
     s = suffix(layer, direction)
-    return {
+    out = {
         "weight_ih": params[f"weight_ih{s}"],
         "weight_hh": params[f"weight_hh{s}"],
         "bias_ih": params.get(f"bias_ih{s}"),
         "bias_hh": params.get(f"bias_hh{s}"),
     }
+    if kind is not None:
+        for p in kind.params:
+            out[p.key] = params.get(p.param_name(s))
+    return out
 
 
-def layer_keys(num_layers: int) -> list[tuple[str, str, str, str]]:
+def layer_keys(num_layers: int, kind: CellKind | None = None) -> list[tuple]:
     """The parameter names of each layer's forward direction, in the order of a cell's
-    arguments: ``(weight_ih, weight_hh, bias_ih, bias_hh)`` (biases may be absent)."""
-    return [tuple(f"{k}{suffix(layer, 0)}" for k in ("weight_ih", "weight_hh", "bias_ih",
-                                                     "bias_hh"))
-            for layer in range(num_layers)]
+    arguments: ``(weight_ih, weight_hh, bias_ih, bias_hh, own)`` (biases may be absent), ``own``
+    the pairs (keyword, name) of ``kind``'s own parameters."""
+    keys = []
+    for layer in range(num_layers):
+        s = suffix(layer, 0)
+        own = tuple((p.key, p.param_name(s)) for p in kind.params) if kind is not None else ()
+        keys.append((*(f"{k}{s}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")),
+                     own))
+    return keys
 
 
 def step_layers(step, options: dict, params: dict, keys: list, x, parts: tuple, stack):
     """One time step through every layer of a unidirectional stack (generation): the cell's
     ``step`` per layer, layer l + 1 reading layer l's h_t. ``parts`` are the stacked state
     parts (L, B, H); returns the top layer's h_t (B, H) and the new parts (L, B, H), stacked
-    by ``stack`` (one layer: a view of the step's own arrays)."""
+    by ``stack`` (one layer: a view of the step's own arrays). ``keys`` from
+    :func:`layer_keys`."""
     if len(keys) == 1:                                   # one layer (the book's model)
-        (w_ih, w_hh, b_ih, b_hh), = keys
+        (w_ih, w_hh, b_ih, b_hh, own), = keys
         new = step(x, tuple([p[0] for p in parts]), params[w_ih], params[w_hh],
-                   params.get(b_ih), params.get(b_hh), **options)
+                   params.get(b_ih), params.get(b_hh),
+                   **{k: params.get(n) for k, n in own}, **options)
         return new[0], tuple([s[None] for s in new])
     inp, finals = x, []
-    for (w_ih, w_hh, b_ih, b_hh), prev in zip(keys, zip(*parts, strict=True), strict=True):
+    for (w_ih, w_hh, b_ih, b_hh, own), prev in zip(keys, zip(*parts, strict=True), strict=True):
         new = step(inp, prev, params[w_ih], params[w_hh], params.get(b_ih), params.get(b_hh),
-                   **options)
+                   **{k: params.get(n) for k, n in own}, **options)
         inp = new[0]                                     # h_t, the next layer's input
         finals.append(new)
     return inp, tuple(map(stack, zip(*finals, strict=True)))  # part by part, (L, B, H)
@@ -153,6 +170,24 @@ def check_gate_weights(kind: CellKind | str, weight_ih, weight_hh, bias_ih, bias
         if b is not None and tuple(b.shape) != (gates * H,):
             raise ValueError(f"expected {name} of shape ({gates * H},), got {tuple(b.shape)}")
     return H
+
+
+def check_own_params(kind: CellKind, H: int, given: dict) -> None:
+    """Validate a cell's own parameters (``CellKind.params``), given by their keywords: each a
+    vector of ``blocks * H`` values; only a bias may be None (absent).
+
+    Arrays or tensors alike: only shapes are read.
+    """
+    for p in kind.params:
+        value = given.get(p.key)
+        if value is None:
+            if p.bias:
+                continue
+            raise ValueError(f"expected {p.key} of shape ({p.blocks * H},) for the "
+                             f"{kind.title}, got None")
+        if tuple(value.shape) != (p.blocks * H,):
+            raise ValueError(f"expected {p.key} of shape ({p.blocks * H},), got "
+                             f"{tuple(value.shape)}")
 
 
 def sum_biases(*biases):

@@ -78,7 +78,7 @@ class NumpyEngine:
         self.kind = spec.kind
         self.cell = stack.cell_module(self.kind)         # forward, backward, step
         self.options = self.kind.options(spec.nonlinearity)
-        self._layer_keys = layer_keys(spec.num_layers)  # for step()
+        self._layer_keys = layer_keys(spec.num_layers, self.kind)  # for step()
 
     # -- parameters and state -------------------------------------------------------------
     def from_numpy(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -202,7 +202,8 @@ class NumpyEngine:
         # forward: the stack, then the head over all T*B rows at once
         if self._fused():
             out, parts_n, cache = self.cell.forward(
-                x, split_state(parts, 0), **layer_params(params, 0, 0), **self.options)
+                x, split_state(parts, 0), **layer_params(params, 0, 0, self.kind),
+                **self.options)
             # (T, B, H); the state parts (1, B, H) as the stack gives them
             state_n = self.kind.from_parts(tuple([p[None].copy() for p in parts_n]))
         else:
@@ -223,7 +224,7 @@ class NumpyEngine:
                 np.matmul(dy[s * B:e * B], W, out=buf.reshape((e - s) * B, DH))
 
             _, _, g = self.cell.backward(dout, None, cache, truncate, need_dx=False)
-            grads.update({f"{k}_l0": v for k, v in g.items()})
+            grads.update({self.kind.param_name(k, "_l0"): v for k, v in g.items()})
         else:
             _, _, g = stack.backward((dy @ W).reshape(T, B, DH), None, cache, truncate,
                                      need_dx=False)

@@ -152,7 +152,7 @@ def stack_forward(cell: str | CellKind, params: dict, x: torch.Tensor, hx=None, 
             s0 = split_state(parts, layer * D + d) or (None,) * kind.num_state_parts
             s0 = tuple(ref.new_zeros((B, H)) if s is None else s for s in s0)
             seq = layer_in.flip(0) if d else layer_in
-            hs, state_n = layer_forward(kind, seq, s0, layer_params(params, layer, d),
+            hs, state_n = layer_forward(kind, seq, s0, layer_params(params, layer, d, kind),
                                         nonlinearity, truncate)
             outs.append(hs.flip(0) if d else hs)
             finals.append(state_n)
