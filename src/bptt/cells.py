@@ -4,7 +4,8 @@ A cell kind is a frozen description of one recurrent cell: its name (the ``--cel
 ``ModelSpec.cell``), the names of its gates in the order of the G*H rows of ``weight_ih`` and
 ``weight_hh`` (torch's order), the parts of its state, whether it takes a nonlinearity, the
 ``torch.nn`` class that computes the same function, when torch has one, the parameters it has
-per layer beyond torch.nn.RNN's four (:class:`CellParam`: names, shapes, initial values).
+per layer beyond torch.nn.RNN's four (:class:`CellParam`: names, shapes, initial values) and
+the size of what its forward keeps for its backward.
 
 Inside the engines a state is always a tuple with one array per state part (``(h,)`` or
 ``(h, c)``); the public API keeps torch's forms (``h``, or the pair ``(h, c)``), converted by
@@ -53,6 +54,8 @@ class CellKind:
     takes_nonlinearity: bool = False   # tanh | relu (the Elman RNN only)
     torch_name: str | None = None      # the torch.nn class computing the same cell
     params: tuple[CellParam, ...] = ()  # per-layer parameters beyond torch.nn.RNN's four
+    cache_parts: int = 2               # (T, B, H) arrays a layer keeps for its backward, beside
+                                       # its gate gradients (bptt.memory's estimate)
 
     @property
     def num_gates(self) -> int:
@@ -107,10 +110,13 @@ class CellKind:
         return tuple(parts) if len(self.state) > 1 else parts[0]
 
 
-RNN = CellKind("rnn", "Elman RNN", gates=("h",), takes_nonlinearity=True, torch_name="RNN")
+# cache_parts: rnn h_t and its pre-activation; lstm the 4 gates, c_t, tanh(c_t), h_t; gru the 3
+# gates, h_t, W_hn h + b_hn and h_{t-1}
+RNN = CellKind("rnn", "Elman RNN", gates=("h",), takes_nonlinearity=True, torch_name="RNN",
+               cache_parts=2)
 LSTM = CellKind("lstm", "LSTM", gates=("i", "f", "g", "o"), state=("h", "c"),
-                torch_name="LSTM")
-GRU = CellKind("gru", "GRU", gates=("r", "z", "n"), torch_name="GRU")
+                torch_name="LSTM", cache_parts=7)
+GRU = CellKind("gru", "GRU", gates=("r", "z", "n"), torch_name="GRU", cache_parts=6)
 
 CELLS: dict[str, CellKind] = {c.name: c for c in (RNN, LSTM, GRU)}
 """Every cell kind by name, in the order tables and ``--help`` list them."""
