@@ -9,7 +9,9 @@ final state(s).
 
   torch  :func:`check_against_torch`: ``torch.nn.RNN/LSTM/GRU(...).double()`` (the cell's
          ``torch_name`` in ``bptt.cells``) differentiated by autograd; its float64 weights are
-         copied into our parameter dict (torch names). With ``truncate = k`` the reference is
+         copied into our parameter dict (torch names). A cell torch.nn lacks is compared with
+         the same equations as an unrolled loop under autograd
+         (:mod:`bptt.check.autograd_reference`). With ``truncate = k`` the reference is
          :func:`truncated_loss`: the output at every step t recomputed from the state at step
          t-k-1 detached, which is the semantics of the engines' truncated BPTT.
   fd     :func:`check_finite_differences`: central finite differences of L in float64
@@ -24,19 +26,38 @@ from __future__ import annotations
 import numpy as np
 
 from ..cells import get_cell
-from .ours import check_config, draws, ours
+from ..errors import has_module
+from .ours import check_config, draws, ours, reference_params
 from .record import FD_TOLERANCE, CheckRow, grads_error, parts, parts_error, rel_error
 
 # -- against torch.nn autograd --------------------------------------------------------------------
 
+def has_torch_reference(cell) -> bool:
+    """torch.nn has the cell, or the unrolled loop of the torch-autograd engine has its step
+    (:mod:`bptt.check.autograd_reference`); False without torch installed."""
+    kind = get_cell(cell)
+    if kind.torch_name is not None:
+        return True
+    if not has_module("torch"):
+        return False
+    from .autograd_reference import has_step
+
+    return has_step(kind)
+
+
 def torch_module(cell, nonlinearity, input_size, hidden_size, num_layers, bidirectional, bias,
                  seed):
-    """The cell's ``torch.nn`` module in float64, initialised from ``seed`` (global RNG kept)."""
+    """The cell's ``torch.nn`` module in float64, initialised from ``seed`` (global RNG kept);
+    for a cell torch.nn lacks, its :class:`~bptt.check.autograd_reference.AutogradReference`
+    (the same equations as an unrolled loop under autograd)."""
     import torch
 
     kind = get_cell(cell)
     if kind.torch_name is None:
-        raise ValueError(f"expected a cell with a torch.nn reference, got {kind.name!r}")
+        from .autograd_reference import AutogradReference
+
+        return AutogradReference(kind, nonlinearity, input_size, hidden_size, num_layers,
+                                 bidirectional, bias, seed)
     kwargs = {"input_size": input_size, "hidden_size": hidden_size, "num_layers": num_layers,
               "bias": bias, "bidirectional": bidirectional}
     if kind.takes_nonlinearity:
@@ -187,15 +208,14 @@ def check_finite_differences(
     case small: it costs two forward passes per entry.
     """
     from ..engine.numpy import stack
-    from ..model import ModelSpec, init_params
+    from ..model import ModelSpec
 
     nl = check_config(cell, nonlinearity, batch, steps, input_size, hidden_size, num_layers,
                       None, bidirectional)
     spec = ModelSpec(cell=cell, input_size=input_size, hidden_size=hidden_size,
                      num_layers=num_layers, nonlinearity=nonlinearity, bias=bias,
                      bidirectional=bidirectional, task="regression")
-    params = {k: v for k, v in init_params(spec, "torch", seed, "float64").items()
-              if not k.startswith("head.")}
+    params = reference_params(spec, seed)
     d = draws(cell, batch, steps, input_size, hidden_size, num_layers, bidirectional, seed + 1)
     if not with_h0:
         d["state0"] = tuple(np.zeros_like(s) for s in d["state0"])

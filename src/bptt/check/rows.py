@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..cells import CELL_NAMES, CELLS, get_cell
 from ..errors import has_module
 from .record import CheckRow
-from .references import check_against_torch, check_finite_differences
+from .references import check_against_torch, check_finite_differences, has_torch_reference
 
 
 def _rnn_grid(cell: str) -> list[dict]:
@@ -105,14 +105,16 @@ def default_table(quick: bool = False) -> list[dict]:
 
     Each dict has ``method`` ("torch" or "fd"), ``cell`` and the keyword arguments of
     :func:`check_against_torch` or :func:`check_finite_differences`, for every registered cell
-    in the registry's order; "torch" rows only for a cell that torch.nn has. "torch" rows need
-    torch installed, "fd" rows do not. Rows of the torch engine come from
+    in the registry's order; "torch" rows only for a cell with a torch reference (torch.nn's
+    class, or the autograd step of the unrolled loop). "torch" rows need torch installed, "fd"
+    rows do not. Rows of the torch engine come from
     :func:`bptt.check.torch_engine.rows`, not from here.
     """
     table: list[dict] = []
     for kind in CELLS.values():
         rows = (_nonlinearity_rows if kind.takes_nonlinearity else _gated_rows)(kind.name, quick)
-        table += [r for r in rows if r["method"] != "torch" or kind.torch_name is not None]
+        referenced = has_torch_reference(kind)
+        table += [r for r in rows if r["method"] != "torch" or referenced]
     return table
 
 
