@@ -463,3 +463,21 @@ def test_gemm_shapes_and_rates_are_sane():
     assert shapes["weight grad (H,TB)x(TB,H)"] == (cfg.hidden, cfg.tokens, cfg.hidden)
     rates = bench.gemm_rates(cfg, with_torch=False, min_seconds=0.001)
     assert all(r["numpy_fp32"] > 0 for r in rates.values())
+
+
+def test_bench_runs_our_engines_on_several_cells(tmp_path, capsys):
+    """--cell: one row per engine and cell, each with its speed over the first cell's; the
+    references stay the book's RNN, and the targets read the engines' rnn rows."""
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--configs", "small", "--subjects", "numpy,torch.nn.RNN",
+                 "--parts", "train", "--cell", "rnn,gru", "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    rows = out["results"]["small"]
+    assert set(rows) == {"numpy rnn", "numpy gru", "torch.nn.RNN"}
+    assert (rows["numpy gru"]["subject"], rows["numpy gru"]["cell"]) == ("numpy", "gru")
+    assert rows["numpy gru"]["train"]["paired_ratio_to_first_cell"] > 0
+    assert "paired_ratio_to_first_cell" not in rows["numpy rnn"]["train"]
+    assert out["settings"]["cells"] == ["rnn", "gru"]
+    assert "x rnn" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bench", "--cell", "lstn"])

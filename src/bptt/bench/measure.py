@@ -7,7 +7,8 @@
             giving every subject one timed block of about ``seconds`` in a rotating order, with
             a short pause between blocks so that one worker's spinning BLAS/OpenMP threads have
             gone to sleep before the next starts. Reported: the median over the rounds, and
-            the ratio to torch.nn.RNN's median (and the median of the rounds' paired ratios).
+            the ratio to torch.nn.RNN's median (and the median of the rounds' paired ratios;
+            with several cells, also the paired ratio to the same engine with the first cell).
   generate  characters/s of single-stream greedy generation; same workers, same rounds.
   memory    peak memory growth of a few training steps, one fresh process per subject (and one
             more for the NumPy engine under tracemalloc), two processes at a time.
@@ -85,12 +86,13 @@ def run(settings: BenchSettings, log=_log) -> dict:
         if p not in PARTS:
             raise ValueError(f"expected parts among {', '.join(PARTS)}, got {p!r}")
     configs = [settings.config(n) for n in settings.configs]
-    results: dict[str, dict[str, dict]] = {c.name: {s: {} for s in settings.subjects}
-                                           for c in configs}
+    rows = settings.rows()
+    results: dict[str, dict[str, dict]] = {
+        c.name: {row: {"subject": s, "cell": cell} for row, s, cell in rows} for c in configs}
     t_start = time.perf_counter()
     load_before = _loadavg()
     if "train" in settings.parts or "generate" in settings.parts:
-        workers = {s: Worker(settings.threads) for s in settings.subjects}
+        workers = {row: Worker(settings.threads) for row, _, _ in rows}
         try:
             for cfg in configs:
                 _timed_parts(cfg, settings, workers, results[cfg.name], log)
@@ -121,7 +123,8 @@ def _timed_parts(cfg: BenchConfig, st: BenchSettings, workers: dict, res: dict, 
     log(f"[{cfg.name}] V={cfg.vocab} H={cfg.hidden} B={cfg.batch} T={cfg.steps}: setting up")
     n_steps, train, gen = {}, {}, {}
     for s, w in workers.items():
-        r = w.ask(op="setup", subject=s, config=asdict(cfg), seed=st.seed, warmup=1)
+        r = w.ask(op="setup", subject=res[s]["subject"], cell=res[s]["cell"],
+                  config=asdict(cfg), seed=st.seed, warmup=1)
         train[s], gen[s] = Measurement(error=r.get("error")), Measurement(error=r.get("error"))
         if "error" not in r:
             n_steps[s] = max(1, round(st.seconds / max(r["step_s"], 1e-6)))
@@ -143,6 +146,7 @@ def _timed_parts(cfg: BenchConfig, st: BenchSettings, workers: dict, res: dict, 
             res[s]["generate"] = {"chars_per_s": gen[s].median, "samples": gen[s].samples,
                                   "chars_per_block": st.gen_chars, "error": gen[s].error}
     _timed_ratios(res)
+    _cell_ratios(res, st.cells)
 
 
 def _rounds(workers: dict, measured: dict[str, Measurement], repeats: int, pause: float, *,
@@ -177,12 +181,30 @@ def _timed_ratios(res: dict) -> None:
             t["ratio_to_reference"] = _ratio(t["tokens_per_s"], ref_t)
             # the same ratio from each round's pair (both measured within seconds of each
             # other), then the median: less sensitive to a busy round than medians' ratio
-            pairs = [a / b for a, b in zip(t["samples"], ref_samples, strict=False) if b]
-            t["paired_ratio_median"] = float(np.median(pairs)) if pairs else None
+            t["paired_ratio_median"] = _paired_median(t["samples"], ref_samples)
         if "generate" in r:
             g = r["generate"]
             g["ratio_to_reference"] = _ratio(g["chars_per_s"], ref_g)
             g["ratio_to_book"] = _ratio(g["chars_per_s"], book_g)
+
+
+def _paired_median(samples: list[float], reference: list[float]) -> float | None:
+    pairs = [a / b for a, b in zip(samples, reference, strict=False) if b]
+    return float(np.median(pairs)) if pairs else None
+
+
+def _cell_ratios(res: dict, cells: tuple[str, ...]) -> None:
+    """With several cells: each row's training rate over the same subject's with the first
+    cell, the median of the rounds' paired ratios (both measured within seconds of each
+    other)."""
+    if len(cells) < 2:
+        return
+    first = {r["subject"]: r for r in res.values() if r["cell"] == cells[0]}
+    for r in res.values():
+        base = first.get(r["subject"])
+        if "train" in r and base is not None and base is not r and "train" in base:
+            r["train"]["paired_ratio_to_first_cell"] = _paired_median(
+                r["train"]["samples"], base["train"]["samples"])
 
 
 # -- memory ---------------------------------------------------------------------------------------
@@ -192,15 +214,16 @@ def _memory_part(cfg: BenchConfig, st: BenchSettings, res: dict, log) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     log(f"[{cfg.name}] memory: one fresh process per subject")
-    jobs = [(s, "memory", False) for s in st.subjects]
-    jobs += [("numpy", "memory_tracemalloc", True)] if "numpy" in st.subjects else []
+    jobs = [(row, "memory", False) for row in res]
+    jobs += [(row, "memory_tracemalloc", True) for row, r in res.items()
+             if r["subject"] == "numpy"]
 
     def measure(job) -> dict:
-        subject, _, traced = job
+        row, _, traced = job
         w = Worker(st.threads)
         try:
-            r = w.ask(op="setup", subject=subject, config=asdict(cfg), seed=st.seed,
-                      warmup_tiny=True)
+            r = w.ask(op="setup", subject=res[row]["subject"], cell=res[row]["cell"],
+                      config=asdict(cfg), seed=st.seed, warmup_tiny=True)
             if "error" not in r:
                 r = w.ask(op="memory", steps=st.memory_steps, tracemalloc=traced)
         finally:
@@ -215,7 +238,7 @@ def _memory_part(cfg: BenchConfig, st: BenchSettings, res: dict, log) -> None:
                              "torch_imported": r.get("torch_imported")}
     ref = res.get(REFERENCE, {}).get("memory", {}).get("peak_mb")
     book = res.get(BOOK, {}).get("memory", {}).get("peak_mb")
-    for s in st.subjects:
+    for s in res:
         m = res[s].get("memory")
         if m is not None:
             m["ratio_to_reference"] = _ratio(m["peak_mb"], ref)

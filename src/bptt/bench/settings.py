@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..cells import CELL_NAMES
+
 ENGINE_SUBJECTS = ("numpy", "torch", "torch-autograd", "torch-builtin")
 REFERENCE = "torch.nn.RNN"
 BOOK = "book"
 SUBJECTS = ("numpy", "torch", "torch-bf16", "torch-autograd", "torch-builtin", REFERENCE, BOOK)
 PARTS = ("train", "generate", "memory")
+REFERENCES = (REFERENCE, BOOK)   # the book's tanh RNN whatever cells the engines run
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class BenchSettings:
     seed: int = 0
     memory_configs: tuple[str, ...] | None = None   # None: every configuration
     threads: int | None = None       # torch and BLAS threads per worker; None: every core
+    cells: tuple[str, ...] = ("rnn",)  # the cells our engines run (bptt.cells); the references
+                                       # (torch.nn.RNN, book) are the book's RNN whatever these
 
     @classmethod
     def quick_settings(cls, **kw) -> BenchSettings:
@@ -67,6 +72,21 @@ class BenchSettings:
                     memory_steps=1, pause=0.0, memory_configs=("long",), threads=1)
         base.update(kw)
         return cls(**base)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """The table's rows as (row name, subject, cell): every subject of our engines once per
+        cell (named ``"numpy lstm"`` when there are several cells, else by the subject alone),
+        each reference once."""
+        for c in self.cells:
+            if c not in CELL_NAMES:
+                raise ValueError(f"expected cells among {', '.join(CELL_NAMES)}, got {c!r}")
+        out = []
+        for s in self.subjects:
+            if s in REFERENCES:
+                out.append((s, s, "rnn"))
+            else:
+                out += [(s if len(self.cells) == 1 else f"{s} {c}", s, c) for c in self.cells]
+        return out
 
     def config(self, name: str) -> BenchConfig:
         table = QUICK_CONFIGS if self.quick else CONFIGS
