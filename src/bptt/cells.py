@@ -118,7 +118,24 @@ LSTM = CellKind("lstm", "LSTM", gates=("i", "f", "g", "o"), state=("h", "c"),
                 torch_name="LSTM", cache_parts=7)
 GRU = CellKind("gru", "GRU", gates=("r", "z", "n"), torch_name="GRU", cache_parts=6)
 
-CELLS: dict[str, CellKind] = {c.name: c for c in (RNN, LSTM, GRU)}
+# The layer-normalised cells (Ba, Kiros & Hinton 2016, as haste formulates them): a gain on the
+# normalised input and recurrent pre-activations (their biases are bias_ih, bias_hh, added after
+# the normalisation), and for the LSTM a gain and a bias on the normalised cell state.
+# cache_parts: lnlstm the gates, LN(x W_ih^T), LN(h W_hh^T) (4 each), h_t, c_t, LN(c_t),
+# tanh(k_t), and its backward's 5 beside dz_t (dv_t, dk_t) and 8 of factors; lngru the gates,
+# LN(x W_ih^T), LN(h W_hh^T) (3 each), h_t, s^n_t, and its backward's 3 (dv_t) and 8
+LNLSTM = CellKind("lnlstm", "LN-LSTM", gates=("i", "f", "g", "o"), state=("h", "c"), params=(
+    CellParam("ln_weight_ih", "layernorm_ih{}.weight", blocks=4, fill=1.0),
+    CellParam("ln_weight_hh", "layernorm_hh{}.weight", blocks=4, fill=1.0),
+    CellParam("ln_weight_c", "layernorm_c{}.weight", blocks=1, fill=1.0),
+    CellParam("ln_bias_c", "layernorm_c{}.bias", blocks=1, fill=0.0, bias=True),
+), cache_parts=29)
+LNGRU = CellKind("lngru", "LN-GRU", gates=("r", "z", "n"), params=(
+    CellParam("ln_weight_ih", "layernorm_ih{}.weight", blocks=3, fill=1.0),
+    CellParam("ln_weight_hh", "layernorm_hh{}.weight", blocks=3, fill=1.0),
+), cache_parts=22)
+
+CELLS: dict[str, CellKind] = {c.name: c for c in (RNN, LSTM, GRU, LNLSTM, LNGRU)}
 """Every cell kind by name, in the order tables and ``--help`` list them."""
 
 CELL_NAMES: tuple[str, ...] = tuple(CELLS)
