@@ -40,9 +40,9 @@ def scale_backward(dy: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``sum(a * b)`` over the last axis, (...), broadcasting the leading axes: one batched
-    product (torch.linalg.vecdot would make the elementwise product and sum it)."""
-    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1))[..., 0, 0]
+    """``sum(a * b)`` over the last axis, (...), broadcasting the leading axes (on the CPU the
+    product and its sum are ten times faster than a batched matmul of (1, N) by (N, 1))."""
+    return (a * b).sum(dim=-1)
 
 
 def affine(y: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor | None,
@@ -53,8 +53,20 @@ def affine(y: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor | None,
     return torch.addcmul(bias, y, gain, out=out)
 
 
-def column_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``sum(a * b)`` over every axis but the last, (N,): a gain's gradient over all steps and
-    rows."""
-    N = a.shape[-1]
-    return torch.linalg.vecdot(a.reshape(-1, N).t(), b.reshape(-1, N).t())
+def gain_grad(dy: torch.Tensor, y: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+    """``sum(dy * y)`` over every axis but the last, (N,): a gain's gradient over all steps and
+    rows; the product is made in ``work`` (``dy``'s shape; large temporaries are fresh memory
+    on the CPU, so the callers reuse one)."""
+    return torch.mul(dy, y, out=work).view(-1, y.shape[-1]).sum(dim=0)
+
+
+def gain_and_input_grads(dy: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor,
+                         gain: torch.Tensor, work: torch.Tensor):
+    """For ``y * gain`` with y the scaled centred product (T, B, N): ``(dgain, dx~)``,
+    ``dgain = sum dy y`` and ``dx~ = rstd (dy gain - y mean(dy gain y))`` for every row,
+    both through ``work`` (returned as dx~)."""
+    N = y.shape[-1]
+    dgain = gain_grad(dy, y, work)
+    m = (work.view(-1, N) @ gain).view(*y.shape[:-1], 1)  # N mean(dy gain y), per row
+    dx = torch.mul(dy, gain, out=work).addcmul_(y, m, value=-1.0 / N)
+    return dgain, dx.mul_(rstd)

@@ -58,7 +58,7 @@ from .common import (
     project_inputs_backward,
     shifted,
 )
-from .layernorm import affine, centred, column_dot, normalize, rowdot, scale_backward
+from .layernorm import affine, centred, gain_and_input_grads, gain_grad, normalize, rowdot
 
 GATES = KIND.num_gates
 PRECISIONS = ("fp32",)
@@ -204,12 +204,13 @@ def backward(
 
     dw_hh = dv.reshape(-1, GH).t() @ shifted(h0, hs).view(-1, H)
     grads = {"weight_hh": centred(dw_hh)}                # dW_hh = centred(sum dv_t^T h_{t-1}) (5)
-    grads["ln_weight_hh"] = column_dot(ds, cache.v_hat)  # dg_hh = sum ds_t v^_t           (5)
-    du = scale_backward(da * cache.ln_weight_ih, cache.u_hat).mul_(cache.u_rstd)  # du_t  (6)
+    work = torch.empty_like(cache.u_hat)                 # one (T, B, 3H) temporary for all
+    grads["ln_weight_hh"] = gain_grad(ds, cache.v_hat, work)  # dg_hh = sum ds_t v^_t      (5)
+    grads["ln_weight_ih"], du = gain_and_input_grads(
+        da, cache.u_hat, cache.u_rstd, cache.ln_weight_ih, work)  # dg_ih (8), du_t       (6)
     dx, dw_ih = project_inputs_backward(du, cache.x, centred(cache.weight_ih),
                                         need_dx)         # dx_t = du_t W~_ih              (7)
     grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum du_t^T x_t) (7)
-    grads["ln_weight_ih"] = column_dot(da, cache.u_hat)  # dg_ih = sum da_t u^_t           (8)
     if cache.has_bias_ih:
         grads["bias_ih"] = da.sum(dim=(0, 1))            # db_ih = sum_t sum_b da_t        (8)
     if cache.has_bias_hh:

@@ -30,7 +30,7 @@ weights, :mod:`bptt.engine.torch.layernorm`):
     (10) dg_hh  = sum_t sum_b dz_t v^_t,   dg_ih = sum_t sum_b dz_t u^_t
     (11) dg_c   = sum_t sum_b dk_t c^_t,   db_c = sum_t sum_b dk_t
 
-The factors of (1)-(3) and (5) that do not depend on the incoming gradient are computed for
+The factors of (1), (3) and (5) that do not depend on the incoming gradient are computed for
 every step at once before the loop. A step keeps dv_t / rstd_v and applies rstd_v to the
 product's (B, H) rows, (5); (6) takes it as rstd_v h_{t-1}. The step writes [dz_t | dv_t /
 rstd_v | dk_t] (width 9H) for the loop's sum over truncation ages. The forward normalisations
@@ -64,7 +64,15 @@ from .common import (
     project_inputs_backward,
     shifted,
 )
-from .layernorm import affine, centred, column_dot, normalize, scale_backward
+from .layernorm import (
+    affine,
+    centred,
+    gain_and_input_grads,
+    gain_grad,
+    normalize,
+    rowdot,
+    scale_backward,
+)
 
 GATES = KIND.num_gates
 PRECISIONS = ("fp32",)
@@ -183,11 +191,10 @@ class _Factors(NamedTuple):
     F: torch.Tensor        # (T, B, 4, H): the gates', dz_t = [dc_t | .. | dh_t] * F       (3)
     f: torch.Tensor        # (T, B, H): f_t                                                (5)
     dk: torch.Tensor       # (T, B, H): o (1 - tanh(k)^2), so that dk_t = dh_t * dk        (1)
-    c_means: torch.Tensor  # (T, B, H, 2): [1 / H | c^ / H]: mean(dc^), mean(dc^ c^_t)     (2)
 
 
 def _factors(cache: Cache) -> _Factors:
-    """The gradient-free factors of (1)-(3) and (5), for every step at once."""
+    """The gradient-free factors of (1), (3) and (5), for every step at once."""
     gates, tanh_k = cache.gates, cache.tanh_k
     T, B, GH = gates.shape
     H = GH // GATES
@@ -197,10 +204,7 @@ def _factors(cache: Cache) -> _Factors:
     torch.mul(shifted(cache.c0, cache.cs), f * (1.0 - f), out=F[:, :, 1])
     torch.mul(i, 1.0 - g * g, out=F[:, :, 2])
     torch.mul(tanh_k, o * (1.0 - o), out=F[:, :, 3])
-    c_means = gates.new_empty((T, B, H, 2))
-    c_means[..., 0] = 1.0 / H
-    torch.mul(cache.c_hat, 1.0 / H, out=c_means[..., 1])
-    return _Factors(F=F, f=f.contiguous(), dk=o * (1.0 - tanh_k * tanh_k), c_means=c_means)
+    return _Factors(F=F, f=f.contiguous(), dk=o * (1.0 - tanh_k * tanh_k))
 
 
 def backward(
@@ -228,13 +232,14 @@ def backward(
     h_prev = shifted(cache.h0, cache.hs).mul_(cache.v_rstd)  # rstd_v h_{t-1}: dv_t = rstd_v dv
     dw_hh = dv.reshape(-1, GH).t() @ h_prev.view(-1, H)
     grads = {"weight_hh": centred(dw_hh)}                # dW_hh = centred(sum dv_t^T h_{t-1}) (6)
-    du = scale_backward(dz * cache.ln_weight_ih, cache.u_hat).mul_(cache.u_rstd)  # du_t  (7)
+    work = torch.empty_like(cache.u_hat)                 # one (T, B, 4H) temporary for all
+    grads["ln_weight_hh"] = gain_grad(dz, cache.v_hat, work)  # dg_hh = sum dz_t v^_t      (10)
+    grads["ln_weight_ih"], du = gain_and_input_grads(
+        dz, cache.u_hat, cache.u_rstd, cache.ln_weight_ih, work)  # dg_ih (10), du_t      (7)
     dx, dw_ih = project_inputs_backward(du, cache.x, centred(cache.weight_ih),
                                         need_dx)         # dx_t = du_t W~_ih              (8)
     grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum du_t^T x_t) (8)
-    grads["ln_weight_ih"] = column_dot(dz, cache.u_hat)  # dg_ih = sum dz_t u^_t           (10)
-    grads["ln_weight_hh"] = column_dot(dz, cache.v_hat)  # dg_hh = sum dz_t v^_t           (10)
-    grads["ln_weight_c"] = column_dot(dk, cache.c_hat)  # dg_c = sum dk_t c^_t             (11)
+    grads["ln_weight_c"] = gain_grad(dk, cache.c_hat, torch.empty_like(cache.c_hat))  # (11)
     if cache.has_ln_bias_c:
         grads["ln_bias_c"] = dk.sum(dim=(0, 1))          # db_c = sum_t sum_b dk_t         (11)
     if cache.has_bias_ih or cache.has_bias_hh:
@@ -260,8 +265,8 @@ def _step(k: _Factors, cache: Cache, w_hh: torch.Tensor):
         dz, dv, dk = out[..., :GH], out[..., GH:2 * GH], out[..., 2 * GH:]
         torch.mul(dh, k.dk[t], out=dk)                   # dk_t                           (1)
         dc_h = dk * g_c                                  # dc^                            (2)
-        means = torch.matmul(dc_h.unsqueeze(2), k.c_means[t])  # (A, B, 1, 2): the means (2)
-        dc_h.sub_(means[..., 0]).addcmul_(c_hat[t], means[..., 1], value=-1.0)
+        mean2 = rowdot(dc_h, c_hat[t]).unsqueeze(-1)     # H mean(dc^ c^_t)
+        dc_h.sub_(dc_h.mean(dim=-1, keepdim=True)).addcmul_(c_hat[t], mean2, value=-1.0 / H)
         dc.addcmul_(dc_h, c_rstd[t])                     # dc_t                           (2)
         dz4 = dz.view(A, B, GATES, H)
         torch.mul(dc.unsqueeze(2), k.F[t, :, :3], out=dz4[:, :, :3])  # dz^i, dz^f, dz^g  (3)
