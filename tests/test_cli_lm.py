@@ -233,13 +233,20 @@ def test_resume_continues_to_the_checkpoints_epochs_unless_told(tmp_path, hello_
     assert cli("train", "--data", hello_corpus, "--out", run, *TINY, "--epochs", "3").rc == 0
     again = cli("train", "--resume", "--out", run)
     assert again.rc == 0 and "already trained 3 epochs" in again.err
-    more = cli("train", "--resume", "--out", run, "--epochs", "5", "--lr", "7", "--progress",
+    more = cli("train", "--resume", "--out", run, "--epochs", "5", "--clip", "3", "--progress",
                "log")
     assert more.rc == 0
-    assert more.err_lines[0].startswith("bptt train: warning: --lr ignored with --resume")
+    assert more.err_lines[0].startswith("bptt train: warning: --clip ignored with --resume")
     last = ck.load(run / "last.safetensors")
     assert last.train["epoch"] == 5 and last.config["epochs"] == 5
-    assert last.train["lr"] == 0.02 and last.config["lr"] == 0.02
+    assert last.train["lr"] == 0.02 and last.config["lr"] == 0.02 and last.config["clip"] == 1
+    given = cli("train", "--resume", "--out", run, "--epochs", "6", "--lr", "7", "--progress",
+                "log")                               # --lr given explicitly takes effect
+    assert given.rc == 0 and "warning" not in given.err
+    assert "lr 7 from now on (the checkpoint's was 0.02)" in given.err
+    last = ck.load(run / "last.safetensors")
+    assert last.train["lr"] == 7 and last.config["lr"] == 7
+    assert [m["lr"] for m in last.metrics] == [0.02] * 5 + [7]
 
 
 def test_resume_from_another_folder_after_a_relative_data_path(tmp_path, hello_corpus, cli,
@@ -373,7 +380,8 @@ def test_evaluate_json_is_valid_and_bits_are_log2_perplexity(hello_model, hello_
               "--num-steps", "10")
     assert ran.rc == 0, ran.err
     result = json.loads(ran.out)
-    assert set(result) == {"loss", "perplexity", "bits_per_token", "tokens"}
+    assert set(result) == {"loss", "perplexity", "bits_per_token", "tokens", "text_tokens",
+                           "unknown", "unknown_share", "seconds", "tokens_per_s"}
     assert result["perplexity"] < 1.2
     assert result["bits_per_token"] == pytest.approx(math.log2(result["perplexity"]))
     text = cli("evaluate", hello_model, "--data", hello_corpus)

@@ -1,12 +1,24 @@
 """The model: a spec (cell, sizes, layers, ...) plus a flat dict of parameters named as torch.
 
-A language model (task ``lm``) reads token ids (one-hot input of size V = vocabulary), runs the
-recurrent stack and a linear head ``head.weight`` (V, D*H), ``head.bias`` (V,) giving logits;
-its loss is softmax cross-entropy. A regression model (task ``regression``) reads real-valued
-features (input_size >= 1) and its head predicts ``output_size`` values under mean squared error.
+A language model (task ``lm``) reads token ids: as one-hot rows of size V = vocabulary (the
+book's input), or through an embedding ``embedding.weight`` (V, E) whose rows are the stack's
+input (``torch.nn.Embedding``); it runs the recurrent stack and a linear head ``head.weight``
+(V, D*H), ``head.bias`` (V,) giving logits; its loss is softmax cross-entropy. With tied weights
+(Press & Wolf 2017) the head's weight IS the embedding: the dict holds ``embedding.weight`` once
+and no ``head.weight``, and its gradient is the sum of both uses. A regression model (task
+``regression``) reads real-valued features (input_size >= 1) and its head predicts
+``output_size`` values under mean squared error.
 
-The recurrent parameters load into plain ``torch.nn.RNN/LSTM/GRU`` and the head into
-``torch.nn.Linear``: names and shapes are torch's (``weight_ih_l0`` (G*H, I), ...).
+Dropout (training only) multiplies activations by masks Bernoulli(1 - p) / (1 - p) at the places
+``dropout_placement`` names: ``between-layers`` (torch.nn.RNN/LSTM/GRU's: the outputs of every
+layer but the last) or ``non-recurrent`` (Zaremba et al. 2014: also the embedding's output and
+the top layer's output before the head; never the recurrent connections). ``dropout_mode``
+``standard`` draws a fresh mask at every time step; ``variational`` (Gal & Ghahramani 2016) one
+mask per sequence, the same at every step.
+
+The recurrent parameters load into plain ``torch.nn.RNN/LSTM/GRU``, the embedding into
+``torch.nn.Embedding`` and the head into ``torch.nn.Linear``: names and shapes are torch's
+(``weight_ih_l0`` (G*H, I or E), ...).
 """
 
 from __future__ import annotations
@@ -18,7 +30,10 @@ import numpy as np
 from .cells import NONLINEARITIES, CellKind, CellParam, get_cell, layer_suffix
 
 TASKS = ("lm", "regression")
-INITS = ("torch", "d2l")
+INITS = ("torch", "d2l", "uniform")
+DROPOUT_PLACEMENTS = ("between-layers", "non-recurrent")
+DROPOUT_MODES = ("standard", "variational")
+EMBEDDING = "embedding.weight"
 
 
 @dataclass(frozen=True)
@@ -32,9 +47,13 @@ class ModelSpec:
     num_layers: int = 1
     nonlinearity: str = "tanh"    # rnn cell only: tanh (the book) or relu
     bias: bool = True
-    dropout: float = 0.0          # between layers, training only (as torch)
+    dropout: float = 0.0          # training only, at the places dropout_placement names
     bidirectional: bool = False   # a language model predicting the next token cannot be
     task: str = "lm"              # lm (token ids, cross-entropy) | regression (floats, MSE)
+    embedding_size: int | None = None   # None: one-hot input (the book); E: embedding (V, E)
+    tie_weights: bool = False     # head.weight IS embedding.weight (needs E = D*H, O = V)
+    dropout_placement: str = "between-layers"   # as torch.nn; non-recurrent: Zaremba's places
+    dropout_mode: str = "standard"              # a mask per step; variational: per sequence
 
     def __post_init__(self) -> None:
         def bad(what: str, got: object) -> ValueError:
@@ -58,6 +77,31 @@ class ModelSpec:
                 "expected bidirectional=False for a language model (the reverse direction would "
                 "see the token it must predict), got bidirectional=True"
             )
+        if self.dropout_placement not in DROPOUT_PLACEMENTS:
+            raise bad(f"dropout_placement one of {DROPOUT_PLACEMENTS}", self.dropout_placement)
+        if self.dropout_mode not in DROPOUT_MODES:
+            raise bad(f"dropout_mode one of {DROPOUT_MODES}", self.dropout_mode)
+        self._check_embedding()
+
+    def _check_embedding(self) -> None:
+        E = self.embedding_size
+        if E is not None and (not isinstance(E, int | np.integer) or isinstance(E, bool)
+                              or E < 1):
+            raise ValueError(f"expected embedding_size a positive integer or None, got {E!r}")
+        if E is not None and self.task != "lm":
+            raise ValueError(f"expected embedding_size None for a {self.task} model (an "
+                             f"embedding reads token ids), got {E}")
+        if not self.tie_weights:
+            return
+        if E is None:
+            raise ValueError("expected an embedding_size with tie_weights=True (the head "
+                             "shares the embedding's matrix), got None")
+        DH = self.directions * self.hidden_size
+        if E != DH or self.output_size != self.input_size:
+            raise ValueError(
+                f"expected embedding_size equal to the head's input size D*H = {DH} and "
+                f"output_size equal to input_size (V) to tie the weights, got embedding_size "
+                f"{E} and output_size {self.output_size} with input_size {self.input_size}")
 
     @property
     def directions(self) -> int:
@@ -72,6 +116,23 @@ class ModelSpec:
     def gates(self) -> int:
         return self.kind.num_gates
 
+    @property
+    def head_weight(self) -> str:
+        """The name of the head's weight in the parameter dict: ``head.weight``, or
+        ``embedding.weight`` when the weights are tied."""
+        return EMBEDDING if self.tie_weights else "head.weight"
+
+    @property
+    def stack_input_size(self) -> int:
+        """Layer 0's input size: E with an embedding, else ``input_size``."""
+        return self.input_size if self.embedding_size is None else self.embedding_size
+
+    @property
+    def drops_out(self) -> bool:
+        """Whether training draws any dropout mask: a dropout rate and a place to use it."""
+        return self.dropout > 0 and (self.num_layers > 1
+                                     or self.dropout_placement == "non-recurrent")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -85,12 +146,15 @@ class ModelSpec:
 
 
 def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every parameter's shape, in torch's order (per layer and direction the four of
-    torch.nn.RNN, then the cell's own ``CellKind.params``), then the head."""
+    """Every parameter's shape: the embedding (when there is one), the stack in torch's order
+    (per layer and direction the four of torch.nn.RNN, then the cell's own ``CellKind.params``),
+    then the head (``head.weight`` only when it is not tied to the embedding)."""
     G, H, D = spec.gates, spec.hidden_size, spec.directions
     shapes: dict[str, tuple[int, ...]] = {}
+    if spec.embedding_size is not None:
+        shapes[EMBEDDING] = (spec.input_size, spec.embedding_size)
     for layer in range(spec.num_layers):
-        in_size = spec.input_size if layer == 0 else D * H
+        in_size = spec.stack_input_size if layer == 0 else D * H
         for d in range(D):
             s = layer_suffix(layer, d)
             shapes[f"weight_ih{s}"] = (G * H, in_size)
@@ -100,7 +164,8 @@ def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
                 shapes[f"bias_hh{s}"] = (G * H,)
             for name, p in _cell_params(spec, s):
                 shapes[name] = (p.blocks * H,)
-    shapes["head.weight"] = (spec.output_size, D * H)
+    if not spec.tie_weights:
+        shapes["head.weight"] = (spec.output_size, D * H)
     shapes["head.bias"] = (spec.output_size,)
     return shapes
 
@@ -123,17 +188,24 @@ def init_params(
     init: str = "torch",
     rng: np.random.Generator | int | None = None,
     dtype: str | np.dtype = "float32",
+    scale: float = 0.1,
 ) -> dict[str, np.ndarray]:
-    """Fresh parameters.
+    """Fresh parameters, drawn in the order of :func:`param_shapes`.
 
-    ``torch``: every recurrent parameter U(-1/sqrt(H), 1/sqrt(H)) as torch.nn.RNN, and the head
-    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as torch.nn.Linear.
+    ``torch``: every recurrent parameter U(-1/sqrt(H), 1/sqrt(H)) as torch.nn.RNN, the head
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as torch.nn.Linear, the embedding N(0, 1) as
+    torch.nn.Embedding.
     ``d2l``: the book's N(0, 0.01^2) weights and zero biases.
-    Either way a parameter of the cell's own (``CellKind.params``: a layer norm's gain or bias)
-    starts at its ``fill`` and draws nothing, so the other parameters' draws do not depend on it.
+    ``uniform``: every parameter, biases included, U(-scale, scale) (Zaremba et al. 2014: 0.1
+    for the small model, 0.05 medium, 0.04 large).
+    Whatever the init, a parameter of the cell's own (``CellKind.params``: a layer norm's gain or
+    bias) starts at its ``fill`` and draws nothing, so the other parameters' draws do not depend
+    on it.
     """
     if init not in INITS:
-        raise ValueError(f"expected init 'torch' or 'd2l', got {init!r}")
+        raise ValueError(f"expected init one of {INITS}, got {init!r}")
+    if not (isinstance(scale, int | float) and 0 < scale < float("inf")):
+        raise ValueError(f"expected scale > 0 and finite, got {scale!r}")
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     dtype = np.dtype(dtype)
     fills = param_fills(spec)
@@ -141,6 +213,10 @@ def init_params(
     for name, shape in param_shapes(spec).items():
         if name in fills:
             value = np.full(shape, fills[name])
+        elif init == "uniform":
+            value = rng.uniform(-scale, scale, size=shape)
+        elif init == "torch" and name == EMBEDDING:
+            value = rng.standard_normal(size=shape)
         elif init == "d2l":
             is_bias = name.startswith("bias") or name == "head.bias"
             value = np.zeros(shape) if is_bias else rng.normal(0.0, 0.01, size=shape)

@@ -27,6 +27,10 @@ TINY = float(np.finfo(np.float64).tiny)
 class CheckRow:
     """One configuration checked by one method, with its maximum relative errors.
 
+    A stack row checks one recurrent stack; a model row (``embedding`` set, bptt.check.model)
+    a whole language model: embedding, stack and head (``tied`` or not) with fixed dropout
+    masks, its ``out`` the logits and its loss the cross-entropy.
+
     ``out``/``h_n``: the forward outputs (every step) and final state(s) (h_n and, for the
     LSTM, c_n); ``params``: the gradient of every parameter (the max over them); ``dx``: the
     input gradient; ``dh0``: the initial-state gradient (h0 and, for the LSTM, c0). A column
@@ -54,6 +58,9 @@ class CheckRow:
     bias: bool = True
     dtype: str = "float64"
     tolerance: float = TOLERANCE["float64"]
+    embedding: int | None = None  # a model-level row: the embedding size E (None: a stack row)
+    tied: bool = False            # the head's weight is the embedding's
+    dropout: str = "-"            # fixed masks: - none, std a mask per step, var per sequence
 
     @property
     def worst(self) -> float:

@@ -2,14 +2,17 @@
 
 :func:`default_table` lists the rows of the NumPy engine as keyword dicts, for every cell of the
 registry (``bptt.cells``): the Elman RNN's pruned factorial grid, a set of shapes for the gated
-cells, and a few finite-difference rows for each. The torch engine's rows come from
-:mod:`bptt.check.torch_engine`. :func:`run_checks` runs both.
+cells, and a few finite-difference rows for each; then the model rows (``"model": True``,
+:mod:`bptt.check.model`): the word language model whole, embedding, stack and head, tied or not,
+with fixed dropout masks. The torch engine's rows come from :mod:`bptt.check.torch_engine`.
+:func:`run_checks` runs both.
 """
 
 from __future__ import annotations
 
 from ..cells import CELL_NAMES, CELLS, get_cell
 from ..errors import has_module
+from .model import model_rows, run_model_config
 from .record import CheckRow
 from .references import check_against_torch, check_finite_differences, has_torch_reference
 
@@ -115,11 +118,15 @@ def default_table(quick: bool = False) -> list[dict]:
         rows = (_nonlinearity_rows if kind.takes_nonlinearity else _gated_rows)(kind.name, quick)
         referenced = has_torch_reference(kind)
         table += [r for r in rows if r["method"] != "torch" or referenced]
+        table += [r for r in model_rows(kind.name, quick)
+                  if r["method"] != "torch" or kind.torch_name is not None]
     return table
 
 
 def run_config(config: dict) -> CheckRow:
     """Run one ``default_table`` entry."""
+    if config.get("model"):
+        return run_model_config(config)
     kw = dict(config)
     method = kw.pop("method")
     cell = kw.pop("cell")

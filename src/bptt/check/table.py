@@ -5,7 +5,7 @@ from __future__ import annotations
 from .record import ERROR_COLUMNS, TOLERANCE, CheckRow
 
 HEADER = ("cell", "engine", "method", "nonlin", "B", "T", "I", "H", "L", "bidir", "h0",
-          "trunc", "bias", *ERROR_COLUMNS, "worst", "tol", "ok")
+          "trunc", "bias", "E", "tied", "drop", *ERROR_COLUMNS, "worst", "tol", "ok")
 TEXT_COLUMNS = 4                                     # left-aligned; numbers right-aligned
 
 
@@ -23,6 +23,7 @@ def _cells(r: CheckRow) -> tuple[str, ...]:
         r.cell, r.engine, r.method, r.nonlinearity, str(r.batch), str(r.steps),
         str(r.input_size), str(r.hidden_size), str(r.layers), _yes(r.bidirectional),
         _yes(r.with_h0), "-" if r.truncate is None else str(r.truncate), _yes(r.bias),
+        "-" if r.embedding is None else str(r.embedding), _yes(r.tied), r.dropout,
         *(_fmt_error(getattr(r, c)) for c in ERROR_COLUMNS), _fmt_error(r.worst),
         f"{r.tolerance:.0e}", "ok" if r.ok else "FAIL",
     )

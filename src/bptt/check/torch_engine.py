@@ -8,6 +8,9 @@ tensors, checked two ways:
   gradcheck  ``torch.autograd.gradcheck`` in float64 (numerical vs analytical Jacobians of every
              input: x, h0, c0 and every weight). It answers pass/fail, so its row shows 0 in
              the params column when it passes and inf when it does not.
+  model      the word language model whole through the engine's EmbeddingFunction,
+             StackFunction and HeadFunction (bptt.check.model), against torch.nn autograd and
+             finite differences
 
 This module imports torch (``bptt.check`` imports it only when it runs these rows).
 """
@@ -16,9 +19,10 @@ from __future__ import annotations
 
 import torch
 
-from ..cells import CELLS, get_cell
+from ..cells import CELL_NAMES, CELLS, get_cell
 from ..engine.torch.stack import StackConfig, StackFunction
 from ..model import ModelSpec, param_fills, param_shapes
+from .model import model_rows, run_model_config
 from .record import CheckRow
 from .references import check_against_torch
 
@@ -102,4 +106,6 @@ def rows(quick: bool = False) -> list[CheckRow]:
            for cell, nl, kw in configs]
     grad_cfgs = _configs(GRADCHECK, GRADCHECK_FULL, OTHER_CELLS["gradcheck"], quick)
     out += [gradcheck_row(cell, nonlinearity=nl, **kw) for cell, nl, kw in grad_cfgs]
+    out += [run_model_config(c) for cell in CELL_NAMES for c in model_rows(cell, quick, "torch")
+            if c["method"] != "torch" or get_cell(cell).torch_name is not None]
     return out

@@ -14,7 +14,9 @@ what is compared:
   upstream gradients dout (every output step) and dh_n (the final state; dc_n too for the
   LSTM), and differentiates the scalar loss
       L = sum(out * dout) + sum(h_n * dh_n) [+ sum(c_n * dc_n)]
-  with our hand-written backward and with a reference.
+  with our hand-written backward and with a reference. A model row (column E) builds a whole
+  word language model instead, draws token ids, targets and dropout masks held fixed, and
+  differentiates L = CE(logits, targets) + sum(h_n * dh_n) [+ sum(c_n * dc_n)].
 
 columns:
   cell      rnn, lstm or gru
@@ -27,15 +29,21 @@ columns:
             input and initial-state entry;
             gradcheck = torch.autograd.gradcheck on the torch engine's autograd.Function
   nonlin    tanh or relu for the rnn cell, - for lstm and gru
-  B T I H   batch, time steps, input size, hidden size
+  B T I H   batch, time steps, input size (a model row: the vocabulary V), hidden size
   L         stacked layers;  bidir: both directions;  bias: with bias_ih/bias_hh
+  E         a model row (the word language model whole: embedding.weight (V, E), the stack,
+            the head, the softmax cross-entropy; the reference torch.nn.Embedding +
+            torch.nn.LSTM/GRU/RNN + torch.nn.Linear); - = a stack row
+  tied      the head's weight is the embedding's (its gradient the sum of both uses)
+  drop      fixed dropout masks on the embedding's output, between layers and before the head:
+            std = a mask per step, var = one per sequence (variational); - = none
   h0        yes = a random initial state; no = none given (zeros; its gradient still checked)
   trunc     truncated BPTT: the loss at step t reaches back at most k steps; - = full BPTT
-  out       forward outputs of every step (T, B, D*H)
+  out       forward outputs of every step (T, B, D*H); a model row: the logits (T*B, V)
   h_n       final state(s) h_n (and c_n for the LSTM)
   params    gradient of every parameter (weight_ih_l0, weight_hh_l0, bias_ih_l0, ...): the
             largest error over them
-  dx        gradient w.r.t. the input x
+  dx        gradient w.r.t. the input x (- for a model row: token ids)
   dh0       gradient w.r.t. the initial state h0 (and c0 for the LSTM)
   worst     the largest of out, h_n, params, dx, dh0 (- = not measured by the method;
             fd has no forward to compare)

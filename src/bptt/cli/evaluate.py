@@ -13,11 +13,14 @@ def register(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="perplexity of a text under a checkpoint",
         description="Perplexity and bits per token of any text, read with the checkpoint's own "
-        "normalisation and tokenisation. Every token but the first is predicted and counted; "
-        "tokens unknown to the vocabulary count as <unk>, and how many there are is said.",
+        "normalisation, tokenisation and <eos>, in order, the state carried from batch to "
+        "batch. Every token but the first is predicted and counted (the last partial batch "
+        "too); tokens unknown to the vocabulary count as <unk>, and how many there are, and "
+        "their share, is said, with the time it took.",
         formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="a run folder (best, else last) or a .safetensors file")
-    p.add_argument("--data", required=True, help="corpus name or text file")
+    p.add_argument("--data", required=True,
+                   help="corpus name (timemachine, or its part timemachine:test) or text file")
     add_number(p, "--max-tokens", TOKEN_LIMIT, default=None,
                help="evaluate only the first N tokens")
     add_number(p, "--batch-size", COUNT, default=32,
@@ -29,30 +32,20 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .. import checkpoint as ck
-    from ..data import load_corpus, resolve
-    from ..engine import get_engine
-    from ..lm.evaluate import evaluate_tokens
+    from ..lm.evaluate import evaluate_text
     from ..lm.generate import LanguageModel
-    from ..memory import estimate, require
 
     model = LanguageModel.from_checkpoint(ck.load(args.checkpoint))
-    ids, _ = load_corpus(resolve(args.data), model.normalization, model.tokenization,
-                         args.max_tokens, vocab=model.vocab)   # warns of unknown tokens
-    unknown = int(np.count_nonzero(ids == 0))
-    engine = get_engine(args.engine, model.spec, device=args.device)
-    rows = max(1, min(args.batch_size, ids.size - 1))                  # as evaluate_tokens
-    require(estimate(model.spec, batch_size=rows, training=False,
-                     num_steps=min(args.num_steps, ids.size // rows + 1)), engine.device,
-            hint="lower --num-steps or --batch-size")
-    result = evaluate_tokens(engine, engine.from_numpy(model.params), ids, args.batch_size,
-                             args.num_steps)
+    r = evaluate_text(model, args.data, engine=args.engine, device=args.device,
+                      batch_size=args.batch_size, num_steps=args.num_steps,
+                      max_tokens=args.max_tokens)              # warns of unknown tokens
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(r))
     else:
-        print(f"perplexity {result['perplexity']:.3f}, {result['bits_per_token']:.3f} bits per "
-              f"token over {result['tokens']:,} tokens ({unknown:,} of the text's {ids.size:,} "
-              f"unknown to the vocabulary)")
+        print(f"perplexity {r['perplexity']:.3f}, {r['bits_per_token']:.3f} bits per token "
+              f"over {r['tokens']:,} tokens ({r['unknown']:,} of the text's "
+              f"{r['text_tokens']:,} unknown to the vocabulary), {r['unknown_share']:.1%} "
+              f"unknown; {r['seconds']:.2f} s, {r['tokens_per_s']:,.0f} tokens/s "
+              f"({args.engine})")
     return 0

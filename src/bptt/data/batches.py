@@ -113,10 +113,14 @@ def batches(
     return make(corpus, batch_size, num_steps, rng)
 
 
-def split_tokens(corpus: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
-    """Contiguous split: the first tokens for training, the last ``val_frac`` for validation."""
+def split_point(n_tokens: int, val_frac: float) -> int:
+    """Where :func:`split_tokens` cuts ``n_tokens`` tokens: before the last ``val_frac``."""
     if not 0.0 <= val_frac <= 0.5:
         raise DataError(f"expected a validation fraction in [0, 0.5], got {val_frac}")
-    n_val = int(len(corpus) * val_frac)
-    cut = len(corpus) - n_val
+    return n_tokens - int(n_tokens * val_frac)
+
+
+def split_tokens(corpus: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous split: the first tokens for training, the last ``val_frac`` for validation."""
+    cut = split_point(len(corpus), val_frac)
     return corpus[:cut], corpus[cut:]

@@ -36,6 +36,57 @@ CORPORA: dict[str, Corpus] = {
     ),
 }
 
+SPLITS: dict[str, tuple[float, float]] = {
+    "train": (0.0, 0.8), "valid": (0.8, 0.9), "test": (0.9, 1.0),
+}
+"""The parts of a registered corpus, ``NAME:PART`` (``timemachine:test``), as fractions of its
+lines: the first 80% of the lines, the next 10%, the last 10% (line ``floor(f * n)`` starts a
+part, n the file's lines). The book's corpus comes with no split of its own; cutting at line
+boundaries keeps every line whole, so word corpora keep their line ends (``<eos>``)."""
+
+
+def split_name(data: str) -> tuple[str, str | None]:
+    """``"timemachine:test"`` -> ``("timemachine", "test")``; anything else (a corpus name, a
+    file path, even one holding a colon) -> ``(data, None)``."""
+    name, sep, part = data.rpartition(":")
+    if sep and name in CORPORA and part in SPLITS:
+        return name, part
+    return data, None
+
+
+def corpus_name(data: str | None) -> str | None:
+    """The registered corpus ``data`` names (``timemachine``, ``timemachine:train``, ...), or
+    None for a file path."""
+    if data is None:
+        return None
+    name, _ = split_name(data)
+    return name if name in CORPORA else None
+
+
+def line_range(data: str) -> tuple[float, float] | None:
+    """The fractions of the lines ``data`` reads: a part of :data:`SPLITS`, or None (all)."""
+    _, part = split_name(data)
+    return None if part is None else SPLITS[part]
+
+
+def lines_of(text: str) -> list[str]:
+    """The lines of ``text`` (split at newlines; the newline ending the last line ends it)."""
+    rows = text.split("\n")
+    if rows and rows[-1] == "":
+        rows.pop()
+    return rows
+
+
+def select_lines(text: str, lines: tuple[float, float] | None) -> str:
+    """The lines ``floor(lo * n)`` up to ``floor(hi * n)`` of ``text`` (n its lines), joined
+    by newlines and ending with one; ``text`` itself for None."""
+    if lines is None:
+        return text
+    rows = lines_of(text)
+    lo, hi = lines
+    n = len(rows)
+    return "".join(row + "\n" for row in rows[int(lo * n):int(hi * n)])
+
 
 def _env_path(name: str) -> Path | None:
     value = os.environ.get(name, "")
@@ -148,9 +199,12 @@ def fetch(name: str, *, download: bool = True) -> Path:
 
 
 def resolve(data: str, *, download: bool = True) -> Path:
-    """Turn ``--data`` into a file path: a registered corpus name, or a path to a text file."""
-    if data in CORPORA:
-        return fetch(data, download=download)
+    """Turn ``--data`` into a file path: a registered corpus name (or a part of one,
+    ``timemachine:test``: the corpus's file; :func:`line_range` says which lines), or a path
+    to a text file."""
+    name = corpus_name(data)
+    if name is not None:
+        return fetch(name, download=download)
     path = Path(data).expanduser()
     if path.is_file():
         return path

@@ -5,16 +5,21 @@ state carried across chunks, so every token is predicted from its whole row hist
 tokens that do not fill a last row (fewer than ``batch_size``) continue the last row, from its
 final state, so every token but the very first is predicted and counted: ``tokens`` is
 ``len(ids) - 1``. perplexity = exp(mean cross-entropy); bits per token = mean CE / ln 2.
+
+:func:`evaluate_text` is ``bptt evaluate``: a text file (or a corpus part such as
+``timemachine:test``) read as the model was trained to read, the unknown tokens counted, timed.
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
-from ..data import DataError
-from ..engine import as_numpy
+from ..data import DataError, line_range, load_corpus, resolve
+from ..engine import as_numpy, get_engine
+from .generate import LanguageModel
 
 
 def log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -72,3 +77,32 @@ def _last_row(state):
     if isinstance(state, tuple | list):
         return tuple(_last_row(s) for s in state)
     return np.ascontiguousarray(np.asarray(as_numpy(state))[:, -1:])
+
+
+def evaluate_text(model: LanguageModel, data: str, *, engine: str = "numpy",
+                  device: str | None = None, batch_size: int = 32, num_steps: int = 35,
+                  max_tokens: int | None = None) -> dict:
+    """:func:`evaluate_tokens` of the text ``data`` (a file, a corpus name, or a part of one:
+    ``timemachine:test``), read with the model's normalisation, tokenisation and ``<eos>``,
+    in order, all of it (or its first ``max_tokens`` tokens). Adds ``text_tokens`` (the
+    tokens read), ``unknown`` and ``unknown_share`` (those read as ``<unk>``: outside the
+    vocabulary, or ``<unk>`` in the text itself), ``seconds`` and ``tokens_per_s`` (the
+    forward passes alone). Warns of tokens outside the vocabulary; refuses a run that cannot
+    fit in memory before it starts."""
+    from ..memory import estimate, require
+
+    ids, _ = load_corpus(resolve(data), model.normalization, model.tokenization, max_tokens,
+                         vocab=model.vocab, eos=model.eos, lines=line_range(data))
+    eng = get_engine(engine, model.spec, device=device)
+    rows = max(1, min(batch_size, ids.size - 1))                       # as evaluate_tokens
+    require(estimate(model.spec, batch_size=rows, training=False,
+                     num_steps=min(num_steps, ids.size // rows + 1)), eng.device,
+            hint="lower --num-steps or --batch-size")
+    params = eng.from_numpy(model.params)
+    start = time.perf_counter()
+    result = evaluate_tokens(eng, params, ids, batch_size, num_steps)
+    seconds = time.perf_counter() - start
+    unknown = int(np.count_nonzero(ids == 0))
+    return {**result, "text_tokens": int(ids.size), "unknown": unknown,
+            "unknown_share": unknown / ids.size, "seconds": seconds,
+            "tokens_per_s": result["tokens"] / max(seconds, 1e-9)}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import Vocab, dropped_letters, tokenize
+from ..data import EOS, Vocab, dropped_letters, tokenize
 from ..engine import as_numpy, get_engine
 from ..model import ModelSpec
 
@@ -27,6 +27,7 @@ class LanguageModel:
     vocab: Vocab
     normalization: str = "d2l"
     tokenization: str = "char"
+    eos: bool = False              # word tokens with <eos> ending every line
 
     @classmethod
     def from_checkpoint(cls, ckpt) -> LanguageModel:
@@ -36,16 +37,38 @@ class LanguageModel:
                 f"{ckpt.spec.task!r}" + (" without a vocabulary" if ckpt.vocab is None else "")
             )
         return cls(ckpt.spec, ckpt.params, ckpt.vocab,
-                   ckpt.text.get("normalization", "d2l"), ckpt.text.get("tokenization", "char"))
+                   ckpt.text.get("normalization", "d2l"), ckpt.text.get("tokenization", "char"),
+                   bool(ckpt.text.get("eos", False)))
 
     def prefix_tokens(self, prefix: str) -> list[str]:
-        """The prefix as tokens, normalised like the training text but keeping edge spaces."""
-        if self.normalization == "d2l":
-            prefix = re.sub("[^A-Za-z]+", " ", prefix).lower()
-        return tokenize(prefix, self.tokenization)
+        """The prefix as tokens, normalised like the training text but keeping edge spaces;
+        with ``eos``, every line of it but the last (which the model continues) ends with
+        ``<eos>``."""
+        if not self.eos:
+            return tokenize(self._normalize(prefix), self.tokenization)
+        lines = prefix.split("\n")
+        tokens = []
+        for line in lines[:-1]:
+            tokens += [*tokenize(self._normalize(line), self.tokenization), EOS]
+        return tokens + tokenize(self._normalize(lines[-1]), self.tokenization)
+
+    def _normalize(self, text: str) -> str:
+        return re.sub("[^A-Za-z]+", " ", text).lower() if self.normalization == "d2l" else text
 
     def join(self, tokens: list[str]) -> str:
-        return ("" if self.tokenization == "char" else " ").join(tokens)
+        """Tokens as text: characters joined, words spaced, each ``<eos>`` a line break."""
+        if self.tokenization == "char":
+            return "".join(tokens)
+        if not self.eos:
+            return " ".join(tokens)
+        lines, line = [], []
+        for token in tokens:
+            if token == EOS:
+                lines.append(" ".join(line))
+                line = []
+            else:
+                line.append(token)
+        return "\n".join([*lines, " ".join(line)])
 
 
 def _choose(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,

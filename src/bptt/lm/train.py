@@ -29,11 +29,12 @@ from .. import checkpoint as ck
 from .. import memory, optim, rundir, training
 from .. import tensorboard as tb
 from ..data import (
-    CORPORA,
     DataError,
     Vocab,
     batches,
     check_batchable,
+    corpus_name,
+    line_range,
     load_corpus,
     resolve,
     resolve_normalization,
@@ -43,7 +44,7 @@ from ..data import (
 from ..engine import get_engine
 from ..errors import Diverged, StopFlag
 from ..jsonl import json_line
-from ..model import ModelSpec, init_params
+from ..model import DROPOUT_MODES, ModelSpec, init_params
 from . import distributed
 from .config import RANGES, TrainConfig
 from .evaluate import evaluate_tokens
@@ -68,14 +69,22 @@ class TrainResult:
         return self.metrics[-1] if self.metrics else {}
 
 
+def uses_eos(cfg: TrainConfig) -> bool:
+    """Whether the run's tokens end every line with <eos> (word tokenisation, --eos)."""
+    return cfg.eos and cfg.tokenization == "word"
+
+
 def load_data(cfg: TrainConfig, vocab=None):
-    """Token ids for training and validation, and the vocabulary (built from the training text)."""
-    path = resolve(cfg.data)
-    ids, vocab = load_corpus(path, cfg.normalization, cfg.tokenization, cfg.max_tokens,
-                             vocab=vocab, min_freq=cfg.min_freq)
+    """Token ids for training and validation, and the vocabulary (built from the training text;
+    for words, from the training tokens alone: a word met only in validation is <unk>)."""
+    eos = uses_eos(cfg)
+    ids, vocab = load_corpus(resolve(cfg.data), cfg.normalization, cfg.tokenization,
+                             cfg.max_tokens, vocab=vocab, min_freq=cfg.min_freq, eos=eos,
+                             max_vocab=cfg.max_vocab, lines=line_range(cfg.data),
+                             held_out=0.0 if cfg.val_data else cfg.val_frac)
     if cfg.val_data:
         val, _ = load_corpus(resolve(cfg.val_data), cfg.normalization, cfg.tokenization,
-                             None, vocab=vocab)
+                             None, vocab=vocab, eos=eos, lines=line_range(cfg.val_data))
         train_ids = ids
     else:
         train_ids, val = split_tokens(ids, cfg.val_frac)
@@ -89,7 +98,7 @@ DATA_KEYS = ("data", "val_data")
 def _absolute(data: str | None) -> str | None:
     """A file path as an absolute one (a resume may run from another folder); corpus names and
     None unchanged."""
-    if data is None or data in CORPORA:
+    if data is None or corpus_name(data) is not None:
         return data
     return str(Path(data).expanduser().resolve())
 
@@ -145,10 +154,25 @@ def _trim_metrics(path: Path, epoch: int, metrics: list) -> None:
     tmp.replace(path)
 
 
+def embedding_size(cfg: TrainConfig) -> int | None:
+    """The run's embedding size: --embedding-size, or the hidden size for --tie-weights alone
+    (the head's input size, which a tied embedding must have); None: one-hot input."""
+    if cfg.embedding_size is None and cfg.tie_weights:
+        return cfg.hidden_size
+    return cfg.embedding_size
+
+
 def build_spec(cfg: TrainConfig, vocab_size: int) -> ModelSpec:
+    """The model of a run. Dropout goes where its input decides: with an embedding on every
+    non-recurrent connection (Zaremba et al.: the embedding's output, between the layers and
+    before the head), with the book's one-hot input between the layers only (torch.nn's)."""
+    E = embedding_size(cfg)
     return ModelSpec(cell=cfg.cell, input_size=vocab_size, hidden_size=cfg.hidden_size,
                      output_size=vocab_size, num_layers=cfg.num_layers,
-                     nonlinearity=cfg.nonlinearity, dropout=cfg.dropout, task="lm")
+                     nonlinearity=cfg.nonlinearity, dropout=cfg.dropout, task="lm",
+                     embedding_size=E, tie_weights=cfg.tie_weights,
+                     dropout_placement="between-layers" if E is None else "non-recurrent",
+                     dropout_mode=cfg.dropout_mode)
 
 
 def _validate(cfg: TrainConfig) -> None:
@@ -156,9 +180,16 @@ def _validate(cfg: TrainConfig) -> None:
         raise ValueError(f"expected partition 'sequential' or 'random', got {cfg.partition!r}")
     if cfg.clip_mode not in ("norm", "value"):
         raise ValueError(f"expected clip mode 'norm' or 'value', got {cfg.clip_mode!r}")
+    if cfg.dropout_mode not in DROPOUT_MODES:
+        raise ValueError(f"expected dropout mode one of {', '.join(DROPOUT_MODES)}, got "
+                         f"{cfg.dropout_mode!r}")
     for name, rng in RANGES.items():                 # finite and in range (NaN never is)
         rng.check(name, getattr(cfg, name))
-    if cfg.dropout > 0 and cfg.num_layers == 1:      # as torch.nn.RNN warns
+    E = embedding_size(cfg)
+    if cfg.tie_weights and E != cfg.hidden_size:
+        raise ValueError(f"expected --embedding-size equal to --hidden-size {cfg.hidden_size} "
+                         f"with --tie-weights (the head reads the embedding's matrix), got {E}")
+    if cfg.dropout > 0 and cfg.num_layers == 1 and E is None:   # as torch.nn.RNN warns
         warnings.warn(f"dropout {cfg.dropout:g} has no effect with num_layers 1 (dropout acts "
                       f"between stacked layers)", stacklevel=3)
 
@@ -173,10 +204,12 @@ def _silent(msg: str) -> None:
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
           log: Callable[[str], None] = _log, dist_timeout: float = distributed.DEFAULT_TIMEOUT,
-          moved: dict | None = None, tensorboard: str | Path | bool | None = None) -> TrainResult:
+          moved: dict | None = None, tensorboard: str | Path | bool | None = None,
+          lr: float | None = None) -> TrainResult:
     """Train per ``cfg``; with ``resume`` continue from ``cfg.out/last.safetensors``, reading
     the data files the run was trained on, or ``moved`` ({"data": path, "val_data": path}) when
-    they have moved (the same bytes: SHA-1 checked).
+    they have moved (the same bytes: SHA-1 checked), at the learning rate the checkpoint holds,
+    or ``lr`` from now on when given (the schedule goes on from it).
 
     A new run refuses a folder that already holds one, unless ``overwrite``: then the earlier
     run is moved aside once this run's first step has run (bptt/rundir.py). The folder's lock
@@ -189,6 +222,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     that folder (bptt/tensorboard.py; rank 0 alone).
     """
     _validate(cfg)
+    if lr is not None:
+        RANGES["lr"].check("lr", lr)
     cfg = replace(cfg, normalization=resolve_normalization(cfg.normalization, cfg.data))
     board = tb.open_log(cfg.out, tensorboard) if distributed.is_main() else None
     folder = rundir.RunFolder(cfg.out, verb="train", resume=resume, overwrite=overwrite,
@@ -196,7 +231,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     with folder.locked(), distributed.session(cfg.engine, cfg.device, dist_timeout) as dist:
         try:
             return _train(cfg, resume, log if dist.is_main else _silent, dist, moved or {},
-                          folder, board)
+                          folder, board, lr)
         finally:
             if board is not None:
                 board.close()
@@ -254,7 +289,8 @@ class _Start:
 
 
 def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], dist: distributed.Single,
-           moved: dict, folder: rundir.RunFolder, board: tb.TensorBoardLog | None) -> TrainResult:
+           moved: dict, folder: rundir.RunFolder, board: tb.TensorBoardLog | None,
+           lr: float | None) -> TrainResult:
     """The run, stage by stage; ``dist`` is this process's share of it (lm/distributed.py)."""
     folder.check()                    # --out: a file, or an earlier run not to be replaced
     out = Path(cfg.out)
@@ -262,8 +298,8 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], dist: dis
     # -- settings: the given ones; on resume the checkpoint's own, with the new epoch count -----
     ckpt = _resumable(out / "last.safetensors") if resume else None
     if ckpt is not None:
-        cfg, digests = relocate_data(_resumed_config(cfg, ckpt), ckpt.train.get("data_sha1", {}),
-                                     moved)
+        cfg, digests = relocate_data(_resumed_config(cfg, ckpt, lr),
+                                     ckpt.train.get("data_sha1", {}), moved)
     else:
         cfg = replace(cfg, **{k: _absolute(getattr(cfg, k)) for k in DATA_KEYS})
     dist.check_batch(cfg.batch_size)  # each rank takes batch_size / world_size rows
@@ -285,7 +321,7 @@ def _train(cfg: TrainConfig, resume: bool, log: Callable[[str], None], dist: dis
                digests, folder, board=board)
 
     # -- resume: parameters, optimiser, position and metrics; or a fresh run folder -----------
-    start = _restore(run, ckpt) if ckpt is not None else _fresh(run)
+    start = _restore(run, ckpt, lr) if ckpt is not None else _fresh(run)
     if start.epoch >= cfg.epochs:
         log(f"already trained {start.epoch} epochs (asked for {cfg.epochs}); nothing to do")
         return TrainResult(out, start.epoch, run.metrics)
@@ -354,21 +390,25 @@ def _resumable(last_path: Path) -> ck.Checkpoint:
     return ckpt
 
 
-def _resumed_config(cfg: TrainConfig, ckpt: ck.Checkpoint) -> TrainConfig:
-    """The checkpoint's config, with the epochs, folder, progress and device asked for now."""
-    return TrainConfig.from_dict({**ckpt.config, "epochs": cfg.epochs, "out": str(Path(cfg.out)),
-                                  "progress": cfg.progress, "device": cfg.device,
-                                  "engine": cfg.engine})
+def _resumed_config(cfg: TrainConfig, ckpt: ck.Checkpoint, lr: float | None) -> TrainConfig:
+    """The checkpoint's config, with the epochs, folder, progress and device asked for now
+    (and the learning rate, when one is given)."""
+    now = {"epochs": cfg.epochs, "out": str(Path(cfg.out)), "progress": cfg.progress,
+           "device": cfg.device, "engine": cfg.engine, **({} if lr is None else {"lr": lr})}
+    return TrainConfig.from_dict({**ckpt.config, **now})
 
 
-def _restore(run: _Run, ckpt: ck.Checkpoint) -> _Start:
+def _restore(run: _Run, ckpt: ck.Checkpoint, lr: float | None = None) -> _Start:
     """The checkpoint's parameters, optimiser, carried state (this rank's rows) and metrics
-    into ``run``; metrics.jsonl trimmed to them. Returns where the epochs continue."""
+    into ``run``; metrics.jsonl trimmed to them. Returns where the epochs continue. The
+    learning rate is the checkpoint's, or ``lr`` when given."""
     if ckpt.spec != run.spec:
         raise ck.CheckpointError(f"checkpoint model {ckpt.spec} does not match {run.spec}")
     run.params = run.engine.from_numpy(ckpt.params)
     t = ckpt.train
-    run.opt.lr = float(t.get("lr", run.cfg.lr))
+    run.opt.lr = float(t.get("lr", run.cfg.lr)) if lr is None else lr
+    if lr is not None:
+        run.log(f"lr {lr:g} from now on (the checkpoint's was {float(t.get('lr', lr)):g})")
     training.restore_optimizer(run.engine, run.opt, ckpt)
     saved = run.dist.state_rows(ckpt.state)   # the global state, this rank's rows of it
     start = _Start(int(t["epoch"]), int(t.get("batch", 0)),
@@ -388,7 +428,7 @@ def _fresh(run: _Run) -> _Start:
     cfg = run.cfg
     run.params = run.engine.from_numpy(init_params(run.spec, cfg.init,
                                                    np.random.default_rng([cfg.seed, 0]),
-                                                   dtype=cfg.dtype))
+                                                   dtype=cfg.dtype, scale=cfg.init_scale))
     return _Start()
 
 
@@ -500,13 +540,23 @@ def _evaluate(run: _Run, epoch: int, ep: _Epoch, val_ids: np.ndarray) -> dict:
     if run.board is not None:
         first = sum(m["steps"] for m in run.metrics[:-1]) + 1
         run.board.epoch(record, steps, first, run.engine.scalar)
-    monitored = record.get("val_loss", record["loss"])
+    _schedule(run, epoch)
+    return record
+
+
+def _schedule(run: _Run, epoch: int) -> None:
+    """The learning rate of the next epoch: the seed's halving when the monitored loss rose
+    (--lr-halving), and Zaremba's decay, lr times F after every epoch from epoch N on
+    (--lr-decay F --lr-decay-start N: epochs 1..N at the lr, epoch N + k at lr * F^k)."""
+    cfg = run.cfg
+    monitored = run.metrics[-1].get("val_loss", run.metrics[-1]["loss"])
     if cfg.lr_halving and len(run.metrics) > 1:
         prev = run.metrics[-2].get("val_loss", run.metrics[-2]["loss"])
         if monitored > prev:
             run.opt.lr *= 0.5
             run.log(f"loss rose ({prev:.4f} -> {monitored:.4f}): lr halved to {run.opt.lr:g}")
-    return record
+    if cfg.lr_decay is not None and epoch + 1 >= cfg.lr_decay_start:
+        run.opt.lr *= cfg.lr_decay
 
 
 def _write_steps(path: Path, epoch: int, steps: list[dict]) -> None:
@@ -526,7 +576,8 @@ def _save(run: _Run, path: Path, epoch: int, batch: int, state: Any = None,
         cfg = run.cfg
         ck.save(training.to_checkpoint(
             run.spec, run.engine, run.params, run.opt, state, vocab=run.vocab,
-            text={"normalization": cfg.normalization, "tokenization": cfg.tokenization},
+            text={"normalization": cfg.normalization, "tokenization": cfg.tokenization,
+                  "eos": uses_eos(cfg)},
             config=cfg.to_dict(),
             train={"epoch": epoch, "batch": batch, "lr": run.opt.lr, "seed": cfg.seed,
                    "partial": part or _no_partial(), "data_sha1": run.digests},
@@ -551,7 +602,7 @@ def _report(run: _Run, epoch: int, record: dict, first_epoch: int, result: Train
         run.log(line)
     if sample_now and run.dist.is_main:
         model = LanguageModel(run.spec, run.engine.to_numpy(run.params), run.vocab,
-                              cfg.normalization, cfg.tokenization)
+                              cfg.normalization, cfg.tokenization, uses_eos(cfg))
         result.sample = _sample(model, cfg, run.engine.name)
         (bar.write if bar is not None else run.log)(f"  {result.sample}")
         if run.board is not None:

@@ -12,6 +12,14 @@ Inputs are batch-first as the batch iterators give them: X (B, T) token ids for 
 model, (B, T, I) floats for regression; Y (B, T) ids or (B, T, O) floats. Inside, everything is
 time-major (T, B, ...), as the book and the cells are.
 
+The model around the stack: token ids enter as one-hot rows (the book: layer 0's projection is
+a gather of ``W_ih^T``) or through the embedding (``embedding.weight`` rows, (T, B, E)); the
+head reads ``head.weight``, or ``embedding.weight`` itself when the weights are tied. Training
+multiplies the dropout masks of :mod:`bptt.engine.dropout` into the embedding's output, between
+the layers and before the head, and :meth:`NumpyEngine.model_backward` multiplies the same
+masks into the gradients. The embedding's gradient is a row scatter-add (sort and segment sum,
+:func:`bptt.engine.numpy.common.token_weight_grad_`), added to the head's when tied.
+
 Fast paths (docs/performance.md), same results up to float rounding:
   * one unidirectional layer (the book's model) skips the stack bookkeeping, computes the head
     and the softmax over all T*B rows at once in place, and hands the cell's backward the
@@ -27,12 +35,15 @@ Every cell is reached through the registry (``spec.kind``) and this engine's mod
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 
-from ...model import ModelSpec, check_params
+from ...model import EMBEDDING, ModelSpec, check_params
+from ..dropout import NO_MASKS, Masks, draw_masks
 from ..layout import check_stacked, layer_keys, layer_params, split_state, step_layers
 from . import rnn, stack  # rnn: its CHUNK_ROWS sizes the head's blocks too
-from .common import check_sequence
+from .common import check_sequence, token_weight_grad_
 from .loss import mse, softmax_cross_entropy_
 
 DTYPES = ("float32", "float64")
@@ -52,6 +63,17 @@ def _head_product(rows: np.ndarray, W: np.ndarray) -> np.ndarray:
     for s in range(0, N, rnn.CHUNK_ROWS):
         np.matmul(rows[s:s + rnn.CHUNK_ROWS], W.T, out=y[s:s + rnn.CHUNK_ROWS])
     return y
+
+
+class ModelCache(NamedTuple):
+    """What :meth:`NumpyEngine.model_forward` keeps for :meth:`NumpyEngine.model_backward`."""
+
+    ids: np.ndarray | None   # (T, B) token ids read through the embedding; None without one
+    stack: Any               # the cell's Cache (one fused layer) or the StackCache
+    rows: np.ndarray         # (T*B, D*H): the head's input, after its dropout mask
+    masks: Masks             # the dropout masks of the forward (None where not dropped)
+    steps: int               # T
+    batch: int               # B
 
 
 class NumpyEngine:
@@ -126,14 +148,6 @@ class NumpyEngine:
         check_stacked(parts, s.num_layers * s.directions, batch, s.hidden_size, "state")
         return parts
 
-    def _stack_forward(self, params, x, state, training, rng):
-        s = self.spec
-        return stack.forward(
-            self.kind, params, x, state, num_layers=s.num_layers,
-            bidirectional=s.bidirectional, nonlinearity=s.nonlinearity, dropout=s.dropout,
-            training=training, rng=rng,
-        )
-
     def _fused(self) -> bool:
         """One unidirectional layer: the cell without the stack, the head's gradient lazily."""
         return self.spec.num_layers == 1 and not self.spec.bidirectional
@@ -151,9 +165,15 @@ class NumpyEngine:
                 check_sequence(x, self.spec.input_size)  # shapes and the id range
             y, state_n = self.step(params, x[0], state)
             return y[:, None, :], state_n
-        out, state_n, _ = self._stack_forward(params, x, state, False, None)
+        s = self.spec
+        if s.embedding_size is not None:
+            check_sequence(x, s.input_size)              # the id range, before the gather
+            x = self._embed(params, x)                   # (T, B, E)
+        out, state_n, _ = stack.forward(
+            self.kind, params, x, state, num_layers=s.num_layers, bidirectional=s.bidirectional,
+            nonlinearity=s.nonlinearity)
         T, B, DH = out.shape
-        y = out.reshape(T * B, DH) @ params["head.weight"].T + params["head.bias"]
+        y = out.reshape(T * B, DH) @ params[s.head_weight].T + params["head.bias"]
         return y.reshape(T, B, -1).transpose(1, 0, 2), state_n
 
     def step(self, params: dict, x: np.ndarray, state=None):
@@ -170,6 +190,8 @@ class NumpyEngine:
         if x.dtype.kind in "iu":
             if x.ndim != 1:
                 raise ValueError(f"expected token ids of shape (B,), got {tuple(x.shape)}")
+            if s.embedding_size is not None:
+                x = self._embed(params, x)               # (B, E): the tokens' rows
         else:
             x = np.asarray(x, dtype=self.dtype)
         parts = self.kind.to_parts(self.begin_state(B) if state is None else state)
@@ -180,7 +202,7 @@ class NumpyEngine:
                 raise ValueError(f"expected a state of shape {shape}, got {got}")
         h, parts_n = step_layers(self.cell.step, self.options, params, self._layer_keys, x,
                                  parts, np.stack)
-        y = h @ params["head.weight"].T
+        y = h @ params[s.head_weight].T
         y += params["head.bias"]
         return y, self.kind.from_parts(parts_n)
 
@@ -198,35 +220,105 @@ class NumpyEngine:
         """Mean loss over the T*B targets, gradients of every parameter, and the last state."""
         x = self._inputs(X)
         parts = self._state_parts(state, x.shape[1])
-        W = params["head.weight"]
+        masks = self.draw_masks(x.shape[0], x.shape[1], rng) if training else NO_MASKS
+        y, state_n, cache = self.model_forward(params, x, parts, masks)
+        if self.spec.task == "lm":
+            loss, dy = softmax_cross_entropy_(y, np.asarray(Y).T.reshape(-1))  # y becomes dy
+        else:
+            T, B = x.shape[:2]
+            target = np.asarray(Y, dtype=self.dtype).transpose(1, 0, 2).reshape(T * B, -1)
+            loss, dy = mse(y, target)
+        grads, _ = self.model_backward(params, dy, cache, truncate=truncate)
+        return loss, grads, state_n
+
+    def draw_masks(self, T: int, B: int, rng: np.random.Generator | None) -> Masks:
+        """The dropout masks of one training call over (T, B) (:mod:`bptt.engine.dropout`),
+        drawn from ``rng``; no masks when the model drops nothing out."""
+        if not self.spec.drops_out:
+            return NO_MASKS
+        if rng is None:
+            raise ValueError("expected an rng for training with dropout > 0, got None")
+        p = self.spec.dropout
+        return draw_masks(self.spec, T, B, lambda shape: stack.draw_mask(rng, shape, p,
+                                                                          self.dtype))
+
+    def model_forward(self, params: dict, x: np.ndarray, parts: tuple | None,
+                      masks: Masks = NO_MASKS):
+        """Embedding (when the model has one), stack and head over time-major ``x`` from the
+        state ``parts``, with the dropout ``masks``: ``(y (T*B, O), state_n, cache)``."""
+        s = self.spec
+        ids = x if s.embedding_size is not None else None
+        if ids is not None:
+            check_sequence(ids, s.input_size)            # the id range, before the gather
+        inp = x if ids is None else self._embed(params, ids)  # e_t = W_emb[x_t], (T, B, E)
+        if masks.input is not None:
+            inp *= masks.input                           # e_t *= m_t: the embedding's dropout
         # forward: the stack, then the head over all T*B rows at once
         if self._fused():
-            out, parts_n, cache = self.cell.forward(
-                x, split_state(parts, 0), **layer_params(params, 0, 0, self.kind),
+            out, parts_n, stack_cache = self.cell.forward(
+                inp, split_state(parts, 0), **layer_params(params, 0, 0, self.kind),
                 **self.options)
             # (T, B, H); the state parts (1, B, H) as the stack gives them
             state_n = self.kind.from_parts(tuple([p[None].copy() for p in parts_n]))
         else:
-            out, state_n, cache = self._stack_forward(params, x, state, training, rng)
+            out, state_n, stack_cache = stack.forward(
+                self.kind, params, inp, self.kind.from_parts(parts), num_layers=s.num_layers,
+                bidirectional=s.bidirectional, nonlinearity=s.nonlinearity, dropout=s.dropout,
+                training=masks.layers is not None, masks=masks.layers)
         T, B, DH = out.shape
+        if masks.output is not None:
+            out = out * masks.output                     # o_t = h_t * m_t: before the head
         rows = out.reshape(T * B, DH)
-        y = _head_product(rows, W)                                            # (T*B, O)
+        y = _head_product(rows, params[s.head_weight])                        # (T*B, O)
         y += params["head.bias"]
-        if self.spec.task == "lm":
-            loss, dy = softmax_cross_entropy_(y, np.asarray(Y).T.reshape(-1))  # y becomes dy
-        else:
-            target = np.asarray(Y, dtype=self.dtype).transpose(1, 0, 2).reshape(T * B, -1)
-            loss, dy = mse(y, target)
-        # backward: head (dW = dy^T out, db = sum dy, dout = dy W), then BPTT through the stack
-        grads = {"head.weight": dy.T @ rows, "head.bias": dy.sum(axis=0)}
-        if self._fused():
-            def dout(s: int, e: int, buf: np.ndarray) -> None:   # dL/dh_t = dy_t W, t in s..e-1
-                np.matmul(dy[s * B:e * B], W, out=buf.reshape((e - s) * B, DH))
+        return y, state_n, ModelCache(ids=ids, stack=stack_cache, rows=rows, masks=masks,
+                                      steps=T, batch=B)
 
-            _, _, g = self.cell.backward(dout, None, cache, truncate, need_dx=False)
+    def model_backward(self, params: dict, dy: np.ndarray, cache: ModelCache, dstate_n=None,
+                       truncate: int | None = None):
+        """Gradients of :meth:`model_forward` from dL/dy (T*B, O) and dL/dstate_n (None:
+        zeros): ``(grads, dstate0)``, grads keyed by parameter name, dstate0 as the state."""
+        s = self.spec
+        W = params[s.head_weight]
+        # backward: head (dW = dy^T out, db = sum dy, dout = dy W), then BPTT through the stack
+        grads = {s.head_weight: dy.T @ cache.rows, "head.bias": dy.sum(axis=0)}
+        need_dx = cache.ids is not None                  # the embedding's rows need dx
+        m_out = cache.masks.output
+        T, B, DH = cache.steps, cache.batch, cache.rows.shape[1]
+        if self._fused():
+            def dout(a: int, e: int, buf: np.ndarray) -> None:   # dL/dh_t = dy_t W, t in a..e-1
+                np.matmul(dy[a * B:e * B], W, out=buf.reshape((e - a) * B, DH))
+                if m_out is not None:                    # dh_t = (dy_t W) * m_t, the same mask
+                    buf *= m_out if m_out.shape[0] == 1 else m_out[a:e]
+
+            dparts = None if dstate_n is None else split_state(self.kind.to_parts(dstate_n), 0)
+            dx, d0, g = self.cell.backward(dout, dparts, cache.stack, truncate, need_dx=need_dx)
             grads.update({self.kind.param_name(k, "_l0"): v for k, v in g.items()})
+            dstate0 = self.kind.from_parts(tuple([d[None] for d in d0]))
         else:
-            _, _, g = stack.backward((dy @ W).reshape(T, B, DH), None, cache, truncate,
-                                     need_dx=False)
+            dh = (dy @ W).reshape(T, B, DH)
+            if m_out is not None:
+                dh *= m_out                              # dh_t = (dy_t W) * m_t, the same mask
+            dx, dstate0, g = stack.backward(dh, dstate_n, cache.stack, truncate, need_dx=need_dx)
             grads.update(g)
-        return loss, grads, state_n
+        if need_dx:
+            self._embedding_backward(grads, dx, cache)
+        return grads, dstate0
+
+    def _embed(self, params: dict, ids: np.ndarray) -> np.ndarray:
+        """``embedding.weight`` rows of the tokens: (T, B, E) (or (B, E) for (B,) ids)."""
+        return np.take(params[EMBEDDING], ids, axis=0)
+
+    def _embedding_backward(self, grads: dict, dx: np.ndarray, cache: ModelCache) -> None:
+        """d embedding.weight: the gradient reaching the embedding's output, row-summed per
+        token (a scatter-add, :func:`token_weight_grad_`); tied weights add it to the head's."""
+        if cache.masks.input is not None:
+            dx *= cache.masks.input                      # de_t *= m_t, the forward's mask
+        T, B, E = dx.shape
+        if self.spec.tie_weights:                        # tied: dW_emb = dW_head + scatter
+            dE = grads[EMBEDDING]
+        else:
+            dE = np.zeros((self.spec.input_size, E), dtype=dx.dtype)
+            grads[EMBEDDING] = dE
+        # dW_emb[v] += sum of the rows de_t[b] whose token x_t[b] is v
+        token_weight_grad_(dE, cache.ids.reshape(-1), dx.reshape(T * B, E))

@@ -13,6 +13,7 @@ import numpy as np
 
 from ...cells import CellKind, get_cell
 from .. import stack as shared
+from ..dropout import check_mask
 from ..layout import cell_module as _cell_module
 from .common import OPS
 
@@ -34,22 +35,39 @@ def forward(
     dropout: float = 0.0,
     training: bool = False,
     rng: np.random.Generator | None = None,
+    masks: list | tuple | None = None,
 ):
-    """Run the stack; return ``(out, h_n, cache)`` (h_n is ``(h_n, c_n)`` for the LSTM)."""
+    """Run the stack; return ``(out, h_n, cache)`` (h_n is ``(h_n, c_n)`` for the LSTM).
+
+    While training with ``dropout > 0`` the masks between layers are drawn from ``rng``
+    (:func:`draw_mask`), unless ``masks`` gives them: one per layer but the last, (T, B, D*H),
+    or (1, B, D*H) for one mask per sequence (variational dropout).
+    """
     kind = get_cell(cell)
+    if masks is not None and training and dropout > 0 and len(masks) != num_layers - 1:
+        raise ValueError(f"expected {num_layers - 1} dropout masks, got {len(masks)}")
 
     def mask(layer: int, out: np.ndarray) -> np.ndarray | None:
         if not (training and dropout > 0):
             return None
+        if masks is not None:
+            check_mask(masks[layer], out, f"layer {layer}'s")
+            return masks[layer]
         if rng is None:
             raise ValueError("expected an rng for training with dropout > 0, got None")
-        keep = 1.0 - dropout
-        return (rng.random(out.shape) < keep).astype(out.dtype) / keep
+        return draw_mask(rng, out.shape, dropout, out.dtype)
 
     out, parts_n, cache = shared.forward(
         OPS, cell_module(kind), kind, params, x, kind.to_parts(hx), num_layers=num_layers,
         bidirectional=bidirectional, options=kind.options(nonlinearity), mask=mask)
     return out, kind.from_parts(parts_n), cache
+
+
+def draw_mask(rng: np.random.Generator, shape: tuple, dropout: float,
+              dtype: np.dtype) -> np.ndarray:
+    """A dropout mask Bernoulli(1 - p) / (1 - p) of ``shape``: every NumPy mask is drawn here."""
+    keep = 1.0 - dropout
+    return (rng.random(shape) < keep).astype(dtype) / keep
 
 
 def backward(dout: np.ndarray | None, dh_n, cache: shared.StackCache,

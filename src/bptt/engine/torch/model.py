@@ -31,10 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...model import ModelSpec, check_params
-from ..layout import layer_keys, step_layers
+from ...model import EMBEDDING, ModelSpec, check_params
+from ..dropout import NO_MASKS, Masks, draw_masks
+from ..layout import layer_keys, step_layers, suffix
 from . import stack, unrolled
 from .common import check_truncate, is_tokens, linear
+from .embedding import EmbeddingFunction, embed
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -217,8 +219,7 @@ class _TorchBase:
     def _generator(self, rng, training: bool) -> torch.Generator | None:
         """The dropout generator: a torch.Generator as given, one seeded from a NumPy
         Generator (drawn only when masks will be drawn), or None (the global torch RNG)."""
-        s = self.spec
-        if rng is None or not (training and s.dropout > 0 and s.num_layers > 1):
+        if rng is None or not (training and self.spec.drops_out):
             return None
         if isinstance(rng, torch.Generator):
             if rng.device.type != self.device.type:
@@ -235,18 +236,51 @@ class _TorchBase:
             f"expected rng None, a torch.Generator or a numpy Generator, got {type(rng).__name__}"
         )
 
+    def draw_masks(self, T: int, B: int, generator: torch.Generator | None,
+                   like: torch.Tensor) -> Masks:
+        """The dropout masks of one training call over (T, B) (:mod:`bptt.engine.dropout`),
+        drawn by :func:`stack.draw_mask` from ``generator`` (None: the global torch RNG), of
+        ``like``'s dtype and device."""
+        p = self.spec.dropout
+        return draw_masks(self.spec, T, B, lambda shape: stack.draw_mask(
+            shape, p, like=like, generator=generator), layers=self._draws_layer_masks)
+
+    _draws_layer_masks = True    # False: the stack's module draws its own (torch-builtin)
+
     # -- the model --------------------------------------------------------------------------
-    def _stack(self, params, x, state, *, training, generator, truncate):
-        """(out (T, B, D*H), state_n); differentiable w.r.t. the parameter leaves."""
+    def _stack(self, params, x, state, *, training, generator, truncate, masks=None):
+        """(out (T, B, D*H), state_n); differentiable w.r.t. the parameter leaves. ``masks``:
+        the dropout masks between the layers (None: no dropout there, or drawn by the stack)."""
         raise NotImplementedError
 
     def _stack_eval(self, params, x, state):
         return self._stack(params, x, state, training=False, generator=None, truncate=None)
 
-    def _head(self, params, out: torch.Tensor) -> torch.Tensor:
+    def _embed(self, params, x: torch.Tensor, mask=None) -> torch.Tensor:
+        """The stack's input: token ids as they are (one-hot), or their ``embedding.weight``
+        rows (T, B, E) times the dropout ``mask``; autograd differentiates it."""
+        if self.spec.embedding_size is None:
+            return x
+        e = F.embedding(x, params[EMBEDDING])
+        return e if mask is None else e * mask
+
+    def _head(self, params, out: torch.Tensor, mask=None) -> torch.Tensor:
         T, B, DH = out.shape
+        rows = out.reshape(T * B, DH)
+        if mask is not None:
+            rows = (out * mask).reshape(T * B, DH)       # dropout before the head
         # precision: fp32 head product (bf16 is TorchEngine's, see HeadFunction)
-        return F.linear(out.reshape(T * B, DH), params["head.weight"], params["head.bias"])
+        return F.linear(rows, params[self.spec.head_weight], params["head.bias"])
+
+    def logits(self, params: dict, x: torch.Tensor, state=None, *, masks: Masks = NO_MASKS,
+               training: bool = False, generator=None, truncate: int | None = None):
+        """The model on time-major ``x`` ((T, B) ids or (T, B, I) features): embedding (when
+        the model has one), stack and head with the dropout ``masks``, differentiable w.r.t.
+        ``params``; returns ``(y (T*B, O), state_n)``."""
+        inp = self._embed(params, x, masks.input)
+        out, state_n = self._stack(params, inp, state, training=training, generator=generator,
+                                   truncate=truncate, masks=masks.layers)
+        return self._head(params, out, masks.output), state_n
 
     def forward(self, params: dict, X, state=None):
         """Outputs (B, T, O) (logits or predictions) and the last state; evaluation mode."""
@@ -254,7 +288,7 @@ class _TorchBase:
         state = self._state_in(state, B)
         with torch.no_grad():
             x = self._inputs(X)
-            out, state_n = self._stack_eval(params, x, state)
+            out, state_n = self._stack_eval(params, self._embed(params, x), state)
             T, B, _ = out.shape
             y = self._head(params, out).view(T, B, -1).transpose(0, 1)
         return y, state_n
@@ -284,10 +318,11 @@ class _TorchBase:
         target = self._targets(Y)
         leaves = {k: v.detach().requires_grad_() for k, v in params.items()}  # no copy
         generator = self._generator(rng, training)
+        masks = (self.draw_masks(x.shape[0], x.shape[1], generator, params["head.bias"])
+                 if training else NO_MASKS)
         with torch.enable_grad():
-            out, state_n = self._stack(leaves, x, state, training=training,
-                                       generator=generator, truncate=truncate)
-            y = self._head(leaves, out)
+            y, state_n = self.logits(leaves, x, state, masks=masks, training=training,
+                                     generator=generator, truncate=truncate)
             # precision: the loss is always computed in float32 (or float64) from fp32 logits
             if self.spec.task == "lm":
                 loss = F.cross_entropy(y, target)
@@ -301,31 +336,41 @@ class _TorchBase:
 
 
 class HeadFunction(torch.autograd.Function):
-    """The linear head ``y = x W^T + b`` over all T*B rows, with its three products through
-    :func:`bptt.engine.torch.common.linear` (oneDNN on the CPU; torch.mm elsewhere):
+    """The linear head ``y = (x * m) W^T + b`` over all N = T*B rows, with its three products
+    through :func:`bptt.engine.torch.common.linear` (oneDNN on the CPU; torch.mm elsewhere):
 
-        y = x W^T + b,      dx = dy W,      dW = dy^T x,      db = sum_rows dy
+        xm = x * m,   y = xm W^T + b,   dx = (dy W) * m,   dW = dy^T xm,   db = sum_rows dy
 
-    ``low`` = torch.bfloat16: the products take bfloat16 operands (float32 accumulation) and
-    return float32; x, W, b, y and the gradients stay float32.
+    ``x`` (N, D*H), its rows time-major; ``mask`` (optional) the dropout mask before the head,
+    (T, B, D*H) or (1, B, D*H) (variational), or None (1). ``low`` = torch.bfloat16: the
+    products take bfloat16 operands (float32 accumulation) and return float32; x, W, b, y and
+    the gradients stay float32.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, low):
+    def forward(ctx, x, weight, bias, low, *masks):
+        ctx.inputs = 4 + len(masks)                      # apply's arguments: the mask optional
+        mask = masks[0] if masks else None
+        if mask is not None:                             # dropout before the head
+            x = (x.view(-1, *mask.shape[1:]) * mask).view(x.shape)
         xl = x if low is None else x.to(low)
         wl = weight if low is None else weight.to(low)
         y = linear(xl, wl).to(x.dtype)
         y += bias
-        ctx.save_for_backward(xl, wl)
+        ctx.save_for_backward(xl, wl, mask)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        xl, wl = ctx.saved_tensors
+        xl, wl, mask = ctx.saved_tensors
         dyl = dy if dy.dtype == xl.dtype else dy.to(xl.dtype)
-        dx = linear(dyl, wl.t().contiguous()).to(dy.dtype)      # dy W
-        dW = linear(dyl.t(), xl.t()).to(dy.dtype)               # dy^T x
-        return dx, dW, dy.sum(dim=0), None
+        # both products read their transposed operands in place: oneDNN takes the strides,
+        # and spares a copy of W^T (V x D*H) and of dy^T (V x N) per step; the same sums
+        dx = linear(dyl, wl.t()).to(dy.dtype)                    # dy W
+        if mask is not None:                                     # the forward's mask, again
+            dx = (dx.view(-1, *mask.shape[1:]) * mask).view(dx.shape)
+        dW = linear(xl.t(), dyl.t()).t().contiguous().to(dy.dtype)   # dy^T x = (x^T dy)^T
+        return (dx, dW, dy.sum(dim=0), None, None)[:ctx.inputs]
 
 
 class TorchEngine(_TorchBase):
@@ -357,23 +402,32 @@ class TorchEngine(_TorchBase):
         self.options = stack.cell_options(self.kind, spec.nonlinearity, precision)
         self._layer_keys = layer_keys(spec.num_layers, self.kind)
 
-    def _config(self, training: bool, generator, truncate) -> stack.StackConfig:
+    def _config(self, training: bool, generator, truncate, masks=None) -> stack.StackConfig:
         s = self.spec
         return stack.StackConfig(
             cell=s.cell, names=tuple(self.names), num_layers=s.num_layers,
             bidirectional=s.bidirectional, nonlinearity=s.nonlinearity, dropout=s.dropout,
-            training=training, truncate=truncate, generator=generator,
+            training=training, truncate=truncate, generator=generator, masks=masks,
             precision=self.precision,
         )
 
-    def _head(self, params, out: torch.Tensor) -> torch.Tensor:
+    def _embed(self, params, x: torch.Tensor, mask=None) -> torch.Tensor:
+        """Token ids as they are (one-hot), or their ``embedding.weight`` rows through
+        :class:`EmbeddingFunction` (its backward a row scatter-add) with the dropout mask."""
+        if self.spec.embedding_size is None:
+            return x
+        if torch.is_grad_enabled():
+            return EmbeddingFunction.apply(x, params[EMBEDDING], mask)
+        return embed(x, params[EMBEDDING])
+
+    def _head(self, params, out: torch.Tensor, mask=None) -> torch.Tensor:
         """The head through :class:`HeadFunction` (oneDNN products on the CPU; precision:
-        bfloat16 operands with ``precision="bf16"``)."""
+        bfloat16 operands with ``precision="bf16"``), the dropout mask folded in."""
         T, B, DH = out.shape
         low = torch.bfloat16 if self.precision == "bf16" else None
-        rows, W, b = out.reshape(T * B, DH), params["head.weight"], params["head.bias"]
+        rows, W, b = out.reshape(T * B, DH), params[self.spec.head_weight], params["head.bias"]
         if torch.is_grad_enabled():
-            return HeadFunction.apply(rows, W, b, low)
+            return HeadFunction.apply(rows, W, b, low, mask)
         if low is not None:                              # no graph: the product alone
             return F.linear(rows.to(low), W.to(low), b.to(low)).to(out.dtype)
         if rows.shape[0] < 64:                           # a generation step: torch.addmm
@@ -392,6 +446,8 @@ class TorchEngine(_TorchBase):
         parts = self._state_parts(state, B)
         with torch.no_grad():
             x = self._inputs(X)[0]                       # (B,) ids or (B, I) features
+            if s.embedding_size is not None:
+                x = embed(x, params[EMBEDDING])          # (B, E): the tokens' rows
             if parts is None:
                 zeros = params["weight_hh_l0"].new_zeros((s.num_layers, B, s.hidden_size))
                 parts = (zeros,) * len(self.kind.state)
@@ -400,9 +456,9 @@ class TorchEngine(_TorchBase):
             y = self._head(params, h.unsqueeze(0))       # (B, O)
         return y.view(1, B, -1).transpose(0, 1), self.kind.from_parts(parts_n)
 
-    def _stack(self, params, x, state, *, training, generator, truncate):
-        out, state_n, _ = stack.apply(self._config(training, generator, truncate), x, params,
-                                      state)
+    def _stack(self, params, x, state, *, training, generator, truncate, masks=None):
+        out, state_n, _ = stack.apply(self._config(training, generator, truncate, masks), x,
+                                      params, state)
         return out, state_n
 
     def _stack_eval(self, params, x, state):
@@ -421,12 +477,12 @@ class TorchAutogradEngine(_TorchBase):
 
     name = "torch-autograd"
 
-    def _stack(self, params, x, state, *, training, generator, truncate):
+    def _stack(self, params, x, state, *, training, generator, truncate, masks=None):
         s = self.spec
         return unrolled.stack_forward(
             s.cell, params, x, state, num_layers=s.num_layers, bidirectional=s.bidirectional,
             nonlinearity=s.nonlinearity, dropout=s.dropout, training=training,
-            generator=generator, truncate=truncate,
+            generator=generator, truncate=truncate, masks=masks,
         )
 
 
@@ -437,9 +493,11 @@ class TorchBuiltinEngine(_TorchBase):
     """torch.nn.RNN/LSTM/GRU (cuDNN on a GPU) with our parameters, plus the head.
 
     The module is built once; each call runs it through ``torch.func.functional_call`` with the
-    parameter tensors themselves (no copy). Token ids enter as one-hot vectors. Its dropout
-    masks are torch's own (an ``rng`` seeds the global RNG for the call on the CPU); it supports
-    full backpropagation only (``truncate=None``).
+    parameter tensors themselves (no copy). Token ids enter as one-hot vectors, or through the
+    embedding (autograd's). Its dropout masks between layers are torch's own (an ``rng`` seeds
+    the global RNG for the call on the CPU); with variational dropout the layers run as
+    one-layer modules with our masks between them. It supports full backpropagation only
+    (``truncate=None``).
     """
 
     name = "torch-builtin"
@@ -454,12 +512,17 @@ class TorchBuiltinEngine(_TorchBase):
                              f"engine")
         cls = getattr(torch.nn, kind.torch_name)
         kwargs = kind.options(spec.nonlinearity)
-        self.module = cls(
-            spec.input_size, spec.hidden_size, num_layers=spec.num_layers, bias=spec.bias,
-            dropout=spec.dropout if spec.num_layers > 1 else 0.0,
-            bidirectional=spec.bidirectional, **kwargs,
-        ).to(device=self.device, dtype=self.dtype)
-        self.module.requires_grad_(False)
+        # variational dropout between layers: torch.nn draws a mask per step, so one module
+        # per layer, our masks (one per sequence) multiplied between them
+        self._draws_layer_masks = spec.dropout_mode == "variational" and spec.num_layers > 1
+        sizes = ([spec.stack_input_size] + [spec.directions * spec.hidden_size]
+                 * (spec.num_layers - 1) if self._draws_layer_masks else [spec.stack_input_size])
+        self.modules = [cls(
+            size, spec.hidden_size, num_layers=spec.num_layers if len(sizes) == 1 else 1,
+            bias=spec.bias, dropout=spec.dropout if len(sizes) == 1 and spec.num_layers > 1
+            else 0.0, bidirectional=spec.bidirectional, **kwargs,
+        ).to(device=self.device, dtype=self.dtype).requires_grad_(False) for size in sizes]
+        self.module = self.modules[0]
 
     def _check_truncate_supported(self, truncate) -> None:
         if truncate is not None:
@@ -470,10 +533,12 @@ class TorchBuiltinEngine(_TorchBase):
                 f"'torch-autograd'"
             )
 
-    def _stack(self, params, x, state, *, training, generator, truncate):
+    def _stack(self, params, x, state, *, training, generator, truncate, masks=None):
         self._check_truncate_supported(truncate)
         if is_tokens(x):
             x = F.one_hot(x, self.spec.input_size).to(self.dtype)   # (T, B, V)
+        if len(self.modules) > 1:
+            return self._layer_by_layer(params, x, state, masks)
         weights = {n: params[n] for n in self.names}
         self.module.train(training)
         with warnings.catch_warnings():
@@ -486,6 +551,25 @@ class TorchBuiltinEngine(_TorchBase):
             with torch.random.fork_rng(devices=devices, device_type=self.device.type):
                 torch.manual_seed(seed)
                 return torch.func.functional_call(self.module, weights, (x, state))
+
+    def _layer_by_layer(self, params, x, state, masks):
+        """The one-layer modules in turn, ``masks`` (None: no dropout) between them."""
+        kind, D = self.kind, self.spec.directions
+        parts = kind.to_parts(state)
+        finals = []
+        for layer, module in enumerate(self.modules):
+            weights = {f"{k}{suffix(0, d)}": params[f"{k}{suffix(layer, d)}"]
+                       for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                       for d in range(D) if f"{k}{suffix(layer, d)}" in params}
+            hx = None if parts is None else kind.from_parts(
+                tuple(p[layer * D:(layer + 1) * D] for p in parts))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_BUILTIN_WARNING)
+                x, state_n = torch.func.functional_call(module, weights, (x, hx))
+            finals.append(kind.to_parts(state_n))
+            if masks is not None and layer < len(self.modules) - 1:
+                x = x * masks[layer]                     # the same mask at every step
+        return x, kind.from_parts(tuple(torch.cat(p) for p in zip(*finals, strict=True)))
 
 
 def _is_int(a) -> bool:

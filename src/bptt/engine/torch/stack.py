@@ -22,6 +22,7 @@ import torch
 
 from ...cells import CELL_NAMES, CellKind, get_cell
 from .. import stack as shared
+from ..dropout import check_mask
 from ..layout import cell_module as _cell_module
 from ..layout import param_names  # noqa: F401 (re-exported for callers)
 from .common import OPS, check_truncate
@@ -87,7 +88,8 @@ def forward(
     """Run the stack; return ``(out, h_n, cache)`` (h_n is ``(h_n, c_n)`` for the LSTM).
 
     While training with ``dropout > 0`` the masks are drawn from ``generator`` (None: the global
-    torch RNG), unless ``masks`` gives them: one (T, B, D*H) tensor per layer but the last.
+    torch RNG), unless ``masks`` gives them: one (T, B, D*H) tensor per layer but the last, or
+    (1, B, D*H) for one mask per sequence (variational dropout).
     ``precision="bf16"`` (the rnn cell): bfloat16 matrix products, float32 everything else
     (:mod:`bptt.engine.torch.rnn`).
     """
@@ -256,10 +258,7 @@ def _dropout(num_layers: int, dropout: float, training: bool,
         if masks is None:
             return draw_mask(out.shape, dropout, like=out, generator=generator)
         m = masks[layer].to(out.dtype)
-        if m.shape != out.shape:
-            raise ValueError(
-                f"expected dropout mask of shape {tuple(out.shape)}, got {tuple(m.shape)}"
-            )
+        check_mask(m, out, f"layer {layer}'s")
         return m
 
     return mask

@@ -175,10 +175,12 @@ def layer_forward(cell: str | CellKind, x: torch.Tensor, state0: tuple, p: dict,
 def stack_forward(cell: str | CellKind, params: dict, x: torch.Tensor, hx=None, *,
                   num_layers: int = 1, bidirectional: bool = False, nonlinearity: str = "tanh",
                   dropout: float = 0.0, training: bool = False,
-                  generator: torch.Generator | None = None, truncate: int | None = None):
+                  generator: torch.Generator | None = None, truncate: int | None = None,
+                  masks: list | tuple | None = None):
     """The stack as torch.nn.RNN/LSTM/GRU stack it; returns ``(out (T, B, D*H), h_n)``.
 
-    ``hx`` None (zeros), (L*D, B, H), or the LSTM pair. The dropout masks come from
+    ``hx`` None (zeros), (L*D, B, H), or the LSTM pair. The dropout masks are ``masks`` (one
+    per layer but the last, (T, B, D*H) or (1, B, D*H)) when given, else drawn by
     :func:`bptt.engine.torch.stack.draw_mask` in the same order as the hand-written stack.
     """
     kind = get_cell(cell)
@@ -201,7 +203,8 @@ def stack_forward(cell: str | CellKind, params: dict, x: torch.Tensor, hx=None, 
             finals.append(state_n)
         out = outs[0] if D == 1 else torch.cat(outs, dim=2)
         if training and dropout > 0 and layer < num_layers - 1:
-            out = out * draw_mask(out.shape, dropout, like=out, generator=generator)
+            out = out * (masks[layer] if masks is not None else
+                         draw_mask(out.shape, dropout, like=out, generator=generator))
         layer_in = out
     parts_n = tuple(torch.stack([f[p] for f in finals]) for p in range(kind.num_state_parts))
     return layer_in, kind.from_parts(parts_n)
