@@ -46,6 +46,15 @@ class AutogradReference:
     def named_parameters(self):
         return self.params.items()
 
+    def load_state_dict(self, state: dict) -> None:
+        """Take float64 copies of ``state`` (every parameter, by name) as the parameters, as
+        torch.nn.Module's own method does."""
+        missing = sorted(set(self.params) - set(state))
+        if missing or len(state) != len(self.params):
+            raise ValueError(f"expected parameters {sorted(self.params)}, got {sorted(state)}")
+        self.params = {k: torch.as_tensor(state[k], dtype=torch.float64).clone()
+                       .requires_grad_() for k in self.params}
+
     def double(self) -> AutogradReference:
         return self                                      # float64 already
 

@@ -116,10 +116,9 @@ def default_table(quick: bool = False) -> list[dict]:
     table: list[dict] = []
     for kind in CELLS.values():
         rows = (_nonlinearity_rows if kind.takes_nonlinearity else _gated_rows)(kind.name, quick)
+        rows += model_rows(kind.name, quick)
         referenced = has_torch_reference(kind)
         table += [r for r in rows if r["method"] != "torch" or referenced]
-        table += [r for r in model_rows(kind.name, quick)
-                  if r["method"] != "torch" or kind.torch_name is not None]
     return table
 
 

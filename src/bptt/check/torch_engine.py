@@ -24,7 +24,7 @@ from ..engine.torch.stack import StackConfig, StackFunction
 from ..model import ModelSpec, param_fills, param_shapes
 from .model import model_rows, run_model_config
 from .record import CheckRow
-from .references import check_against_torch
+from .references import check_against_torch, has_torch_reference
 
 
 def gradcheck_row(cell: str, *, nonlinearity: str = "tanh", batch: int = 2, steps: int = 3,
@@ -107,5 +107,5 @@ def rows(quick: bool = False) -> list[CheckRow]:
     grad_cfgs = _configs(GRADCHECK, GRADCHECK_FULL, OTHER_CELLS["gradcheck"], quick)
     out += [gradcheck_row(cell, nonlinearity=nl, **kw) for cell, nl, kw in grad_cfgs]
     out += [run_model_config(c) for cell in CELL_NAMES for c in model_rows(cell, quick, "torch")
-            if c["method"] != "torch" or get_cell(cell).torch_name is not None]
+            if c["method"] != "torch" or has_torch_reference(cell)]
     return out
