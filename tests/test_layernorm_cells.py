@@ -17,6 +17,7 @@ import torch
 from bptt import checkpoint as ck
 from bptt.cells import get_cell
 from bptt.check import check_against_torch, check_finite_differences
+from bptt.check.model import check_model_against_torch, check_model_finite_differences
 from bptt.check.ours import reference_params
 from bptt.engine import get_engine
 from bptt.engine.numpy import lngru as np_lngru
@@ -257,6 +258,41 @@ def test_a_missing_or_misshapen_gain_is_refused(cell):
                                           {**w, "ln_weight_ih": np.ones(H)}.items()})
 
 
+# -- the word models: embedding, tied head, dropout masks ---------------------------------------
+
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+@pytest.mark.parametrize("cell", LN_CELLS)
+def test_word_models_match_autograd_and_finite_differences(cell, engine):
+    """The embedding, two layers of the cell, fixed variational or standard masks and the tied
+    head, whole, against the same model under autograd (the cell's unrolled loop)."""
+    row = check_model_against_torch(cell, tied=True, dropout="var", engine=engine)
+    assert row.ok and max(row.out, row.h_n, row.params, row.dh0) < 1e-9, row
+    row = check_model_finite_differences(cell, dropout="std", engine=engine)
+    assert row.ok, row
+
+
+@pytest.mark.parametrize("cell", LN_CELLS)
+def test_word_model_every_engine_and_the_builtin_refusal(cell):
+    spec = ModelSpec(cell=cell, input_size=9, hidden_size=5, output_size=9, num_layers=2,
+                     embedding_size=5, tie_weights=True, dropout=0.3,
+                     dropout_placement="non-recurrent", dropout_mode="variational")
+    params = init_params(spec, "uniform", 0, "float64", scale=0.4)
+    rng = np.random.default_rng(1)
+    X, Y = rng.integers(0, 9, (3, 7)), rng.integers(0, 9, (3, 7))
+    got = {}
+    for name in ("torch", "torch-autograd"):             # the same generator: the same masks
+        eng = get_engine(name, spec, device="cpu", dtype="float64")
+        loss, grads, _ = eng.loss_and_grads(eng.from_numpy(params), X, Y,
+                                            rng=torch.Generator().manual_seed(3))
+        got[name] = (float(loss), {k: v.numpy() for k, v in grads.items()})
+    assert "layernorm_hh_l1.weight" in got["torch"][1] and "head.weight" not in got["torch"][1]
+    assert got["torch"][0] == pytest.approx(got["torch-autograd"][0], rel=1e-12)
+    for k, g in got["torch-autograd"][1].items():
+        assert rel(got["torch"][1][k], g) < 1e-9, k
+    with pytest.raises(ValueError, match=f"torch has no {spec.kind.title}"):
+        get_engine("torch-builtin", spec, device="cpu")
+
+
 # -- parameters ---------------------------------------------------------------------------------
 
 def test_parameters_are_named_in_torch_style_and_start_as_identity_norms():
@@ -273,7 +309,7 @@ def test_parameters_are_named_in_torch_style_and_start_as_identity_norms():
     assert not any(k.startswith("bias_") for k in no_bias)
     gru = param_shapes(spec_of("lngru", H=4))
     assert gru["layernorm_ih_l0.weight"] == gru["layernorm_hh_l0.weight"] == (12,)
-    for init in ("torch", "d2l"):
+    for init in ("torch", "d2l", "uniform"):
         params = init_params(spec, init, rng=0)
         assert all((params[k] == 1).all() for k in params if k.endswith("norm_ih_l0.weight"))
         assert (params["layernorm_c_l1.bias"] == 0).all()
@@ -314,6 +350,24 @@ def test_train_resume_generate_evaluate(cell, tmp_path, capsys, hello_corpus):
                                "--engine", engine)
         assert rc == 0, err
         assert out.strip().startswith("hello")
+    rc, out, err = run_cli(capsys, "evaluate", run, "--data", hello_corpus)
+    assert rc == 0 and "perplexity" in out, err
+
+
+def test_word_model_through_the_cli(tmp_path, capsys, hello_corpus):
+    run = tmp_path / "run"
+    rc, out, err = run_cli(capsys, "train", "--data", hello_corpus, "--out", run, "--cell",
+                           "lnlstm", "--tokenization", "word", "--embedding-size", "8",
+                           "--tie-weights", "--num-layers", "2", "--dropout", "0.2",
+                           "--dropout-mode", "variational", "--init", "uniform", "--epochs",
+                           "2", *TINY)
+    assert rc == 0, err
+    saved = ck.load(run / "last.safetensors")
+    assert saved.spec.cell == "lnlstm" and saved.spec.tie_weights
+    assert "layernorm_c_l1.bias" in saved.params and "head.weight" not in saved.params
+    assert (saved.params["layernorm_c_l0.weight"] != 1).any()      # started at 1, learned
+    rc, out, err = run_cli(capsys, "generate", run, "--prefix", "hello", "--length", "3")
+    assert rc == 0 and out.startswith("hello"), err
     rc, out, err = run_cli(capsys, "evaluate", run, "--data", hello_corpus)
     assert rc == 0 and "perplexity" in out, err
 
