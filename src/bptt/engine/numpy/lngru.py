@@ -69,7 +69,7 @@ from .common import (
     sigmoid_,
     upstream_array,
 )
-from .layernorm import affine, centred, column_dot, rowdot, scale, scale_backward
+from .layernorm import affine, centred, column_dot, gain_and_input_grads_, rowdot, scale
 
 GATES = KIND.num_gates
 
@@ -209,16 +209,17 @@ def backward(
     # dW_hh = centred(sum_t dv_t^T h_{t-1})
     grads = {"weight_hh": centred(prev_weight_grad(dv, h_prev))}
     grads["ln_weight_hh"] = column_dot(ds, cache.v_hat)  # dg_hh = sum_t sum_b ds_t v^_t
-    # du_t = rstd_u (du^ - u^_t mean(du^ u^_t)),  du^ = da_t g_ih
-    du = scale_backward(da * cache.ln_weight_ih, cache.u_hat)
-    du *= cache.u_rstd
-    dx, dw_ih = project_inputs_backward(du, cache.x, cache.w_ih, need_dx)  # dx_t = du_t W~_ih
-    grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum_t du_t^T x_t)
-    grads["ln_weight_ih"] = column_dot(da, cache.u_hat)  # dg_ih = sum_t sum_b da_t u^_t
     if cache.has_bias_ih:
         grads["bias_ih"] = da.sum(axis=(0, 1))           # db_ih = sum_t sum_b da_t
     if cache.has_bias_hh:
         grads["bias_hh"] = ds.sum(axis=(0, 1))           # db_hh = sum_t sum_b ds_t
+    # dg_ih = sum_t sum_b da_t u^_t
+    # du_t = rstd_u (du^ - u^_t mean(du^ u^_t)),  du^ = da_t g_ih
+    # (both made where dv was, spent by dW_hh; da becomes du^)
+    grads["ln_weight_ih"], du = gain_and_input_grads_(da, cache.u_hat, cache.u_rstd,
+                                                      cache.ln_weight_ih, dv)
+    dx, dw_ih = project_inputs_backward(du, cache.x, cache.w_ih, need_dx)  # dx_t = du_t W~_ih
+    grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum_t du_t^T x_t)
     return dx, dstate0, grads
 
 

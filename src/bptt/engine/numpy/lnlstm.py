@@ -75,7 +75,15 @@ from .common import (
     sigmoid_,
     upstream_array,
 )
-from .layernorm import affine, centred, column_dot, normalize, scale, scale_backward
+from .layernorm import (
+    affine,
+    centred,
+    column_dot,
+    gain_and_input_grads_,
+    normalize,
+    scale,
+    scale_backward,
+)
 
 GATES = KIND.num_gates
 
@@ -237,22 +245,23 @@ def backward(
     h_prev = cache.h_buf[:-1] * cache.v_rstd             # rstd_v h_{t-1}: dv_t = rstd_v * dv
     # dW_hh = centred(sum_t dv_t^T h_{t-1})
     grads = {"weight_hh": centred(prev_weight_grad(dv, h_prev))}
-    # du_t = rstd_u (du^ - u^_t mean(du^ u^_t)),  du^ = dz_t g_ih
-    du = scale_backward(dz * cache.ln_weight_ih, cache.u_hat)
-    du *= cache.u_rstd
-    dx, dw_ih = project_inputs_backward(du, cache.x, cache.w_ih, need_dx)  # dx_t = du_t W~_ih
-    grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum_t du_t^T x_t)
-    grads["ln_weight_ih"] = column_dot(dz, cache.u_hat)  # dg_ih = sum_t sum_b dz_t u^_t
-    grads["ln_weight_hh"] = column_dot(dz, cache.v_hat)  # dg_hh = sum_t sum_b dz_t v^_t
-    grads["ln_weight_c"] = column_dot(dk, cache.c_hat)  # dg_c = sum_t sum_b dk_t c^_t
-    if cache.has_ln_bias_c:
-        grads["ln_bias_c"] = dk.sum(axis=(0, 1))         # db_c = sum_t sum_b dk_t
     if cache.has_bias_ih or cache.has_bias_hh:
         db = dz.sum(axis=(0, 1))                         # db_ih = db_hh = sum_t sum_b dz_t
         if cache.has_bias_ih:
             grads["bias_ih"] = db
         if cache.has_bias_hh:
             grads["bias_hh"] = db.copy() if cache.has_bias_ih else db
+    grads["ln_weight_hh"] = column_dot(dz, cache.v_hat)  # dg_hh = sum_t sum_b dz_t v^_t
+    # dg_ih = sum_t sum_b dz_t u^_t
+    # du_t = rstd_u (du^ - u^_t mean(du^ u^_t)),  du^ = dz_t g_ih
+    # (both made where dv was, spent by dW_hh; dz becomes du^)
+    grads["ln_weight_ih"], du = gain_and_input_grads_(dz, cache.u_hat, cache.u_rstd,
+                                                      cache.ln_weight_ih, dv)
+    dx, dw_ih = project_inputs_backward(du, cache.x, cache.w_ih, need_dx)  # dx_t = du_t W~_ih
+    grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum_t du_t^T x_t)
+    grads["ln_weight_c"] = column_dot(dk, cache.c_hat)  # dg_c = sum_t sum_b dk_t c^_t
+    if cache.has_ln_bias_c:
+        grads["ln_bias_c"] = dk.sum(axis=(0, 1))         # db_c = sum_t sum_b dk_t
     return dx, dstate0, grads
 
 
