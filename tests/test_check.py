@@ -144,6 +144,20 @@ def test_rel_error_and_worst():
     assert format_table([row]).splitlines()[-1] == "1 rows, all under 1e-09"
 
 
+def test_a_parameter_is_measured_against_the_rows_largest_gradient_at_least():
+    from bptt.check.record import grads_error
+
+    ref = {"w": np.array([0.25, -0.5]), "gain": np.array([-2.2e-16])}   # a zero, rounded
+    assert grads_error({"w": ref["w"], "gain": np.zeros(1)}, ref) < 1e-9
+    assert rel_error(np.zeros(1), ref["gain"]) == 1.0                 # alone: all of it
+    small = {"w": ref["w"], "gain": np.array([3e-7])}                  # a small true gradient
+    assert grads_error({"w": ref["w"], "gain": np.array([3.3e-7])}, small) > 1e-3  # 10% off
+    assert grads_error({"w": ref["w"], "gain": np.array([3e-7 * (1 + 1e-12)])}, small) < 1e-9
+    # the 1x1 LN-LSTM: its cell norm over one unit is constant, its gain's gradient zero
+    row = check_against_torch("lnlstm", batch=1, steps=1, input_size=1, hidden_size=1)
+    assert row.ok, row
+
+
 def test_torch_engine_rows_are_included(monkeypatch):
     from bptt.check import rows, torch_engine
 
