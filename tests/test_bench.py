@@ -481,3 +481,12 @@ def test_bench_runs_our_engines_on_several_cells(tmp_path, capsys):
     assert "x rnn" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["bench", "--cell", "lstn"])
+
+
+def test_a_closed_worker_leaves_no_open_pipe():
+    from bptt.bench.worker import Worker
+
+    w = Worker(threads=1)
+    w.close()
+    assert w.proc.returncode is not None
+    assert w.proc.stdin.closed and w.proc.stdout.closed

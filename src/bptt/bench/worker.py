@@ -123,4 +123,8 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):   # else "unclosed file" warnings
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
         self._err.close()
