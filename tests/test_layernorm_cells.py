@@ -406,16 +406,42 @@ def test_sine_series_gradflow_and_check_take_the_cells(tmp_path, capsys):
     assert "lnlstm" in out and "lngru" in out and "FAIL" not in out
 
 
-def test_export_refuses_the_cells_in_one_line(tmp_path, capsys, hello_corpus):
+@pytest.mark.parametrize("cell", LN_CELLS)
+def test_torchscript_exports_the_cells_and_onnx_refuses_them_in_one_line(cell, tmp_path,
+                                                                         capsys):
+    """The loop path's step of each cell (gains and biases away from 1 and 0, so that a step
+    forgetting one differs), loaded by plain torch, equals the NumPy engine; ONNX, with no
+    operator for the cell, refuses it in one line and writes nothing."""
+    from bptt.data import Vocab
+    from bptt.export import torchscript
+
+    vocab = Vocab(list("abcdefgh ijk"))
+    spec = ModelSpec(cell=cell, input_size=len(vocab), hidden_size=6, output_size=len(vocab),
+                     num_layers=2)
+    params = init_params(spec, rng=0)
+    rng = np.random.default_rng(1)
+    for name in params:
+        if name.startswith("layernorm_"):
+            params[name] += rng.uniform(-0.5, 0.5, size=params[name].shape).astype(np.float32)
     run = tmp_path / "run"
-    rc, _, err = run_cli(capsys, "train", "--data", hello_corpus, "--out", run, "--cell",
-                         "lngru", "--epochs", "1", *TINY)
-    assert rc == 0, err
-    rc, _, err = run_cli(capsys, "export", run, "--format", "torchscript", "--out",
-                         tmp_path / "m.pt")
+    ck.save(ck.Checkpoint(spec=spec, params=params, vocab=vocab,
+                          text={"normalization": "none", "tokenization": "char"}),
+            run / "best.safetensors")
+    rc, out, err = run_cli(capsys, "export", run, "--format", "torchscript", "--out",
+                           tmp_path / "m.pt")
+    assert rc == 0 and "stack via loop" in out, err
+    x = rng.integers(0, len(vocab), size=(3, 9))
+    state = [(0.5 * rng.standard_normal((2, 3, 6))).astype(np.float32) for _ in spec.kind.state]
+    y, final = torchscript.run(str(tmp_path / "m.pt"), x, state)
+    engine = get_engine("numpy", spec)
+    ref, ref_final = engine.forward(params, x, spec.kind.from_parts(tuple(state)))
+    np.testing.assert_allclose(y, np.asarray(ref).reshape(y.shape), rtol=1e-4, atol=1e-5)
+    for a, b in zip(final, spec.kind.to_parts(ref_final), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    rc, _, err = run_cli(capsys, "export", run, "--format", "onnx", "--out", tmp_path / "m.onnx")
     lines = [line for line in err.splitlines() if line.strip()]
-    assert rc == 2 and len(lines) == 1 and "'lngru'" in lines[0], err
-    assert not (tmp_path / "m.pt").exists()
+    assert rc == 2 and len(lines) == 1 and f"'{cell}'" in lines[0], err
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_bench_runs_cells_side_by_side(tmp_path, capsys):
