@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -92,6 +93,28 @@ def test_max_vocab_keeps_the_most_frequent_unk_and_eos_included(make_corpus):
         load_corpus(path, "none", "word", eos=True, max_vocab=2)
     with pytest.raises(DataError, match="expected a vocabulary size of at least 3"):
         Vocab(["a"], reserved=["x", "y"], max_size=2)
+
+
+def test_no_eos_on_the_command_line_reads_the_words_without_line_ends(data_dir):
+    from bptt.cli import build_parser
+    from bptt.cli.train import config_from_args
+    from bptt.data import resolve_normalization
+    from bptt.lm.train import load_data
+
+    got = {}
+    for flags in ((), ("--no-eos",)):
+        args = build_parser().parse_args(["train", "--recipe", "zaremba-small", *flags])
+        cfg = config_from_args(args)
+        auto = resolve_normalization(cfg.normalization, cfg.data)      # as train resolves it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ids, _, vocab = load_data(replace(cfg, normalization=auto))
+        got[flags] = (cfg.eos, vocab, ids)
+    (eos, vocab, ids), (no_eos, vocab_no, ids_no) = got.values()
+    assert eos and not no_eos and EOS in vocab.token_to_idx and EOS not in vocab_no.token_to_idx
+    n_lines = len(read_text(resolve("timemachine")).splitlines())
+    ends = int((ids == vocab.token_to_idx[EOS]).sum())
+    assert ends == math.floor(0.8 * n_lines) == ids.size - ids_no.size   # one per train line
 
 
 def test_word_vocabulary_comes_from_the_training_tokens_alone(make_corpus):
@@ -344,6 +367,60 @@ def test_zaremba_recipes_in_our_loss_scale():
     assert own.val_data is None and own.min_freq == 0 and own.lr == 20.0
     assert {"114.5", "82.7", "78.4"} == {PAPER[n].split("perplexity ")[1].split()[0]
                                          for n in RECIPES if n in PAPER}
+
+
+@pytest.mark.parametrize("clip", [1.0, 1e3])
+def test_lr_t_and_clip_over_t_take_the_papers_steps_on_the_summed_loss(clip):
+    """Zaremba's SGD (lr 1, norm clip c, the loss summed over the T steps and averaged over the
+    B rows, torch.nn modules under autograd) and ours (lr T, clip c / T on the mean over T*B
+    tokens) move the weights alike, with the clip biting (c 1) and idle (c 1e3)."""
+    from bptt import optim, training
+
+    V, T, B = 11, 7, 3
+    spec = spec_for(V)
+    params = init_params(spec, "uniform", 0, "float64", scale=0.5)
+    rng = np.random.default_rng(1)
+    X, Y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    ours = {k: v.copy() for k, v in params.items()}
+    _, grads, _ = NumpyEngine(spec, dtype="float64").loss_and_grads(ours, X, Y, training=False)
+    before, _ = training.clip_and_step(optim.make_optimizer("sgd", lr=T), ours, grads, clip / T)
+
+    emb = torch.nn.Embedding(V, 6).double()
+    lstm = torch.nn.LSTM(6, 6, num_layers=2).double()
+    head = torch.nn.Linear(6, V).double()
+    modules = {"embedding.": emb, "": lstm, "head.": head}
+    for prefix, m in modules.items():
+        m.load_state_dict({k: torch.tensor(params[prefix + k]) for k, _ in m.named_parameters()})
+    out, _ = lstm(emb(torch.tensor(X.T)))                                   # (T, B, H)
+    targets = torch.tensor(Y.T.reshape(-1))                                 # (T*B,)
+    loss = torch.nn.functional.cross_entropy(head(out).reshape(T * B, V), targets,
+                                             reduction="sum") / B
+    loss.backward()
+    paper_norm = math.sqrt(sum(float((p.grad ** 2).sum())
+                               for m in modules.values() for p in m.parameters()))
+    assert (paper_norm > clip) == (clip == 1.0)                      # the clip bites, or not
+    assert paper_norm == pytest.approx(T * float(before), rel=1e-12)
+    scale = min(1.0, clip / paper_norm)          # the paper's rule: g * c / ||g|| past c
+    # clipping divides by the norm + 1e-6 (torch's rule, ours too): on our T times smaller
+    # norm that 1e-6 weighs T times more, a relative 7e-6 / ||g|| in the clipped step
+    rtol = 1e-10 if scale == 1.0 else 1e-5
+    for prefix, m in modules.items():
+        for k, p in m.named_parameters():
+            step = -1.0 * scale * p.grad.numpy()                        # SGD at lr 1
+            np.testing.assert_allclose(ours[prefix + k] - params[prefix + k], step, rtol=rtol,
+                                       atol=1e-14)
+
+
+def test_the_closing_line_names_the_best_validation_epoch_beside_the_last():
+    from bptt.cli.train import summary
+
+    overfit = [{"epoch": e, "perplexity": p, "val_perplexity": v, "tokens_per_s": 1000.0}
+               for e, p, v in ((1, 900.0, 650.0), (2, 300.0, 399.8), (3, 40.0, 1737.0))]
+    line = summary(overfit, "numpy")
+    assert line.startswith("perplexity 40.00, validation perplexity 1737.00 (epoch 3; "
+                           "best 399.80 at epoch 2)"), line
+    assert "validation" not in summary([{k: v for k, v in overfit[0].items()
+                                          if k != "val_perplexity"}], "numpy")
 
 
 # -- the whole job through the command line ----------------------------------------------------
