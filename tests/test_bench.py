@@ -454,6 +454,8 @@ def test_bench_quick_json_end_to_end(tmp_path, capsys):
     assert long["numpy"]["memory"]["torch_imported"] is False    # its own process, no torch
     assert long["numpy"]["memory_tracemalloc"]["peak_mb"] > 0
     assert {t["target"] for t in out["targets"]} == {t[-1] for t in bench.TARGETS}
+    assert all(t["value"] is not None for t in out["targets"]    # read on the config's cell
+               if t["config"] in ("lstm", "gru"))
     assert "torch.nn.RNN" in table and "targets:" in table
 
 
@@ -471,3 +473,30 @@ def test_gemm_shapes_and_rates_are_sane():
     assert shapes["weight grad (H,TB)x(TB,H)"] == (cfg.hidden, cfg.tokens, cfg.hidden)
     rates = bench.gemm_rates(cfg, with_torch=False, min_seconds=0.001)
     assert all(r["numpy_fp32"] > 0 for r in rates.values())
+
+
+def test_bench_runs_our_engines_on_several_cells(tmp_path, capsys):
+    """--cell: one row per engine and cell, each with its speed over the first cell's; the
+    references stay the book's RNN, and the targets read the engines' rnn rows."""
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--configs", "small", "--subjects", "numpy,torch.nn.RNN",
+                 "--parts", "train", "--cell", "rnn,gru", "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    rows = out["results"]["small"]
+    assert set(rows) == {"numpy rnn", "numpy gru", "torch.nn.RNN"}
+    assert (rows["numpy gru"]["subject"], rows["numpy gru"]["cell"]) == ("numpy", "gru")
+    assert rows["numpy gru"]["train"]["paired_ratio_to_first_cell"] > 0
+    assert "paired_ratio_to_first_cell" not in rows["numpy rnn"]["train"]
+    assert out["settings"]["cells"] == ["rnn", "gru"]
+    assert "x rnn" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bench", "--cell", "lstn"])
+
+
+def test_a_closed_worker_leaves_no_open_pipe():
+    from bptt.bench.worker import Worker
+
+    w = Worker(threads=1)
+    w.close()
+    assert w.proc.returncode is not None
+    assert w.proc.stdin.closed and w.proc.stdout.closed

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .cells import CELLS, NONLINEARITIES, CellKind, get_cell
+from .cells import CELLS, NONLINEARITIES, CellKind, CellParam, get_cell, layer_suffix
 
 TASKS = ("lm", "regression")
 INITS = ("torch", "d2l", "uniform")
@@ -40,7 +40,7 @@ EMBEDDING = "embedding.weight"
 class ModelSpec:
     """Everything that fixes the parameter shapes and the computation."""
 
-    cell: str = "rnn"             # a name of bptt.cells.CELLS: rnn | lstm | gru
+    cell: str = "rnn"             # a name of bptt.cells.CELLS: rnn | lstm | gru | ...
     input_size: int = 28          # vocabulary size (lm) or features per step (regression)
     hidden_size: int = 512        # the book's 512 hidden units
     output_size: int = 28         # vocabulary size (lm) or predicted values per step
@@ -168,8 +168,10 @@ class ModelSpec:
 
 
 def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every parameter's shape: the embedding (when there is one), the stack in torch's order,
-    then the head (``head.weight`` only when it is not tied to the embedding).
+    """Every parameter's shape: the embedding (when there is one), the stack in torch's order
+    (per layer and direction the four of torch.nn.RNN, the cell's own ``CellKind.params``, and
+    ``weight_hr`` with a projection), then the head (``head.weight`` only when it is not tied to
+    the embedding).
 
     With ``proj_size`` P > 0 (torch.nn.LSTM's names and shapes): ``weight_hh`` is (4H, P),
     ``weight_hr`` (P, H) follows the biases, and the next layer and the head read D*P features.
@@ -190,22 +192,38 @@ def stack_shapes(kind: CellKind, input_size: int, hidden_size: int, num_layers: 
                  proj_size: int = 0) -> dict[str, tuple[int, ...]]:
     """The recurrent stack's parameters as torch.nn.RNN/LSTM/GRU name and order them (without a
     head): per layer and direction ``weight_ih`` (G*H, in), ``weight_hh`` (G*H, S), the biases
-    (G*H,), then ``weight_hr`` (P, H) with a projection; S = P or H, in = I or D*S."""
+    (G*H,), the cell's own ``CellKind.params`` (blocks*H,), then ``weight_hr`` (P, H) with a
+    projection; S = P or H, in = I or D*S."""
     G, H, D = kind.num_gates, hidden_size, 2 if bidirectional else 1
     S = proj_size or hidden_size
     shapes: dict[str, tuple[int, ...]] = {}
     for layer in range(num_layers):
         in_size = input_size if layer == 0 else D * S
         for d in range(D):
-            s = f"_l{layer}" + ("_reverse" if d else "")
+            s = layer_suffix(layer, d)
             shapes[f"weight_ih{s}"] = (G * H, in_size)
             shapes[f"weight_hh{s}"] = (G * H, S)
             if bias:
                 shapes[f"bias_ih{s}"] = (G * H,)
                 shapes[f"bias_hh{s}"] = (G * H,)
+            for name, p in _cell_params(kind, bias, s):
+                shapes[name] = (p.blocks * H,)
             if proj_size:
                 shapes[f"weight_hr{s}"] = (proj_size, H)
     return shapes
+
+
+def _cell_params(kind: CellKind, bias: bool, suffix: str) -> list[tuple[str, CellParam]]:
+    """The cell's own parameters of one layer and direction, by name (biases only with bias)."""
+    return [(p.param_name(suffix), p) for p in kind.params if bias or not p.bias]
+
+
+def param_fills(spec: ModelSpec) -> dict[str, float]:
+    """The parameters the cell declares itself (``CellKind.params``: a layer norm's gains and
+    biases), by name, with the value every initialisation gives them."""
+    return {name: p.fill
+            for layer in range(spec.num_layers) for d in range(spec.directions)
+            for name, p in _cell_params(spec.kind, spec.bias, layer_suffix(layer, d))}
 
 
 def init_params(
@@ -223,6 +241,9 @@ def init_params(
     ``d2l``: the book's N(0, 0.01^2) weights and zero biases.
     ``uniform``: every parameter, biases included, U(-scale, scale) (Zaremba et al. 2014: 0.1
     for the small model, 0.05 medium, 0.04 large).
+    Whatever the init, a parameter of the cell's own (``CellKind.params``: a layer norm's gain or
+    bias) starts at its ``fill`` and draws nothing, so the other parameters' draws do not depend
+    on it.
     """
     if init not in INITS:
         raise ValueError(f"expected init one of {INITS}, got {init!r}")
@@ -230,9 +251,12 @@ def init_params(
         raise ValueError(f"expected scale > 0 and finite, got {scale!r}")
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     dtype = np.dtype(dtype)
+    fills = param_fills(spec)
     params = {}
     for name, shape in param_shapes(spec).items():
-        if init == "uniform":
+        if name in fills:
+            value = np.full(shape, fills[name])
+        elif init == "uniform":
             value = rng.uniform(-scale, scale, size=shape)
         elif init == "torch" and name == EMBEDDING:
             value = rng.standard_normal(size=shape)

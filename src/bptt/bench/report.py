@@ -40,10 +40,21 @@ TARGETS = (
 )
 
 
+def _row(results: dict, subject: str, cell: str = "rnn") -> dict:
+    """The results of ``subject`` running ``cell`` (a row may carry its subject and cell)."""
+    for name, r in results.items():
+        if r.get("subject", name) == subject and r.get("cell", "rnn") == cell:
+            return r
+    return {}
+
+
 def evaluate_targets(out: dict) -> list[dict]:
+    """Every target on its row of the configuration's cell (the book's: the RNN; n/a when the
+    run measured other cells)."""
     rows = []
     for cfg, subject, part, key, cmp, threshold, text in TARGETS:
-        value = out["results"].get(cfg, {}).get(subject, {}).get(part, {}).get(key)
+        cell = out.get("configs", {}).get(cfg, {}).get("cell", "rnn")
+        value = _row(out["results"].get(cfg, {}), subject, cell).get(part, {}).get(key)
         met = None if value is None else (value >= threshold if cmp == ">=" else
                                           value <= threshold)
         rows.append({"target": text, "config": cfg, "subject": subject, "part": part,
@@ -65,32 +76,43 @@ def format_table(out: dict) -> str:
                  f"{out['settings']['worker_threads']} thread(s) per worker; "
                  f"medians of {out['settings']['repeats']} interleaved rounds; load average "
                  f"{m.get('loadavg_before')} before, {m.get('loadavg_after')} after")
-    head = (f"{'subject':<15} {'train tok/s':>12} {'x torch.nn':>10} {'gen char/s':>11} "
-            f"{'x torch.nn':>10} {'x book':>7} {'peak MiB':>9} {'x book':>7}")
+    cells = tuple(out["settings"].get("cells", ("rnn",)))
+    width = max([15, *(len(s) for rows in out["results"].values() for s in rows)])
+    first = f"x {cells[0]}" if len(cells) > 1 else ""
+    head = (f"{'subject':<{width}} {'train tok/s':>12} {'x torch.nn':>10} {first:>{len(first)}}"
+            f"{' ' if first else ''}{'gen char/s':>11} {'x torch.nn':>10} {'x book':>7} "
+            f"{'peak MiB':>9} {'x book':>7}")
     for name, cfg in out["configs"].items():
         lines.append("")
+        engines = cells if cfg["cell"] == "rnn" else (cfg["cell"],)
         lines.append(f"{name}: {cfg['cell']} V={cfg['vocab']} H={cfg['hidden']} "
                      f"L={cfg['layers']} B={cfg['batch']} T={cfg['steps']}  {cfg['note']}; "
-                     f"x torch.nn: the ratio to torch.nn.{get_cell(cfg['cell']).torch_name}")
+                     f"our engines run {', '.join(engines)}; x torch.nn: the ratio to "
+                     f"torch.nn.{get_cell(cfg['cell']).torch_name}")
         lines.append(head)
         for s, r in out["results"][name].items():
             t, g, mem = r.get("train", {}), r.get("generate", {}), r.get("memory", {})
             peak = _fmt(mem.get("peak_mb"), ".1f")
             if "memory_tracemalloc" in r and r["memory_tracemalloc"].get("peak_mb") is not None:
                 peak += f" ({r['memory_tracemalloc']['peak_mb']:.1f}t)"
+            by_cell = (f"{_fmt(t.get('paired_ratio_to_first_cell'), '.2f'):>{len(first)}} "
+                       if first else "")
             lines.append(
-                f"{s:<15} {_fmt(t.get('tokens_per_s')):>12} "
-                f"{_fmt(t.get('ratio_to_reference'), '.2f'):>10} "
+                f"{s:<{width}} {_fmt(t.get('tokens_per_s')):>12} "
+                f"{_fmt(t.get('ratio_to_reference'), '.2f'):>10} {by_cell}"
                 f"{_fmt(g.get('chars_per_s')):>11} {_fmt(g.get('ratio_to_reference'), '.2f'):>10} "
                 f"{_fmt(g.get('ratio_to_book'), '.1f'):>7} {peak:>9} "
                 f"{_fmt(mem.get('ratio_to_book'), '.2f'):>7}")
             errors = {p: r[p]["error"] for p in ("train", "generate", "memory")
                       if r.get(p, {}).get("error")}
             for p, e in errors.items():
-                lines.append(f"{'':<15} {p}: {e}")
+                lines.append(f"{'':<{width}} {p}: {e}")
     lines.append("")
     lines.append("peak MiB: resident growth over the post-setup baseline (fresh process); "
                  "(..t): NumPy's tracemalloc peak")
+    if first:
+        lines.append(f"{first}: training tokens/s over the same engine's with {cells[0]}, the "
+                     "median of the rounds' paired ratios")
     lines.append("targets:")
     for t in out.get("targets", []):
         state = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..cells import CELLS, RNN, get_cell
+from ..cells import CELL_NAMES, CELLS, RNN, get_cell
 
 ENGINE_SUBJECTS = ("numpy", "torch", "torch-autograd", "torch-builtin")
 REFERENCE = "torch.nn.RNN"
@@ -20,6 +20,7 @@ SUBJECTS = ("numpy", "torch", "torch-bf16", "torch-autograd", "torch-builtin", *
             BOOK)
 PARTS = ("train", "generate", "memory")
 RNN_ONLY = ("torch-bf16", BOOK)     # bfloat16 products and the book's loop: the Elman RNN's
+ONE_ROW = (*MODULE_SUBJECTS, BOOK)   # one row each, on the configuration's cell
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class BenchSettings:
     seed: int = 0
     memory_configs: tuple[str, ...] | None = None   # None: every configuration
     threads: int | None = None       # torch and BLAS threads per worker; None: every core
+    cells: tuple[str, ...] = ("rnn",)  # the cells our engines run (bptt.cells); the references
+                                       # (torch.nn.RNN, book) are the book's RNN whatever these
 
     @classmethod
     def quick_settings(cls, **kw) -> BenchSettings:
@@ -99,6 +102,30 @@ class BenchSettings:
                     memory_steps=1, pause=0.0, memory_configs=("long",), threads=1)
         base.update(kw)
         return cls(**base)
+
+    def engine_cells(self, cfg: BenchConfig) -> tuple[str, ...]:
+        """The cells our engines run in ``cfg``: ``cells`` in the book's RNN configurations,
+        the configuration's own cell in the others (lstm, gru)."""
+        return self.cells if get_cell(cfg.cell) is RNN else (cfg.cell,)
+
+    def rows(self, cfg: BenchConfig) -> list[tuple[str, str, str]]:
+        """The table's rows of ``cfg`` as (row name, subject, cell), for the subjects that take
+        it: every subject of our engines once per engine cell (named ``"numpy lstm"`` when there
+        are several, else by the subject alone), each module and the book once, on the
+        configuration's cell."""
+        for c in self.cells:
+            if c not in CELL_NAMES:
+                raise ValueError(f"expected cells among {', '.join(CELL_NAMES)}, got {c!r}")
+        cells = self.engine_cells(cfg)
+        out = []
+        for s in self.subjects:
+            if not cfg.takes(s):
+                continue
+            if s in ONE_ROW:
+                out.append((s, s, cfg.cell))
+            else:
+                out += [(s if len(cells) == 1 else f"{s} {c}", s, c) for c in cells]
+        return out
 
     def config(self, name: str) -> BenchConfig:
         table = QUICK_CONFIGS if self.quick else CONFIGS

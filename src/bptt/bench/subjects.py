@@ -1,6 +1,7 @@
 """The subjects of ``bptt bench``, all a language model of the configuration's cell and layers
 (the book's: one tanh RNN layer), a linear head, softmax cross-entropy, SGD with the gradient
-norm clipped at 1:
+norm clipped at 1 (our engines may run another cell of the registry in the book's
+configurations: ``--cell``):
 
   EngineSubject    one of our engines, through the library code ``bptt train`` uses
   ModuleSubject    a recurrent torch.nn.Module + torch.nn.Linear on one-hot inputs,
@@ -46,7 +47,8 @@ def set_torch_threads() -> None:
 class EngineSubject:
     """One of our engines, trained and sampled through the library code ``bptt train`` uses."""
 
-    def __init__(self, engine: str, cfg: BenchConfig, seed: int = 0, precision: str = "fp32"):
+    def __init__(self, engine: str, cfg: BenchConfig, seed: int = 0, precision: str = "fp32",
+                 cell: str = "rnn"):
         from .. import optim
         from ..engine import get_engine
         from ..model import ModelSpec, init_params
@@ -54,7 +56,7 @@ class EngineSubject:
         if engine != "numpy":
             set_torch_threads()
         self.name, self.cfg = engine, cfg
-        self.spec = ModelSpec(cell=cfg.cell, input_size=cfg.vocab, hidden_size=cfg.hidden,
+        self.spec = ModelSpec(cell=cell, input_size=cfg.vocab, hidden_size=cfg.hidden,
                               output_size=cfg.vocab, num_layers=cfg.layers, task="lm")
         self.engine = get_engine(engine, self.spec, device="cpu", precision=precision)
         self.params = self.engine.from_numpy(init_params(self.spec, "torch", rng=seed))
@@ -226,11 +228,12 @@ class BookSubject:
         return "".join(vocab.idx_to_token[i] for i in outputs)
 
 
-def make_subject(name: str, cfg: BenchConfig, seed: int = 0):
+def make_subject(name: str, cfg: BenchConfig, seed: int = 0, cell: str = "rnn"):
+    """A subject by name; ``cell`` is the cell our engines run (a module runs its own)."""
     if name in ENGINE_SUBJECTS:
-        return EngineSubject(name, cfg, seed)
+        return EngineSubject(name, cfg, seed, cell=cell)
     if name == "torch-bf16":
-        return EngineSubject("torch", cfg, seed, precision="bf16")
+        return EngineSubject("torch", cfg, seed, precision="bf16", cell=cell)
     if name in MODULE_SUBJECTS:
         return ModuleSubject(cfg, name.rsplit(".", 1)[0], seed)
     if name == BOOK:

@@ -3,7 +3,7 @@
 The parent starts ``python -m bptt.bench --worker`` (:class:`Worker`) and sends it JSON requests,
 one a line on its stdin; :func:`worker_main` answers each with one JSON line on its stdout:
 
-  {"op": "setup", "subject", "config", "seed", "warmup", "warmup_tiny"}
+  {"op": "setup", "subject", "cell", "config", "seed", "warmup", "warmup_tiny"}
       -> {"ok": true, "step_s"}         build the subject (after ``warmup`` steps: one timed step)
   {"op": "train", "n"}                  -> {"seconds", "loss"}
   {"op": "generate", "n"}               -> {"seconds", "text"}
@@ -52,10 +52,11 @@ def worker_main() -> int:
                 cfg = BenchConfig(**msg["config"])
                 subject = None
                 gc.collect()
+                cell = msg.get("cell", "rnn")
                 if msg.get("warmup_tiny"):                    # lazy library initialisation
-                    make_subject(msg["subject"], _tiny(cfg), msg.get("seed", 0)).train(2)
+                    make_subject(msg["subject"], _tiny(cfg), msg.get("seed", 0), cell).train(2)
                     gc.collect()
-                subject = make_subject(msg["subject"], cfg, msg.get("seed", 0))
+                subject = make_subject(msg["subject"], cfg, msg.get("seed", 0), cell)
                 reply = {"ok": True}
                 if msg.get("warmup", 0):
                     subject.train(msg["warmup"])
@@ -122,7 +123,8 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):    # else: unclosed-file warnings
+        for pipe in (self.proc.stdin, self.proc.stdout):   # else "unclosed file" warnings
             if pipe is not None:
-                pipe.close()
+                with contextlib.suppress(OSError):
+                    pipe.close()
         self._err.close()

@@ -69,6 +69,21 @@ def draws(cell, batch, steps, input_size, hidden_size, num_layers, bidirectional
     }
 
 
+def reference_params(spec, seed: int) -> dict:
+    """A configuration's float64 recurrent parameters (no head): torch's initialisation from
+    ``seed``, with the cell's own parameters (``CellKind.params``, a layer norm's gains and
+    biases) moved off their initial values by U(-0.5, 0.5): at a gain of exactly 1 and a bias
+    of 0 a backward that forgot either would still pass."""
+    from ..model import init_params, param_fills
+
+    params = {k: v for k, v in init_params(spec, "torch", seed, "float64").items()
+              if not k.startswith("head.")}
+    rng = np.random.default_rng([seed, 7])
+    for name in param_fills(spec):
+        params[name] += rng.uniform(-0.5, 0.5, size=params[name].shape)
+    return params
+
+
 def ours(cell, params, d, with_h0, num_layers, bidirectional, nonlinearity, truncate,
          engine: str = "numpy"):
     """Our forward and hand-written backward on ``engine``; returns (out, h_n, dx, dstate0,

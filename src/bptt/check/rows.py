@@ -14,7 +14,7 @@ from ..cells import CELL_NAMES, CELLS, get_cell
 from ..errors import has_module
 from .model import model_rows, run_model_config
 from .record import CheckRow
-from .references import check_against_torch, check_finite_differences
+from .references import check_against_torch, check_finite_differences, has_torch_reference
 
 
 def _rnn_grid(cell: str) -> list[dict]:
@@ -127,8 +127,9 @@ def default_table(quick: bool = False) -> list[dict]:
 
     Each dict has ``method`` ("torch" or "fd"), ``cell`` and the keyword arguments of
     :func:`check_against_torch` or :func:`check_finite_differences`, for every registered cell
-    in the registry's order; "torch" rows only for a cell that torch.nn has. "torch" rows need
-    torch installed, "fd" rows do not. Rows of the torch engine come from
+    in the registry's order; "torch" rows only for a cell with a torch reference (torch.nn's
+    class, or the autograd step of the unrolled loop). "torch" rows need torch installed, "fd"
+    rows do not. Rows of the torch engine come from
     :func:`bptt.check.torch_engine.rows`, not from here.
     """
     table: list[dict] = []
@@ -137,7 +138,8 @@ def default_table(quick: bool = False) -> list[dict]:
         if kind.projects:
             rows += _projection_rows(kind.name, quick)
         rows += model_rows(kind.name, quick)
-        table += [r for r in rows if r["method"] != "torch" or kind.torch_name is not None]
+        referenced = has_torch_reference(kind)
+        table += [r for r in rows if r["method"] != "torch" or referenced]
     return table
 
 

@@ -10,7 +10,8 @@ from .argtypes import RawHelpFormatter, add_number
 EPILOG = """\
 subjects (rows):
   numpy, torch, torch-autograd, torch-builtin   our engines (torch-bf16: the torch engine with
-                                                --precision bf16)
+                                                --precision bf16), running the --cell(s)
+                                                ("numpy lstm": one row per engine and cell)
   torch.nn.RNN   reference: torch.nn.RNN + torch.nn.Linear, torch.optim.SGD, clip_grad_norm_;
                  generation steps one character at a time under torch.no_grad()
   book           reference: the book's from-scratch model (unrolled loop, one-hot torch.mm,
@@ -21,7 +22,10 @@ columns:
   gen char/s     characters per second of greedy generation at batch 1
   peak MiB       resident-memory growth of a few training steps over the post-setup baseline,
                  each in a fresh process; (..t) = NumPy's tracemalloc peak
-  x nn.RNN, x book   ratios of medians measured in the same run
+  x nn.RNN, x book   ratios of medians measured in the same run (the references are the
+                     book's tanh RNN whatever --cell says)
+  x CELL         with several --cell: training tokens/s over the same engine's with the first
+                 cell, the median of the rounds' paired ratios
 
 Every subject runs in its own worker process; the timed blocks go round-robin over the
 subjects, repeated, and the median is reported: compare ratios, not absolute numbers, on a
@@ -43,6 +47,7 @@ def _names(choices):
 
 def register(sub) -> None:
     from ..bench.settings import CONFIGS, PARTS, SUBJECTS
+    from ..cells import CELL_NAMES
 
     p = sub.add_parser(
         "bench", help="measure training and generation speed and memory of every engine",
@@ -59,6 +64,10 @@ def register(sub) -> None:
                    help=f"comma-separated, among {','.join(SUBJECTS)} (default: all)")
     p.add_argument("--parts", type=_names(PARTS), default=PARTS,
                    help="comma-separated, among train,generate,memory (default: all)")
+    p.add_argument("--cell", dest="cells", type=_names(CELL_NAMES), default=("rnn",),
+                   help=f"the cells our engines run, comma-separated, among "
+                   f"{','.join(CELL_NAMES)} (default: rnn, the book's model); with several, "
+                   "one row per engine and cell, and each row's speed over the first cell's")
     add_number(p, "--repeats", COUNT, default=None,
                help="interleaved rounds (default: 7; quick: 3)")
     add_number(p, "--seconds", POSITIVE, default=None,
@@ -78,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.settings import BenchSettings
     from ..errors import MissingExtra, has_module
 
-    kw = {"configs": args.configs, "subjects": args.subjects, "parts": args.parts}
+    kw = {"configs": args.configs, "subjects": args.subjects, "parts": args.parts,
+          "cells": args.cells}
     for name in ("repeats", "seconds", "gen_chars", "threads"):
         value = getattr(args, name)
         if value is not None:               # checked where parsed (argtypes)

@@ -24,8 +24,9 @@ columns:
             torch (the same BPTT on torch tensors, the torch engine's StackFunction)
   method    the reference: torch = torch.nn.RNN/LSTM/GRU in float64 differentiated by autograd
             (with truncation: recomputed from the state k+1 steps back, detached);
-            fd = central finite differences (L(v+eps) - L(v-eps)) / 2eps, eps = 1e-6, for
-            every parameter, input and initial-state entry;
+            fd = central finite differences D(eps) = (L(v+eps) - L(v-eps)) / 2eps, eps =
+            1e-6, with one Richardson step (4 D(eps/2) - D(eps)) / 3, for every parameter,
+            input and initial-state entry;
             gradcheck = torch.autograd.gradcheck on the torch engine's autograd.Function
   nonlin    tanh or relu for the rnn cell, - for lstm and gru
   B T I H   batch, time steps, input size (a model row: the vocabulary V), hidden size

@@ -1,12 +1,13 @@
 """How a stack of recurrent layers is laid out, shared by every engine.
 
 torch's conventions: parameters ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
-``bias_hh_l{k}`` (and ``weight_hr_l{k}``, the LSTM's projection) with suffix ``_reverse`` for the
-backward direction; stacked states (L*D, B, S) indexed ``l * D + d``, S the size of each state
-part (:func:`state_sizes`: H, or P for a projected h). Inside the engines a state is a tuple
-of parts, one per state part of the cell (``(h,)`` or ``(h, c)``, :mod:`bptt.cells`). Nothing
-here reads more of an array than its shape (:func:`sum_biases` adds two vectors with ``+``), so
-the same code serves NumPy arrays and torch tensors.
+``bias_hh_l{k}`` with suffix ``_reverse`` for the backward direction, then a cell's own
+(``CellKind.params``, e.g. ``layernorm_ih_l{k}.weight``) and ``weight_hr_l{k}`` (the LSTM's
+projection); stacked states (L*D, B, S) indexed ``l * D + d``, S the size of each state part
+(:func:`state_sizes`: H, or P for a projected h). Inside the engines a state is a tuple of
+parts, one per state part of the cell (``(h,)`` or ``(h, c)``, :mod:`bptt.cells`). Nothing here
+reads more of an array than its shape (:func:`sum_biases` adds two vectors with ``+``), so the
+same code serves NumPy arrays and torch tensors.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from ..cells import CellKind, get_cell
+from ..cells import CellKind, get_cell, layer_suffix
 
 _MODULES: dict[tuple[str, str], ModuleType] = {}
 
@@ -34,13 +35,14 @@ def cell_module(package: str, cell: str | CellKind) -> ModuleType:
 
 
 def suffix(layer: int, direction: int) -> str:
-    return f"_l{layer}" + ("_reverse" if direction else "")
+    return layer_suffix(layer, direction)
 
 
 def param_names(num_layers: int, bidirectional: bool, bias: bool,
-                projection: bool = False) -> list[str]:
-    """torch's parameter names, in torch's order (``weight_hr`` last in each (layer,
-    direction) when the cell projects its output, as torch.nn.LSTM(proj_size > 0))."""
+                kind: CellKind | None = None, projection: bool = False) -> list[str]:
+    """torch's parameter names, in torch's order (``bptt.model.param_shapes``): per layer and
+    direction the four of torch.nn.RNN, then ``kind``'s own (``CellKind.params``), then
+    ``weight_hr`` when the cell projects its output (torch.nn.LSTM(proj_size > 0))."""
     names = []
     for layer in range(num_layers):
         for d in range(2 if bidirectional else 1):
@@ -48,25 +50,31 @@ def param_names(num_layers: int, bidirectional: bool, bias: bool,
             names += [f"weight_ih{s}", f"weight_hh{s}"]
             if bias:
                 names += [f"bias_ih{s}", f"bias_hh{s}"]
+            if kind is not None:
+                names += [p.param_name(s) for p in kind.params if bias or not p.bias]
             if projection:
                 names.append(f"weight_hr{s}")
     return names
 
 
-def layer_params(params: dict, layer: int, direction: int) -> dict:
-    """One (layer, direction)'s weights under the cell's argument names; ``weight_hr`` only
-    when the parameters have it (a projected LSTM), so other cells never see it."""
+def layer_params(params: dict, layer: int, direction: int, kind: CellKind | None = None) -> dict:
+    """One (layer, direction)'s weights under the cell's argument names: the four of
+    torch.nn.RNN (biases None when absent), then ``kind``'s own by their keys; ``weight_hr``
+    only when the parameters have it (a projected LSTM), so other cells never see it."""
     s = suffix(layer, direction)
-    p = {
+    out = {
         "weight_ih": params[f"weight_ih{s}"],
         "weight_hh": params[f"weight_hh{s}"],
         "bias_ih": params.get(f"bias_ih{s}"),
         "bias_hh": params.get(f"bias_hh{s}"),
     }
+    if kind is not None:
+        for p in kind.params:
+            out[p.key] = params.get(p.param_name(s))
     hr = params.get(f"weight_hr{s}")
     if hr is not None:
-        p["weight_hr"] = hr
-    return p
+        out["weight_hr"] = hr
+    return out
 
 
 def state_sizes(kind: CellKind, params: dict) -> tuple[int, ...]:
@@ -78,37 +86,38 @@ def state_sizes(kind: CellKind, params: dict) -> tuple[int, ...]:
     return (w.shape[1], *(H,) * (kind.num_state_parts - 1))
 
 
-def layer_keys(num_layers: int) -> list[tuple[str, str, str, str, str]]:
+def layer_keys(num_layers: int, kind: CellKind | None = None) -> list[tuple]:
     """The parameter names of each layer's forward direction, in the order of a cell's
-    arguments: ``(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)`` (biases and the
-    projection may be absent)."""
-    return [tuple(f"{k}{suffix(layer, 0)}" for k in ("weight_ih", "weight_hh", "bias_ih",
-                                                     "bias_hh", "weight_hr"))
-            for layer in range(num_layers)]
-
-
-def _step_args(params: dict, keys: tuple) -> tuple[tuple, dict]:
-    """A layer's weights as a cell ``step``'s arguments: the four positional ones, and
-    ``weight_hr`` as a keyword when the layer has it."""
-    w_ih, w_hh, b_ih, b_hh, w_hr = keys
-    hr = params.get(w_hr)
-    return ((params[w_ih], params[w_hh], params.get(b_ih), params.get(b_hh)),
-            {} if hr is None else {"weight_hr": hr})
+    arguments: ``(weight_ih, weight_hh, bias_ih, bias_hh, own)`` (biases may be absent), ``own``
+    the pairs (keyword, name) of ``kind``'s own parameters, and ``weight_hr`` for a cell that
+    projects (None, and so the keyword's default, when the layer has no projection)."""
+    keys = []
+    for layer in range(num_layers):
+        s = suffix(layer, 0)
+        own = tuple((p.key, p.param_name(s)) for p in kind.params) if kind is not None else ()
+        if kind is not None and kind.projects:
+            own += (("weight_hr", f"weight_hr{s}"),)
+        keys.append((*(f"{k}{s}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")),
+                     own))
+    return keys
 
 
 def step_layers(step, options: dict, params: dict, keys: list, x, parts: tuple, stack):
     """One time step through every layer of a unidirectional stack (generation): the cell's
     ``step`` per layer, layer l + 1 reading layer l's h_t. ``parts`` are the stacked state
     parts (L, B, S); returns the top layer's h_t (B, S) and the new parts (L, B, S), stacked
-    by ``stack`` (one layer: a view of the step's own arrays)."""
+    by ``stack`` (one layer: a view of the step's own arrays). ``keys`` from
+    :func:`layer_keys`."""
     if len(keys) == 1:                                   # one layer (the book's model)
-        args, kw = _step_args(params, keys[0])
-        new = step(x, tuple([p[0] for p in parts]), *args, **kw, **options)
+        (w_ih, w_hh, b_ih, b_hh, own), = keys
+        new = step(x, tuple([p[0] for p in parts]), params[w_ih], params[w_hh],
+                   params.get(b_ih), params.get(b_hh),
+                   **{k: params.get(n) for k, n in own}, **options)
         return new[0], tuple([s[None] for s in new])
     inp, finals = x, []
-    for k, prev in zip(keys, zip(*parts, strict=True), strict=True):
-        args, kw = _step_args(params, k)
-        new = step(inp, prev, *args, **kw, **options)
+    for (w_ih, w_hh, b_ih, b_hh, own), prev in zip(keys, zip(*parts, strict=True), strict=True):
+        new = step(inp, prev, params[w_ih], params[w_hh], params.get(b_ih), params.get(b_hh),
+                   **{k: params.get(n) for k, n in own}, **options)
         inp = new[0]                                     # h_t, the next layer's input
         finals.append(new)
     return inp, tuple(map(stack, zip(*finals, strict=True)))  # part by part, (L, B, S)
@@ -194,6 +203,24 @@ def check_gate_weights(kind: CellKind | str, weight_ih, weight_hh, bias_ih, bias
         if b is not None and tuple(b.shape) != (gates * H,):
             raise ValueError(f"expected {name} of shape ({gates * H},), got {tuple(b.shape)}")
     return H
+
+
+def check_own_params(kind: CellKind, H: int, given: dict) -> None:
+    """Validate a cell's own parameters (``CellKind.params``), given by their keywords: each a
+    vector of ``blocks * H`` values; only a bias may be None (absent).
+
+    Arrays or tensors alike: only shapes are read.
+    """
+    for p in kind.params:
+        value = given.get(p.key)
+        if value is None:
+            if p.bias:
+                continue
+            raise ValueError(f"expected {p.key} of shape ({p.blocks * H},) for the "
+                             f"{kind.title}, got None")
+        if tuple(value.shape) != (p.blocks * H,):
+            raise ValueError(f"expected {p.key} of shape ({p.blocks * H},), got "
+                             f"{tuple(value.shape)}")
 
 
 def sum_biases(*biases):

@@ -79,7 +79,7 @@ def forward(ops: ArrayOps, mod: ModuleType, kind: CellKind, params: dict, x, par
         for d in range(D):
             seq = ops.flip(layer_in, batch_sizes) if d else layer_in
             hs, state_n, c = mod.forward(seq, split_state(parts, layer * D + d),
-                                         **layer_params(params, layer, d), **options)
+                                         **layer_params(params, layer, d, kind), **options)
             outs.append(ops.flip(hs, batch_sizes) if d else hs)
             caches.append(c)
             finals.append(state_n)
@@ -128,7 +128,7 @@ def backward(ops: ArrayOps, mod: ModuleType, dout, dparts_n: tuple | None, cache
                 d_in = dx if d_in is None else d_in + dx
             s = suffix(layer, d)
             for k, v in g.items():
-                grads[f"{k}{s}"] = v
+                grads[cache.kind.param_name(k, s)] = v
         d_layer_out = d_in
     dparts0 = tuple(ops.stack([s[p] for s in dstate0]) for p in range(cache.kind.num_state_parts))
     dx = None if cache.token_input or not need_dx else d_layer_out

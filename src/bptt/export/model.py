@@ -18,16 +18,15 @@ Inputs ``tokens`` (or ``inputs``) and one ``<part>0`` per state part; outputs ``
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..cells import CellKind, get_cell
+from ..engine import layout
 from ..model import ModelSpec
 
 FORMAT, VERSION = "bptt.export", 1
-_LAYER_NAME = re.compile(r"^(?P<base>[^.]+)_l(?P<layer>\d+)(?P<reverse>_reverse)?$")
 
 
 def _version() -> str:
@@ -97,14 +96,11 @@ class Exportable:
         return self.params.get("head.weight", self.params.get("embedding.weight"))
 
     def layer_params(self, layer: int, direction: int) -> dict[str, np.ndarray]:
-        """The parameters of one layer and direction without their suffix: ``weight_ih``,
-        ``weight_hh``, ``bias_ih``, ``bias_hh`` (and whatever else a cell names ``<x>_l{k}``)."""
-        out = {}
-        for name, value in self.params.items():
-            m = _LAYER_NAME.match(name)
-            if m and int(m["layer"]) == layer and bool(m["reverse"]) == bool(direction):
-                out[m["base"]] = value
-        return out
+        """The parameters of one layer and direction under the cell's argument names:
+        ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` and the cell's own
+        (``CellKind.params`` by their keys, e.g. ``ln_weight_ih``); absent biases left out."""
+        given = layout.layer_params(self.params, layer, direction, self.kind)
+        return {k: v for k, v in given.items() if v is not None}
 
     def description(self) -> dict:
         """The ``description.json`` stored in the file: how to call it and read its output."""

@@ -21,11 +21,13 @@ A cell with neither is refused. A new cell kind exports once its step is added t
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List  # noqa: UP035 (TorchScript reads these annotations)
+from typing import Dict, List, Optional, Tuple  # noqa: UP035 (TorchScript reads these annotations)
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..engine.numpy.layernorm import EPS as LN_EPS
 from .model import Exportable
 
 VIAS = ("torch.nn", "loop")
@@ -84,12 +86,58 @@ class GRUStep(Step):
         return [(1.0 - z) * n + z * h]                   # h_t = (1 - z_t) n_t + z_t h_{t-1}
 
 
+def _ln(y: Tensor, gain: Tensor, bias: Optional[Tensor], eps: float) -> Tensor:  # noqa: UP045
+    """LN(y) * gain (+ bias) over the last axis."""
+    return F.layer_norm(y, [y.shape[-1]], gain, bias, eps)
+
+
+class LNStep(Step):
+    """A layer-normalised cell's step: the normalised products of both sides, the engines'
+    eps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.eps = LN_EPS
+
+    def products(self, x: Tensor, h: Tensor,
+                 p: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:  # noqa: UP006
+        """(LN(x_t W_ih^T) g_ih + b_ih, LN(h_{t-1} W_hh^T) g_hh + b_hh), biases when present."""
+        gi = _ln(x @ p["weight_ih"].t(), p["ln_weight_ih"], p.get("bias_ih"), self.eps)
+        gh = _ln(h @ p["weight_hh"].t(), p["ln_weight_hh"], p.get("bias_hh"), self.eps)
+        return gi, gh
+
+
+class LNLSTMStep(LNStep):
+    def forward(self, x: Tensor, state: List[Tensor],  # noqa: UP006
+                p: Dict[str, Tensor]) -> List[Tensor]:  # noqa: UP006
+        gi, gh = self.products(x, state[0], p)
+        i, f, g, o = (gi + gh).chunk(4, -1)                 # [i f g o] pre-activations
+        c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)  # c_t = f c_{t-1} + i g
+        k = _ln(c, p["ln_weight_c"], p.get("ln_bias_c"), self.eps)  # k_t = LN(c_t) g_c + b_c
+        return [torch.sigmoid(o) * torch.tanh(k), c]        # h_t = o tanh(k_t)
+
+
+class LNGRUStep(LNStep):
+    def forward(self, x: Tensor, state: List[Tensor],  # noqa: UP006
+                p: Dict[str, Tensor]) -> List[Tensor]:  # noqa: UP006
+        h = state[0]
+        a, s = self.products(x, h, p)
+        a_r, a_z, a_n = a.chunk(3, -1)
+        s_r, s_z, s_n = s.chunk(3, -1)
+        r = torch.sigmoid(a_r + s_r)                     # r_t
+        z = torch.sigmoid(a_z + s_z)                     # u_t
+        n = torch.tanh(a_n + r * s_n)                    # n_t = tanh(a^n_t + r_t s^n_t)
+        return [(1.0 - z) * n + z * h]                   # h_t = (1 - u_t) n_t + u_t h_{t-1}
+
+
 # (cell, nonlinearity for a cell that takes one, else None) -> the Step module of the loop path
 STEPS: dict[tuple[str, str | None], type[Step]] = {
     ("rnn", "tanh"): RNNTanhStep,
     ("rnn", "relu"): RNNReluStep,
     ("lstm", None): LSTMStep,
     ("gru", None): GRUStep,
+    ("lnlstm", None): LNLSTMStep,
+    ("lngru", None): LNGRUStep,
 }
 
 

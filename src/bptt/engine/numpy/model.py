@@ -100,7 +100,7 @@ class NumpyEngine:
         self.kind = spec.kind
         self.cell = stack.cell_module(self.kind)         # forward, backward, step
         self.options = self.kind.options(spec.nonlinearity)
-        self._layer_keys = layer_keys(spec.num_layers)  # for step()
+        self._layer_keys = layer_keys(spec.num_layers, self.kind)  # for step()
 
     # -- parameters and state -------------------------------------------------------------
     def from_numpy(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -257,7 +257,8 @@ class NumpyEngine:
         # forward: the stack, then the head over all T*B rows at once
         if self._fused():
             out, parts_n, stack_cache = self.cell.forward(
-                inp, split_state(parts, 0), **layer_params(params, 0, 0), **self.options)
+                inp, split_state(parts, 0), **layer_params(params, 0, 0, self.kind),
+                **self.options)
             # (T, B, H); the state parts (1, B, H) as the stack gives them
             state_n = self.kind.from_parts(tuple([p[None].copy() for p in parts_n]))
         else:
@@ -293,7 +294,7 @@ class NumpyEngine:
 
             dparts = None if dstate_n is None else split_state(self.kind.to_parts(dstate_n), 0)
             dx, d0, g = self.cell.backward(dout, dparts, cache.stack, truncate, need_dx=need_dx)
-            grads.update({f"{k}_l0": v for k, v in g.items()})
+            grads.update({self.kind.param_name(k, "_l0"): v for k, v in g.items()})
             dstate0 = self.kind.from_parts(tuple([d[None] for d in d0]))
         else:
             dh = (dy @ W).reshape(T, B, DH)

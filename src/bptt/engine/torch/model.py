@@ -91,7 +91,7 @@ class _TorchBase:
         self.precision = precision
         self.kind = spec.kind
         self.names = stack.param_names(spec.num_layers, spec.bidirectional, spec.bias,
-                                       spec.proj_size > 0)
+                                       self.kind, spec.proj_size > 0)
 
     # -- parameters and state -------------------------------------------------------------
     def from_numpy(self, params: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -401,7 +401,7 @@ class TorchEngine(_TorchBase):
         # generation: the cell's step per layer
         self.cell = stack.cell_module(self.kind)
         self.options = stack.cell_options(self.kind, spec.nonlinearity, precision)
-        self._layer_keys = layer_keys(spec.num_layers)
+        self._layer_keys = layer_keys(spec.num_layers, self.kind)
 
     def _config(self, training: bool, generator, truncate, masks=None) -> stack.StackConfig:
         s = self.spec
