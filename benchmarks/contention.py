@@ -41,7 +41,7 @@ def rates(out: dict) -> dict:
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.set_defaults(configs="word", subjects="numpy,numpy-bf16,torch,torch-bf16,torch.nn")
+    p.set_defaults(configs="word", subjects="numpy,numpy-bf16,torch,torch-bf16,torch.nn.LSTM")
     p.add_argument("--settle", type=float, default=60.0,
                    help="seconds the busy process runs before the measurement")
     args = p.parse_args()

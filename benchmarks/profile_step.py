@@ -22,7 +22,7 @@ def main() -> None:
     p.add_argument("--no-torch-profiler", action="store_true")
     args = p.parse_args()
     cfg = (QUICK_CONFIGS if args.quick else CONFIGS)[args.config]
-    for subject in [s for s in args.subjects.split(",") if cfg.runs(s)]:
+    for subject in [s for s in args.subjects.split(",") if cfg.takes(s)]:
         print(f"==== {subject} ({cfg.name}: H={cfg.hidden} B={cfg.batch} T={cfg.steps}), "
               f"{args.steps} steps ====")
         print(profile_step(subject, cfg, args.steps, args.top))

@@ -442,9 +442,13 @@ def test_bench_quick_json_end_to_end(tmp_path, capsys):
     assert set(out["results"]) == set(bench.CONFIGS)
     for name, rows in out["results"].items():
         cfg = bench.QUICK_CONFIGS[name]
-        character_rnn = name in ("book", "small", "large", "long")
-        assert set(rows) == (set(bench.SUBJECTS) if character_rnn else
-                             set(bench.SUBJECTS) - {bench.BOOK}), name
+        assert set(rows) == {s for s in bench.SUBJECTS if cfg.takes(s)}, name
+        if cfg.cell == "rnn":                            # the book's model: every subject but
+            assert set(rows) == set(bench.SUBJECTS) - {  # the other cells' modules
+                s for s in bench.MODULE_SUBJECTS if not s.endswith(".RNN")}
+        else:                                            # the engines (fp32 and bf16) and both
+            assert set(rows) == {*bench.ENGINE_SUBJECTS, *bench.BF16_SUBJECTS,  # modules
+                                 cfg.reference, f"bptt.nn.{cfg.module}"}, name
         for subject, r in rows.items():
             assert r["train"]["error"] is None, (name, subject, r["train"]["error"])
             assert r["train"]["tokens_per_s"] > 0
@@ -456,18 +460,21 @@ def test_bench_quick_json_end_to_end(tmp_path, capsys):
                 assert "generate" not in r
             if subject.startswith(("numpy", "torch-bf16")):   # our engines' products
                 assert r["library"]["kernel"] and isinstance(r["library"]["products"], dict)
-        assert rows[bench.REFERENCE]["train"]["ratio_to_reference"] == pytest.approx(1.0)
-        assert out["configs"][name]["reference"].endswith(
-            {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[cfg.cell])
-    assert out["configs"]["word"]["reference"] == "torch.nn.Embedding + torch.nn.LSTM"
+        assert rows[cfg.reference]["train"]["ratio_to_reference"] == pytest.approx(1.0)
+        assert cfg.reference == bench.REFERENCE or cfg.cell != "rnn"
+        assert out["configs"][name]["reference"] == cfg.reference == (
+            "torch.nn." + {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[cfg.cell])
+    assert out["configs"]["word"]["reference_model"] == "torch.nn.Embedding + torch.nn.LSTM"
     assert out["machine"]["cpu"] and out["machine"]["kernel"]
     long = out["results"]["long"]
-    for subject in bench.SUBJECTS:
+    for subject in long:
         assert long[subject]["memory"]["error"] is None, subject
         assert long[subject]["memory"]["peak_mb"] is not None
     assert long["numpy"]["memory"]["torch_imported"] is False    # its own process, no torch
     assert long["numpy"]["memory_tracemalloc"]["peak_mb"] > 0
     assert {t["target"] for t in out["targets"]} == {t[-1] for t in bench.TARGETS}
+    assert all(t["value"] is not None for t in out["targets"]    # read on the config's cell
+               if t["config"] in ("lstm", "gru"))
     assert "torch.nn.RNN" in table and "targets:" in table
     assert "torch.nn.LSTM" in table and out["machine"]["cpu"] in table
 
@@ -501,3 +508,28 @@ def test_flops_per_token_and_the_roofline():
     assert flops_per_token(word) == pytest.approx(2 * 6 * 4 * H * (H + E) + 6 * H * V)
     rates = {name: {"r": 100.0} for name in step_products(word)}     # 100 GFLOP/s everywhere
     assert roofline(word, rates, "r") == pytest.approx(100e9 / flops_per_token(word))
+def test_bench_runs_our_engines_on_several_cells(tmp_path, capsys):
+    """--cell: one row per engine and cell, each with its speed over the first cell's; the
+    references stay the book's RNN, and the targets read the engines' rnn rows."""
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--configs", "small", "--subjects", "numpy,torch.nn.RNN",
+                 "--parts", "train", "--cell", "rnn,gru", "--json", str(path)]) == 0
+    out = json.loads(path.read_text())
+    rows = out["results"]["small"]
+    assert set(rows) == {"numpy rnn", "numpy gru", "torch.nn.RNN"}
+    assert (rows["numpy gru"]["subject"], rows["numpy gru"]["cell"]) == ("numpy", "gru")
+    assert rows["numpy gru"]["train"]["paired_ratio_to_first_cell"] > 0
+    assert "paired_ratio_to_first_cell" not in rows["numpy rnn"]["train"]
+    assert out["settings"]["cells"] == ["rnn", "gru"]
+    assert "x rnn" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bench", "--cell", "lstn"])
+
+
+def test_a_closed_worker_leaves_no_open_pipe():
+    from bptt.bench.worker import Worker
+
+    w = Worker(threads=1)
+    w.close()
+    assert w.proc.returncode is not None
+    assert w.proc.stdin.closed and w.proc.stdout.closed

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from bptt.cells import CELL_NAMES
 from bptt.check import (
     CheckRow,
     check_against_torch,
@@ -19,6 +20,8 @@ from bptt.check import (
     run_checks,
 )
 from bptt.engine.numpy import rnn
+
+TORCH_NN_CELLS = ("rnn", "lstm", "gru")
 
 
 @pytest.fixture
@@ -53,7 +56,13 @@ def test_verb_is_registered():
 
 def test_quick_rows_are_all_ok():
     rows = run_checks(quick=True)
-    assert 5 <= len([r for r in rows if r.engine == "numpy"]) <= 12
+    # the torch.nn cells' rows with the projected LSTM's two and the word models': a quick
+    # table stays small
+    assert 5 <= len([r for r in rows if r.engine == "numpy" and r.cell in TORCH_NN_CELLS]) <= 14
+    for cell in set(CELL_NAMES) - set(TORCH_NN_CELLS):   # two numpy rows each: torch, fd
+        assert {r.method for r in rows if r.engine == "numpy" and r.cell == cell} == {"torch",
+                                                                                     "fd"}
+        assert len([r for r in rows if r.engine == "numpy" and r.cell == cell]) == 2
     assert all(r.ok for r in rows), format_table(rows)
     assert {("rnn", "torch"), ("rnn", "fd")} <= {(r.cell, r.method) for r in rows}
     assert any(r.truncate is not None for r in rows)
@@ -71,7 +80,10 @@ def test_full_table_size_and_rnn_grid():
                         ("input_size", {1, 4}), ("hidden_size", {1, 5}),
                         ("with_h0", {True, False}), ("truncate", {None, 2})]:
         assert values <= {c.get(key) for c in rnn_torch}, key
-    assert len(default_table(quick=True)) <= 12
+    quick = default_table(quick=True)
+    assert len([c for c in quick if c["cell"] in TORCH_NN_CELLS]) <= 14   # with the projection's
+    assert all(len([c for c in quick if c["cell"] == cell]) <= 2
+               for cell in set(CELL_NAMES) - set(TORCH_NN_CELLS))
 
 
 def test_cli_quick_prints_the_table(main, capsys, tmp_path):
@@ -134,6 +146,20 @@ def test_rel_error_and_worst():
     assert format_table([row]).splitlines()[-1] == "1 rows, all under 1e-09"
 
 
+def test_a_parameter_is_measured_against_the_rows_largest_gradient_at_least():
+    from bptt.check.record import grads_error
+
+    ref = {"w": np.array([0.25, -0.5]), "gain": np.array([-2.2e-16])}   # a zero, rounded
+    assert grads_error({"w": ref["w"], "gain": np.zeros(1)}, ref) < 1e-9
+    assert rel_error(np.zeros(1), ref["gain"]) == 1.0                 # alone: all of it
+    small = {"w": ref["w"], "gain": np.array([3e-7])}                  # a small true gradient
+    assert grads_error({"w": ref["w"], "gain": np.array([3.3e-7])}, small) > 1e-3  # 10% off
+    assert grads_error({"w": ref["w"], "gain": np.array([3e-7 * (1 + 1e-12)])}, small) < 1e-9
+    # the 1x1 LN-LSTM: its cell norm over one unit is constant, its gain's gradient zero
+    row = check_against_torch("lnlstm", batch=1, steps=1, input_size=1, hidden_size=1)
+    assert row.ok, row
+
+
 def test_torch_engine_rows_are_included(monkeypatch):
     from bptt.check import rows, torch_engine
 
@@ -151,7 +177,9 @@ def test_torch_engine_rows_are_present_and_under_tolerance():
 
     got = rows(quick=True)
     assert {r.method for r in got} == {"torch", "gradcheck"}
-    assert {r.cell for r in got} == {"rnn", "lstm", "gru"}
+    assert {r.cell for r in got} == set(CELL_NAMES)
+    for cell in CELL_NAMES:                              # every cell both ways
+        assert {r.method for r in got if r.cell == cell} == {"torch", "gradcheck"}, cell
     assert all(r.engine == "torch" and r.ok for r in got), [r.to_dict() for r in got if not r.ok]
 
 
@@ -194,7 +222,8 @@ def test_a_cell_without_a_torch_reference_gets_finite_differences_only(monkeypat
 
 
 def test_run_checks_rejects_an_unknown_cell():
-    with pytest.raises(ValueError, match="expected cell one of 'rnn', 'lstm', 'gru', got 'elman'"):
+    with pytest.raises(ValueError, match="expected cell one of 'rnn', 'lstm', 'gru', 'lnlstm', "
+                                         "'lngru', got 'elman'"):
         run_checks(quick=True, cells=["elman"])
 
 

@@ -452,3 +452,30 @@ def test_demo_runs_end_to_end(tmp_path, data_dir, cli):
     lines = ran.out.splitlines()
     assert lines[0].startswith("perplexity ") and lines[-1].startswith("plots: ")
     assert (tmp_path / "demo" / "best.safetensors").is_file()
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_a_projected_lstm_trains_resumes_generates_and_exports(tmp_path, hello_corpus, cli,
+                                                               engine):
+    """--proj-size through the whole job: h_t has P features, the head and a tied embedding
+    read them; TorchScript exports it, ONNX says in one line that it has no projection and
+    leaves the run as it was."""
+    run = tmp_path / "run"
+    ran = cli("train", "--data", hello_corpus, "--out", run, *TINY, "--cell", "lstm",
+              "--num-layers", "2", "--proj-size", "5", "--tie-weights", "--engine", engine,
+              "--epochs", "3")
+    assert ran.rc == 0, ran.err
+    saved = ck.load(run / "last.safetensors")
+    assert saved.spec.proj_size == 5 and saved.spec.embedding_size == 5
+    assert saved.params["weight_hr_l1"].shape == (5, 16)
+    assert saved.params["weight_hh_l0"].shape == (64, 5) and "head.weight" not in saved.params
+    assert saved.metrics[-1]["perplexity"] < saved.metrics[0]["perplexity"]
+    assert cli("train", "--resume", "--out", run, "--epochs", "4").rc == 0
+    assert cli("generate", run, "--prefix", "hello", "--length", "10").rc == 0
+    before = sorted(p.name for p in run.iterdir())
+    assert cli("export", run, "--format", "torchscript", "--out", tmp_path / "m.pt").rc == 0
+    out = tmp_path / "model.onnx"
+    refused = cli("export", run, "--format", "onnx", "--out", out)
+    assert refused.rc == 2 and len(refused.err_lines) == 1
+    assert "ONNX's LSTM operator has no projection" in refused.err
+    assert not out.exists() and sorted(p.name for p in run.iterdir()) == before

@@ -93,8 +93,7 @@ def prefix_logits(run: Path, prefix: str) -> np.ndarray:
     ckpt = ck.load(run)
     model = Exportable.from_checkpoint(ckpt)
     ids = np.array([ckpt.vocab.encode(list(prefix))], dtype=np.int64)
-    zeros = [np.zeros((model.num_states, 1, model.spec.hidden_size), np.float32)
-             for _ in model.kind.state]
+    zeros = [np.zeros((model.num_states, 1, size), np.float32) for size in model.state_sizes]
     return reference(model, ids, zeros)[0]
 
 
@@ -150,6 +149,29 @@ def test_every_cell_and_path_matches_the_numpy_engine(tmp_path, cell):
         assert got["text"] == expected
         np.testing.assert_allclose(np.array(got["logits"]), want, rtol=1e-5, atol=1e-5)
     assert np.abs(want).max() > 0.5                    # the comparison is not of zeros
+
+
+def test_a_projected_lstm_exports_as_torchscript_and_onnx_refuses_it(tmp_path):
+    """proj_size P: torch.nn.LSTM(proj_size=P) in the file, h0 (L*D, B, P) from its own
+    begin_state; the loop path and ONNX (no projection) refuse in one line, writing nothing."""
+    run = synthetic_run(tmp_path / "proj", "lstm", proj_size=5)
+    prefix, length = "abc fed", 25
+    out = tmp_path / "proj.pt"
+    result = export_model(run, "torchscript", out)
+    assert result.via == "torch.nn" and result.error <= 1e-5
+    from bptt.lm.generate import LanguageModel, generate
+
+    expected = generate(LanguageModel.from_checkpoint(ck.load(run)), prefix, length)
+    job = {"format": "torchscript", "path": str(out), "prefix": prefix, "length": length}
+    (got,) = run_consumer(tmp_path, [job])
+    assert got["text"] == expected
+    np.testing.assert_allclose(np.array(got["logits"]), prefix_logits(run, prefix), rtol=1e-5,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="expected via one of torch.nn for cell 'lstm'"):
+        export_model(run, "torchscript", tmp_path / "loop.pt", via="loop")
+    with pytest.raises(ValueError, match="ONNX's LSTM operator has no projection"):
+        export_model(run, "onnx", tmp_path / "proj.onnx")
+    assert not (tmp_path / "loop.pt").exists() and not (tmp_path / "proj.onnx").exists()
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -67,6 +67,8 @@ def test_every_cell_has_a_module_keeping_the_cell_contract(engine, cell):
     w = {"weight_ih": 0.3 * rng.standard_normal((G * H, I)),
          "weight_hh": 0.3 * rng.standard_normal((G * H, H)),
          "bias_ih": rng.standard_normal(G * H), "bias_hh": rng.standard_normal(G * H)}
+    for p in kind.params:                                # the cell's own, by their keywords
+        w[p.key] = p.fill + 0.3 * rng.standard_normal(p.blocks * H)
     w = {k: _as(engine, v) for k, v in w.items()}
     x = _as(engine, rng.standard_normal((T, B, I)))
     state0 = tuple(_as(engine, rng.standard_normal((B, H))) for _ in kind.state)
@@ -110,6 +112,11 @@ def test_cell_modules_are_resolved_once(monkeypatch):
 @pytest.mark.parametrize("cell", CELL_NAMES)
 def test_every_engine_keeps_the_engine_contract(name, cell):
     spec = ModelSpec(cell=cell, input_size=6, hidden_size=4, output_size=6, num_layers=2)
+    if name == "torch-builtin" and spec.kind.torch_name is None:   # torch.nn has no such cell
+        with pytest.raises(ValueError, match=rf"torch-builtin engine, got '{cell}' \(torch has "
+                                             rf"no {spec.kind.title}\); use the 'torch' engine"):
+            get_engine(name, spec, device="cpu", dtype="float64")
+        return
     engine = get_engine(name, spec, device="cpu", dtype="float64")
     assert isinstance(engine, Engine)
     for method in ("from_numpy", "to_numpy", "begin_state", "state_from_numpy",
@@ -177,3 +184,36 @@ def test_one_step_fast_path_of_the_torch_engine(cell):
     assert torch.allclose(torch.stack(rows, dim=1), whole, rtol=1e-12, atol=1e-13)
     for a, b in zip(spec.kind.to_parts(state), spec.kind.to_parts(whole_state), strict=True):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
+def test_a_cells_own_parameters_reach_the_model_and_the_layout(monkeypatch):
+    """Parameters a cell declares in the registry (``CellKind.params``) are named, shaped,
+    initialised, checked and handed to the cell by the model and the layout, for any cell."""
+    from bptt import cells
+    from bptt.model import check_params, param_fills, param_shapes
+
+    toy = cells.CellKind("toy", "toy cell", gates=("a", "b"), params=(
+        cells.CellParam("norm_gain", "norm{}.weight", blocks=2, fill=1.0),
+        cells.CellParam("norm_bias", "norm{}.bias", blocks=1, fill=0.0, bias=True)))
+    monkeypatch.setitem(cells.CELLS, "toy", toy)
+    spec = ModelSpec(cell="toy", input_size=3, hidden_size=4, output_size=2, num_layers=2,
+                     bidirectional=True, task="regression")
+    shapes = param_shapes(spec)
+    assert shapes["norm_l1_reverse.weight"] == (8,) and shapes["norm_l0.bias"] == (4,)
+    names = layout.param_names(2, True, True, toy)
+    assert names == [k for k in shapes if not k.startswith("head.")]
+    params = init_params(spec, rng=0)
+    assert (params["norm_l1.weight"] == 1).all() and (params["norm_l0_reverse.bias"] == 0).all()
+    assert set(param_fills(spec)) == {k for k in shapes if k.startswith("norm")}
+    check_params(spec, params)
+    lp = layout.layer_params(params, 1, 1, toy)
+    assert lp["norm_gain"] is params["norm_l1_reverse.weight"]
+    assert toy.param_name("norm_bias", "_l1") == "norm_l1.bias"
+    assert toy.param_name("weight_hh", "_l1") == "weight_hh_l1"
+    no_bias = param_shapes(ModelSpec(cell="toy", input_size=3, hidden_size=4, bias=False))
+    assert "norm_l0.weight" in no_bias and "norm_l0.bias" not in no_bias
+    (_, _, _, _, own), = layout.layer_keys(1, toy)
+    assert own == (("norm_gain", "norm_l0.weight"), ("norm_bias", "norm_l0.bias"))
+    with pytest.raises(ValueError, match=r"expected norm_gain of shape \(8,\) for the toy cell, "
+                                         r"got None"):
+        layout.check_own_params(toy, 4, {"norm_gain": None})

@@ -60,7 +60,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # what every job shares: the training core, checkpoint I/O, plotting, run folders, memory
     ("below the jobs", frozenset({"training", "checkpoint", "plot", "rundir", "memory",
                                       "tensorboard"})),
-    ("jobs", frozenset({"lm", "series", "check", "gradflow", "bench", "export"})),
+    ("jobs", frozenset({"lm", "series", "check", "gradflow", "bench", "export", "nn"})),
     ("cli", frozenset({"cli"})),
 )
 JOBS = dict(LAYERS)["jobs"]

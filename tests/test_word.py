@@ -160,6 +160,17 @@ def test_tying_halves_the_head_and_embedding_parameters_and_needs_e_equal_h(data
         spec_for(V, hidden_size=H, embedding_size=100, tie_weights=True)
     with pytest.raises(ValueError, match="expected an embedding_size with tie_weights"):
         spec_for(V, embedding_size=None, tie_weights=True)
+    # a projected LSTM's head reads P features: tying needs E = P
+    projected = param_shapes(spec_for(V, hidden_size=H, proj_size=50, embedding_size=50,
+                                      tie_weights=True))
+    assert projected["embedding.weight"] == (V, 50) and "head.weight" not in projected
+    with pytest.raises(ValueError, match=r"head's input size D\*P = 50"):
+        spec_for(V, hidden_size=H, proj_size=50, embedding_size=H, tie_weights=True)
+    assert build_spec(TrainConfig(cell="lstm", hidden_size=8, proj_size=3, tie_weights=True),
+                      30).embedding_size == 3
+    with pytest.raises(ValueError, match="--embedding-size equal to --proj-size 3"):
+        train(TrainConfig(cell="lstm", hidden_size=8, proj_size=3, tie_weights=True,
+                          embedding_size=8))
 
 
 def test_old_specs_and_configs_load_and_mean_what_they_meant():
@@ -237,9 +248,11 @@ def test_variational_masks_are_constant_over_time_and_reused_by_the_backward():
     assert loss == want_loss and all(np.array_equal(grads[k], want[k]) for k in want)
 
 
-def test_every_engine_computes_the_same_word_model():
+@pytest.mark.parametrize("proj", [0, 4])        # 4: a projected LSTM, tied to E = P
+def test_every_engine_computes_the_same_word_model(proj):
     V = 9
-    spec = spec_for(V, tie_weights=True, dropout=0.3, dropout_mode="variational")
+    spec = spec_for(V, tie_weights=True, dropout=0.3, dropout_mode="variational",
+                    proj_size=proj, embedding_size=proj or 6)
     params = init_params(spec, "uniform", 0, "float64", scale=0.4)
     rng = np.random.default_rng(1)
     X, Y = rng.integers(0, V, (3, 7)), rng.integers(0, V, (3, 7))

@@ -3,7 +3,9 @@
 The public names below are loaded on first use (``bptt.train``, ``bptt.ModelSpec``, ...), so
 ``import bptt`` and ``bptt --help`` stay instant and the NumPy path never imports torch. The
 hand-written cells themselves live in ``bptt.engine.numpy.{rnn,lstm,gru}`` (and their torch
-twins in ``bptt.engine.torch``), each ``forward`` beside its ``backward``.
+twins in ``bptt.engine.torch``), each ``forward`` beside its ``backward``. The drop-in
+``torch.nn`` modules are the subpackage ``bptt.nn`` (``from bptt import nn``; it imports
+torch, so it is not among the lazy names).
 """
 
 from __future__ import annotations

@@ -33,22 +33,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cells import get_cell
+from .cells import CELLS, NONLINEARITIES, get_cell, layer_suffix
+from .engine import layout
 from .engine.numpy import stack
 from .model import ModelSpec, init_params
 
 
 # -- parameters and inputs ------------------------------------------------------------------------
-def layer_params(params: dict, layer: int = 0, reverse: bool = False) -> dict[str, np.ndarray]:
-    """One recurrent layer's weights (``weight_ih``, ``weight_hh``, biases or None) in float64."""
-    s = f"_l{layer}" + ("_reverse" if reverse else "")
+def layer_params(params: dict, layer: int = 0, reverse: bool = False,
+                 cell: str | None = None) -> dict[str, np.ndarray]:
+    """One recurrent layer's weights (``weight_ih``, ``weight_hh``, biases or None, and the own
+    parameters of ``cell``, ``CellKind.params``) in float64, under the cell's argument names."""
+    s = layer_suffix(layer, int(reverse))
     if f"weight_hh{s}" not in params:
         raise ValueError(f"expected parameters of recurrent layer {s[1:]}, found none")
-    out = {}
-    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-        v = params.get(f"{name}{s}")
-        out[name] = None if v is None else np.array(v, dtype=np.float64)
-    return out
+    lp = layout.layer_params(params, layer, int(reverse), None if cell is None else get_cell(cell))
+    return {k: None if v is None else np.array(v, dtype=np.float64) for k, v in lp.items()}
 
 
 def scale_to_radius(weight_hh: np.ndarray, radius: float) -> np.ndarray:
@@ -84,7 +84,7 @@ def fresh_layer(
     """
     spec = ModelSpec(cell=cell, input_size=input_size, hidden_size=hidden_size, output_size=1,
                      nonlinearity=nonlinearity, task="regression")
-    lp = layer_params(init_params(spec, "torch", rng, dtype="float64"))
+    lp = layer_params(init_params(spec, "torch", rng, dtype="float64"), cell=cell)
     if nonnegative:
         lp["weight_hh"] = np.abs(lp["weight_hh"])
     if radius is not None:
@@ -239,14 +239,26 @@ def analyse(label: str, cell: str, lp: dict, x: np.ndarray, state0=None,
 
 
 # -- ready-made comparisons -----------------------------------------------------------------------
-COMPARE = (("tanh RNN", "rnn", "tanh"), ("relu RNN", "rnn", "relu"),
-           ("LSTM", "lstm", "tanh"), ("GRU", "gru", "tanh"))
+def _compare() -> tuple[tuple[str, str, str], ...]:
+    """(label, cell, nonlinearity) for every cell of the registry, a cell taking a
+    nonlinearity once per nonlinearity: tanh RNN, relu RNN, LSTM, GRU, ..."""
+    cases = []
+    for kind in CELLS.values():
+        if kind.takes_nonlinearity:
+            cases += [(f"{nl} {kind.name.upper()}", kind.name, nl) for nl in NONLINEARITIES]
+        else:
+            cases.append((kind.title, kind.name, "tanh"))
+    return tuple(cases)
+
+
+COMPARE = _compare()
 
 
 def compare_cells(steps: int = 50, batch: int = 4, hidden_size: int = 32, input_size: int = 4,
                   seed: int = 0, cells=None, radius: float | None = None,
                   forget_bias: float | None = None) -> list[GradFlow]:
-    """Fresh tanh RNN, relu RNN, LSTM and GRU (torch init) on the same random inputs."""
+    """Fresh models of every cell (:data:`COMPARE`: tanh RNN, relu RNN, LSTM, GRU, ...; torch
+    init) on the same random inputs."""
     x = random_inputs(input_size, steps, batch, np.random.default_rng([seed, 1]))
     flows = []
     for label, cell, nl in COMPARE:
@@ -288,7 +300,7 @@ def demo(steps: int = 50, batch: int = 4, hidden_size: int = 32, input_size: int
 def from_checkpoint(ckpt, steps: int = 50, batch: int = 4, seed: int = 0) -> GradFlow:
     """Layer 0 (forward direction) of a checkpoint's model, on random inputs of its kind."""
     spec = ckpt.spec
-    lp = layer_params(ckpt.params, 0)
+    lp = layer_params(ckpt.params, 0, cell=spec.cell)
     x = random_inputs(spec.input_size, steps, batch, np.random.default_rng([seed, 1]),
                       tokens=spec.task == "lm")
     label = f"checkpoint {spec.cell}" + (f" ({spec.nonlinearity})"

@@ -10,9 +10,9 @@ The estimate counts what training keeps at its peak, in the engine's dtype:
   when the loss diverges);
 - the optimiser's state (Adam two arrays per parameter, Adagrad one, SGD none) and its copy;
 - the activations the backward needs: per layer and direction, ``T * B * H`` values per part
-  the cell's forward keeps (:data:`CACHE_PARTS`) plus its gate gradients (``G * T * B * H``),
-  and the head's logits and their gradient (``T * B * O`` each, O the vocabulary for a language
-  model);
+  the cell's forward keeps (``CellKind.cache_parts``, :mod:`bptt.cells`) plus its gate
+  gradients (``G * T * B * H``), and the head's logits and their gradient (``T * B * O`` each,
+  O the vocabulary for a language model);
 - a checkpoint being written (its tensors serialised once more), and the per-step records
   ``sine`` and ``series`` keep in memory (``records``).
 
@@ -29,9 +29,6 @@ from pathlib import Path
 
 from .model import ModelSpec, param_shapes
 
-# Arrays of T*B*H a layer's forward keeps for its backward: rnn h_t and its pre-activation;
-# lstm the 4 gates, c_t, tanh(c_t), h_t; gru the 3 gates, h_t, W_hn h + b_hn and h_{t-1}.
-CACHE_PARTS = {"rnn": 2, "lstm": 7, "gru": 6}
 OPTIMIZER_SLOTS = {"sgd": 0, "adam": 2, "adagrad": 1}
 ITEMSIZE = {"float32": 4, "float64": 8}
 RECORD_BYTES = 600          # one per-step metrics record (a dict of a few floats) in memory
@@ -77,7 +74,7 @@ def estimate(spec: ModelSpec, *, batch_size: int, num_steps: int, optimizer: str
             "activations": 2 * (spec.gates + 1) * T * B * H * spec.directions * item,
             "outputs": 2 * T * B * spec.output_size * item,
         })
-    per_layer = (CACHE_PARTS[spec.cell] + spec.gates) * T * B * H
+    per_layer = (spec.kind.cache_parts + spec.gates) * T * B * H
     return Estimate(
         device={
             "parameters and gradients": 3 * n_params * item,

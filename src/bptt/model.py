@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .cells import NONLINEARITIES, CellKind, get_cell
+from .cells import CELLS, NONLINEARITIES, CellKind, CellParam, get_cell, layer_suffix
 
 TASKS = ("lm", "regression")
 INITS = ("torch", "d2l", "uniform")
@@ -40,7 +40,7 @@ EMBEDDING = "embedding.weight"
 class ModelSpec:
     """Everything that fixes the parameter shapes and the computation."""
 
-    cell: str = "rnn"             # a name of bptt.cells.CELLS: rnn | lstm | gru
+    cell: str = "rnn"             # a name of bptt.cells.CELLS: rnn | lstm | gru | ...
     input_size: int = 28          # vocabulary size (lm) or features per step (regression)
     hidden_size: int = 512        # the book's 512 hidden units
     output_size: int = 28         # vocabulary size (lm) or predicted values per step
@@ -50,8 +50,10 @@ class ModelSpec:
     dropout: float = 0.0          # training only, at the places dropout_placement names
     bidirectional: bool = False   # a language model predicting the next token cannot be
     task: str = "lm"              # lm (token ids, cross-entropy) | regression (floats, MSE)
+    proj_size: int = 0            # > 0: the LSTM's h_t = m_t W_hr^T has P < H features (torch's
+                                  # proj_size); the next layer and the head read P, not H
     embedding_size: int | None = None   # None: one-hot input (the book); E: embedding (V, E)
-    tie_weights: bool = False     # head.weight IS embedding.weight (needs E = D*H, O = V)
+    tie_weights: bool = False     # head.weight IS embedding.weight (needs E = D*H or D*P, O = V)
     dropout_placement: str = "between-layers"   # as torch.nn; non-recurrent: Zaremba's places
     dropout_mode: str = "standard"              # a mask per step; variational: per sequence
 
@@ -72,6 +74,15 @@ class ModelSpec:
             raise bad(f"nonlinearity {' or '.join(map(repr, NONLINEARITIES))}", self.nonlinearity)
         if not 0.0 <= self.dropout < 1.0:
             raise bad("dropout in [0, 1)", self.dropout)
+        if not isinstance(self.proj_size, int | np.integer) or self.proj_size < 0:
+            raise bad("proj_size an integer >= 0", self.proj_size)
+        if self.proj_size and not self.kind.projects:
+            takers = [c.name for c in CELLS.values() if c.projects]
+            raise ValueError(f"expected proj_size 0 for the {self.cell} cell (proj_size is for "
+                             f"the {' and '.join(takers)} cell), got {self.proj_size}")
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"expected proj_size below hidden_size {self.hidden_size}, got "
+                             f"{self.proj_size}")
         if self.task == "lm" and self.bidirectional:
             raise ValueError(
                 "expected bidirectional=False for a language model (the reverse direction would "
@@ -96,10 +107,11 @@ class ModelSpec:
         if E is None:
             raise ValueError("expected an embedding_size with tie_weights=True (the head "
                              "shares the embedding's matrix), got None")
-        DH = self.directions * self.hidden_size
+        DH = self.directions * self.out_size
         if E != DH or self.output_size != self.input_size:
+            what = "D*P" if self.proj_size else "D*H"
             raise ValueError(
-                f"expected embedding_size equal to the head's input size D*H = {DH} and "
+                f"expected embedding_size equal to the head's input size {what} = {DH} and "
                 f"output_size equal to input_size (V) to tie the weights, got embedding_size "
                 f"{E} and output_size {self.output_size} with input_size {self.input_size}")
 
@@ -115,6 +127,16 @@ class ModelSpec:
     @property
     def gates(self) -> int:
         return self.kind.num_gates
+
+    @property
+    def out_size(self) -> int:
+        """The features of h_t per direction: proj_size when projecting, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    @property
+    def state_sizes(self) -> tuple[int, ...]:
+        """The size of each state part: h has ``out_size``, a further part (c) hidden_size."""
+        return (self.out_size, *(self.hidden_size,) * (self.kind.num_state_parts - 1))
 
     @property
     def head_weight(self) -> str:
@@ -146,25 +168,62 @@ class ModelSpec:
 
 
 def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """Every parameter's shape: the embedding (when there is one), the stack in torch's order,
-    then the head (``head.weight`` only when it is not tied to the embedding)."""
-    G, H, D = spec.gates, spec.hidden_size, spec.directions
+    """Every parameter's shape: the embedding (when there is one), the stack in torch's order
+    (per layer and direction the four of torch.nn.RNN, the cell's own ``CellKind.params``, and
+    ``weight_hr`` with a projection), then the head (``head.weight`` only when it is not tied to
+    the embedding).
+
+    With ``proj_size`` P > 0 (torch.nn.LSTM's names and shapes): ``weight_hh`` is (4H, P),
+    ``weight_hr`` (P, H) follows the biases, and the next layer and the head read D*P features.
+    """
     shapes: dict[str, tuple[int, ...]] = {}
     if spec.embedding_size is not None:
         shapes[EMBEDDING] = (spec.input_size, spec.embedding_size)
-    for layer in range(spec.num_layers):
-        in_size = spec.stack_input_size if layer == 0 else D * H
-        for d in range(D):
-            s = f"_l{layer}" + ("_reverse" if d else "")
-            shapes[f"weight_ih{s}"] = (G * H, in_size)
-            shapes[f"weight_hh{s}"] = (G * H, H)
-            if spec.bias:
-                shapes[f"bias_ih{s}"] = (G * H,)
-                shapes[f"bias_hh{s}"] = (G * H,)
+    shapes.update(stack_shapes(spec.kind, spec.stack_input_size, spec.hidden_size,
+                               spec.num_layers, spec.bidirectional, spec.bias, spec.proj_size))
     if not spec.tie_weights:
-        shapes["head.weight"] = (spec.output_size, D * H)
+        shapes["head.weight"] = (spec.output_size, spec.directions * spec.out_size)
     shapes["head.bias"] = (spec.output_size,)
     return shapes
+
+
+def stack_shapes(kind: CellKind, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False, bias: bool = True,
+                 proj_size: int = 0) -> dict[str, tuple[int, ...]]:
+    """The recurrent stack's parameters as torch.nn.RNN/LSTM/GRU name and order them (without a
+    head): per layer and direction ``weight_ih`` (G*H, in), ``weight_hh`` (G*H, S), the biases
+    (G*H,), the cell's own ``CellKind.params`` (blocks*H,), then ``weight_hr`` (P, H) with a
+    projection; S = P or H, in = I or D*S."""
+    G, H, D = kind.num_gates, hidden_size, 2 if bidirectional else 1
+    S = proj_size or hidden_size
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in range(num_layers):
+        in_size = input_size if layer == 0 else D * S
+        for d in range(D):
+            s = layer_suffix(layer, d)
+            shapes[f"weight_ih{s}"] = (G * H, in_size)
+            shapes[f"weight_hh{s}"] = (G * H, S)
+            if bias:
+                shapes[f"bias_ih{s}"] = (G * H,)
+                shapes[f"bias_hh{s}"] = (G * H,)
+            for name, p in _cell_params(kind, bias, s):
+                shapes[name] = (p.blocks * H,)
+            if proj_size:
+                shapes[f"weight_hr{s}"] = (proj_size, H)
+    return shapes
+
+
+def _cell_params(kind: CellKind, bias: bool, suffix: str) -> list[tuple[str, CellParam]]:
+    """The cell's own parameters of one layer and direction, by name (biases only with bias)."""
+    return [(p.param_name(suffix), p) for p in kind.params if bias or not p.bias]
+
+
+def param_fills(spec: ModelSpec) -> dict[str, float]:
+    """The parameters the cell declares itself (``CellKind.params``: a layer norm's gains and
+    biases), by name, with the value every initialisation gives them."""
+    return {name: p.fill
+            for layer in range(spec.num_layers) for d in range(spec.directions)
+            for name, p in _cell_params(spec.kind, spec.bias, layer_suffix(layer, d))}
 
 
 def init_params(
@@ -182,6 +241,9 @@ def init_params(
     ``d2l``: the book's N(0, 0.01^2) weights and zero biases.
     ``uniform``: every parameter, biases included, U(-scale, scale) (Zaremba et al. 2014: 0.1
     for the small model, 0.05 medium, 0.04 large).
+    Whatever the init, a parameter of the cell's own (``CellKind.params``: a layer norm's gain or
+    bias) starts at its ``fill`` and draws nothing, so the other parameters' draws do not depend
+    on it.
     """
     if init not in INITS:
         raise ValueError(f"expected init one of {INITS}, got {init!r}")
@@ -189,9 +251,12 @@ def init_params(
         raise ValueError(f"expected scale > 0 and finite, got {scale!r}")
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     dtype = np.dtype(dtype)
+    fills = param_fills(spec)
     params = {}
     for name, shape in param_shapes(spec).items():
-        if init == "uniform":
+        if name in fills:
+            value = np.full(shape, fills[name])
+        elif init == "uniform":
             value = rng.uniform(-scale, scale, size=shape)
         elif init == "torch" and name == EMBEDDING:
             value = rng.standard_normal(size=shape)
@@ -200,7 +265,7 @@ def init_params(
             value = np.zeros(shape) if is_bias else rng.normal(0.0, 0.01, size=shape)
         else:
             fan = shape[1] if name == "head.weight" else (
-                spec.directions * spec.hidden_size if name == "head.bias" else spec.hidden_size
+                spec.directions * spec.out_size if name == "head.bias" else spec.hidden_size
             )
             bound = 1.0 / np.sqrt(fan)
             value = rng.uniform(-bound, bound, size=shape)

@@ -7,8 +7,11 @@
             giving every subject one timed block of about ``seconds`` in a rotating order, with
             a short pause between blocks so that one worker's spinning BLAS/OpenMP threads have
             gone to sleep before the next starts. Reported: the median over the rounds, and
-            the ratio to the torch.nn reference's median (and the median of the rounds'
-            paired ratios).
+            the ratio to the reference's median (torch.nn's module of the configuration's
+            cell, behind torch.nn.Embedding in a word model: torch.nn.RNN for the book's
+            model) and the median of the rounds' paired ratios (with several cells, also the
+            paired ratio to the same engine with the first cell). A configuration runs the
+            subjects that take it.
   generate  characters/s of single-stream greedy generation; same workers, same rounds.
   memory    peak memory growth of a few training steps, one fresh process per subject (and one
             more for the NumPy engine under tracemalloc), two processes at a time.
@@ -28,7 +31,7 @@ import numpy as np
 
 from ..engine.threads import default_threads
 from .report import evaluate_targets
-from .settings import BOOK, PARTS, REFERENCE, SUBJECTS, BenchConfig, BenchSettings, cores
+from .settings import BOOK, PARTS, SUBJECTS, BenchConfig, BenchSettings, cores
 from .worker import Worker
 
 
@@ -91,16 +94,19 @@ def run(settings: BenchSettings, log=_log) -> dict:
         if p not in PARTS:
             raise ValueError(f"expected parts among {', '.join(PARTS)}, got {p!r}")
     configs = [settings.config(n) for n in settings.configs]
+    rows = {c.name: settings.rows(c) for c in configs}
     results: dict[str, dict[str, dict]] = {
-        c.name: {s: {} for s in settings.subjects if c.runs(s)} for c in configs}
+        c.name: {row: {"subject": s, "cell": cell} for row, s, cell in rows[c.name]}
+        for c in configs}
     t_start = time.perf_counter()
     load_before = _loadavg()
     threads_used = settings.threads or default_threads()     # what a worker without a number
     if "train" in settings.parts or "generate" in settings.parts:  # takes, decided now
-        workers = {s: Worker(settings.threads) for s in settings.subjects}
+        names = dict.fromkeys(row for c in configs for row, _, _ in rows[c.name])  # each once
+        workers = {row: Worker(settings.threads) for row in names}
         try:
             for cfg in configs:
-                _timed_parts(cfg, settings, {s: w for s, w in workers.items() if cfg.runs(s)},
+                _timed_parts(cfg, settings, {row: workers[row] for row in results[cfg.name]},
                              results[cfg.name], log)
         finally:
             for w in workers.values():
@@ -113,7 +119,8 @@ def run(settings: BenchSettings, log=_log) -> dict:
     out = {
         "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": _loadavg()},
         "settings": {**asdict(settings), "worker_threads": settings.threads or threads_used},
-        "configs": {c.name: {**asdict(c), "reference": c.reference} for c in configs},
+        "configs": {c.name: {**asdict(c), "reference": c.reference,
+                             "reference_model": c.reference_model} for c in configs},
         "results": results,
         "seconds": time.perf_counter() - t_start,
     }
@@ -126,12 +133,13 @@ def run(settings: BenchSettings, log=_log) -> dict:
 def _timed_parts(cfg: BenchConfig, st: BenchSettings, workers: dict, res: dict, log) -> None:
     """One configuration's timed blocks: set up every worker, interleaved rounds of training
     blocks, then of generation blocks; the medians and the ratios into ``res``."""
-    log(f"[{cfg.name}] {cfg.cell} L={cfg.layers} V={cfg.vocab} E={cfg.embedding or '-'} "
-        f"H={cfg.hidden} B={cfg.batch} T={cfg.steps}: setting up")
+    log(f"[{cfg.name}] {cfg.cell} V={cfg.vocab} E={cfg.embedding or '-'} H={cfg.hidden} "
+        f"L={cfg.layers} B={cfg.batch} T={cfg.steps}: setting up")
     parts = [p for p in st.parts if p != "generate" or cfg.generates]
     n_steps, train, gen = {}, {}, {}
     for s, w in workers.items():
-        r = w.ask(op="setup", subject=s, config=asdict(cfg), seed=st.seed, warmup=1)
+        r = w.ask(op="setup", subject=res[s]["subject"], cell=res[s]["cell"],
+                  config=asdict(cfg), seed=st.seed, warmup=1)
         train[s], gen[s] = Measurement(error=r.get("error")), Measurement(error=r.get("error"))
         if "error" not in r:
             n_steps[s] = max(1, round(st.seconds / max(r["step_s"], 1e-6)))
@@ -154,7 +162,8 @@ def _timed_parts(cfg: BenchConfig, st: BenchSettings, workers: dict, res: dict, 
         if "generate" in parts:
             res[s]["generate"] = {"chars_per_s": gen[s].median, "samples": gen[s].samples,
                                   "chars_per_block": st.gen_chars, "error": gen[s].error}
-    _timed_ratios(res)
+    _timed_ratios(res, cfg.reference)
+    _cell_ratios(res, st.engine_cells(cfg))
 
 
 def _rounds(workers: dict, measured: dict[str, Measurement], repeats: int, pause: float, *,
@@ -179,25 +188,42 @@ def _rounds(workers: dict, measured: dict[str, Measurement], repeats: int, pause
             after_round(rep)
 
 
-def _timed_ratios(res: dict) -> None:
-    """Each subject's rates as ratios to the torch.nn reference's (and generation's to the
-    book's)."""
-    ref_t = res.get(REFERENCE, {}).get("train", {}).get("tokens_per_s")
-    ref_g = res.get(REFERENCE, {}).get("generate", {}).get("chars_per_s")
+def _timed_ratios(res: dict, reference: str) -> None:
+    """Each subject's rates as ratios to the reference's (and generation's to the book's)."""
+    ref_t = res.get(reference, {}).get("train", {}).get("tokens_per_s")
+    ref_g = res.get(reference, {}).get("generate", {}).get("chars_per_s")
     book_g = res.get(BOOK, {}).get("generate", {}).get("chars_per_s")
-    ref_samples = res.get(REFERENCE, {}).get("train", {}).get("samples", [])
+    ref_samples = res.get(reference, {}).get("train", {}).get("samples", [])
     for r in res.values():
         if "train" in r:
             t = r["train"]
             t["ratio_to_reference"] = _ratio(t["tokens_per_s"], ref_t)
             # the same ratio from each round's pair (both measured within seconds of each
             # other), then the median: less sensitive to a busy round than medians' ratio
-            pairs = [a / b for a, b in zip(t["samples"], ref_samples, strict=False) if b]
-            t["paired_ratio_median"] = float(np.median(pairs)) if pairs else None
+            t["paired_ratio_median"] = _paired_median(t["samples"], ref_samples)
         if "generate" in r:
             g = r["generate"]
             g["ratio_to_reference"] = _ratio(g["chars_per_s"], ref_g)
             g["ratio_to_book"] = _ratio(g["chars_per_s"], book_g)
+
+
+def _paired_median(samples: list[float], reference: list[float]) -> float | None:
+    pairs = [a / b for a, b in zip(samples, reference, strict=False) if b]
+    return float(np.median(pairs)) if pairs else None
+
+
+def _cell_ratios(res: dict, cells: tuple[str, ...]) -> None:
+    """With several cells: each row's training rate over the same subject's with the first
+    cell, the median of the rounds' paired ratios (both measured within seconds of each
+    other)."""
+    if len(cells) < 2:
+        return
+    first = {r["subject"]: r for r in res.values() if r["cell"] == cells[0]}
+    for r in res.values():
+        base = first.get(r["subject"])
+        if "train" in r and base is not None and base is not r and "train" in base:
+            r["train"]["paired_ratio_to_first_cell"] = _paired_median(
+                r["train"]["samples"], base["train"]["samples"])
 
 
 # -- memory ---------------------------------------------------------------------------------------
@@ -207,15 +233,16 @@ def _memory_part(cfg: BenchConfig, st: BenchSettings, res: dict, log) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     log(f"[{cfg.name}] memory: one fresh process per subject")
-    jobs = [(s, "memory", False) for s in st.subjects if cfg.runs(s)]
-    jobs += [("numpy", "memory_tracemalloc", True)] if "numpy" in st.subjects else []
+    jobs = [(row, "memory", False) for row in res]
+    jobs += [(row, "memory_tracemalloc", True) for row, r in res.items()
+             if r["subject"] == "numpy"]
 
     def measure(job) -> dict:
-        subject, _, traced = job
+        row, _, traced = job
         w = Worker(st.threads)
         try:
-            r = w.ask(op="setup", subject=subject, config=asdict(cfg), seed=st.seed,
-                      warmup_tiny=True)
+            r = w.ask(op="setup", subject=res[row]["subject"], cell=res[row]["cell"],
+                      config=asdict(cfg), seed=st.seed, warmup_tiny=True)
             if "error" not in r:
                 r = w.ask(op="memory", steps=st.memory_steps, tracemalloc=traced)
         finally:
@@ -228,7 +255,7 @@ def _memory_part(cfg: BenchConfig, st: BenchSettings, res: dict, log) -> None:
         res[subject][key] = {"peak_mb": r.get("peak_mb"), "method": r.get("method"),
                              "steps": st.memory_steps, "error": r.get("error"),
                              "torch_imported": r.get("torch_imported")}
-    ref = res.get(REFERENCE, {}).get("memory", {}).get("peak_mb")
+    ref = res.get(cfg.reference, {}).get("memory", {}).get("peak_mb")
     book = res.get(BOOK, {}).get("memory", {}).get("peak_mb")
     for s in res:
         m = res[s].get("memory")

@@ -24,7 +24,7 @@ def profile_step(subject: str, cfg: BenchConfig, steps: int = 5, top: int = 12) 
     import io
     import pstats
 
-    sub = make_subject(subject, cfg)
+    sub = make_subject(subject, cfg, cell=cfg.cell)
     sub.train(1)
     prof = cProfile.Profile()
     prof.enable()
@@ -39,7 +39,7 @@ def torch_profile_step(subject: str, cfg: BenchConfig, steps: int = 3, top: int 
     """torch.profiler's operator summary of ``steps`` training steps of a torch subject."""
     from torch.profiler import ProfilerActivity, profile
 
-    sub = make_subject(subject, cfg)
+    sub = make_subject(subject, cfg, cell=cfg.cell)
     sub.train(1)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         sub.train(steps)

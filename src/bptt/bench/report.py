@@ -7,6 +7,8 @@ part -> numbers), ``seconds`` and ``targets`` (:func:`evaluate_targets`).
 
 from __future__ import annotations
 
+from ..cells import get_cell
+
 BEST_FP32 = ("numpy", "torch")
 BEST_BF16 = ("numpy-bf16", "torch-bf16")
 TARGETS = (
@@ -31,11 +33,17 @@ TARGETS = (
      "generation: torch chars/s >= 10x the book's predict_ch8"),
     ("long", "numpy", "memory", "ratio_to_book", "<=", 1 / 3,
      "long: numpy peak memory <= 1/3 of the book's autograd model"),
+    ("book", "bptt.nn.RNN", "train", "ratio_to_reference", ">=", 1.0,
+     "book: bptt.nn.RNN training tokens/s >= torch.nn.RNN"),
+    ("lstm", "bptt.nn.LSTM", "train", "ratio_to_reference", ">=", 1.0,
+     "lstm: bptt.nn.LSTM (2 layers) training tokens/s >= torch.nn.LSTM"),
+    ("gru", "bptt.nn.GRU", "train", "ratio_to_reference", ">=", 1.0,
+     "gru: bptt.nn.GRU (2 layers) training tokens/s >= torch.nn.GRU"),
 )
 # the best hand-written engine against torch.nn (in float32 always): per configuration the
 # module compared with and the thresholds of float32 and bf16 training
 BEST_TARGETS = (("book", ".RNN", 1.5, 2.5), ("gru", ".GRU", 1.5, 2.5),
-                ("lstm", ".LSTM", 1.0, 2.5), ("word", "", 1.0, 2.5))
+                ("lstm", ".LSTM", 1.0, 2.5), ("word", ".Embedding + LSTM", 1.0, 2.5))
 TARGETS += tuple(
     (cfg, best, "train", "ratio_to_reference", ">=", threshold,
      f"{cfg} {precision}: best of {'/'.join(best)} >= {threshold}x torch.nn{module}")
@@ -46,14 +54,26 @@ TARGETS += tuple(
 
 
 def _value(out: dict, cfg: str, subject, part: str, key: str) -> float | None:
-    """A subject's measured value, or the best (largest) of several subjects'."""
+    """A subject's measured value on the row of the configuration's cell, or the best
+    (largest) of several subjects'."""
     if isinstance(subject, tuple):
         values = [v for v in (_value(out, cfg, s, part, key) for s in subject) if v is not None]
         return max(values) if values else None
-    return out["results"].get(cfg, {}).get(subject, {}).get(part, {}).get(key)
+    cell = out.get("configs", {}).get(cfg, {}).get("cell", "rnn")
+    return _row(out["results"].get(cfg, {}), subject, cell).get(part, {}).get(key)
+
+
+def _row(results: dict, subject: str, cell: str = "rnn") -> dict:
+    """The results of ``subject`` running ``cell`` (a row may carry its subject and cell)."""
+    for name, r in results.items():
+        if r.get("subject", name) == subject and r.get("cell", "rnn") == cell:
+            return r
+    return {}
 
 
 def evaluate_targets(out: dict) -> list[dict]:
+    """Every target on its row of the configuration's cell (the book's: the RNN; n/a when the
+    run measured other cells)."""
     rows = []
     for cfg, subject, part, key, cmp, threshold, text in TARGETS:
         value = _value(out, cfg, subject, part, key)
@@ -94,37 +114,49 @@ def format_table(out: dict) -> str:
                  f"{out['settings']['worker_threads']} thread(s) per worker; "
                  f"medians of {out['settings']['repeats']} interleaved rounds; load average "
                  f"{m.get('loadavg_before')} before, {m.get('loadavg_after')} after")
-    head = (f"{'subject':<15} {'train tok/s':>12} {'x nn':>6} {'gen char/s':>11} "
-            f"{'x nn':>6} {'x book':>7} {'peak MiB':>9} {'x book':>7}")
+    cells = tuple(out["settings"].get("cells", ("rnn",)))
+    width = max([15, *(len(s) for rows in out["results"].values() for s in rows)])
+    first = f"x {cells[0]}" if len(cells) > 1 else ""
+    head = (f"{'subject':<{width}} {'train tok/s':>12} {'x torch.nn':>10} {first:>{len(first)}}"
+            f"{' ' if first else ''}{'gen char/s':>11} {'x torch.nn':>10} {'x book':>7} "
+            f"{'peak MiB':>9} {'x book':>7}")
     for name, cfg in out["configs"].items():
         lines.append("")
+        engines = cells if cfg["cell"] == "rnn" else (cfg["cell"],)
         emb = f" E={cfg['embedding']}" if cfg.get("embedding") else ""
-        lines.append(f"{name}: {cfg.get('cell', 'rnn')} L={cfg.get('layers', 1)} "
-                     f"V={cfg['vocab']}{emb} H={cfg['hidden']} B={cfg['batch']} "
-                     f"T={cfg['steps']}  {cfg['note']}; x nn: ratio to "
-                     f"{cfg.get('reference', 'torch.nn.RNN')}")
+        reference = cfg.get("reference_model",
+                            f"torch.nn.{get_cell(cfg['cell']).torch_name}")
+        lines.append(f"{name}: {cfg['cell']} V={cfg['vocab']}{emb} H={cfg['hidden']} "
+                     f"L={cfg['layers']} B={cfg['batch']} T={cfg['steps']}  {cfg['note']}; "
+                     f"our engines run {', '.join(engines)}; x torch.nn: the ratio to "
+                     f"{reference}")
         lines.append(head)
         for s, r in out["results"][name].items():
             t, g, mem = r.get("train", {}), r.get("generate", {}), r.get("memory", {})
             peak = _fmt(mem.get("peak_mb"), ".1f")
             if "memory_tracemalloc" in r and r["memory_tracemalloc"].get("peak_mb") is not None:
                 peak += f" ({r['memory_tracemalloc']['peak_mb']:.1f}t)"
+            by_cell = (f"{_fmt(t.get('paired_ratio_to_first_cell'), '.2f'):>{len(first)}} "
+                       if first else "")
             lines.append(
-                f"{s:<15} {_fmt(t.get('tokens_per_s')):>12} "
-                f"{_fmt(t.get('ratio_to_reference'), '.2f'):>6} "
-                f"{_fmt(g.get('chars_per_s')):>11} {_fmt(g.get('ratio_to_reference'), '.2f'):>6} "
+                f"{s:<{width}} {_fmt(t.get('tokens_per_s')):>12} "
+                f"{_fmt(t.get('ratio_to_reference'), '.2f'):>10} {by_cell}"
+                f"{_fmt(g.get('chars_per_s')):>11} {_fmt(g.get('ratio_to_reference'), '.2f'):>10} "
                 f"{_fmt(g.get('ratio_to_book'), '.1f'):>7} {peak:>9} "
                 f"{_fmt(mem.get('ratio_to_book'), '.2f'):>7}")
             errors = {p: r[p]["error"] for p in ("train", "generate", "memory")
                       if r.get(p, {}).get("error")}
             for p, e in errors.items():
-                lines.append(f"{'':<15} {p}: {e}")
+                lines.append(f"{'':<{width}} {p}: {e}")
         library = _library_line(out["results"][name])
         if library:
             lines.append(library)
     lines.append("")
     lines.append("peak MiB: resident growth over the post-setup baseline (fresh process); "
                  "(..t): NumPy's tracemalloc peak")
+    if first:
+        lines.append(f"{first}: training tokens/s over the same engine's with {cells[0]}, the "
+                     "median of the rounds' paired ratios")
     lines.append("targets:")
     for t in out.get("targets", []):
         state = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")

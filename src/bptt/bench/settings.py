@@ -7,21 +7,29 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..cells import CELL_NAMES, CELLS, RNN, get_cell
+
 ENGINE_SUBJECTS = ("numpy", "torch", "torch-autograd", "torch-builtin")
 BF16_SUBJECTS = {"numpy-bf16": "numpy", "torch-bf16": "torch"}
 """Our engines with ``precision="bf16"``: bfloat16 products, float32 everything else."""
-REFERENCE = "torch.nn"
+REFERENCE = "torch.nn.RNN"          # the book's configurations' (each one's: BenchConfig.reference)
 BOOK = "book"
+MODULES = tuple(c.torch_name for c in CELLS.values() if c.torch_name)  # RNN, LSTM, GRU
+MODULE_SUBJECTS = tuple(f"{package}.{m}" for m in MODULES for package in ("torch.nn", "bptt.nn"))
+"""torch.nn.X (the reference of a configuration of that cell, written here independently of our
+engines) and bptt.nn.X, the drop-in module on our BPTT, each with the same embedding (word
+models), head, loss, optimiser and clipping."""
 SUBJECTS = ("numpy", "numpy-bf16", "torch", "torch-bf16", "torch-autograd", "torch-builtin",
-            REFERENCE, BOOK)
+            *MODULE_SUBJECTS, BOOK)
 PARTS = ("train", "generate", "memory")
-TORCH_NN = {"rnn": "torch.nn.RNN", "lstm": "torch.nn.LSTM", "gru": "torch.nn.GRU"}
+ONE_ROW = (*MODULE_SUBJECTS, BOOK)   # one row each, on the configuration's cell
 
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One workload: vocabulary V, hidden size H, batch B, steps T per batch; the cell, its
-    layers L, and an embedding of size E in front (a word model; None: one-hot characters)."""
+    """One workload: vocabulary V, hidden size H, batch B, steps T per batch; the cell (tanh
+    for the rnn), its layers L, and an embedding of size E in front (a word model; None:
+    one-hot characters). A language model: a linear head, cross-entropy."""
 
     name: str
     vocab: int
@@ -29,7 +37,7 @@ class BenchConfig:
     batch: int
     steps: int
     note: str = ""
-    cell: str = "rnn"
+    cell: str = "rnn"               # a name of bptt.cells (tanh for the rnn)
     layers: int = 1
     embedding: int | None = None
 
@@ -38,15 +46,30 @@ class BenchConfig:
         return self.batch * self.steps
 
     @property
-    def reference(self) -> str:
-        """The torch.nn module of the reference subject (nn.Embedding in front of a word model)."""
-        return ("torch.nn.Embedding + " if self.embedding else "") + TORCH_NN[self.cell]
+    def module(self) -> str:
+        """torch.nn's class of the cell (the registry's ``torch_name``): RNN, LSTM or GRU."""
+        return get_cell(self.cell).torch_name
 
-    def runs(self, subject: str) -> bool:
-        """Whether ``subject`` has this workload: the book's model is its one-layer character
-        RNN; every other subject runs every configuration."""
-        return subject != BOOK or (self.cell == "rnn" and self.layers == 1
-                                   and self.embedding is None)
+    @property
+    def reference(self) -> str:
+        """The subject every rate is a ratio to: torch.nn's module of the cell (behind
+        torch.nn.Embedding in a word model)."""
+        return f"torch.nn.{self.module}"
+
+    @property
+    def reference_model(self) -> str:
+        """What the reference subject runs, in words."""
+        return ("torch.nn.Embedding + " if self.embedding else "") + self.reference
+
+    def takes(self, subject: str) -> bool:
+        """Whether ``subject`` runs this workload: the engines (float32 and bf16) run every
+        configuration, the modules their own cell's, the book's loop its one-layer character
+        RNN alone."""
+        if subject in MODULE_SUBJECTS:
+            return subject.rsplit(".", 1)[1] == self.module
+        if subject == BOOK:
+            return get_cell(self.cell) is RNN and self.layers == 1 and self.embedding is None
+        return True
 
     @property
     def generates(self) -> bool:
@@ -65,10 +88,10 @@ CONFIGS = {
     "small": BenchConfig("small", 28, 256, 32, 35, "H = 256"),
     "large": BenchConfig("large", 28, 1024, 128, 35, "H = 1024, B = 128"),
     "long": BenchConfig("long", 28, 256, 16, 1000, "T = 1000 (B and H smaller to stay bounded)"),
-    "lstm": BenchConfig("lstm", 28, 256, 32, 35, "an LSTM over characters", cell="lstm"),
-    "lstm-512": BenchConfig("lstm-512", 28, 512, 32, 35, "H = 512", cell="lstm"),
-    "gru": BenchConfig("gru", 28, 256, 32, 35, "a GRU over characters", cell="gru"),
-    "gru-512": BenchConfig("gru-512", 28, 512, 32, 35, "H = 512", cell="gru"),
+    "lstm": BenchConfig("lstm", 28, 256, 32, 35, "a 2-layer LSTM, H = 256", "lstm", 2),
+    "lstm-512": BenchConfig("lstm-512", 28, 512, 32, 35, "a 2-layer LSTM, H = 512", "lstm", 2),
+    "gru": BenchConfig("gru", 28, 256, 32, 35, "a 2-layer GRU, H = 256", "gru", 2),
+    "gru-512": BenchConfig("gru-512", 28, 512, 32, 35, "a 2-layer GRU, H = 512", "gru", 2),
     "word": _word("word", 10_000, 200, 20, 20, "Zaremba small: E = H = 200, 2 LSTM layers"),
     "word-medium": _word("word-medium", 10_000, 650, 20, 35, "Zaremba medium: E = H = 650"),
 }
@@ -77,10 +100,10 @@ QUICK_CONFIGS = {
     "small": BenchConfig("small", 28, 32, 4, 12, "quick"),
     "large": BenchConfig("large", 28, 64, 8, 12, "quick"),
     "long": BenchConfig("long", 28, 32, 2, 120, "quick"),
-    "lstm": BenchConfig("lstm", 28, 32, 4, 12, "quick", cell="lstm"),
-    "lstm-512": BenchConfig("lstm-512", 28, 48, 4, 12, "quick", cell="lstm"),
-    "gru": BenchConfig("gru", 28, 32, 4, 12, "quick", cell="gru"),
-    "gru-512": BenchConfig("gru-512", 28, 48, 4, 12, "quick", cell="gru"),
+    "lstm": BenchConfig("lstm", 28, 32, 4, 12, "quick", "lstm", 2),
+    "lstm-512": BenchConfig("lstm-512", 28, 48, 4, 12, "quick", "lstm", 2),
+    "gru": BenchConfig("gru", 28, 32, 4, 12, "quick", "gru", 2),
+    "gru-512": BenchConfig("gru-512", 28, 48, 4, 12, "quick", "gru", 2),
     "word": _word("word", 300, 16, 4, 6, "quick"),
     "word-medium": _word("word-medium", 300, 24, 4, 6, "quick"),
 }
@@ -102,6 +125,8 @@ class BenchSettings:
     memory_configs: tuple[str, ...] | None = None   # None: every configuration
     threads: int | None = None       # threads per worker (every pool); None: the engines'
     #                                  default, the cores the machine's other work leaves idle
+    cells: tuple[str, ...] = ("rnn",)  # the cells our engines run (bptt.cells) in the book's
+                                       # RNN configurations; the references stay the book's RNN
 
     @classmethod
     def quick_settings(cls, **kw) -> BenchSettings:
@@ -110,6 +135,30 @@ class BenchSettings:
                     memory_steps=1, pause=0.0, memory_configs=("long",), threads=1)
         base.update(kw)
         return cls(**base)
+
+    def engine_cells(self, cfg: BenchConfig) -> tuple[str, ...]:
+        """The cells our engines run in ``cfg``: ``cells`` in the book's RNN configurations,
+        the configuration's own cell in the others (lstm, gru)."""
+        return self.cells if get_cell(cfg.cell) is RNN else (cfg.cell,)
+
+    def rows(self, cfg: BenchConfig) -> list[tuple[str, str, str]]:
+        """The table's rows of ``cfg`` as (row name, subject, cell), for the subjects that take
+        it: every subject of our engines once per engine cell (named ``"numpy lstm"`` when there
+        are several, else by the subject alone), each module and the book once, on the
+        configuration's cell."""
+        for c in self.cells:
+            if c not in CELL_NAMES:
+                raise ValueError(f"expected cells among {', '.join(CELL_NAMES)}, got {c!r}")
+        cells = self.engine_cells(cfg)
+        out = []
+        for s in self.subjects:
+            if not cfg.takes(s):
+                continue
+            if s in ONE_ROW:
+                out.append((s, s, cfg.cell))
+            else:
+                out += [(s if len(cells) == 1 else f"{s} {c}", s, c) for c in cells]
+        return out
 
     def config(self, name: str) -> BenchConfig:
         table = QUICK_CONFIGS if self.quick else CONFIGS

@@ -1,13 +1,16 @@
-"""The subjects of ``bptt bench``, all the language model of a configuration (its cell and
-layers over one-hot characters, or over an embedding for a word model; a linear head, softmax
-cross-entropy, SGD with the gradient norm clipped at 1):
+"""The subjects of ``bptt bench``, all the language model of a configuration: its cell and layers
+over one-hot characters, or over an embedding for a word model; a linear head, softmax
+cross-entropy, SGD with the gradient norm clipped at 1 (our engines may run another cell of the
+registry in the book's configurations: ``--cell``):
 
-  EngineSubject    one of our engines, through the library code ``bptt train`` uses
-  TorchNNSubject   the reference written here, independent of our engines: torch.nn.RNN, LSTM
-                   or GRU (nn.Embedding in front of a word model, one-hot inputs otherwise) +
-                   torch.nn.Linear, torch.optim.SGD, clip_grad_norm_
+  EngineSubject    one of our engines, through the library code ``bptt train`` uses (float32,
+                   or bf16 products: numpy-bf16, torch-bf16)
+  ModuleSubject    a recurrent torch.nn.Module (torch.nn.Embedding in front of a word model,
+                   one-hot inputs otherwise) + torch.nn.Linear, torch.optim.SGD,
+                   clip_grad_norm_: torch.nn.RNN/LSTM/GRU (the reference, written here
+                   independently of our engines) or bptt.nn's drop-in module of the same name
   BookSubject      the book's from-scratch RNN loop (d2l 8.5), its grad_clipping, sgd,
-                   predict_ch8 (the book's configurations only)
+                   predict_ch8 (the book's one-layer character configurations only)
 
 Each has ``train(n)`` (n whole training steps on a fixed batch, the state carried and detached
 between them; returns the last loss) and ``generate(n)`` (n characters of greedy generation at
@@ -22,7 +25,7 @@ from .settings import (
     BF16_SUBJECTS,
     BOOK,
     ENGINE_SUBJECTS,
-    REFERENCE,
+    MODULE_SUBJECTS,
     SUBJECTS,
     BenchConfig,
     threads,
@@ -58,7 +61,8 @@ def set_torch_threads() -> None:
 class EngineSubject:
     """One of our engines, trained and sampled through the library code ``bptt train`` uses."""
 
-    def __init__(self, engine: str, cfg: BenchConfig, seed: int = 0, precision: str = "fp32"):
+    def __init__(self, engine: str, cfg: BenchConfig, seed: int = 0, precision: str = "fp32",
+                 cell: str = "rnn"):
         from .. import optim
         from ..engine import get_engine
         from ..engine.threads import set_threads
@@ -69,7 +73,7 @@ class EngineSubject:
         else:
             set_threads(threads())
         self.name, self.cfg = engine, cfg
-        self.spec = ModelSpec(cell=cfg.cell, input_size=cfg.vocab, hidden_size=cfg.hidden,
+        self.spec = ModelSpec(cell=cell, input_size=cfg.vocab, hidden_size=cfg.hidden,
                               output_size=cfg.vocab, num_layers=cfg.layers,
                               embedding_size=cfg.embedding, task="lm")
         self.engine = get_engine(engine, self.spec, device="cpu", precision=precision)
@@ -96,33 +100,40 @@ class EngineSubject:
         return generate(model, PREFIX, n, engine=self.name, device="cpu")
 
 
-class TorchNNSubject:
-    """The reference: torch.nn.RNN, LSTM or GRU (nn.Embedding in front of a word model) +
-    torch.nn.Linear, torch.optim.SGD, clip_grad_norm_."""
+class ModuleSubject:
+    """A recurrent nn.Module (torch.nn's, or bptt.nn's of the same name: ``package``) behind
+    torch.nn.Embedding (a word model) or on one-hot inputs, + torch.nn.Linear,
+    torch.optim.SGD, clip_grad_norm_; the state carried and detached between batches. Both
+    packages draw the same initial parameters from one seed."""
 
-    def __init__(self, cfg: BenchConfig, seed: int = 0):
+    def __init__(self, cfg: BenchConfig, package: str = "torch.nn", seed: int = 0):
+        import importlib
+
         import torch
 
         set_torch_threads()
         self.torch, self.cfg = torch, cfg
+        nn = importlib.import_module(package)
         torch.manual_seed(seed)
-        nn = torch.nn
-        module = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cfg.cell]
-        self.embed = nn.Embedding(cfg.vocab, cfg.embedding) if cfg.embedding else None
-        self.rnn = module(cfg.embedding or cfg.vocab, cfg.hidden, num_layers=cfg.layers)
-        self.head = nn.Linear(cfg.hidden, cfg.vocab)
+        self.embed = torch.nn.Embedding(cfg.vocab, cfg.embedding) if cfg.embedding else None
+        self.rnn = getattr(nn, cfg.module)(cfg.embedding or cfg.vocab, cfg.hidden, cfg.layers)
+        self.head = torch.nn.Linear(cfg.hidden, cfg.vocab)
         self.params = [*self.rnn.parameters(), *self.head.parameters()]
         if self.embed is not None:
             self.params += list(self.embed.parameters())
         self.opt = torch.optim.SGD(self.params, lr=1.0)
         X, Y = _data(cfg, seed)
         self.X, self.Y = torch.as_tensor(X), torch.as_tensor(Y)
-        self.h = self.zeros(cfg.batch)
+        self.state = self.zeros(cfg.batch)
 
     def zeros(self, batch: int):
-        """The initial state: h (L, B, H), or the pair (h, c) for the LSTM."""
+        """The zero state: (L, B, H), the LSTM's pair of them."""
         h = self.torch.zeros(self.cfg.layers, batch, self.cfg.hidden)
-        return (h, h.clone()) if self.cfg.cell == "lstm" else h
+        return (h, h.clone()) if self.cfg.module == "LSTM" else h
+
+    @staticmethod
+    def detach(state):
+        return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
     def inputs(self, ids):
         """(T, B) ids as the module's input: embedded rows, or one-hot vectors."""
@@ -134,14 +145,14 @@ class TorchNNSubject:
         torch, F, H = self.torch, self.torch.nn.functional, self.cfg.hidden
         loss = None
         for _ in range(n):
-            out, h = self.rnn(self.inputs(self.X.T), self.h)               # (T, B, H)
+            out, state = self.rnn(self.inputs(self.X.T), self.state)  # (T, B, H)
             logits = self.head(out.reshape(-1, H))
             loss = F.cross_entropy(logits, self.Y.T.reshape(-1))
             self.opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, 1.0)
             self.opt.step()
-            self.h = tuple(s.detach() for s in h) if isinstance(h, tuple) else h.detach()
+            self.state = self.detach(state)
         return float(loss.detach()) if loss is not None else 0.0
 
     def generate(self, n: int) -> str:
@@ -149,12 +160,12 @@ class TorchNNSubject:
         vocab = _vocab()
         with torch.no_grad():
             ids = torch.as_tensor(vocab.encode(list(PREFIX)))
-            out, h = self.rnn(self.inputs(ids[:, None]), self.zeros(1))
+            out, state = self.rnn(self.inputs(ids[:, None]), self.zeros(1))
             nxt = int(self.head(out[-1]).argmax())
             chosen = []
             for _ in range(n):                                       # one character at a time
                 chosen.append(nxt)
-                out, h = self.rnn(self.inputs(torch.tensor([[nxt]])), h)
+                out, state = self.rnn(self.inputs(torch.tensor([[nxt]])), state)
                 nxt = int(self.head(out[0]).argmax())
         return PREFIX + "".join(vocab.idx_to_token[i] for i in chosen)
 
@@ -244,15 +255,16 @@ class BookSubject:
         return "".join(vocab.idx_to_token[i] for i in outputs)
 
 
-def make_subject(name: str, cfg: BenchConfig, seed: int = 0):
+def make_subject(name: str, cfg: BenchConfig, seed: int = 0, cell: str = "rnn"):
+    """A subject by name; ``cell`` is the cell our engines run (a module runs its own)."""
     if name in ENGINE_SUBJECTS:
-        return EngineSubject(name, cfg, seed)
+        return EngineSubject(name, cfg, seed, cell=cell)
     if name in BF16_SUBJECTS:
-        return EngineSubject(BF16_SUBJECTS[name], cfg, seed, precision="bf16")
-    if name == REFERENCE:
-        return TorchNNSubject(cfg, seed)
+        return EngineSubject(BF16_SUBJECTS[name], cfg, seed, precision="bf16", cell=cell)
+    if name in MODULE_SUBJECTS:
+        return ModuleSubject(cfg, name.rsplit(".", 1)[0], seed)
     if name == BOOK:
-        if not cfg.runs(BOOK):
+        if not cfg.takes(BOOK):
             raise ValueError(f"expected a one-layer character RNN for the book's model, got "
                              f"configuration {cfg.name!r} ({cfg.cell}, {cfg.layers} layers)")
         return BookSubject(cfg, seed)

@@ -3,7 +3,7 @@
 The parent starts ``python -m bptt.bench --worker`` (:class:`Worker`) and sends it JSON requests,
 one a line on its stdin; :func:`worker_main` answers each with one JSON line on its stdout:
 
-  {"op": "setup", "subject", "config", "seed", "warmup", "warmup_tiny"}
+  {"op": "setup", "subject", "cell", "config", "seed", "warmup", "warmup_tiny"}
       -> {"ok": true, "step_s"}         build the subject (after ``warmup`` steps: one timed step)
   {"op": "train", "n"}                  -> {"seconds", "loss", "kernel", "products"}
   {"op": "generate", "n"}               -> {"seconds", "text"}
@@ -64,10 +64,11 @@ def worker_main() -> int:
                 cfg = BenchConfig(**msg["config"])
                 subject = None
                 gc.collect()
+                cell = msg.get("cell", "rnn")
                 if msg.get("warmup_tiny"):                    # lazy library initialisation
-                    make_subject(msg["subject"], _tiny(cfg), msg.get("seed", 0)).train(2)
+                    make_subject(msg["subject"], _tiny(cfg), msg.get("seed", 0), cell).train(2)
                     gc.collect()
-                subject = make_subject(msg["subject"], cfg, msg.get("seed", 0))
+                subject = make_subject(msg["subject"], cfg, msg.get("seed", 0), cell)
                 reply = {"ok": True}
                 if msg.get("warmup", 0):
                     subject.train(msg["warmup"])
@@ -133,7 +134,8 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            with contextlib.suppress(OSError):
-                pipe.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):   # else "unclosed file" warnings
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
         self._err.close()

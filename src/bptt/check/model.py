@@ -14,7 +14,8 @@ tied weights the sum of its two uses) and the initial state's gradient with:
 
   torch  ``torch.nn.Embedding`` + ``torch.nn.LSTM`` (RNN, GRU) + ``torch.nn.Linear`` under
          autograd, the same masks multiplied in (with masks between the layers, one one-layer
-         module per layer); a tied head is the Embedding's own Parameter
+         module per layer); a tied head is the Embedding's own Parameter. A cell torch.nn
+         lacks runs as its unrolled loop under autograd (bptt.check.autograd_reference)
   fd     central finite differences of L through our own forward, every parameter and
          initial-state entry
 
@@ -26,12 +27,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cells import get_cell
 from ..engine.dropout import Masks, draw_masks
 from ..model import EMBEDDING, ModelSpec, init_params
 from .ours import ENGINES, check_config
 from .record import FD_TOLERANCE, CheckRow, grads_error, parts, parts_error, rel_error
-from .references import numerical_gradient
+from .references import has_torch_reference, numerical_gradient, torch_module
 
 DROPOUTS = ("-", "std", "var")     # none, standard (a mask per step), variational (per sequence)
 
@@ -160,20 +160,24 @@ def reference(spec: ModelSpec, d: dict) -> dict:
 
 
 def _torch_layers(spec: ModelSpec, params: dict, per_layer: bool) -> list:
-    """``torch.nn.<cell>`` holding our parameters: one L-layer module, or L one-layer ones."""
+    """``torch.nn.<cell>`` (or, for a cell torch.nn lacks, its unrolled loop under autograd,
+    :func:`~bptt.check.references.torch_module`) holding our parameters: one L-layer module, or
+    L one-layer ones."""
     import torch
 
-    kind = spec.kind
-    opts = {"nonlinearity": spec.nonlinearity} if kind.takes_nonlinearity else {}
-    cls = getattr(torch.nn, kind.torch_name)
     H, L = spec.hidden_size, spec.num_layers
+
+    def cls(input_size: int, num_layers: int):
+        return torch_module(spec.kind, spec.nonlinearity, input_size, H, num_layers, False,
+                            True, 0)
+
     if not per_layer:
-        rnn = cls(spec.stack_input_size, H, num_layers=L, **opts).double()
+        rnn = cls(spec.stack_input_size, L)
         rnn.load_state_dict({k: torch.tensor(params[k]) for k, _ in rnn.named_parameters()})
         return [rnn]
     out = []
     for i in range(L):
-        rnn = cls(spec.stack_input_size if i == 0 else H, H, **opts).double()
+        rnn = cls(spec.stack_input_size if i == 0 else H, 1)
         rnn.load_state_dict({k: torch.tensor(params[k.replace("_l0", f"_l{i}")])
                              for k, _ in rnn.named_parameters()})
         out.append(rnn)
@@ -201,8 +205,9 @@ def check_model_against_torch(
     + torch.nn.<cell> + torch.nn.Linear under autograd, float64; ``engine`` "numpy" or
     "torch"."""
     check_config(cell, nonlinearity, batch, steps, vocab, hidden_size, num_layers, None, False)
-    if get_cell(cell).torch_name is None:
-        raise ValueError(f"expected a cell with a torch.nn reference, got {cell!r}")
+    if not has_torch_reference(cell):
+        raise ValueError(f"expected a cell with a torch reference (torch.nn, or a step of "
+                         f"the unrolled loop), got {cell!r}")
     if engine not in ENGINES:
         raise ValueError(f"expected engine {' or '.join(map(repr, ENGINES))}, got {engine!r}")
     spec = model_spec(cell, nonlinearity, vocab, embedding_size, hidden_size, num_layers, tied,

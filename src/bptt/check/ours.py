@@ -26,13 +26,16 @@ ENGINES = ("numpy", "torch")
 
 
 def check_config(cell, nonlinearity, batch, steps, input_size, hidden_size, num_layers,
-                 truncate, bidirectional) -> str:
+                 truncate, bidirectional, proj_size: int = 0) -> str:
     """Validate a configuration; return the nonlinearity as the row shows it."""
     kind = get_cell(cell)
     for name, v in (("batch", batch), ("steps", steps), ("input_size", input_size),
                     ("hidden_size", hidden_size), ("num_layers", num_layers)):
         if not isinstance(v, int | np.integer) or v < 1:
             raise ValueError(f"expected {name} a positive integer, got {v!r}")
+    if proj_size and not (kind.projects and 0 < proj_size < hidden_size):
+        raise ValueError(f"expected proj_size 0, or below hidden_size {hidden_size} for a cell "
+                         f"that projects, got {proj_size} for the {kind.name} cell")
     if truncate is not None and (num_layers != 1 or bidirectional):
         raise ValueError(
             "expected truncate only with num_layers=1 and bidirectional=False, got "
@@ -46,23 +49,39 @@ def check_config(cell, nonlinearity, batch, steps, input_size, hidden_size, num_
     return nonlinearity
 
 
-def draws(cell, batch, steps, input_size, hidden_size, num_layers, bidirectional, seed) -> dict:
+def draws(cell, batch, steps, input_size, hidden_size, num_layers, bidirectional, seed,
+          proj_size: int = 0) -> dict:
     """Random x, initial state(s) and upstream gradients, all float64, from one seed.
 
-    ``state0`` and ``dstate_n`` are tuples with one (L*D, B, H) array per state part.
+    ``state0`` and ``dstate_n`` are tuples with one (L*D, B, S) array per state part (S: the
+    part's size, P for a projected h).
     """
     rng = np.random.default_rng(seed)
     D = 2 if bidirectional else 1
-    S = num_layers * D
+    LD = num_layers * D
     n_states = get_cell(cell).num_state_parts
+    sizes = (proj_size or hidden_size, *(hidden_size,) * (n_states - 1))
     return {
         "x": rng.standard_normal((steps, batch, input_size)),
-        "state0": tuple(0.5 * rng.standard_normal((S, batch, hidden_size))
-                        for _ in range(n_states)),
-        "dout": rng.standard_normal((steps, batch, D * hidden_size)),
-        "dstate_n": tuple(rng.standard_normal((S, batch, hidden_size))
-                          for _ in range(n_states)),
+        "state0": tuple(0.5 * rng.standard_normal((LD, batch, s)) for s in sizes),
+        "dout": rng.standard_normal((steps, batch, D * sizes[0])),
+        "dstate_n": tuple(rng.standard_normal((LD, batch, s)) for s in sizes),
     }
+
+
+def reference_params(spec, seed: int) -> dict:
+    """A configuration's float64 recurrent parameters (no head): torch's initialisation from
+    ``seed``, with the cell's own parameters (``CellKind.params``, a layer norm's gains and
+    biases) moved off their initial values by U(-0.5, 0.5): at a gain of exactly 1 and a bias
+    of 0 a backward that forgot either would still pass."""
+    from ..model import init_params, param_fills
+
+    params = {k: v for k, v in init_params(spec, "torch", seed, "float64").items()
+              if not k.startswith("head.")}
+    rng = np.random.default_rng([seed, 7])
+    for name in param_fills(spec):
+        params[name] += rng.uniform(-0.5, 0.5, size=params[name].shape)
+    return params
 
 
 def ours(cell, params, d, with_h0, num_layers, bidirectional, nonlinearity, truncate,

@@ -21,6 +21,13 @@ TOLERANCE = {"float64": 1e-9}   # vs autograd: both sides round at 1e-16, a marg
 # gradient is off by far more than 1e-6, so that is the tolerance of the "fd" rows.
 FD_TOLERANCE = 1e-6
 TINY = float(np.finfo(np.float64).tiny)
+# A parameter's error is relative to its own gradient's size, but never to less than this
+# fraction of the largest gradient of the row: a gradient that is exactly zero (the gain of a
+# layer norm over one unit, whose output is constant) comes back from autograd as rounding
+# (~1e-15 of the others), which relative to itself reads 1, and relative to the floor 1e-10.
+# Below the floor a parameter is checked to 1e-14 of the largest gradient (the tolerance times
+# the floor), which any wrong gradient not itself at rounding level exceeds.
+GRAD_FLOOR = 1e-5
 
 
 @dataclass
@@ -35,8 +42,9 @@ class CheckRow:
     LSTM, c_n); ``params``: the gradient of every parameter (the max over them); ``dx``: the
     input gradient; ``dh0``: the initial-state gradient (h0 and, for the LSTM, c0). A column
     is None where the method does not measure it (finite differences have no forward to
-    compare). ``kernel``: the engine ran with its compiled kernel on (it runs every loop it
-    covers there; truncated BPTT stays Python) or off (the Python path, the reference).
+    compare). ``kernel``: the engine ran with its compiled kernel on and the kernel covers the
+    row's layers (the RNN, LSTM and GRU without projection; a truncated backward stays
+    Python), or not (the Python path, the reference).
     """
 
     cell: str
@@ -57,6 +65,7 @@ class CheckRow:
     dx: float | None = None
     dh0: float | None = None
     bias: bool = True
+    proj_size: int = 0         # > 0: an LSTM whose h is projected to P features
     dtype: str = "float64"
     tolerance: float = TOLERANCE["float64"]
     embedding: int | None = None  # a model-level row: the embedding size E (None: a stack row)
@@ -82,8 +91,9 @@ class CheckRow:
 
 # -- errors -------------------------------------------------------------------------------------
 
-def rel_error(ours, ref) -> float:
-    """``max|ours - ref| / max(max|ref|, tiny)``; inf when the shapes differ or ours is missing."""
+def rel_error(ours, ref, floor: float = 0.0) -> float:
+    """``max|ours - ref| / max(max|ref|, floor, tiny)``; inf when the shapes differ or ours is
+    missing."""
     if ours is None or ref is None:
         return 0.0 if ours is None and ref is None else math.inf
     a = np.asarray(ours, dtype=np.float64)
@@ -92,7 +102,7 @@ def rel_error(ours, ref) -> float:
         return math.inf
     if a.size == 0:
         return 0.0
-    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), TINY))
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), floor, TINY))
 
 
 def max_error(errors) -> float:
@@ -108,10 +118,13 @@ def max_error(errors) -> float:
 
 
 def grads_error(ours: dict, ref: dict) -> float:
-    """Max relative error over every parameter; a missing or unexpected gradient is inf."""
+    """Max relative error over every parameter, each relative to its own gradient's size but
+    at least :data:`GRAD_FLOOR` times the row's largest; a missing or unexpected gradient is
+    inf."""
     if set(ours) != set(ref):
         return math.inf
-    return max_error(rel_error(ours[k], ref[k]) for k in ref)
+    largest = max((float(np.max(np.abs(v))) for v in ref.values() if np.size(v)), default=0.0)
+    return max_error(rel_error(ours[k], ref[k], floor=GRAD_FLOOR * largest) for k in ref)
 
 
 def parts(state) -> tuple:

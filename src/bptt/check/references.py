@@ -9,12 +9,14 @@ final state(s).
 
   torch  :func:`check_against_torch`: ``torch.nn.RNN/LSTM/GRU(...).double()`` (the cell's
          ``torch_name`` in ``bptt.cells``) differentiated by autograd; its float64 weights are
-         copied into our parameter dict (torch names). With ``truncate = k`` the reference is
+         copied into our parameter dict (torch names). A cell torch.nn lacks is compared with
+         the same equations as an unrolled loop under autograd
+         (:mod:`bptt.check.autograd_reference`). With ``truncate = k`` the reference is
          :func:`truncated_loss`: the output at every step t recomputed from the state at step
          t-k-1 detached, which is the semantics of the engines' truncated BPTT.
-  fd     :func:`check_finite_differences`: central finite differences of L in float64
-         (:func:`numerical_gradient`), one entry at a time, for every parameter, input and
-         initial-state entry; needs no torch.
+  fd     :func:`check_finite_differences`: central finite differences of L in float64 with one
+         Richardson step (:func:`numerical_gradient`), one entry at a time, for every
+         parameter, input and initial-state entry; needs no torch.
 
 torch is imported inside the functions that need it, never at module import.
 """
@@ -24,23 +26,44 @@ from __future__ import annotations
 import numpy as np
 
 from ..cells import get_cell
-from .ours import check_config, draws, ours
+from ..errors import has_module
+from .ours import check_config, draws, ours, reference_params
 from .record import FD_TOLERANCE, CheckRow, grads_error, parts, parts_error, rel_error
 
 # -- against torch.nn autograd --------------------------------------------------------------------
 
+def has_torch_reference(cell) -> bool:
+    """torch.nn has the cell, or the unrolled loop of the torch-autograd engine has its step
+    (:mod:`bptt.check.autograd_reference`); False without torch installed."""
+    kind = get_cell(cell)
+    if kind.torch_name is not None:
+        return True
+    if not has_module("torch"):
+        return False
+    from .autograd_reference import has_step
+
+    return has_step(kind)
+
+
 def torch_module(cell, nonlinearity, input_size, hidden_size, num_layers, bidirectional, bias,
-                 seed):
-    """The cell's ``torch.nn`` module in float64, initialised from ``seed`` (global RNG kept)."""
+                 seed, proj_size: int = 0):
+    """The cell's ``torch.nn`` module in float64, initialised from ``seed`` (global RNG kept);
+    for a cell torch.nn lacks, its :class:`~bptt.check.autograd_reference.AutogradReference`
+    (the same equations as an unrolled loop under autograd)."""
     import torch
 
     kind = get_cell(cell)
     if kind.torch_name is None:
-        raise ValueError(f"expected a cell with a torch.nn reference, got {kind.name!r}")
+        from .autograd_reference import AutogradReference
+
+        return AutogradReference(kind, nonlinearity, input_size, hidden_size, num_layers,
+                                 bidirectional, bias, seed)
     kwargs = {"input_size": input_size, "hidden_size": hidden_size, "num_layers": num_layers,
               "bias": bias, "bidirectional": bidirectional}
     if kind.takes_nonlinearity:
         kwargs["nonlinearity"] = nonlinearity
+    if proj_size:
+        kwargs["proj_size"] = proj_size
     with torch.random.fork_rng(devices=[]):          # seeded init, global RNG untouched
         torch.manual_seed(seed)
         module = getattr(torch.nn, kind.torch_name)(**kwargs)
@@ -62,19 +85,22 @@ def check_against_torch(
     bias: bool = True,
     seed: int = 0,
     engine: str = "numpy",
+    proj_size: int = 0,
 ) -> CheckRow:
     """Our stack forward/backward vs ``torch.nn.RNN/LSTM/GRU(...).double()`` and autograd.
 
     Without ``with_h0`` our stack gets no initial state and torch gets zeros that require
     grad, so the dh0 column checks the gradient reaching the zero state in both cases.
-    ``engine`` is whose forward and backward are checked: "numpy" or "torch".
+    ``engine`` is whose forward and backward are checked: "numpy" or "torch". ``proj_size``
+    (the LSTM): torch.nn.LSTM(proj_size=P), its ``weight_hr_l{k}`` among the parameters.
     """
     nl = check_config(cell, nonlinearity, batch, steps, input_size, hidden_size, num_layers,
-                      truncate, bidirectional)
+                      truncate, bidirectional, proj_size)
     module = torch_module(cell, nonlinearity, input_size, hidden_size, num_layers,
-                          bidirectional, bias, seed)
+                          bidirectional, bias, seed, proj_size)
     params = {k: p.detach().numpy().copy() for k, p in module.named_parameters()}
-    d = draws(cell, batch, steps, input_size, hidden_size, num_layers, bidirectional, seed)
+    d = draws(cell, batch, steps, input_size, hidden_size, num_layers, bidirectional, seed,
+              proj_size)
     if not with_h0:
         d["state0"] = tuple(np.zeros_like(s) for s in d["state0"])
 
@@ -90,7 +116,7 @@ def check_against_torch(
         params=grads_error(grads, ref["grads"]),
         dx=rel_error(dx, ref["dx"]),
         dh0=parts_error(dstate0, ref["dstate0"]),
-        bias=bias,
+        bias=bias, proj_size=proj_size,
     )
 
 
@@ -179,24 +205,26 @@ def check_finite_differences(
     bias: bool = True,
     seed: int = 0,
     eps: float = 1e-6,
+    proj_size: int = 0,
 ) -> CheckRow:
-    """Our backward vs central differences ``(L(v + eps) - L(v - eps)) / (2 eps)`` in float64.
+    """Our backward vs central differences ``(L(v + eps) - L(v - eps)) / (2 eps)`` in float64,
+    with one Richardson step (:func:`numerical_gradient`).
 
     Every entry of every parameter, of the input and of the initial state(s) is perturbed in
     turn (the zero state too when ``with_h0`` is False: our forward then gets None). Keep the
     case small: it costs two forward passes per entry.
     """
     from ..engine.numpy import stack
-    from ..model import ModelSpec, init_params
+    from ..model import ModelSpec
 
     nl = check_config(cell, nonlinearity, batch, steps, input_size, hidden_size, num_layers,
-                      None, bidirectional)
+                      None, bidirectional, proj_size)
     spec = ModelSpec(cell=cell, input_size=input_size, hidden_size=hidden_size,
                      num_layers=num_layers, nonlinearity=nonlinearity, bias=bias,
-                     bidirectional=bidirectional, task="regression")
-    params = {k: v for k, v in init_params(spec, "torch", seed, "float64").items()
-              if not k.startswith("head.")}
-    d = draws(cell, batch, steps, input_size, hidden_size, num_layers, bidirectional, seed + 1)
+                     bidirectional=bidirectional, task="regression", proj_size=proj_size)
+    params = reference_params(spec, seed)
+    d = draws(cell, batch, steps, input_size, hidden_size, num_layers, bidirectional, seed + 1,
+              proj_size)
     if not with_h0:
         d["state0"] = tuple(np.zeros_like(s) for s in d["state0"])
 
@@ -214,9 +242,9 @@ def check_finite_differences(
             total += float(np.vdot(s, g))
         return total
 
-    num_params = {k: numerical_gradient(loss, v, eps) for k, v in params.items()}
-    num_dx = numerical_gradient(loss, d["x"], eps)
-    num_ds0 = tuple(numerical_gradient(loss, s, eps) for s in d["state0"])
+    num_params = {k: numerical_gradient(loss, v, eps, True) for k, v in params.items()}
+    num_dx = numerical_gradient(loss, d["x"], eps, True)
+    num_ds0 = tuple(numerical_gradient(loss, s, eps, True) for s in d["state0"])
     return CheckRow(
         cell=cell, engine="numpy", nonlinearity=nl, batch=batch, steps=steps,
         input_size=input_size, hidden_size=hidden_size, layers=num_layers,
@@ -224,26 +252,39 @@ def check_finite_differences(
         params=grads_error(grads, num_params),
         dx=rel_error(dx, num_dx),
         dh0=parts_error(dstate0, num_ds0),
-        bias=bias,
+        bias=bias, proj_size=proj_size,
         tolerance=FD_TOLERANCE,
     )
 
 
-def numerical_gradient(f, a: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+def numerical_gradient(f, a: np.ndarray, eps: float = 1e-6,
+                       richardson: bool = False) -> np.ndarray:
     """Central differences of the scalar ``f()`` w.r.t. every entry of ``a`` (changed in place,
-    then restored exactly)."""
+    then restored exactly).
+
+    ``richardson``: one Richardson step, ``(4 D(eps/2) - D(eps)) / 3`` from the quotients D at
+    two steps, which cancels the eps^2 term of their error (twice the evaluations). A layer
+    norm of a pre-activation that is exactly zero (an LN cell from a zero state) has third
+    derivatives of order eps_LN^-3/2 ~ 3e7, which leave plain central differences 2e-6 off.
+    """
     grad = np.zeros(a.shape, dtype=np.float64)
     flat = a.reshape(-1)                             # a view: ``a`` must be contiguous
     if not np.shares_memory(flat, a):
         raise ValueError("expected a contiguous array to perturb, got a non-contiguous one")
-    g = grad.reshape(-1)
-    for i in range(flat.size):
+
+    def quotient(i: int, step: float) -> float:
         keep = flat[i]
-        up, down = keep + eps, keep - eps            # rounded: divide by the step really taken
+        up, down = keep + step, keep - step          # rounded: divide by the step really taken
         flat[i] = up
         plus = f()
         flat[i] = down
         minus = f()
         flat[i] = keep
-        g[i] = (plus - minus) / (up - down)          # up - down is exact (Sterbenz)
+        return (plus - minus) / (up - down)          # up - down is exact (Sterbenz)
+
+    g = grad.reshape(-1)
+    for i in range(flat.size):
+        g[i] = quotient(i, eps)
+        if richardson:
+            g[i] = (4.0 * quotient(i, eps / 2) - g[i]) / 3.0
     return grad

@@ -15,7 +15,7 @@ from ..engine import kernel
 from ..errors import has_module
 from .model import model_rows, run_model_config
 from .record import CheckRow
-from .references import check_against_torch, check_finite_differences
+from .references import check_against_torch, check_finite_differences, has_torch_reference
 
 
 def _rnn_grid(cell: str) -> list[dict]:
@@ -104,20 +104,43 @@ def _gated_rows(cell: str, quick: bool) -> list[dict]:
     return table
 
 
+def _projection_rows(cell: str, quick: bool) -> list[dict]:
+    """A cell that projects its output (the LSTM's proj_size): h_t = m_t W_hr^T, P < H."""
+    def row(method, **shape):
+        return {"method": method, "cell": cell, **shape}
+
+    table = [row("torch", **_shape(2, 4, 3, 4, num_layers=2, bidirectional=True, proj_size=2)),
+             row("fd", **_shape(2, 3, 2, 3, proj_size=2))]
+    if not quick:
+        table += [
+            row("torch", **_shape(3, 5, 4, 5, proj_size=3)),
+            row("torch", **_shape(3, 5, 4, 5, proj_size=1, with_h0=False, bias=False)),
+            row("torch", **_shape(2, 6, 3, 4, proj_size=2, truncate=2)),
+            row("torch", **_shape(2, 4, 3, 4, num_layers=3, proj_size=3)),
+            row("fd", **_shape(2, 3, 2, 3, num_layers=2, bidirectional=True, proj_size=2,
+                               with_h0=False)),
+        ]
+    return table
+
+
 def default_table(quick: bool = False) -> list[dict]:
     """The configurations ``run_checks`` runs on the NumPy engine, as keyword dicts.
 
     Each dict has ``method`` ("torch" or "fd"), ``cell`` and the keyword arguments of
     :func:`check_against_torch` or :func:`check_finite_differences`, for every registered cell
-    in the registry's order; "torch" rows only for a cell that torch.nn has. "torch" rows need
-    torch installed, "fd" rows do not. Rows of the torch engine come from
+    in the registry's order; "torch" rows only for a cell with a torch reference (torch.nn's
+    class, or the autograd step of the unrolled loop). "torch" rows need torch installed, "fd"
+    rows do not. Rows of the torch engine come from
     :func:`bptt.check.torch_engine.rows`, not from here.
     """
     table: list[dict] = []
     for kind in CELLS.values():
         rows = (_nonlinearity_rows if kind.takes_nonlinearity else _gated_rows)(kind.name, quick)
+        if kind.projects:
+            rows += _projection_rows(kind.name, quick)
         rows += model_rows(kind.name, quick)
-        table += [r for r in rows if r["method"] != "torch" or kind.torch_name is not None]
+        referenced = has_torch_reference(kind)
+        table += [r for r in rows if r["method"] != "torch" or referenced]
     return table
 
 
@@ -164,6 +187,6 @@ def _rows(quick: bool, wanted: set, torch: bool) -> list[CheckRow]:
 
         rows += [r for r in torch_engine.rows(quick) if r.cell in wanted]
     on = kernel.enabled()
-    for r in rows:
-        r.kernel = on
+    for r in rows:                  # the kernel runs the layers of these cells, unprojected
+        r.kernel = on and r.cell in kernel.CELL_CODES and not r.proj_size
     return rows

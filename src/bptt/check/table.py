@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .record import ERROR_COLUMNS, TOLERANCE, CheckRow
 
-HEADER = ("cell", "engine", "method", "nonlin", "B", "T", "I", "H", "L", "bidir", "h0",
+HEADER = ("cell", "engine", "method", "nonlin", "B", "T", "I", "H", "P", "L", "bidir", "h0",
           "trunc", "bias", "E", "tied", "drop", "kernel", *ERROR_COLUMNS, "worst", "tol", "ok")
 TEXT_COLUMNS = 4                                     # left-aligned; numbers right-aligned
 
@@ -21,7 +21,8 @@ def _cells(r: CheckRow) -> tuple[str, ...]:
     """One row's columns as text, in the order of :data:`HEADER`."""
     return (
         r.cell, r.engine, r.method, r.nonlinearity, str(r.batch), str(r.steps),
-        str(r.input_size), str(r.hidden_size), str(r.layers), _yes(r.bidirectional),
+        str(r.input_size), str(r.hidden_size), str(r.proj_size or "-"), str(r.layers),
+        _yes(r.bidirectional),
         _yes(r.with_h0), "-" if r.truncate is None else str(r.truncate), _yes(r.bias),
         "-" if r.embedding is None else str(r.embedding), _yes(r.tied), r.dropout, _yes(r.kernel),
         *(_fmt_error(getattr(r, c)) for c in ERROR_COLUMNS), _fmt_error(r.worst),

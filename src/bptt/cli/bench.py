@@ -10,16 +10,21 @@ from .argtypes import RawHelpFormatter, add_number
 EPILOG = """\
 configurations:
   book, small, large, long   the book's character RNN (H = 512, 256, 1024; T = 1000)
-  lstm, gru (-512)           an LSTM / GRU over characters, H = 256 (512)
+  lstm, gru (-512)           a 2-layer LSTM / GRU over characters, H = 256 (512)
   word, word-medium          Zaremba's word models: V = 10,000, 2 LSTM layers, E = H = 200
                              (B = 20, T = 20) and 650 (B = 20, T = 35)
 
 subjects (rows):
   numpy, torch, torch-autograd, torch-builtin   our engines (numpy-bf16, torch-bf16: with
-                                                --precision bf16)
-  torch.nn       reference: torch.nn.RNN/LSTM/GRU (torch.nn.Embedding in front of a word
-                 model) + torch.nn.Linear, torch.optim.SGD, clip_grad_norm_; generation steps
-                 one character at a time under torch.no_grad()
+                                                --precision bf16), running the --cell(s) in
+                                                the book's configurations, the configuration's
+                                                cell in the others ("numpy lstm": one row per
+                                                engine and cell)
+  torch.nn.RNN   reference: torch.nn.RNN + torch.nn.Linear, torch.optim.SGD, clip_grad_norm_;
+                 generation steps one character at a time under torch.no_grad();
+                 torch.nn.LSTM / torch.nn.GRU likewise in the lstm, gru and word
+                 configurations (torch.nn.Embedding in front of a word model)
+  bptt.nn.RNN    the same with bptt.nn's drop-in module (bptt.nn.LSTM, bptt.nn.GRU likewise)
   book           reference: the book's from-scratch model (unrolled loop, one-hot torch.mm,
                  autograd, grad_clipping, sgd); generation is its predict_ch8 loop (the
                  character RNN configurations only)
@@ -29,7 +34,11 @@ columns:
   gen char/s     characters per second of greedy generation at batch 1
   peak MiB       resident-memory growth of a few training steps over the post-setup baseline,
                  each in a fresh process; (..t) = NumPy's tracemalloc peak
-  x nn, x book   ratios of medians measured in the same run (x nn: to the torch.nn reference)
+  x torch.nn, x book   ratios of medians measured in the same run (x torch.nn: to the
+                       configuration's torch.nn reference, torch.nn.RNN in the book's
+                       configurations whatever --cell says)
+  x CELL         with several --cell: training tokens/s over the same engine's with the first
+                 cell, the median of the rounds' paired ratios
 
 Every subject runs in its own worker process; the timed blocks go round-robin over the
 subjects, repeated, and the median is reported: compare ratios, not absolute numbers, on a
@@ -51,6 +60,7 @@ def _names(choices):
 
 def register(sub) -> None:
     from ..bench.settings import CONFIGS, PARTS, SUBJECTS
+    from ..cells import CELL_NAMES
 
     p = sub.add_parser(
         "bench", help="measure training and generation speed and memory of every engine",
@@ -68,6 +78,10 @@ def register(sub) -> None:
                    help=f"comma-separated, among {','.join(SUBJECTS)} (default: all)")
     p.add_argument("--parts", type=_names(PARTS), default=PARTS,
                    help="comma-separated, among train,generate,memory (default: all)")
+    p.add_argument("--cell", dest="cells", type=_names(CELL_NAMES), default=("rnn",),
+                   help=f"the cells our engines run, comma-separated, among "
+                   f"{','.join(CELL_NAMES)} (default: rnn, the book's model); with several, "
+                   "one row per engine and cell, and each row's speed over the first cell's")
     add_number(p, "--repeats", COUNT, default=None,
                help="interleaved rounds (default: 7; quick: 3)")
     add_number(p, "--seconds", POSITIVE, default=None,
@@ -89,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.settings import BenchSettings
     from ..errors import MissingExtra, has_module
 
-    kw = {"configs": args.configs, "subjects": args.subjects, "parts": args.parts}
+    kw = {"configs": args.configs, "subjects": args.subjects, "parts": args.parts,
+          "cells": args.cells}
     for name in ("repeats", "seconds", "gen_chars", "threads"):
         value = getattr(args, name)
         if value is not None:               # checked where parsed (argtypes)

@@ -24,11 +24,13 @@ columns:
             torch (the same BPTT on torch tensors, the torch engine's StackFunction)
   method    the reference: torch = torch.nn.RNN/LSTM/GRU in float64 differentiated by autograd
             (with truncation: recomputed from the state k+1 steps back, detached);
-            fd = central finite differences (L(v+eps) - L(v-eps)) / 2eps, eps = 1e-6, for
-            every parameter, input and initial-state entry;
+            fd = central finite differences D(eps) = (L(v+eps) - L(v-eps)) / 2eps, eps =
+            1e-6, with one Richardson step (4 D(eps/2) - D(eps)) / 3, for every parameter,
+            input and initial-state entry;
             gradcheck = torch.autograd.gradcheck on the torch engine's autograd.Function
   nonlin    tanh or relu for the rnn cell, - for lstm and gru
   B T I H   batch, time steps, input size (a model row: the vocabulary V), hidden size
+  P         the LSTM's proj_size (h_t = m_t W_hr^T has P features); - = no projection
   L         stacked layers;  bidir: both directions;  bias: with bias_ih/bias_hh
   E         a model row (the word language model whole: embedding.weight (V, E), the stack,
             the head, the softmax cross-entropy; the reference torch.nn.Embedding +
@@ -38,10 +40,11 @@ columns:
             std = a mask per step, var = one per sequence (variational); - = none
   h0        yes = a random initial state; no = none given (zeros; its gradient still checked)
   trunc     truncated BPTT: the loss at step t reaches back at most k steps; - = full BPTT
-  out       forward outputs of every step (T, B, D*H); a model row: the logits (T*B, V)
+  out       forward outputs of every step (T, B, D*H), (T, B, D*P) with a projection; a model
+            row: the logits (T*B, V)
   h_n       final state(s) h_n (and c_n for the LSTM)
-  params    gradient of every parameter (weight_ih_l0, weight_hh_l0, bias_ih_l0, ...): the
-            largest error over them
+  params    gradient of every parameter (weight_ih_l0, weight_hh_l0, bias_ih_l0, ...,
+            weight_hr_l0 with a projection): the largest error over them
   dx        gradient w.r.t. the input x (- for a model row: token ids)
   dh0       gradient w.r.t. the initial state h0 (and c0 for the LSTM)
   worst     the largest of out, h_n, params, dx, dh0 (- = not measured by the method;

@@ -68,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
         flows = gf.demo(args.steps, args.batch, args.hidden_size, args.input_size, args.seed)
         title = "vanishing vs exploding vs gated cells (dashed: RNN bound ||W_hh||^k)"
     else:
-        cells = None if args.cell == "all" else {args.cell}
-        require(gf.memory_estimate("lstm" if args.cell == "all" else args.cell,
-                                   args.hidden_size, args.input_size, args.steps, args.batch),
-                hint=hint)
+        cells = set(CELL_NAMES) if args.cell == "all" else {args.cell}
+        largest = max(cells, key=lambda c: get_cell(c).cache_parts + get_cell(c).num_gates)
+        require(gf.memory_estimate(largest, args.hidden_size, args.input_size, args.steps,
+                                   args.batch), hint=hint)
         flows = gf.compare_cells(args.steps, args.batch, args.hidden_size, args.input_size,
                                  args.seed, cells=cells, radius=args.radius,
                                  forget_bias=args.forget_bias)

@@ -67,7 +67,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                "torch.nn.Embedding) instead of the book's one-hot input")
     g.add_argument("--tie-weights", action="store_true",
                    help="the head's weight is the embedding's matrix (Press & Wolf 2017; needs "
-                   "--embedding-size equal to --hidden-size, which it is when left out)")
+                   "--embedding-size equal to --hidden-size, or to --proj-size with a projection, "
+                   "which it is when left out)")
     add_number(g, "--dropout", RANGES["dropout"], default=_D.dropout,
                help="dropout rate, training only: between stacked layers, and with "
                "--embedding-size also on the embedding's output and before the head "
@@ -76,6 +77,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    default=_D.dropout_mode,
                    help="standard: a fresh mask at every time step; variational: one mask per "
                    "sequence, the same at every step (Gal & Ghahramani 2016)")
+    add_number(g, "--proj-size", RANGES["proj_size"], default=_D.proj_size,
+               help="lstm only: project each h_t to P < --hidden-size features (torch's "
+               "proj_size); the next layer and the head read P features; 0: no projection")
     g.add_argument("--init", choices=["torch", "d2l", "uniform"], default=_D.init,
                    help="torch: U(-1/sqrt(H), 1/sqrt(H)) (the embedding N(0, 1)); d2l: the "
                    "book's N(0, 0.01^2); uniform: every parameter U(-s, s), s = --init-scale")

@@ -19,7 +19,8 @@ The masks of one training call are drawn in one fixed order, input, layers botto
 so two engines drawing from generators in the same state draw the same masks, and a model
 without input and output masks draws its layers' masks exactly as before those places existed.
 
-Symbols: T steps, B batch, E embedding size, H hidden size, D directions, L layers.
+Symbols: T steps, B batch, E embedding size, H hidden size, S = P (the LSTM's proj_size) or H
+the features of h_t, D directions, L layers.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class Masks(NamedTuple):
     """The dropout masks of one forward pass (None: that place is not dropped)."""
 
     input: Any               # (T, B, E) or (1, B, E): the embedding's output
-    layers: tuple | None     # L - 1 masks (T, B, D*H) or (1, B, D*H): between the layers
-    output: Any              # (T, B, D*H) or (1, B, D*H): the top layer's, before the head
+    layers: tuple | None     # L - 1 masks (T, B, D*S) or (1, B, D*S): between the layers
+    output: Any              # (T, B, D*S) or (1, B, D*S): the top layer's, before the head
 
 
 NO_MASKS = Masks(None, None, None)
@@ -53,7 +54,7 @@ def draw_masks(spec: ModelSpec, T: int, B: int, draw: Callable[[tuple], Any], *,
     ``layers=False`` leaves the layers' masks to the stack itself (``Masks.layers`` None)."""
     if not spec.drops_out:
         return NO_MASKS
-    t, W = mask_steps(spec, T), spec.directions * spec.hidden_size
+    t, W = mask_steps(spec, T), spec.directions * spec.out_size
     everywhere = spec.dropout_placement == "non-recurrent"
     inp = (draw((t, B, spec.embedding_size))
            if everywhere and spec.embedding_size is not None else None)

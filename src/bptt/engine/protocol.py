@@ -75,8 +75,10 @@ class CellModule(Protocol):
     """One recurrent layer, one direction, of one cell kind in one engine (a module).
 
     Options beyond these parameters are keyword arguments with defaults: the ones the
-    registry declares (``KIND.options(...)``: ``nonlinearity``) and the engine's own (the torch
-    modules' ``precision``, one of their ``PRECISIONS``).
+    registry declares (``KIND.options(...)``: ``nonlinearity``), the cell's own parameters
+    (``KIND.params``: a layer norm's gains and biases, each under its ``key``, its gradient
+    returned under the same key) and the engine's own (the torch modules' ``precision``, one
+    of their ``PRECISIONS``).
     """
 
     KIND: CellKind           # the registry's entry this module computes
@@ -92,7 +94,8 @@ class CellModule(Protocol):
                  truncate: int | None = None,
                  need_dx: bool = True) -> tuple[Array | None, tuple, dict]:
         """``(dx, dstate_0 parts, grads)`` from dL/dh_t (T, B, H) and dL/dstate_n; grads keyed
-        ``weight_ih, weight_hh[, bias_ih, bias_hh]``."""
+        ``weight_ih, weight_hh[, bias_ih, bias_hh]`` and the keys of the cell's own
+        parameters."""
 
     def step(self, x: Array, state: tuple, weight_ih: Array, weight_hh: Array,
              bias_ih: Array | None = None, bias_hh: Array | None = None) -> tuple:
@@ -111,8 +114,9 @@ class ArrayOps(Protocol):
     def sum_ages(self, a: Array, out: Array | None = None) -> Array:
         """The sum over axis 0 (into ``out`` when given)."""
 
-    def flip(self, x: Array) -> Array:
-        """``x`` reversed along axis 0 (time)."""
+    def flip(self, x: Array, batch_sizes: tuple | None = None) -> Array:
+        """``x`` reversed along axis 0 (time); with ``batch_sizes`` (packed sequences, padded
+        (T, B, ...)) each sequence reversed within its own length, the padding kept."""
 
     def concat(self, xs: list) -> Array:
         """Concatenated along axis 2 (features)."""

@@ -68,21 +68,34 @@ class Recursion:
     """
 
     def __init__(self, ops: ArrayOps, dstate_n: tuple, T: int, truncate: int | None,
-                 width: int) -> None:
+                 width: int, batch_sizes: tuple[int, ...] | None = None) -> None:
         k = effective_truncate(truncate, T)
         self.ops = ops
-        self.A = A = 1 if k is None else k + 1
-        self.K = K = 1 if k is None else k
+        self.A = 1 if k is None else k + 1
+        self.K = 1 if k is None else k
         self.truncating = k is not None
-        ref = dstate_n[0]                                # (B, H)
-        shape = (A, *ref.shape)
-        self.by_age = None if A == 1 else ops.empty(ref, (A, ref.shape[0], width))
+        self.width = width
+        self.batch_sizes = batch_sizes
+        self.dstate_n = dstate_n                         # (B, S) per part
+        rows = dstate_n[0].shape[0] if batch_sizes is None else batch_sizes[-1]
+        self._buffers(rows, tuple(ds[:rows] for ds in dstate_n), None)
+
+    def _buffers(self, rows: int, enter: tuple, keep: tuple | None) -> None:
+        """(Re)allocate the two buffers for ``rows`` sequences: the state read first holds
+        ``keep`` (every age of the first rows, when widening) and then ``enter`` at age 0 (the
+        sequences whose gradient starts here: dL/dstate_n)."""
+        ops, A, K = self.ops, self.A, self.K
+        self.rows = rows
+        self.by_age = None if A == 1 else ops.empty(enter[0], (A, rows, self.width))
         # without truncation every slot is written before it is read; with it, ages start empty
         new = ops.zeros if self.truncating else ops.empty
-        cur = tuple([new(ref, shape) for _ in dstate_n])  # (A, B, H): dh_t by age
-        nxt = tuple([new(ref, shape) for _ in dstate_n])
-        for c, ds in zip(cur, dstate_n, strict=True):
-            c[0] = ds                                    # dL/dstate_n enters at age 0
+        cur = tuple([new(e, (A, rows, *e.shape[1:])) for e in enter])  # (A, B, H): dh_t by age
+        nxt = tuple([new(e, (A, rows, *e.shape[1:])) for e in enter])
+        done = 0 if keep is None else keep[0].shape[1]
+        for c, e, kept in zip(cur, enter, keep or (None,) * len(enter), strict=True):
+            if kept is not None:
+                c[:, :done] = kept                       # the sequences already running
+            c[0, done:] = e[done:]                       # dL/dstate_n enters at age 0
         # the two buffers in turn: (the state read, where the step writes: ages 0..K-1 of the
         # state before it, the slots of ages A-K..A-1 of the other buffer, swapped next)
         self.turns = tuple((c, o if A == K else tuple(n[A - K:] for n in o))
@@ -94,10 +107,46 @@ class Recursion:
         """Steps ``start + n - 1`` down to ``start``: ``dhs`` (n, B, H) (dL/dh_t, or None) and
         ``dz`` (n, B, W), where dz_t is written. ``dhs`` may be ``dz`` itself (row t is read
         before it is written). Without truncation row t of ``dz`` is the step's ``dz_out``, so a
-        caller may leave values there for the step to read (the torch RNN does)."""
-        if self.truncating:
+        caller may leave values there for the step to read (the torch RNN does).
+
+        With ``batch_sizes`` (packed sequences) one call runs every step: :meth:`_run_packed`.
+        """
+        if self.batch_sizes is not None:
+            self._run_packed(step, dhs, dz)
+        elif self.truncating:
             self._run_by_age(step, dhs, dz, start)
-            return
+        else:
+            self._run_rows(step, dhs, dz, start)
+
+    def _run_packed(self, step: Step, dhs, dz) -> None:
+        """:meth:`run` over packed sequences (docs/bptt.md, "Packed sequences"): step t sees
+        only the first b_t = ``batch_sizes[t]`` rows, the sequences still running at t (sorted
+        by length, longest first). Going back in time the batch grows: where it does, the
+        state is widened, every age of the running rows kept, and the sequences that end at t
+        enter with their dL/dstate_n at age 0. A stretch of steps with the same b_t runs as a
+        whole batch of b_t rows, so a step's arrays are contiguous as without packing. The
+        rows of dz past b_t (padding) are zeros."""
+        sizes, T = self.batch_sizes, len(self.batch_sizes)
+        t1 = T
+        while t1 > 0:
+            b = sizes[t1 - 1]
+            t0 = t1 - 1
+            while t0 > 0 and sizes[t0 - 1] == b:
+                t0 -= 1                                  # steps t0..t1-1 run b rows
+            if b > self.rows:                            # sequences ending at t1-1 join
+                keep = tuple(c[:, :self.rows] for c in self.cur)
+                self._buffers(b, tuple(ds[:b] for ds in self.dstate_n), keep)
+            ups = None if dhs is None else dhs[t0:t1, :b]
+            if self.truncating:
+                self._run_by_age(step, ups, dz[t0:t1, :b], t0)
+            else:
+                self._run_rows(step, ups, dz[t0:t1, :b], t0)
+            if b < dz.shape[1]:
+                dz[t0:t1, b:] = 0                        # padding: no gradient
+            t1 = t0
+
+    def _run_rows(self, step: Step, dhs, dz, start: int) -> None:
+        """:meth:`run` without truncation: one age, dz_out is row t of ``dz``."""
         turns, turn, cur = self.turns, self.turn, self.cur
         n = dz.shape[0]
         rows = list(dz[:, None])                         # row t as (1, B, W): dz_out itself
@@ -144,14 +193,16 @@ class Recursion:
 
 
 def bptt_loop(ops: ArrayOps, step: Step, dhs, dstate_n: tuple, T: int, truncate: int | None,
-              width: int) -> tuple[object, tuple]:
+              width: int, batch_sizes: tuple[int, ...] | None = None) -> tuple[object, tuple]:
     """The whole backward recursion of a layer; returns ``(dz (T, B, W), dstate_0)``.
 
-    ``dhs`` (T, B, H) or None (no gradient on the outputs); ``dstate_n`` one (B, H) array per
-    state part; ``step`` the cell's one-step backward (the module docstring's contract).
+    ``dhs`` (T, B, H) or None (no gradient on the outputs); ``dstate_n`` one (B, S) array per
+    state part (the sizes S of the parts may differ: the LSTM's projected h and its c);
+    ``step`` the cell's one-step backward (the module docstring's contract); ``batch_sizes``
+    the packed sequences' b_t (:meth:`Recursion._run_packed`).
     """
     ref = dstate_n[0]
-    rec = Recursion(ops, dstate_n, T, truncate, width)
+    rec = Recursion(ops, dstate_n, T, truncate, width, batch_sizes)
     dz = ops.empty(ref, (T, ref.shape[0], width))
     rec.run(step, dhs, dz)
     return dz, rec.dstate0()

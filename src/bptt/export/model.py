@@ -7,7 +7,8 @@ The exported computation is the model of ``bptt generate``, in evaluation mode (
   input   lm: token ids (B, T) int64 -> one-hot (B, T, V), or ``embedding.weight`` rows (B, T, E)
           when the checkpoint has an embedding; regression: features (B, T, I) float32
   stack   the recurrent layers (L layers x D directions), initial state parts ``h0`` (and ``c0``
-          for the LSTM), each (L*D, B, H), indexed ``l * D + d`` as torch
+          for the LSTM), each (L*D, B, H), indexed ``l * D + d`` as torch; a projected LSTM's
+          ``h0`` is (L*D, B, P) (``state_sizes``)
   head    ``y W_head^T + b_head``: logits (B, T, V) for lm, predictions (B, T, O) for regression
 
 Inputs ``tokens`` (or ``inputs``) and one ``<part>0`` per state part; outputs ``logits`` (or
@@ -17,16 +18,15 @@ Inputs ``tokens`` (or ``inputs``) and one ``<part>0`` per state part; outputs ``
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..cells import CellKind, get_cell
+from ..engine import layout
 from ..model import ModelSpec
 
 FORMAT, VERSION = "bptt.export", 1
-_LAYER_NAME = re.compile(r"^(?P<base>[^.]+)_l(?P<layer>\d+)(?P<reverse>_reverse)?$")
 
 
 def _version() -> str:
@@ -82,6 +82,11 @@ class Exportable:
         return [f"{p}_n" for p in self.kind.state]
 
     @property
+    def state_sizes(self) -> list[int]:
+        """The last dimension of each state part: H, or P for a projected LSTM's h."""
+        return list(self.spec.state_sizes)
+
+    @property
     def num_states(self) -> int:
         """L*D: the first dimension of every state part."""
         return self.spec.num_layers * self.spec.directions
@@ -91,14 +96,11 @@ class Exportable:
         return self.params.get("head.weight", self.params.get("embedding.weight"))
 
     def layer_params(self, layer: int, direction: int) -> dict[str, np.ndarray]:
-        """The parameters of one layer and direction without their suffix: ``weight_ih``,
-        ``weight_hh``, ``bias_ih``, ``bias_hh`` (and whatever else a cell names ``<x>_l{k}``)."""
-        out = {}
-        for name, value in self.params.items():
-            m = _LAYER_NAME.match(name)
-            if m and int(m["layer"]) == layer and bool(m["reverse"]) == bool(direction):
-                out[m["base"]] = value
-        return out
+        """The parameters of one layer and direction under the cell's argument names:
+        ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` and the cell's own
+        (``CellKind.params`` by their keys, e.g. ``ln_weight_ih``); absent biases left out."""
+        given = layout.layer_params(self.params, layer, direction, self.kind)
+        return {k: v for k, v in given.items() if v is not None}
 
     def description(self) -> dict:
         """The ``description.json`` stored in the file: how to call it and read its output."""
@@ -108,7 +110,8 @@ class Exportable:
             "inputs": [self.input_name, *self.state_inputs],
             "outputs": [self.output_name, *self.state_outputs],
             "state_shape": ["L*D", "B", "H"], "num_states": self.num_states,
-            "hidden_size": self.spec.hidden_size, "embedding": self.has_embedding,
+            "hidden_size": self.spec.hidden_size, "state_sizes": self.state_sizes,
+            "embedding": self.has_embedding,
             "vocab": self.vocab, "unk_index": 0 if self.vocab is not None else None,
             "text": self.text or {},
         }
@@ -123,6 +126,6 @@ class Exportable:
             x = rng.integers(0, self.spec.input_size, size=(batch, steps), dtype=np.int64)
         else:
             x = rng.standard_normal((batch, steps, self.spec.input_size)).astype(np.float32)
-        shape = (self.num_states, batch, self.spec.hidden_size)
-        state = [(0.5 * rng.standard_normal(shape)).astype(np.float32) for _ in self.kind.state]
+        state = [(0.5 * rng.standard_normal((self.num_states, batch, size))).astype(np.float32)
+                 for size in self.state_sizes]
         return x, state

@@ -21,11 +21,13 @@ A cell with neither is refused. A new cell kind exports once its step is added t
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List  # noqa: UP035 (TorchScript reads these annotations)
+from typing import Dict, List, Optional, Tuple  # noqa: UP035 (TorchScript reads these annotations)
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..engine.numpy.layernorm import EPS as LN_EPS
 from .model import Exportable
 
 VIAS = ("torch.nn", "loop")
@@ -84,12 +86,58 @@ class GRUStep(Step):
         return [(1.0 - z) * n + z * h]                   # h_t = (1 - z_t) n_t + z_t h_{t-1}
 
 
+def _ln(y: Tensor, gain: Tensor, bias: Optional[Tensor], eps: float) -> Tensor:  # noqa: UP045
+    """LN(y) * gain (+ bias) over the last axis."""
+    return F.layer_norm(y, [y.shape[-1]], gain, bias, eps)
+
+
+class LNStep(Step):
+    """A layer-normalised cell's step: the normalised products of both sides, the engines'
+    eps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.eps = LN_EPS
+
+    def products(self, x: Tensor, h: Tensor,
+                 p: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:  # noqa: UP006
+        """(LN(x_t W_ih^T) g_ih + b_ih, LN(h_{t-1} W_hh^T) g_hh + b_hh), biases when present."""
+        gi = _ln(x @ p["weight_ih"].t(), p["ln_weight_ih"], p.get("bias_ih"), self.eps)
+        gh = _ln(h @ p["weight_hh"].t(), p["ln_weight_hh"], p.get("bias_hh"), self.eps)
+        return gi, gh
+
+
+class LNLSTMStep(LNStep):
+    def forward(self, x: Tensor, state: List[Tensor],  # noqa: UP006
+                p: Dict[str, Tensor]) -> List[Tensor]:  # noqa: UP006
+        gi, gh = self.products(x, state[0], p)
+        i, f, g, o = (gi + gh).chunk(4, -1)                 # [i f g o] pre-activations
+        c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)  # c_t = f c_{t-1} + i g
+        k = _ln(c, p["ln_weight_c"], p.get("ln_bias_c"), self.eps)  # k_t = LN(c_t) g_c + b_c
+        return [torch.sigmoid(o) * torch.tanh(k), c]        # h_t = o tanh(k_t)
+
+
+class LNGRUStep(LNStep):
+    def forward(self, x: Tensor, state: List[Tensor],  # noqa: UP006
+                p: Dict[str, Tensor]) -> List[Tensor]:  # noqa: UP006
+        h = state[0]
+        a, s = self.products(x, h, p)
+        a_r, a_z, a_n = a.chunk(3, -1)
+        s_r, s_z, s_n = s.chunk(3, -1)
+        r = torch.sigmoid(a_r + s_r)                     # r_t
+        z = torch.sigmoid(a_z + s_z)                     # u_t
+        n = torch.tanh(a_n + r * s_n)                    # n_t = tanh(a^n_t + r_t s^n_t)
+        return [(1.0 - z) * n + z * h]                   # h_t = (1 - u_t) n_t + u_t h_{t-1}
+
+
 # (cell, nonlinearity for a cell that takes one, else None) -> the Step module of the loop path
 STEPS: dict[tuple[str, str | None], type[Step]] = {
     ("rnn", "tanh"): RNNTanhStep,
     ("rnn", "relu"): RNNReluStep,
     ("lstm", None): LSTMStep,
     ("gru", None): GRUStep,
+    ("lnlstm", None): LNLSTMStep,
+    ("lngru", None): LNGRUStep,
 }
 
 
@@ -100,10 +148,13 @@ def step_of(model: Exportable) -> type[Step] | None:
 
 
 def choose_via(model: Exportable, via: str | None) -> str:
-    """``via`` checked against what the cell offers; None: torch.nn when torch has the cell."""
+    """``via`` checked against what the cell offers; None: torch.nn when torch has the cell.
+    A projected LSTM goes through torch.nn.LSTM(proj_size=P) only (the loop's steps have no
+    projection)."""
     kind = model.kind
     offers = [v for v, ok in (("torch.nn", kind.torch_name is not None),
-                              ("loop", step_of(model) is not None)) if ok]
+                              ("loop", step_of(model) is not None
+                               and not model.spec.proj_size)) if ok]
     if not offers:
         raise ValueError(f"expected a cell that torch.nn has or one with a TorchScript step in "
                          f"bptt.export.torchscript.STEPS, got cell {kind.name!r} (neither)")
@@ -202,11 +253,12 @@ class LoopStack(nn.Module):
 class Exported(nn.Module):
     """input -> stack -> head, and ``begin_state``."""
 
-    def __init__(self, inputs: nn.Module, stack: nn.Module, head: nn.Linear, parts: int,
-                 num_states: int, hidden_size: int) -> None:
+    def __init__(self, inputs: nn.Module, stack: nn.Module, head: nn.Linear,
+                 state_sizes: list[int], num_states: int) -> None:
         super().__init__()
         self.inputs, self.stack, self.head = inputs, stack, head
-        self.parts, self.num_states, self.hidden_size = parts, num_states, hidden_size
+        self.state_sizes: List[int] = state_sizes  # noqa: UP006
+        self.num_states = num_states
 
     def forward(self, x: Tensor, state: List[Tensor]) -> tuple[Tensor, List[Tensor]]:  # noqa: UP006
         y, state = self.stack(self.inputs(x), state)
@@ -214,8 +266,7 @@ class Exported(nn.Module):
 
     @torch.jit.export
     def begin_state(self, batch_size: int) -> List[Tensor]:  # noqa: UP006
-        return [torch.zeros(self.num_states, batch_size, self.hidden_size)
-                for _ in range(self.parts)]
+        return [torch.zeros(self.num_states, batch_size, size) for size in self.state_sizes]
 
 
 def _tensor(a) -> Tensor:
@@ -234,6 +285,8 @@ def _torch_nn_stack(model: Exportable) -> nn.Module:
     spec, kind = model.spec, model.kind
     first = model.layer_params(0, 0)["weight_ih"].shape[1]
     kw = {"nonlinearity": spec.nonlinearity} if kind.takes_nonlinearity else {}
+    if spec.proj_size:
+        kw["proj_size"] = spec.proj_size
     rnn = getattr(nn, kind.torch_name)(first, spec.hidden_size, spec.num_layers, bias=spec.bias,
                                        batch_first=True, bidirectional=spec.bidirectional, **kw)
     names = {name for name, _ in rnn.named_parameters()}
@@ -256,8 +309,7 @@ def build(model: Exportable, via: str | None = None) -> nn.Module:
     weight = model.head_weight()
     head = nn.Linear(weight.shape[1], weight.shape[0])
     head.load_state_dict({"weight": _tensor(weight), "bias": _tensor(model.params["head.bias"])})
-    module = Exported(_input_stage(model), stack, head, model.kind.num_state_parts,
-                      model.num_states, model.spec.hidden_size)
+    module = Exported(_input_stage(model), stack, head, model.state_sizes, model.num_states)
     return module.eval().requires_grad_(False)
 
 
@@ -276,6 +328,8 @@ def run(path: str, x, state: list):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated", category=Warning)
         module = torch.jit.load(path)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch.nn.LSTM(proj_size=P) notes that oneDNN has no projection and runs its own loop
+        warnings.filterwarnings("ignore", message="LSTM with projections is not supported")
         y, out = module(torch.from_numpy(x), [torch.from_numpy(s) for s in state])
     return y.numpy(), [s.numpy() for s in out]

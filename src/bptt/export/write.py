@@ -91,6 +91,10 @@ def export_model(checkpoint, fmt: str, out: str | Path, *, overwrite: bool = Fal
         save = lambda path: backend.save(model, path, via)  # noqa: E731
     else:
         backend.check_cell(model)
+        if model.spec.proj_size:
+            raise ValueError(f"expected a model without proj_size for --format onnx (ONNX's "
+                             f"LSTM operator has no projection), got proj_size "
+                             f"{model.spec.proj_size}; --format torchscript exports it")
         via = "onnx operators"
         save = lambda path: backend.save(model, path)  # noqa: E731
 

@@ -29,8 +29,11 @@ class TrainConfig(DictConfig):
     hidden_size: int = 512             # the book's 512
     num_layers: int = 1
     nonlinearity: str = "tanh"
+    proj_size: int = 0                 # lstm: h_t = m_t W_hr^T with P < H features (torch's
+    #                                    proj_size), read by the next layer and the head; 0: none
     embedding_size: int | None = None  # None: the book's one-hot input; E: an embedding (V, E)
-    tie_weights: bool = False          # the head's weight is the embedding (E = H; Press & Wolf)
+    tie_weights: bool = False          # the head's weight is the embedding (E = H, or P with
+    #                                    proj_size; Press & Wolf)
     dropout: float = 0.0               # one-hot input: between layers (torch.nn's); with an
     #                                    embedding also on its output and before the head
     dropout_mode: str = "standard"     # standard: a mask per step; variational: per sequence
@@ -82,7 +85,7 @@ RANGES = {
     "max_tokens": R.TOKEN_LIMIT, "min_freq": R.COUNT0,
     "max_vocab": R.Range(int, lo=2, none="every token", about="<unk> and <eos> included"),
     "val_frac": R.Range(float, lo=0, hi=0.5, about="the validation fraction, held out"),
-    "hidden_size": R.COUNT, "num_layers": R.COUNT, "dropout": R.FRACTION,
+    "hidden_size": R.COUNT, "num_layers": R.COUNT, "dropout": R.FRACTION, "proj_size": R.COUNT0,
     "embedding_size": R.Range(int, lo=1, none="one-hot input"),
     "init_scale": R.POSITIVE,
     "batch_size": R.COUNT, "num_steps": R.COUNT, "epochs": R.COUNT, "lr": R.POSITIVE,

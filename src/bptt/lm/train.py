@@ -156,10 +156,11 @@ def _trim_metrics(path: Path, epoch: int, metrics: list) -> None:
 
 
 def embedding_size(cfg: TrainConfig) -> int | None:
-    """The run's embedding size: --embedding-size, or the hidden size for --tie-weights alone
-    (the head's input size, which a tied embedding must have); None: one-hot input."""
+    """The run's embedding size: --embedding-size, or for --tie-weights alone the head's input
+    size (the projection P, else the hidden size H), which a tied embedding must have; None:
+    one-hot input."""
     if cfg.embedding_size is None and cfg.tie_weights:
-        return cfg.hidden_size
+        return cfg.proj_size or cfg.hidden_size
     return cfg.embedding_size
 
 
@@ -171,7 +172,7 @@ def build_spec(cfg: TrainConfig, vocab_size: int) -> ModelSpec:
     return ModelSpec(cell=cfg.cell, input_size=vocab_size, hidden_size=cfg.hidden_size,
                      output_size=vocab_size, num_layers=cfg.num_layers,
                      nonlinearity=cfg.nonlinearity, dropout=cfg.dropout, task="lm",
-                     embedding_size=E, tie_weights=cfg.tie_weights,
+                     proj_size=cfg.proj_size, embedding_size=E, tie_weights=cfg.tie_weights,
                      dropout_placement="between-layers" if E is None else "non-recurrent",
                      dropout_mode=cfg.dropout_mode)
 
@@ -186,10 +187,13 @@ def _validate(cfg: TrainConfig) -> None:
                          f"{cfg.dropout_mode!r}")
     for name, rng in RANGES.items():                 # finite and in range (NaN never is)
         rng.check(name, getattr(cfg, name))
-    E = embedding_size(cfg)
-    if cfg.tie_weights and E != cfg.hidden_size:
-        raise ValueError(f"expected --embedding-size equal to --hidden-size {cfg.hidden_size} "
-                         f"with --tie-weights (the head reads the embedding's matrix), got {E}")
+    if cfg.proj_size:                                # a cell that projects, P < H: the spec's
+        ModelSpec(cell=cfg.cell, hidden_size=cfg.hidden_size, proj_size=cfg.proj_size)
+    E, head_in = embedding_size(cfg), cfg.proj_size or cfg.hidden_size
+    if cfg.tie_weights and E != head_in:
+        flag = "--proj-size" if cfg.proj_size else "--hidden-size"
+        raise ValueError(f"expected --embedding-size equal to {flag} {head_in} with "
+                         f"--tie-weights (the head reads the embedding's matrix), got {E}")
     if cfg.dropout > 0 and cfg.num_layers == 1 and E is None:   # as torch.nn.RNN warns
         warnings.warn(f"dropout {cfg.dropout:g} has no effect with num_layers 1 (dropout acts "
                       f"between stacked layers)", stacklevel=3)

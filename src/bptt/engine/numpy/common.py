@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ...cells import NONLINEARITIES, CellKind
-from ..layout import state_parts
+from ..layout import sequence_groups, state_parts
 from ..products import bf16_round, matmul
 
 
@@ -37,8 +37,13 @@ class NumpyOps:
         return np.sum(a, axis=0, out=out)
 
     @staticmethod
-    def flip(x: np.ndarray) -> np.ndarray:
-        return x[::-1]                                   # a view
+    def flip(x: np.ndarray, batch_sizes: tuple | None = None) -> np.ndarray:
+        if batch_sizes is None:
+            return x[::-1]                               # a view
+        out = x.copy()                                   # each sequence within its length
+        for length, r0, r1 in sequence_groups(batch_sizes):
+            out[:length, r0:r1] = x[:length, r0:r1][::-1]
+        return out
 
     @staticmethod
     def concat(xs: list) -> np.ndarray:
@@ -90,21 +95,24 @@ def check_sequence(x: np.ndarray, input_size: int, name: str = "input") -> tuple
     return x.shape[0], x.shape[1]
 
 
-def check_state_parts(kind: CellKind, state0, batch: int, hidden: int, dtype: np.dtype,
-                      names: str = "{}0") -> tuple[np.ndarray, ...]:
-    """A state as a tuple of (B, H) arrays of ``dtype``, one per state part of ``kind``; zeros
-    for a missing part (or when ``state0`` is None). ``names`` names the parts in errors
+def check_state_parts(kind: CellKind, state0, batch: int, hidden: int | tuple[int, ...],
+                      dtype: np.dtype, names: str = "{}0") -> tuple[np.ndarray, ...]:
+    """A state as a tuple of (B, S) arrays of ``dtype``, one per state part of ``kind``; zeros
+    for a missing part (or when ``state0`` is None). ``hidden``: S for every part, or one size
+    per part (the LSTM's projected h and its c). ``names`` names the parts in errors
     (``"{}0"``: h0, c0; ``"d{}_n"``: dh_n, dc_n)."""
+    sizes = (hidden,) * len(kind.state) if isinstance(hidden, int | np.integer) else hidden
     if state0 is None:
-        return tuple([np.zeros((batch, hidden), dtype=dtype) for _ in kind.state])
+        return tuple([np.zeros((batch, size), dtype=dtype) for size in sizes])
     out = []
-    for p, h in zip(kind.state, state_parts(kind, state0, batch, hidden), strict=True):
+    given = state_parts(kind, state0, batch, sizes[0])
+    for p, h, size in zip(kind.state, given, sizes, strict=True):
         if h is None:
-            out.append(np.zeros((batch, hidden), dtype=dtype))
+            out.append(np.zeros((batch, size), dtype=dtype))
             continue
         h = np.asarray(h)
-        if h.shape != (batch, hidden):
-            raise ValueError(f"expected {names.format(p)} of shape ({batch}, {hidden}), "
+        if h.shape != (batch, size):
+            raise ValueError(f"expected {names.format(p)} of shape ({batch}, {size}), "
                              f"got {tuple(h.shape)}")
         out.append(h.astype(dtype, copy=False))
     return tuple(out)

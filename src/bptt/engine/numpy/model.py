@@ -43,7 +43,7 @@ from ...model import EMBEDDING, ModelSpec, check_params
 from ..dropout import NO_MASKS, Masks, draw_masks
 from ..layout import check_stacked, layer_keys, layer_params, split_state, step_layers
 from ..products import matmul
-from ..stack import cell_options
+from ..stack import cell_options, check_precision
 from . import rnn, stack  # rnn: its CHUNK_ROWS sizes the head's blocks too
 from .common import PRECISIONS, check_sequence, token_weight_grad_
 from .loss import mse, softmax_cross_entropy_
@@ -102,8 +102,9 @@ class NumpyEngine:
         self.precision = precision
         self.kind = spec.kind
         self.cell = stack.cell_module(self.kind)         # forward, backward, step
+        check_precision(stack.cell_module, self.kind, precision)
         self.options = cell_options(self.kind, spec.nonlinearity, precision)
-        self._layer_keys = layer_keys(spec.num_layers)  # for step()
+        self._layer_keys = layer_keys(spec.num_layers, self.kind)  # for step()
 
     # -- parameters and state -------------------------------------------------------------
     def from_numpy(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -126,8 +127,9 @@ class NumpyEngine:
 
     def begin_state(self, batch_size: int):
         s = self.spec
-        shape = (s.num_layers * s.directions, batch_size, s.hidden_size)
-        return self.kind.from_parts(tuple(np.zeros(shape, self.dtype) for _ in self.kind.state))
+        LD = s.num_layers * s.directions
+        return self.kind.from_parts(tuple(np.zeros((LD, batch_size, size), self.dtype)
+                                          for size in s.state_sizes))
 
     def detach_state(self, state):
         return state  # NumPy arrays carry no graph: the gradient stops at the batch boundary
@@ -143,12 +145,12 @@ class NumpyEngine:
         return np.ascontiguousarray(X.transpose(1, 0, 2), dtype=self.dtype)  # (T, B, I)
 
     def _state_parts(self, state, batch: int) -> tuple | None:
-        """The incoming state (torch's form) as its tuple of parts, each (L*D, B, H)."""
+        """The incoming state (torch's form) as its tuple of parts, each (L*D, B, S)."""
         if state is None:
             return None
         s = self.spec
         parts = self.kind.to_parts(state)
-        check_stacked(parts, s.num_layers * s.directions, batch, s.hidden_size, "state")
+        check_stacked(parts, s.num_layers * s.directions, batch, s.state_sizes, "state")
         return parts
 
     def _fused(self) -> bool:
@@ -199,8 +201,8 @@ class NumpyEngine:
         else:
             x = np.asarray(x, dtype=self.dtype)
         parts = self.kind.to_parts(self.begin_state(B) if state is None else state)
-        shape = (s.num_layers, B, s.hidden_size)
-        for part in parts:
+        for part, size in zip(parts, s.state_sizes, strict=True):
+            shape = (s.num_layers, B, size)
             if not isinstance(part, np.ndarray) or part.shape != shape:
                 got = tuple(part.shape) if hasattr(part, "shape") else type(part).__name__
                 raise ValueError(f"expected a state of shape {shape}, got {got}")
@@ -260,7 +262,8 @@ class NumpyEngine:
         # forward: the stack, then the head over all T*B rows at once
         if self._fused():
             out, parts_n, stack_cache = self.cell.forward(
-                inp, split_state(parts, 0), **layer_params(params, 0, 0), **self.options)
+                inp, split_state(parts, 0), **layer_params(params, 0, 0, self.kind),
+                **self.options)
             # (T, B, H); the state parts (1, B, H) as the stack gives them
             state_n = self.kind.from_parts(tuple([p[None].copy() for p in parts_n]))
         else:
@@ -298,7 +301,7 @@ class NumpyEngine:
 
             dparts = None if dstate_n is None else split_state(self.kind.to_parts(dstate_n), 0)
             dx, d0, g = self.cell.backward(dout, dparts, cache.stack, truncate, need_dx=need_dx)
-            grads.update({f"{k}_l0": v for k, v in g.items()})
+            grads.update({self.kind.param_name(k, "_l0"): v for k, v in g.items()})
             dstate0 = self.kind.from_parts(tuple([d[None] for d in d0]))
         else:
             dh = matmul(dy, W, precision=prec).reshape(T, B, DH)

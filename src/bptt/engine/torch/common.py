@@ -23,7 +23,7 @@ import torch
 
 from ...cells import NONLINEARITIES, CellKind
 from .. import kernel, products
-from ..layout import state_parts
+from ..layout import last_rows, sequence_groups, state_parts
 from ..recursion import check_truncate  # noqa: F401 (re-exported: the torch modules' check)
 
 
@@ -43,8 +43,13 @@ class TorchOps:
         return a.sum(dim=0) if out is None else torch.sum(a, dim=0, out=out)
 
     @staticmethod
-    def flip(x: torch.Tensor) -> torch.Tensor:
-        return x.flip(0)                                 # a copy (torch has no negative strides)
+    def flip(x: torch.Tensor, batch_sizes: tuple | None = None) -> torch.Tensor:
+        if batch_sizes is None:
+            return x.flip(0)                             # a copy (torch has no negative strides)
+        out = x.clone()                                  # each sequence within its length
+        for length, r0, r1 in sequence_groups(batch_sizes):
+            out[:length, r0:r1] = x[:length, r0:r1].flip(0)
+        return out
 
     @staticmethod
     def concat(xs: list) -> torch.Tensor:
@@ -103,11 +108,18 @@ def _use_onednn(*tensors: torch.Tensor) -> bool:
             and _onednn() is not None)
 
 
-def pack(w: torch.Tensor, batch: int) -> torch.Tensor:
-    """``w`` (N, K), reordered once for repeated :func:`linear` products with ``batch`` rows
-    (oneDNN's blocked layout; an opaque tensor only :func:`linear` and :func:`linear_add`
-    read); ``w`` itself where oneDNN is not used."""
-    if _use_onednn(w):
+PACK_MIN_USES = 8
+"""Fewer products than this with one weight (a sequence of a few steps, a generation step
+through a module) are cheaper without the reorder, which costs about as much as a few
+products."""
+
+
+def pack(w: torch.Tensor, batch: int, uses: int = PACK_MIN_USES) -> torch.Tensor:
+    """``w`` (N, K), reordered once for ``uses`` repeated :func:`linear` products with
+    ``batch`` rows (oneDNN's blocked layout; an opaque tensor only :func:`linear` and
+    :func:`linear_add` read); ``w`` itself where oneDNN is not used or ``uses`` is below
+    :data:`PACK_MIN_USES`."""
+    if uses >= PACK_MIN_USES and _use_onednn(w):
         try:
             return _onednn()[1](w.contiguous(), batch)
         except RuntimeError:
@@ -115,12 +127,12 @@ def pack(w: torch.Tensor, batch: int) -> torch.Tensor:
     return w
 
 
-def linear(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``a @ w^T`` (a (M, K), w (N, K) or :func:`pack` of it): oneDNN for float32 and
-    bfloat16 CPU tensors, else torch.mm."""
+def linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ w^T`` (+ ``bias``) (a (M, K), w (N, K) or :func:`pack` of it): oneDNN for float32
+    and bfloat16 CPU tensors, else torch.mm."""
     if w.layout == torch._mkldnn or _use_onednn(a, w):
-        return _onednn()[0](a, w, None, "none", [], "")
-    return a @ w.t()
+        return _onednn()[0](a, w, bias, "none", [], "")
+    return a @ w.t() if bias is None else torch.addmm(bias, a, w.t())
 
 
 def linear_add(a: torch.Tensor, w: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -128,6 +140,15 @@ def linear_add(a: torch.Tensor, w: torch.Tensor, other: torch.Tensor) -> torch.T
     if w.layout == torch._mkldnn or _use_onednn(a, w, other):
         return _onednn()[0].binary(a, other, w, None, "add")
     return torch.addmm(other, a, w.t())
+
+
+def step_linear_add(a: torch.Tensor, w: torch.Tensor, other: torch.Tensor,
+                    low: torch.dtype | None = None) -> torch.Tensor:
+    """:func:`linear_add`, or with ``low`` (bf16; ``w`` already in bfloat16) the product on
+    bfloat16 operands added to ``other`` in its own dtype: a fresh tensor either way."""
+    if low is None:
+        return linear_add(a, w, other)
+    return other + linear(a.to(low), w)
 
 
 # -- precision, the kernel and the large products ----------------------------------------------
@@ -207,12 +228,12 @@ def numpy_view(t: torch.Tensor):
 def tanh_into(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out = tanh(src)`` (same shape; ``src`` may be ``out``).
 
-    On the CPU through NumPy's vectorised tanh on the tensors' own memory (no copy): torch's
-    CPU tanh kernel is about ten times slower for a (B, H) step, which made it a tenth of the
-    RNN's step time. Both are correctly rounded to within an ulp.
+    On the CPU through NumPy's vectorised tanh on the tensors' own memory (no copy, any
+    strides: a gate's slice of the LSTM's rows too): torch's CPU tanh kernel is about ten times
+    slower for a (B, H) step, which made it a tenth of the RNN's step time. Both are correctly
+    rounded to within an ulp.
     """
-    if (out.device.type == "cpu" and src.device.type == "cpu" and out.is_contiguous()
-            and src.is_contiguous() and out.dtype == src.dtype
+    if (out.device.type == "cpu" and src.device.type == "cpu" and out.dtype == src.dtype
             and out.dtype in (torch.float32, torch.float64)
             and not (out.requires_grad or src.requires_grad)):
         np.tanh(src.numpy(), out=out.numpy())
@@ -254,23 +275,38 @@ def check_sequence(x: torch.Tensor, input_size: int, name: str = "input") -> tup
 
 
 def check_state_parts(kind: CellKind, state0, batch: int, like: torch.Tensor,
-                      names: str = "{}0") -> tuple[torch.Tensor, ...]:
-    """A state as a tuple of (B, H) tensors of ``like``'s dtype and device, one per state part
-    of ``kind``; zeros for a missing part (or when ``state0`` is None). ``names`` names the parts
-    in errors (``"{}0"``: h0, c0; ``"d{}_n"``: dh_n, dc_n)."""
-    hidden = like.shape[1]
+                      names: str = "{}0", sizes: tuple[int, ...] | None = None
+                      ) -> tuple[torch.Tensor, ...]:
+    """A state as a tuple of (B, S) tensors of ``like``'s dtype and device, one per state part
+    of ``kind`` (S = ``sizes[p]``, default ``like.shape[1]`` for every part); zeros for a missing
+    part (or when ``state0`` is None). ``names`` names the parts in errors (``"{}0"``: h0, c0;
+    ``"d{}_n"``: dh_n, dc_n)."""
+    sizes = sizes or (like.shape[1],) * len(kind.state)
     if state0 is None:
-        return tuple([like.new_zeros((batch, hidden)) for _ in kind.state])
+        return tuple([like.new_zeros((batch, size)) for size in sizes])
     out = []
-    for p, h in zip(kind.state, state_parts(kind, state0, batch, hidden, "tensors"), strict=True):
+    given = state_parts(kind, state0, batch, sizes[0], "tensors")
+    for p, h, size in zip(kind.state, given, sizes, strict=True):
         if h is None:
-            out.append(like.new_zeros((batch, hidden)))
+            out.append(like.new_zeros((batch, size)))
             continue
-        if tuple(h.shape) != (batch, hidden):
-            raise ValueError(f"expected {names.format(p)} of shape ({batch}, {hidden}), "
+        if tuple(h.shape) != (batch, size):
+            raise ValueError(f"expected {names.format(p)} of shape ({batch}, {size}), "
                              f"got {tuple(h.shape)}")
         out.append(h.to(like.dtype))
     return tuple(out)
+
+
+def new_steps(like: torch.Tensor, shape: tuple, batch_sizes: tuple | None) -> torch.Tensor:
+    """A (T, B, ...) buffer the forward loop fills step by step: uninitialised, or zeros for
+    packed sequences, whose padding rows the loop never writes but the all-at-once products
+    after it read (uninitialised memory may hold NaN, and 0 * NaN is NaN)."""
+    return like.new_empty(shape) if batch_sizes is None else like.new_zeros(shape)
+
+
+def final_rows(a: torch.Tensor, batch_sizes: tuple | None) -> torch.Tensor:
+    """(B, ...): each sequence's row of ``a`` (T, B, ...) at its own last step."""
+    return last_rows(a, batch_sizes, torch.cat)
 
 
 def project_inputs(x: torch.Tensor, weight_ih: torch.Tensor, bias: torch.Tensor | None,
@@ -348,6 +384,28 @@ def recurrent_weight_grad(dz: torch.Tensor, hs: torch.Tensor, h0: torch.Tensor,
     H = hs.shape[2]
     h_prev = shifted(h0, hs).reshape(T * B, H)
     return matmul(dz.reshape(T * B, GH).t(), h_prev, precision)
+
+
+def shared_gate_grads(dz: torch.Tensor, x: torch.Tensor, hs: torch.Tensor, h0: torch.Tensor,
+                      weight_ih: torch.Tensor, need_dx: bool = True, precision: str = "fp32"):
+    """``(dx, dW_ih, dW_hh)`` for a cell whose input and recurrent pre-activations share one
+    gradient dz (the RNN's, the LSTM's): dW_ih = sum_t dz_t^T x_t and dW_hh = sum_t dz_t^T
+    h_{t-1} as ONE product of dz^T with the rows [x_t | h_{t-1}] (T*B, I + S), the layout a
+    fused RNN kernel keeps; token ids take :func:`project_inputs_backward` and
+    :func:`recurrent_weight_grad` instead. ``precision="bf16"``: bfloat16 operands."""
+    if is_tokens(x):
+        dx, dW_ih = project_inputs_backward(dz, x, weight_ih, need_dx, precision)
+        return dx, dW_ih, recurrent_weight_grad(dz, hs, h0, precision)
+    T, B, GH = dz.shape
+    I, S = x.shape[2], hs.shape[2]
+    rows = dz.new_empty((T, B, I + S))                  # [x_t | h_{t-1}], every t
+    rows[:, :, :I] = x
+    rows[0, :, I:] = h0
+    rows[1:, :, I:] = hs[:-1]
+    dz2 = dz.reshape(T * B, GH)
+    dW = matmul(dz2.t(), rows.view(T * B, I + S), precision)  # [dW_ih | dW_hh], one product
+    dx = matmul(dz2, weight_ih, precision).view(T, B, I) if need_dx else None
+    return dx, dW[:, :I].contiguous(), dW[:, I:].contiguous()
 
 
 def shifted(first: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:

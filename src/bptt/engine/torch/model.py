@@ -90,7 +90,8 @@ class _TorchBase:
         self.np_dtype = np.dtype(key)
         self.precision = precision
         self.kind = spec.kind
-        self.names = stack.param_names(spec.num_layers, spec.bidirectional, spec.bias)
+        self.names = stack.param_names(spec.num_layers, spec.bidirectional, spec.bias,
+                                       self.kind, spec.proj_size > 0)
 
     # -- parameters and state -------------------------------------------------------------
     def from_numpy(self, params: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -120,9 +121,10 @@ class _TorchBase:
 
     def begin_state(self, batch_size: int):
         s = self.spec
-        shape = (s.num_layers * s.directions, batch_size, s.hidden_size)
+        LD = s.num_layers * s.directions
         return self.kind.from_parts(tuple(
-            torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.kind.state))
+            torch.zeros((LD, batch_size, size), dtype=self.dtype, device=self.device)
+            for size in s.state_sizes))
 
     def detach_state(self, state):
         """The state without its graph: the gradient stops at the batch boundary."""
@@ -207,8 +209,8 @@ class _TorchBase:
                     f"a tuple ({', '.join(kind.state)}) of tensors")
             raise ValueError(f"expected the {kind.title} state as {form}, "
                              f"got {type(state).__name__}") from None
-        shape = (s.num_layers * s.directions, batch, s.hidden_size)
-        for part in parts:
+        for part, size in zip(parts, s.state_sizes, strict=True):
+            shape = (s.num_layers * s.directions, batch, size)
             if tuple(part.shape) != shape:
                 raise ValueError(
                     f"expected state of shape (L*D, B, H) = {shape}, got {tuple(part.shape)}"
@@ -398,7 +400,7 @@ class TorchEngine(_TorchBase):
         # generation: the cell's step per layer
         self.cell = stack.cell_module(self.kind)
         self.options = stack.cell_options(self.kind, spec.nonlinearity, precision)
-        self._layer_keys = layer_keys(spec.num_layers)
+        self._layer_keys = layer_keys(spec.num_layers, self.kind)
 
     def _config(self, training: bool, generator, truncate, masks=None) -> stack.StackConfig:
         s = self.spec
@@ -447,8 +449,8 @@ class TorchEngine(_TorchBase):
             if s.embedding_size is not None:
                 x = embed(x, params[EMBEDDING])          # (B, E): the tokens' rows
             if parts is None:
-                zeros = params["weight_hh_l0"].new_zeros((s.num_layers, B, s.hidden_size))
-                parts = (zeros,) * len(self.kind.state)
+                w = params["weight_hh_l0"]
+                parts = tuple(w.new_zeros((s.num_layers, B, size)) for size in s.state_sizes)
             h, parts_n = step_layers(self.cell.step, self.options, params, self._layer_keys,
                                      x, parts, torch.stack)
             y = self._head(params, h.unsqueeze(0))       # (B, O)
@@ -510,10 +512,12 @@ class TorchBuiltinEngine(_TorchBase):
                              f"engine")
         cls = getattr(torch.nn, kind.torch_name)
         kwargs = kind.options(spec.nonlinearity)
+        if spec.proj_size:
+            kwargs["proj_size"] = spec.proj_size
         # variational dropout between layers: torch.nn draws a mask per step, so one module
         # per layer, our masks (one per sequence) multiplied between them
         self._draws_layer_masks = spec.dropout_mode == "variational" and spec.num_layers > 1
-        sizes = ([spec.stack_input_size] + [spec.directions * spec.hidden_size]
+        sizes = ([spec.stack_input_size] + [spec.directions * spec.out_size]
                  * (spec.num_layers - 1) if self._draws_layer_masks else [spec.stack_input_size])
         self.modules = [cls(
             size, spec.hidden_size, num_layers=spec.num_layers if len(sizes) == 1 else 1,
@@ -557,7 +561,7 @@ class TorchBuiltinEngine(_TorchBase):
         finals = []
         for layer, module in enumerate(self.modules):
             weights = {f"{k}{suffix(0, d)}": params[f"{k}{suffix(layer, d)}"]
-                       for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                       for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
                        for d in range(D) if f"{k}{suffix(layer, d)}" in params}
             hx = None if parts is None else kind.from_parts(
                 tuple(p[layer * D:(layer + 1) * D] for p in parts))

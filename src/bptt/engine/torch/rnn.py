@@ -33,10 +33,14 @@ bfloat16 copy written once per step), accumulates in float32 inside oneDNN and r
 which is added into float32. Everything else -- the states h_t, z_t, the gradients dz_t, the
 master weights and their gradients -- stays float32.
 
+Packed sequences (``batch_sizes``, :mod:`bptt.engine.stack`): step t runs the first b_t rows
+only, in the forward loop and in the recursion; h_n holds each sequence's state at its own last
+step.
+
 Symbols: T steps, B batch, I input size, H hidden size.
   x       (T, B, I) float, or (T, B) int64 token ids (one-hot input; projected as a gather)
   state0  None (zeros) or the tuple (h0,), h0 (B, H) or None (zeros)
-  hs      (T, B, H): every hidden state; hs[-1] is h_n
+  hs      (T, B, H): every hidden state; hs[-1] is h_n (for packed sequences, each one's last)
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import torch
 
 from ...cells import RNN as KIND
 from .. import kernel
-from ..layout import check_gate_weights, sum_biases
+from ..layout import check_batch_sizes, check_gate_weights, per_step, prev_rows, sum_biases
 from ..recursion import Recursion, effective_truncate
 from .common import (
     OPS,
@@ -56,6 +60,7 @@ from .common import (
     check_nonlinearity,
     check_sequence,
     check_state_parts,
+    final_rows,
     kernel_views,
     linear,
     linear_add,
@@ -84,6 +89,7 @@ class Cache(NamedTuple):
     nonlinearity: str                  # tanh | relu
     precision: str                     # fp32 | bf16
     states_low: torch.Tensor | None    # bf16: (T + 1, B, H), [h0, h_0 .. h_{T-1}] in bfloat16
+    batch_sizes: tuple | None          # packed sequences: b_t running at step t (None: all B)
 
 
 def forward(
@@ -95,26 +101,33 @@ def forward(
     bias_hh: torch.Tensor | None = None,
     nonlinearity: str = "tanh",
     precision: str = "fp32",
+    batch_sizes: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor], Cache]:
-    """Run the layer over ``x``; return ``(hs, (h_n,), cache)`` with hs (T, B, H), h_n (B, H)."""
+    """Run the layer over ``x``; return ``(hs, (h_n,), cache)`` with hs (T, B, H), h_n (B, H).
+
+    ``batch_sizes``: packed sequences (the module docstring)."""
     check_nonlinearity(nonlinearity)
     low = low_dtype(precision)
     check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
-    check_sequence(x, weight_ih.shape[1])
-    (h0,) = check_state_parts(KIND, state0, x.shape[1], weight_hh)
+    T, B = check_sequence(x, weight_ih.shape[1])
+    check_batch_sizes(batch_sizes, T, B)
+    (h0,) = check_state_parts(KIND, state0, B, weight_hh)
     bias = sum_biases(bias_ih, bias_hh)
-    hs, states_low = _compiled_forward(x, h0, weight_ih, weight_hh, bias, nonlinearity,
-                                       precision), None
+    hs, states_low = None, None
+    if batch_sizes is None:                              # the loop below, compiled
+        hs = _compiled_forward(x, h0, weight_ih, weight_hh, bias, nonlinearity, precision)
     if hs is not None:
         pass                                             # the kernel ran the loop
     elif low is None:
-        hs, states_low = _forward_fp32(x, h0, weight_ih, weight_hh, bias, nonlinearity), None
+        hs = _forward_fp32(x, h0, weight_ih, weight_hh, bias, nonlinearity, batch_sizes)
     else:
-        hs, states_low = _forward_low(x, h0, weight_ih, weight_hh, bias, nonlinearity, low)
+        hs, states_low = _forward_low(x, h0, weight_ih, weight_hh, bias, nonlinearity, low,
+                                      batch_sizes)
     cache = Cache(x=x, h0=h0, hs=hs, weight_ih=weight_ih, weight_hh=weight_hh,
                   has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
-                  nonlinearity=nonlinearity, precision=precision, states_low=states_low)
-    return hs, (hs[-1],), cache
+                  nonlinearity=nonlinearity, precision=precision, states_low=states_low,
+                  batch_sizes=batch_sizes)
+    return hs, (final_rows(hs, batch_sizes),), cache
 
 
 def _compiled_forward(x, h0, weight_ih, weight_hh, bias, nonlinearity: str, precision: str):
@@ -128,27 +141,30 @@ def _compiled_forward(x, h0, weight_ih, weight_hh, bias, nonlinearity: str, prec
     return hs
 
 
-def _forward_fp32(x, h0, weight_ih, weight_hh, bias, nonlinearity: str) -> torch.Tensor:
+def _forward_fp32(x, h0, weight_ih, weight_hh, bias, nonlinearity: str,
+                  batch_sizes: tuple | None) -> torch.Tensor:
     """The states hs (T, B, H) in the tensors' own dtype."""
     hs = project_inputs(x, weight_ih, bias)              # x_t W_ih^T + b, all t
-    h = h0
+    rows = per_step(hs, batch_sizes)                     # z = hs[t] (its running rows), views
+    prevs = prev_rows(h0, rows, batch_sizes)             # h_{t-1}: h0, then rows of hs
     hs_np = numpy_view(hs) if nonlinearity == "tanh" else None  # NumPy's tanh (common.py)
-    w_hh = pack(weight_hh, h0.shape[0])                  # reordered once for all T steps
-    for t, z in enumerate(hs.unbind(0)):                 # z = hs[t], a view
+    np_rows = None if hs_np is None else per_step(hs_np, batch_sizes)
+    w_hh = pack(weight_hh, h0.shape[0], len(rows))     # reordered once for all T steps
+    for t, (z, h) in enumerate(zip(rows, prevs, strict=True)):
         # z_t = x_t W_ih^T + b + h_{t-1} W_hh^T;  h_t = f(z_t), written into hs[t]
         r = linear_add(h, w_hh, z)
         r_np = None if hs_np is None else numpy_view(r)
         if r_np is not None:
-            np.tanh(r_np, out=hs_np[t])
+            np.tanh(r_np, out=np_rows[t])
         elif nonlinearity == "tanh":
             torch.tanh(r, out=z)
         else:
             torch.clamp(r, min=0.0, out=z)               # relu
-        h = z
     return hs
 
 
-def _forward_low(x, h0, weight_ih, weight_hh, bias, nonlinearity: str, low: torch.dtype):
+def _forward_low(x, h0, weight_ih, weight_hh, bias, nonlinearity: str, low: torch.dtype,
+                 batch_sizes: tuple | None):
     """precision bf16: the states hs (T, B, H) in float32 from bfloat16 products, and their
     bfloat16 copies [h0, h_0 .. h_{T-1}] (T + 1, B, H) for the weight gradient."""
     T, B = x.shape[:2]
@@ -160,20 +176,24 @@ def _forward_low(x, h0, weight_ih, weight_hh, bias, nonlinearity: str, low: torc
             hs += bias
     else:
         hs = project_inputs(x, weight_ih, bias)          # a gather: no product
-    w_low = pack(weight_hh.to(low), B)                   # bf16, reordered once for all T steps
-    states_low = hs.new_empty((T + 1, B, H), dtype=low)  # [h0, h_0 .. h_{T-1}] in bf16
+    w_low = pack(weight_hh.to(low), B, T)                # bf16, reordered once for all T steps
+    new = hs.new_empty if batch_sizes is None else hs.new_zeros  # packed: padding rows zero
+    states_low = new((T + 1, B, H), dtype=low)           # [h0, h_0 .. h_{T-1}] in bf16
     states_low[0].copy_(h0)
-    lows = states_low.unbind(0)
+    rows = per_step(hs, batch_sizes)
+    outs = per_step(states_low[1:], batch_sizes)         # the bf16 copy of h_t
+    prevs = prev_rows(states_low[0], outs, batch_sizes)
     hs_np = numpy_view(hs) if nonlinearity == "tanh" else None
-    for t, z in enumerate(hs.unbind(0)):
-        z.add_(linear(lows[t], w_low))                   # z_t += h_{t-1} W_hh^T (bf16 product)
-        if hs_np is not None:
-            np.tanh(hs_np[t], out=hs_np[t])
+    np_rows = None if hs_np is None else per_step(hs_np, batch_sizes)
+    for t, z in enumerate(rows):
+        z.add_(linear(prevs[t], w_low))                  # z_t += h_{t-1} W_hh^T (bf16 product)
+        if np_rows is not None:
+            np.tanh(np_rows[t], out=np_rows[t])
         elif nonlinearity == "tanh":
             z.tanh_()
         else:
             z.relu_()
-        lows[t + 1].copy_(z)
+        outs[t].copy_(z)
     return hs, states_low
 
 
@@ -234,12 +254,12 @@ def backward(
     the loss at step t reach back through at most k recurrent steps
     (:class:`bptt.engine.recursion.Recursion`).
     """
-    hs = cache.hs
+    hs, bs = cache.hs, cache.batch_sizes
     low = low_dtype(cache.precision)
     T, B, H = hs.shape
     k = effective_truncate(truncate, T)
     dstate_n = check_state_parts(KIND, dstate_n, B, cache.h0, names="d{}_n")
-    if k is None:
+    if k is None and bs is None:
         dz, dh0 = _compiled_backward(cache, dhs, dstate_n)  # the loop below, compiled
         if dz is not None:
             grads, dx = _weight_grads(cache, dz, None, need_dx)
@@ -248,16 +268,20 @@ def backward(
     # dz W_hh = dz (W_hh^T)^T: the products' weight is W_hh^T, reordered once for all steps
     K = 1 if k is None else max(k, 1)
     w_hh_t = cache.weight_hh.t().contiguous()
-    w_hh_t = pack(w_hh_t if low is None else w_hh_t.to(low), K * B)
-    rec = Recursion(OPS, dstate_n, T, k, H)
-    dz_low = None if low is None else hs.new_empty((T, B, H), dtype=low)  # bf16 rows of dz
+    w_hh_t = pack(w_hh_t if low is None else w_hh_t.to(low), K * B, T)
+    rec = Recursion(OPS, dstate_n, T, k, H, bs)
+    new = hs.new_empty if bs is None else hs.new_zeros  # packed: padding rows zero
+    dz_low = None if low is None else new((T, B, H), dtype=low)  # bf16 rows of dz
+    dz = torch.empty_like(hs)                            # ours: contiguous, whatever dhs is
     if k is None:
         # u_t = dL/dh_t * f'(z_t), left in dz_t;  dz_t = u_t + (dz_{t+1} W_hh) * f'(z_t)  (1, 2)
-        dz = hs.new_zeros((T, B, H)) if dhs is None else torch.mul(dhs, fprime)
-        rec.run(_folded_step(dz, fprime, w_hh_t, dz_low), None, dz)
+        if dhs is None:
+            dz.zero_()
+        else:
+            torch.mul(dhs, fprime, out=dz)
+        rec.run(_folded_step(dz, fprime, w_hh_t, dz_low, bs), None, dz)
     else:
-        dz = hs.new_empty((T, B, H))
-        rec.run(_step(fprime, w_hh_t, low), dhs, dz)
+        rec.run(_step(fprime, w_hh_t, low, bs), dhs, dz)
         if low is not None:
             dz_low = dz.to(low)
     grads, dx = _weight_grads(cache, dz, dz_low, need_dx)
@@ -281,12 +305,12 @@ def _compiled_backward(cache: Cache, dhs: torch.Tensor | None, dstate_n: tuple):
 
 
 def _folded_step(dz: torch.Tensor, fprime: torch.Tensor, w_hh_t: torch.Tensor,
-                 dz_low: torch.Tensor | None):
+                 dz_low: torch.Tensor | None, batch_sizes: tuple | None):
     """The one-step backward without truncation (recursion contract, A = 1): dz_out, row t of
     ``dz``, holds u_t; it returns dh_{t-1}, the product itself (no copy). ``dz_low`` (bf16):
     the rows of dz in bfloat16, written as they are made."""
-    fps = fprime.unbind(0)                               # f'(z_t), (B, H) each
-    rows = dz.unbind(0) if dz_low is None else dz_low.unbind(0)  # the products' operands
+    fps = per_step(fprime, batch_sizes)                  # f'(z_t), (b_t, H) each
+    rows = per_step(dz if dz_low is None else dz_low, batch_sizes)  # the products' operands
 
     def step(t: int, dstate: tuple, dz_out: torch.Tensor, prev_out: tuple) -> tuple:
         dz_out.addcmul_(dstate[0], fps[t])               # dz_t = u_t + dz_{t+1} W_hh * f'(z_t)
@@ -297,13 +321,15 @@ def _folded_step(dz: torch.Tensor, fprime: torch.Tensor, w_hh_t: torch.Tensor,
     return step
 
 
-def _step(fprime: torch.Tensor, w_hh_t: torch.Tensor, low: torch.dtype | None):
+def _step(fprime: torch.Tensor, w_hh_t: torch.Tensor, low: torch.dtype | None,
+          batch_sizes: tuple | None):
     """The one-step backward (recursion contract) for every age at once (truncation)."""
     H = fprime.shape[2]
+    fps = per_step(fprime, batch_sizes)                  # f'(z_t), (b_t, H) each
 
     def step(t: int, dstate: tuple, dz_out: torch.Tensor, prev_out: tuple) -> None:
         (dh,) = dstate                                   # (A, B, H): dh_t by age       (1)
-        torch.mul(dh, fprime[t], out=dz_out)             # dz_t = dh_t * f'(z_t)        (2)
+        torch.mul(dh, fps[t], out=dz_out)                # dz_t = dh_t * f'(z_t)        (2)
         (dh_prev,) = prev_out
         K = dh_prev.shape[0]
         if K:                                            # dh_{t-1} = dz_t W_hh, ages 0..K-1

@@ -8,10 +8,15 @@ masks drawn by :func:`draw_mask` (from a ``torch.Generator`` or the global torch
 no_grad, as every Function's forward) and saves the caches; its backward is our derived BPTT,
 not autograd of the loop. Use it through :func:`apply`.
 
-Symbols: T steps, B batch, H hidden size, L layers, D directions (1 or 2).
+Packed sequences: ``batch_sizes`` (torch's ``PackedSequence.batch_sizes`` as a tuple of ints)
+with x padded, (T, B, ...), its sequences sorted by length (:mod:`bptt.engine.stack`).
+
+Symbols: T steps, B batch, H hidden size, L layers, D directions (1 or 2), S the size of h (H,
+or P for an LSTM with a projection).
   x    (T, B, I) float or (T, B) int64 token ids
-  out  (T, B, D*H)
-  h_n  (L*D, B, H), indexed ``l * D + d`` as torch; the LSTM state is the pair ``(h_n, c_n)``
+  out  (T, B, D*S)
+  h_n  (L*D, B, S), indexed ``l * D + d`` as torch; the LSTM state is the pair ``(h_n, c_n)``,
+       c_n (L*D, B, H)
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ...cells import CELL_NAMES, CellKind, get_cell
+from ...cells import CellKind, get_cell
 from .. import stack as shared
 from ..dropout import check_mask
 from ..layout import cell_module as _cell_module
-from ..layout import param_names  # noqa: F401 (re-exported for callers)
-from ..stack import cell_options  # noqa: F401 (re-exported: the engine's options)
+from ..layout import (
+    param_names,  # noqa: F401 (re-exported for callers)
+    state_sizes,
+)
+from ..stack import cell_options  # the engines' options (the registry's and the precision)
 from .common import OPS, check_truncate
 
 
@@ -36,27 +44,21 @@ def cell_module(cell: str | CellKind):
 
 def check_precision(cell: str | CellKind, precision: str) -> None:
     """fp32 for every cell; bf16 (bfloat16 matrix products) for the cells whose torch module
-    lists it in its ``PRECISIONS``."""
-    kind = get_cell(cell)
-    if precision in cell_module(kind).PRECISIONS:
-        return
-    if precision == "bf16":
-        with_bf16 = [c for c in CELL_NAMES if "bf16" in cell_module(c).PRECISIONS]
-        raise ValueError(
-            f"expected precision 'fp32', got 'bf16' for the {kind.name} cell (bfloat16 products "
-            f"are implemented for the {' and '.join(with_bf16)} cell, the book's model)"
-        )
-    raise ValueError(f"expected precision 'fp32' or 'bf16', got {precision!r}")
+    lists it in its ``PRECISIONS`` (:func:`bptt.engine.stack.check_precision`)."""
+    shared.check_precision(cell_module, get_cell(cell), precision)
 
 
 def draw_mask(shape, dropout: float, *, like: torch.Tensor,
               generator: torch.Generator | None = None) -> torch.Tensor:
-    """A dropout mask: Bernoulli(1 - p) / (1 - p), of ``like``'s dtype and device.
+    """A dropout mask: Bernoulli(1 - p) / (1 - p), of ``like``'s dtype and device; p = 1 drops
+    everything (zeros, as torch: not 0 / 0).
 
     Every torch engine draws its masks here, layer by layer in order, so two engines given
     generators in the same state draw the same masks.
     """
     keep = 1.0 - dropout
+    if keep <= 0.0:
+        return like.new_zeros(shape)
     mask = like.new_empty(shape)
     mask.bernoulli_(keep, generator=generator)
     return mask.div_(keep)
@@ -76,22 +78,24 @@ def forward(
     generator: torch.Generator | None = None,
     masks: list | tuple | None = None,
     precision: str = "fp32",
+    batch_sizes: tuple[int, ...] | None = None,
 ):
     """Run the stack; return ``(out, h_n, cache)`` (h_n is ``(h_n, c_n)`` for the LSTM).
 
     While training with ``dropout > 0`` the masks are drawn from ``generator`` (None: the global
-    torch RNG), unless ``masks`` gives them: one (T, B, D*H) tensor per layer but the last, or
-    (1, B, D*H) for one mask per sequence (variational dropout).
+    torch RNG), unless ``masks`` gives them: one (T, B, D*S) tensor per layer but the last, or
+    (1, B, D*S) for one mask per sequence (variational dropout).
     ``precision="bf16"`` (the rnn cell): bfloat16 matrix products, float32 everything else
-    (:mod:`bptt.engine.torch.rnn`).
+    (:mod:`bptt.engine.torch.rnn`). ``batch_sizes``: packed sequences, x padded (the module
+    docstring). A projected LSTM's parameters include ``weight_hr_l{k}`` (torch's names).
     """
     kind = get_cell(cell)
     check_precision(kind, precision)
     mask = _dropout(num_layers, dropout, training, generator, masks)
     out, parts_n, cache = shared.forward(
         OPS, cell_module(kind), kind, params, x, kind.to_parts(hx), num_layers=num_layers,
-        bidirectional=bidirectional, options=shared.cell_options(kind, nonlinearity, precision),
-        mask=mask)
+        bidirectional=bidirectional, options=cell_options(kind, nonlinearity, precision),
+        mask=mask, batch_sizes=batch_sizes)
     return out, kind.from_parts(parts_n), cache
 
 
@@ -131,6 +135,7 @@ class StackConfig:
     generator: torch.Generator | None = None
     masks: tuple[torch.Tensor, ...] | None = None
     precision: str = "fp32"
+    batch_sizes: tuple[int, ...] | None = None   # packed sequences (x padded, sorted by length)
 
 
 class _Slot:
@@ -182,14 +187,18 @@ class StackFunction(torch.autograd.Function):
     """The recurrent stack with our hand-derived BPTT as its backward.
 
     ``StackFunction.apply(cfg, x, h0, c0, *weights)`` with ``weights`` in ``cfg.names`` order and
-    the initial state in its slots: ``h0`` (L*D, B, H) or None, ``c0`` the LSTM's cell state
+    the initial state in its slots: ``h0`` (L*D, B, S) or None, ``c0`` the LSTM's cell state
     (L*D, B, H) or None (always None for a cell whose state is ``h`` alone). Returns
     ``(out, h_n, c_n, masks)``; ``c_n`` is None for the RNN and GRU, and ``masks``
-    ((L-1, T, B, D*H) while dropping out, else empty) is marked non-differentiable.
+    ((L-1, T, B, D*S) while dropping out, else empty) is marked non-differentiable. An empty
+    batch (B = 0) computes nothing and returns empty outputs (zero gradients).
 
     The backward returns gradients for ``x`` (float input only, when it requires grad), ``h0``,
     ``c0`` and every weight; it honours ``cfg.truncate`` (the gradient is then the truncated
-    BPTT one, not the exact gradient of the forward).
+    BPTT one, not the exact gradient of the forward). It is the fast in-place BPTT; when a
+    graph of the gradient is requested (``create_graph=True``: double backward), the same
+    labelled equations run out of place on a recomputed forward (:mod:`.graph`), so autograd
+    can differentiate the gradient itself.
     """
 
     @staticmethod
@@ -205,17 +214,23 @@ class StackFunction(torch.autograd.Function):
                              f"got a tensor")
         hx = None if all(s is None for s in slots[:n]) else kind.from_parts(slots[:n])
         params = dict(zip(cfg.names, weights, strict=True))
+        ctx.cfg = cfg
+        ctx.set_materialize_grads(False)                 # absent output gradients stay None
+        if x.shape[1] == 0:                              # an empty batch: nothing to compute
+            return _empty_forward(ctx, kind, x, params)
+        ctx.empty = None
         # autograd runs Function.forward with grad mode off: the hand forward builds no graph
         out, h_n, cache = forward(
             kind, params, x, hx, num_layers=cfg.num_layers, bidirectional=cfg.bidirectional,
             nonlinearity=cfg.nonlinearity, dropout=cfg.dropout, training=cfg.training,
             generator=cfg.generator, masks=cfg.masks, precision=cfg.precision,
+            batch_sizes=cfg.batch_sizes,
         )
         tensors: list[torch.Tensor] = []
         ctx.skeleton = _flatten(cache, tensors)
+        # the inputs too, for the recomputation of a double backward (references, no copies)
+        ctx.inputs = _flatten((x, h0, c0, *weights), tensors)
         ctx.save_for_backward(*tensors)
-        ctx.cfg = cfg
-        ctx.set_materialize_grads(False)                 # absent output gradients stay None
         used = [m for m in cache.masks if m is not None]
         masks = torch.stack(used) if used else out.new_empty((0,))
         ctx.mark_non_differentiable(masks)
@@ -224,16 +239,43 @@ class StackFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dh_n, dc_n, _dmasks):
         cfg = ctx.cfg
-        cache = _unflatten(ctx.skeleton, ctx.saved_tensors)
+        if ctx.empty is not None:                        # an empty batch: zero gradients
+            return (None, *(None if z is None or not need else z for z, need in
+                            zip(ctx.empty, ctx.needs_input_grad[1:], strict=True)))
+        saved = ctx.saved_tensors
+        cache = _unflatten(ctx.skeleton, saved)
         kind = cache.kind
-        need_x = ctx.needs_input_grad[1]
         dslots = (dh_n, dc_n)[:kind.num_state_parts]
         dparts_n = None if all(d is None for d in dslots) else dslots
-        dx, dparts0, grads = shared.backward(OPS, cell_module(kind), dout, dparts_n, cache,
-                                             cfg.truncate, need_dx=need_x)
-        dstate0 = tuple(d if need else None for d, need in
-                        zip(_slots(dparts0), ctx.needs_input_grad[2:4], strict=True))
-        return (None, dx if need_x else None, *dstate0, *(grads[n] for n in cfg.names))
+        if torch.is_grad_enabled():                      # create_graph: the gradient's graph
+            from .graph import stack_backward
+
+            x, *rest = _unflatten(ctx.inputs, saved)
+            dx, dparts0, grads = stack_backward(cfg, cache, x, tuple(rest[:2]),
+                                                dict(zip(cfg.names, rest[2:], strict=True)),
+                                                dout, dparts_n)
+        else:
+            dx, dparts0, grads = shared.backward(OPS, cell_module(kind), dout, dparts_n, cache,
+                                                 cfg.truncate, need_dx=ctx.needs_input_grad[1])
+        need = ctx.needs_input_grad
+        dstate0 = tuple(d if n else None for d, n in zip(_slots(dparts0), need[2:4], strict=True))
+        return (None, dx if need[1] else None, *dstate0, *(grads[n] for n in cfg.names))
+
+
+def _empty_forward(ctx, kind: CellKind, x: torch.Tensor, params: dict):
+    """:class:`StackFunction` on B = 0: empty outputs of the right shapes; the backward's
+    gradients (zeros) are made here."""
+    cfg = ctx.cfg
+    w = params["weight_hh_l0"]
+    L, D = cfg.num_layers, 2 if cfg.bidirectional else 1
+    sizes = state_sizes(kind, params)
+    out = w.new_zeros((x.shape[0], 0, D * sizes[0]))
+    parts = tuple(w.new_zeros((L * D, 0, size)) for size in sizes)
+    ctx.empty = (torch.zeros_like(x) if x.is_floating_point() else None, *_slots(parts),
+                 *(torch.zeros_like(p) for p in params.values()))
+    masks = out.new_empty((0,))
+    ctx.mark_non_differentiable(masks)
+    return out, *_slots(parts), masks
 
 
 def _dropout(num_layers: int, dropout: float, training: bool,

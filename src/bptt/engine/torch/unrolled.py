@@ -7,9 +7,12 @@ reference the hand-written engines are proven against.
 
     rnn   h_t = f(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
     lstm  [i|f|g|o] = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh,  c_t = s(f) c_{t-1} + s(i) tanh(g),
-          h_t = s(o) tanh(c_t)
+          h_t = s(o) tanh(c_t)  (times W_hr^T with a projection)
     gru   r, u = s(x_t W_i{r,z}^T + b_i{r,z} + h_{t-1} W_h{r,z}^T + b_h{r,z}),
           n = tanh(x_t W_in^T + b_in + r * (h_{t-1} W_hn^T + b_hn)),  h_t = (1 - u) n + u h_{t-1}
+    lnlstm  the lstm with LN(x_t W_ih^T) g_ih and LN(h_{t-1} W_hh^T) g_hh in place of the two
+          products, and h_t = s(o) tanh(LN(c_t) g_c + b_c)   (LN: torch.nn.functional.layer_norm)
+    lngru   the gru with the same two normalised products (r multiplies the normalised s^n)
 
 Truncation ``truncate = k`` (the semantics of :func:`bptt.engine.numpy.common.bptt_loop`, layer
 by layer): the gradient of whatever reads h_t crosses at most k recurrent transitions of the
@@ -27,17 +30,32 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from ...cells import CellKind, get_cell
-from ..layout import layer_params, split_state
+from ..layout import layer_params, split_state, state_sizes
+from .layernorm import EPS as LN_EPS
 from .stack import draw_mask
 
 
+def _project(x_t: torch.Tensor, weight_ih: torch.Tensor) -> torch.Tensor:
+    """x_t W_ih^T for one step: a row gather for token ids (B,), a product for floats."""
+    return x_t @ weight_ih.t() if x_t.is_floating_point() else weight_ih.t()[x_t]
+
+
 def _input_term(x_t: torch.Tensor, p: dict) -> torch.Tensor:
-    """x_t W_ih^T + b_ih for one step: a row gather for token ids (B,), a product for floats."""
-    weight_ih, b_ih = p["weight_ih"], p["bias_ih"]
-    xw = x_t @ weight_ih.t() if x_t.is_floating_point() else weight_ih.t()[x_t]
-    return xw if b_ih is None else xw + b_ih
+    """x_t W_ih^T + b_ih for one step."""
+    xw = _project(x_t, p["weight_ih"])
+    return xw if p["bias_ih"] is None else xw + p["bias_ih"]
+
+
+def _plus(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return y if bias is None else y + bias
+
+
+def _ln(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Layer normalisation over the last axis (torch's own), then the gain and the bias."""
+    return F.layer_norm(y, y.shape[-1:], weight, bias, LN_EPS)
 
 
 def _hidden_term(h: torch.Tensor, p: dict) -> torch.Tensor:
@@ -61,11 +79,12 @@ def rnn_step(x_t, state: tuple, p: dict, nonlinearity: str = "tanh") -> tuple:
 
 def lstm_step(x_t, state: tuple, p: dict) -> tuple:
     """[i|f|g|o] = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh;  c_t = s(f) c_{t-1} + s(i)
-    tanh(g);  h_t = s(o) tanh(c_t)."""
+    tanh(g);  h_t = s(o) tanh(c_t), projected by W_hr^T when ``p`` has ``weight_hr``."""
     h, c = state
     zi, zf, zg, zo = _preactivation(x_t, h, p).chunk(4, dim=1)
     c = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zg)
-    return (torch.sigmoid(zo) * torch.tanh(c), c)
+    m = torch.sigmoid(zo) * torch.tanh(c)
+    return (m if p.get("weight_hr") is None else m @ p["weight_hr"].t(), c)
 
 
 def gru_step(x_t, state: tuple, p: dict) -> tuple:
@@ -80,7 +99,32 @@ def gru_step(x_t, state: tuple, p: dict) -> tuple:
     return ((1.0 - u) * n + u * h,)
 
 
-STEPS: dict[str, Callable[..., tuple]] = {"rnn": rnn_step, "lstm": lstm_step, "gru": gru_step}
+def lnlstm_step(x_t, state: tuple, p: dict) -> tuple:
+    """[i|f|g|o] = LN(x_t W_ih^T) g_ih + b_ih + LN(h_{t-1} W_hh^T) g_hh + b_hh;
+    c_t = s(f) c_{t-1} + s(i) tanh(g);  h_t = s(o) tanh(LN(c_t) g_c + b_c)."""
+    h, c = state
+    z = (_plus(_ln(_project(x_t, p["weight_ih"]), p["ln_weight_ih"]), p["bias_ih"])
+         + _plus(_ln(h @ p["weight_hh"].t(), p["ln_weight_hh"]), p["bias_hh"]))
+    zi, zf, zg, zo = z.chunk(4, dim=1)
+    c = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zg)
+    return (torch.sigmoid(zo) * torch.tanh(_ln(c, p["ln_weight_c"], p["ln_bias_c"])), c)
+
+
+def lngru_step(x_t, state: tuple, p: dict) -> tuple:
+    """a = LN(x_t W_ih^T) g_ih + b_ih,  s = LN(h_{t-1} W_hh^T) g_hh + b_hh;
+    r, u = s(a^{r,z} + s^{r,z});  n = tanh(a^n + r * s^n);  h_t = (1 - u) n + u h_{t-1}."""
+    (h,) = state
+    xr, xz, xn = _plus(_ln(_project(x_t, p["weight_ih"]), p["ln_weight_ih"]),
+                       p["bias_ih"]).chunk(3, dim=1)
+    hr, hz, hn = _plus(_ln(h @ p["weight_hh"].t(), p["ln_weight_hh"]), p["bias_hh"]).chunk(3, dim=1)
+    r = torch.sigmoid(xr + hr)
+    u = torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return ((1.0 - u) * n + u * h,)
+
+
+STEPS: dict[str, Callable[..., tuple]] = {"rnn": rnn_step, "lstm": lstm_step, "gru": gru_step,
+                                          "lnlstm": lnlstm_step, "lngru": lngru_step}
 """Each cell's step, by its name in :mod:`bptt.cells`: ``step(x_t, state parts, p, **options)``
 with ``p`` one layer's weights (``layer_params``) and the options of ``CellKind.options``."""
 
@@ -144,7 +188,7 @@ def stack_forward(cell: str | CellKind, params: dict, x: torch.Tensor, hx=None, 
     D = 2 if bidirectional else 1
     B = x.shape[1]
     ref = params["weight_hh_l0"]
-    H = ref.shape[1]
+    sizes = state_sizes(kind, params)
     parts = kind.to_parts(hx)
     layer_in = x
     finals = []
@@ -152,9 +196,10 @@ def stack_forward(cell: str | CellKind, params: dict, x: torch.Tensor, hx=None, 
         outs = []
         for d in range(D):
             s0 = split_state(parts, layer * D + d) or (None,) * kind.num_state_parts
-            s0 = tuple(ref.new_zeros((B, H)) if s is None else s for s in s0)
+            s0 = tuple(ref.new_zeros((B, n)) if s is None else s
+                       for s, n in zip(s0, sizes, strict=True))
             seq = layer_in.flip(0) if d else layer_in
-            hs, state_n = layer_forward(kind, seq, s0, layer_params(params, layer, d),
+            hs, state_n = layer_forward(kind, seq, s0, layer_params(params, layer, d, kind),
                                         nonlinearity, truncate)
             outs.append(hs.flip(0) if d else hs)
             finals.append(state_n)

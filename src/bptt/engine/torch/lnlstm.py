@@ -1,0 +1,283 @@
+r"""Layer-normalised LSTM layer, one direction, on torch tensors: forward and its hand-written
+BPTT.
+
+The same equations and structure as :mod:`bptt.engine.numpy.lnlstm` (docs/bptt_layernorm.md,
+"LN-LSTM"); LN(y) = (y - mean(y)) / sqrt(var(y) + eps) over the last axis, gate slices of width
+H in torch's order i, f, g, o:
+
+    u^_t = LN(x_t W_ih^T),   v^_t = LN(h_{t-1} W_hh^T)                   (B, 4H)
+    z_t  = u^_t * g_ih + b_ih + v^_t * g_hh + b_hh                      = [z^i | z^f | z^g | z^o]
+    i_t = sigmoid(z^i_t),  f_t = sigmoid(z^f_t),  g_t = tanh(z^g_t),  o_t = sigmoid(z^o_t)
+    c_t = f_t * c_{t-1} + i_t * g_t
+    k_t = LN(c_t) * g_c + b_c,   c^_t = LN(c_t)
+    h_t = o_t * tanh(k_t)                                   h_{-1} = h0,  c_{-1} = c0
+
+Backward, with dh_t and dc_t the total gradients reaching h_t and c_t, rstd_* the layer norms'
+1 / sqrt(var + eps) and W~ = W minus the mean of its 4H rows (the centring folded into the
+weights, :mod:`bptt.engine.torch.layernorm`):
+
+    (1)  dk_t   = dh_t * o_t (1 - tanh(k_t)^2)
+    (2)  dc_t   = dc_{t+1} f_{t+1} + rstd_c (dc^ - mean(dc^) - c^_t mean(dc^ c^_t)),
+                  dc^ = dk_t g_c
+    (3)  dz^i_t = dc_t g_t i_t (1 - i_t),   dz^f_t = dc_t c_{t-1} f_t (1 - f_t),
+         dz^g_t = dc_t i_t (1 - g_t^2),     dz^o_t = dh_t tanh(k_t) o_t (1 - o_t)
+    (4)  dv_t   = rstd_v (dv^ - v^_t mean(dv^ v^_t)),   dv^ = dz_t g_hh
+    (5)  dh_{t-1} = dv_t W~_hh,   dc_{t-1} = dc_t f_t
+    (6)  dW_hh  = centred(sum_t dv_t^T h_{t-1})       (minus the mean over its 4H rows)
+    (7)  du_t   = rstd_u (du^ - u^_t mean(du^ u^_t)),   du^ = dz_t g_ih
+    (8)  dW_ih  = centred(sum_t du_t^T x_t),   dx_t = du_t W~_ih
+    (9)  db_ih  = db_hh = sum_t sum_b dz_t
+    (10) dg_hh  = sum_t sum_b dz_t v^_t,   dg_ih = sum_t sum_b dz_t u^_t
+    (11) dg_c   = sum_t sum_b dk_t c^_t,   db_c = sum_t sum_b dk_t
+
+The factors of (1), (3) and (5) that do not depend on the incoming gradient are computed for
+every step at once before the loop. A step keeps dv_t / rstd_v and applies rstd_v to the
+product's (B, H) rows, (5); (6) takes it as rstd_v h_{t-1}. The step writes [dz_t | dv_t /
+rstd_v | dk_t] (width 9H) for the loop's sum over truncation ages. The forward normalisations
+are torch's kernel (:func:`bptt.engine.torch.layernorm.normalize`); every gradient is written
+here.
+
+Truncation (``truncate = k``): one transition is one step of the pair (h, c); both paths are cut
+together after k transitions.
+
+Symbols: T steps, B batch, I input size, H hidden size.
+  x       (T, B, I) float, or (T, B) int64 token ids (one-hot input; projected as a gather)
+  state0  None (zeros) or the pair (h0, c0), each (B, H) or None (zeros)
+  hs      (T, B, H): every hidden state; hs[-1] is h_n
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ...cells import LNLSTM as KIND
+from ..layout import check_gate_weights, check_own_params, sum_biases
+from ..recursion import bptt_loop
+from .common import (
+    OPS,
+    check_sequence,
+    check_state_parts,
+    input_step,
+    project_inputs,
+    project_inputs_backward,
+    shifted,
+)
+from .layernorm import (
+    affine,
+    centred,
+    gain_and_input_grads,
+    gain_grad,
+    normalize,
+    rowdot,
+    scale_backward,
+)
+
+GATES = KIND.num_gates
+PRECISIONS = ("fp32",)
+"""The torch engine's precisions this cell implements (``bptt.engine.torch.stack``)."""
+
+
+class Cache(NamedTuple):
+    """What :func:`forward` keeps for :func:`backward`."""
+
+    x: torch.Tensor             # (T, B, I) floats or (T, B) int64 token ids
+    h0: torch.Tensor            # (B, H)
+    c0: torch.Tensor            # (B, H)
+    gates: torch.Tensor         # (T, B, 4H): [i_t | f_t | g_t | o_t], after their activations
+    hs: torch.Tensor            # (T, B, H): h_t
+    cs: torch.Tensor            # (T, B, H): c_t
+    u_hat: torch.Tensor         # (T, B, 4H): LN(x_t W_ih^T)
+    u_rstd: torch.Tensor        # (T, B, 1): its 1 / sqrt(var + eps)
+    v_hat: torch.Tensor         # (T, B, 4H): LN(h_{t-1} W_hh^T)
+    v_rstd: torch.Tensor        # (T, B, 1)
+    c_hat: torch.Tensor         # (T, B, H): LN(c_t)
+    c_rstd: torch.Tensor        # (T, B, 1)
+    tanh_k: torch.Tensor        # (T, B, H): tanh(k_t), k_t = LN(c_t) g_c + b_c
+    weight_ih: torch.Tensor     # (4H, I)
+    weight_hh: torch.Tensor     # (4H, H)
+    ln_weight_ih: torch.Tensor  # (4H,) g_ih
+    ln_weight_hh: torch.Tensor  # (4H,) g_hh
+    ln_weight_c: torch.Tensor   # (H,) g_c
+    has_bias_ih: bool
+    has_bias_hh: bool
+    has_ln_bias_c: bool
+
+
+def forward(
+    x: torch.Tensor,
+    state0: tuple[torch.Tensor | None, torch.Tensor | None] | None,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias_ih: torch.Tensor | None = None,
+    bias_hh: torch.Tensor | None = None,
+    ln_weight_ih: torch.Tensor | None = None,
+    ln_weight_hh: torch.Tensor | None = None,
+    ln_weight_c: torch.Tensor | None = None,
+    ln_bias_c: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], Cache]:
+    """Run the layer over ``x``; return ``(hs, (h_n, c_n), cache)``, hs (T, B, H). The gains
+    are required (``bptt.model`` gives them), the biases optional."""
+    H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
+    check_own_params(KIND, H, {"ln_weight_ih": ln_weight_ih, "ln_weight_hh": ln_weight_hh,
+                               "ln_weight_c": ln_weight_c, "ln_bias_c": ln_bias_c})
+    T, B = check_sequence(x, weight_ih.shape[1])
+    h0, c0 = check_state_parts(KIND, state0, B, weight_hh)
+
+    u_hat, u_rstd = normalize(project_inputs(x, weight_ih, None))  # u^_t = LN(x_t W_ih^T), all t
+    gates = affine(u_hat, ln_weight_ih, sum_biases(bias_ih, bias_hh))  # u^_t g_ih + b, all t
+    hs = weight_hh.new_empty((T, B, H))
+    cs = weight_hh.new_empty((T, B, H))
+    tanh_k = weight_hh.new_empty((T, B, H))
+    w_hh_t = weight_hh.t()
+    own = (ln_weight_hh, ln_weight_c, ln_bias_c)
+    h, c, kept = h0, c0, []
+    for t in range(T):
+        h, c, norms = _cell(gates[t], h, c, w_hh_t, own, out=(hs[t], cs[t], tanh_k[t]))
+        kept.append(norms)
+    v_hat, v_rstd, c_hat, c_rstd = (torch.stack(n) for n in zip(*kept, strict=True))
+    cache = Cache(x=x, h0=h0, c0=c0, gates=gates, hs=hs, cs=cs, u_hat=u_hat, u_rstd=u_rstd,
+                  v_hat=v_hat, v_rstd=v_rstd, c_hat=c_hat, c_rstd=c_rstd, tanh_k=tanh_k,
+                  weight_ih=weight_ih, weight_hh=weight_hh, ln_weight_ih=ln_weight_ih,
+                  ln_weight_hh=ln_weight_hh, ln_weight_c=ln_weight_c,
+                  has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
+                  has_ln_bias_c=ln_bias_c is not None)
+    return hs, (hs[-1], cs[-1]), cache
+
+
+def _cell(z: torch.Tensor, h: torch.Tensor, c_prev: torch.Tensor, w_hh_t: torch.Tensor,
+          own: tuple, out: tuple) -> tuple:
+    """One step in place, returning ``(h_t, c_t, (v^_t, rstd_v, c^_t, rstd_c))``: ``z`` (B, 4H)
+    holds u^_t g_ih + b and becomes [i_t | f_t | g_t | o_t]; ``own`` = (g_hh, g_c, b_c or
+    None); ``out`` = (h_t, c_t, tanh(k_t)) (B, H) each, written; ``w_hh_t`` is W_hh^T."""
+    H = h.shape[1]
+    g_hh, g_c, b_c = own
+    h_new, c, tanh_k = out
+    v_hat, v_rstd = normalize(h @ w_hh_t)                # v^_t = LN(h_{t-1} W_hh^T)
+    z.addcmul_(v_hat, g_hh)                              # z_t = u^_t g_ih + b + v^_t g_hh
+    z[:, :2 * H].sigmoid_()                              # i_t, f_t = sigmoid(z^i_t, z^f_t)
+    z[:, 2 * H:3 * H].tanh_()                            # g_t = tanh(z^g_t)
+    z[:, 3 * H:].sigmoid_()                              # o_t = sigmoid(z^o_t)
+    i, f, g, o = z[:, :H], z[:, H:2 * H], z[:, 2 * H:3 * H], z[:, 3 * H:]
+    torch.mul(f, c_prev, out=c)
+    c.addcmul_(i, g)                                     # c_t = f_t * c_{t-1} + i_t * g_t
+    c_hat, c_rstd = normalize(c)                         # c^_t = LN(c_t)
+    affine(c_hat, g_c, b_c, out=tanh_k).tanh_()         # tanh(k_t), k_t = c^_t g_c + b_c
+    torch.mul(o, tanh_k, out=h_new)                      # h_t = o_t * tanh(k_t)
+    return h_new, c, (v_hat, v_rstd, c_hat, c_rstd)
+
+
+def step(x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], weight_ih: torch.Tensor,
+         weight_hh: torch.Tensor, bias_ih: torch.Tensor | None = None,
+         bias_hh: torch.Tensor | None = None, ln_weight_ih: torch.Tensor | None = None,
+         ln_weight_hh: torch.Tensor | None = None, ln_weight_c: torch.Tensor | None = None,
+         ln_bias_c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step, no checks and no cache (generation): (h_t, c_t) from x_t (B,) int64 token ids
+    or (B, I) features and (h_{t-1}, c_{t-1}), (B, H) each; the operations of one step of
+    :func:`forward`."""
+    h, c = state
+    u_hat = normalize(input_step(x, weight_ih, None))[0]  # u^_t = LN(x_t W_ih^T)
+    z = affine(u_hat, ln_weight_ih, sum_biases(bias_ih, bias_hh))
+    h_new, c_new, _ = _cell(z, h, c, weight_hh.t(), (ln_weight_hh, ln_weight_c, ln_bias_c),
+                            out=tuple(h.new_empty(h.shape) for _ in range(3)))
+    return h_new, c_new
+
+
+class _Factors(NamedTuple):
+    """What the backward step reads that does not depend on the incoming gradient, all T; the
+    equation each serves."""
+
+    F: torch.Tensor        # (T, B, 4, H): the gates', dz_t = [dc_t | .. | dh_t] * F       (3)
+    f: torch.Tensor        # (T, B, H): f_t                                                (5)
+    dk: torch.Tensor       # (T, B, H): o (1 - tanh(k)^2), so that dk_t = dh_t * dk        (1)
+
+
+def _factors(cache: Cache) -> _Factors:
+    """The gradient-free factors of (1), (3) and (5), for every step at once."""
+    gates, tanh_k = cache.gates, cache.tanh_k
+    T, B, GH = gates.shape
+    H = GH // GATES
+    i, f, g, o = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:3 * H], gates[..., 3 * H:]
+    F = gates.new_empty((T, B, GATES, H))
+    torch.mul(g, i * (1.0 - i), out=F[:, :, 0])
+    torch.mul(shifted(cache.c0, cache.cs), f * (1.0 - f), out=F[:, :, 1])
+    torch.mul(i, 1.0 - g * g, out=F[:, :, 2])
+    torch.mul(tanh_k, o * (1.0 - o), out=F[:, :, 3])
+    return _Factors(F=F, f=f.contiguous(), dk=o * (1.0 - tanh_k * tanh_k))
+
+
+def backward(
+    dhs: torch.Tensor | None,
+    dstate_n: tuple[torch.Tensor | None, torch.Tensor | None] | None,
+    cache: Cache,
+    truncate: int | None = None,
+    need_dx: bool = True,
+) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
+    """BPTT from upstream gradients on every output ``dhs`` (T, B, H) and on ``(h_n, c_n)``.
+
+    ``dhs`` and ``dstate_n`` may be None, and so may either of ``(dh_n, dc_n)``.
+    Returns ``(dx, (dh0, dc0), grads)``: dx (T, B, I) (None for token-id input or when not
+    ``need_dx``), and grads with keys ``weight_ih, weight_hh, ln_weight_ih, ln_weight_hh,
+    ln_weight_c`` (+ the biases the layer has). ``truncate=k`` cuts both the h and the c path
+    after k recurrent steps.
+    """
+    T, B, H = cache.hs.shape
+    GH = GATES * H
+    step = _step(_factors(cache), cache, centred(cache.weight_hh))  # W~_hh
+    dstate_n = check_state_parts(KIND, dstate_n, B, cache.h0, names="d{}_n")
+    out, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, 2 * GH + H)
+    dz, dv, dk = out[..., :GH], out[..., GH:2 * GH], out[..., 2 * GH:]
+
+    h_prev = shifted(cache.h0, cache.hs).mul_(cache.v_rstd)  # rstd_v h_{t-1}: dv_t = rstd_v dv
+    dw_hh = dv.reshape(-1, GH).t() @ h_prev.view(-1, H)
+    grads = {"weight_hh": centred(dw_hh)}                # dW_hh = centred(sum dv_t^T h_{t-1}) (6)
+    work = torch.empty_like(cache.u_hat)                 # one (T, B, 4H) temporary for all
+    grads["ln_weight_hh"] = gain_grad(dz, cache.v_hat, work)  # dg_hh = sum dz_t v^_t      (10)
+    grads["ln_weight_ih"], du = gain_and_input_grads(
+        dz, cache.u_hat, cache.u_rstd, cache.ln_weight_ih, work)  # dg_ih (10), du_t      (7)
+    dx, dw_ih = project_inputs_backward(du, cache.x, centred(cache.weight_ih),
+                                        need_dx)         # dx_t = du_t W~_ih              (8)
+    grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum du_t^T x_t) (8)
+    grads["ln_weight_c"] = gain_grad(dk, cache.c_hat, torch.empty_like(cache.c_hat))  # (11)
+    if cache.has_ln_bias_c:
+        grads["ln_bias_c"] = dk.sum(dim=(0, 1))          # db_c = sum_t sum_b dk_t         (11)
+    if cache.has_bias_ih or cache.has_bias_hh:
+        db = dz.sum(dim=(0, 1))                          # db_ih = db_hh = sum_t sum_b dz_t (9)
+        if cache.has_bias_ih:
+            grads["bias_ih"] = db
+        if cache.has_bias_hh:
+            grads["bias_hh"] = db.clone() if cache.has_bias_ih else db
+    return dx, dstate0, grads
+
+
+def _step(k: _Factors, cache: Cache, w_hh: torch.Tensor):
+    """The one-step backward :func:`bptt.engine.recursion.bptt_loop` runs: (1)-(5) at step t
+    for every pending age at once, writing [dz_t | dv_t / rstd_v | dk_t] (A, B, 9H); ``w_hh``
+    is W~_hh."""
+    g_hh, v_hat, v_rstd = cache.ln_weight_hh, cache.v_hat, cache.v_rstd
+    g_c, c_hat, c_rstd = cache.ln_weight_c, cache.c_hat, cache.c_rstd
+
+    def step(t: int, dstate: tuple, out: torch.Tensor, prev_out: tuple) -> None:
+        dh, dc = dstate                                  # (A, B, H): dh_t, dc_{t+1} f_{t+1}
+        A, B, H = dh.shape
+        GH = GATES * H
+        dz, dv, dk = out[..., :GH], out[..., GH:2 * GH], out[..., 2 * GH:]
+        torch.mul(dh, k.dk[t], out=dk)                   # dk_t                           (1)
+        dc_h = dk * g_c                                  # dc^                            (2)
+        mean2 = rowdot(dc_h, c_hat[t]).unsqueeze(-1)     # H mean(dc^ c^_t)
+        dc_h.sub_(dc_h.mean(dim=-1, keepdim=True)).addcmul_(c_hat[t], mean2, value=-1.0 / H)
+        dc.addcmul_(dc_h, c_rstd[t])                     # dc_t                           (2)
+        dz4 = dz.view(A, B, GATES, H)
+        torch.mul(dc.unsqueeze(2), k.F[t, :, :3], out=dz4[:, :, :3])  # dz^i, dz^f, dz^g  (3)
+        torch.mul(dh, k.F[t, :, 3], out=dz4[:, :, 3])    # dz^o_t                         (3)
+        scale_backward(torch.mul(dz, g_hh, out=dv), v_hat[t])  # dv_t / rstd_v            (4)
+        dh_prev, dc_prev = prev_out
+        K = dh_prev.shape[0]
+        if K:
+            torch.mm(dv[:K].reshape(K * B, GH), w_hh,
+                     out=dh_prev.view(-1, H))            # dh_{t-1} = dv_t W~_hh          (5)
+            dh_prev.mul_(v_rstd[t])
+            torch.mul(dc[:K], k.f[t], out=dc_prev)       # dc_t f_t, for step t-1         (5)
+
+    return step
