@@ -385,7 +385,27 @@ def test_numpy_engine_bf16_needs_float32():
 def test_bf16_engines_within_bf16_tolerance_of_fp32(engine_name, cell, truncate):
     """precision='bf16': products in bfloat16, float32 master weights, state and loss -- every
     cell, both hand-written engines (compiled kernel or Python path, whichever runs)."""
-    spec = lm_spec(V=28, H=64, cell=cell, L=2)
+    assert_bf16_near_fp32(engine_name, lm_spec(V=28, H=64, cell=cell, L=2), truncate)
+
+
+@pytest.mark.parametrize("engine_name", ["torch", "numpy"])
+def test_bf16_projected_lstm_runs_the_python_path(engine_name):
+    """proj_size: the layers the compiled kernel does not cover take bf16 in Python too."""
+    spec = ModelSpec(cell="lstm", input_size=28, hidden_size=64, output_size=28, num_layers=2,
+                     proj_size=24, task="lm")
+    assert_bf16_near_fp32(engine_name, spec, None)
+
+
+@pytest.mark.parametrize("engine_name", ["torch", "numpy"])
+@pytest.mark.parametrize("cell", ["lnlstm", "lngru"])
+def test_bf16_is_refused_for_the_layer_normalised_cells(engine_name, cell):
+    with pytest.raises(ValueError, match=f"expected precision 'fp32', got 'bf16' for the {cell} "
+                       r"cell \(bfloat16 products are implemented for the rnn, lstm, gru cells"):
+        get_engine(engine_name, lm_spec(cell=cell, V=28), device="cpu", precision="bf16")
+
+
+def assert_bf16_near_fp32(engine_name, spec, truncate):
+    """Loss, gradients and state under bf16 within bf16 tolerance of fp32, all float32."""
     params = init_params(spec, rng=10)
     X, Y, _ = batch(28, 8, 12, seed=11)
     results = {}
@@ -394,7 +414,7 @@ def test_bf16_engines_within_bf16_tolerance_of_fp32(engine_name, cell, truncate)
         loss, grads, state = engine.loss_and_grads(engine.from_numpy(params), X, Y,
                                                    engine.begin_state(8), truncate=truncate)
         grads = {k: np.asarray(as_numpy(v)) for k, v in grads.items()}
-        state = np.concatenate([as_numpy(s) for s in spec.kind.to_parts(state)])
+        state = np.concatenate([as_numpy(s).ravel() for s in spec.kind.to_parts(state)])
         results[precision] = (float(loss), grads, state)
         for g in grads.values():
             assert g.dtype == np.float32                   # master weights' gradients
