@@ -6,6 +6,8 @@ registry's parameter names and initial values; the state_dict; torch's exception
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
@@ -119,14 +121,13 @@ def test_packed_sequences_match_each_sequence_alone(cell, sort, truncate):
     assert_close(grads_of(loss, wrt), grads_of(ref_loss, wrt))
 
 
-@pytest.mark.parametrize("cell", MODULES)
-@pytest.mark.parametrize("packed", [False, True])
-def test_gradcheck(cell, packed):
-    m = module(cell, 2, 3, num_layers=2)
+def derivatives_check(check, m, packed: bool, seed: int) -> bool:
+    """``check`` (gradcheck or gradgradcheck) of the module as a function of its parameters
+    and its input: three packed sequences (unsorted), or one (T, B, I) tensor."""
     names = list(params_of(m))
-    torch.manual_seed(4)
-    seqs = [torch.randn(n, 2, dtype=F64, requires_grad=True) for n in (3, 1, 2)]
-    x = torch.randn(3, 2, 2, dtype=F64, requires_grad=True)
+    torch.manual_seed(seed)
+    seqs = [torch.randn(n, m.input_size, dtype=F64, requires_grad=True) for n in (2, 3, 1)]
+    x = torch.randn(3, 2, m.input_size, dtype=F64, requires_grad=True)
 
     def f(*tensors):
         params = dict(zip(names, tensors[:len(names)], strict=True))
@@ -135,9 +136,15 @@ def test_gradcheck(cell, packed):
         out, state = torch.func.functional_call(m, params, (given,))
         return (out.data if packed else out), *flat(state)
 
-    inputs = (*seqs,) if packed else (x,)
     plain = [p.detach().clone().requires_grad_() for p in params_of(m).values()]
-    assert torch.autograd.gradcheck(f, (*plain, *inputs))
+    return check(f, (*plain, *(seqs if packed else (x,))))
+
+
+@pytest.mark.parametrize("cell", MODULES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_gradcheck(cell, packed):
+    assert derivatives_check(torch.autograd.gradcheck, module(cell, 2, 3, num_layers=2),
+                             packed, seed=4)
 
 
 @pytest.mark.parametrize("cell", MODULES)
@@ -222,14 +229,36 @@ def test_the_ln_lstm_has_no_projection():
         bnn.LayerNormGRU(3, 4, proj_size=2)
 
 
+DOUBLE = [({"num_layers": 2, "bidirectional": True}, False), ({"bptt_truncate": 1}, True),
+          ({"bias": False}, True)]
+
+
 @pytest.mark.parametrize("cell", MODULES)
-def test_double_backward_is_refused_in_one_line(cell):
-    """The out-of-place double backward (engine/torch/graph.py) has steps for rnn, lstm, gru
-    only: a graph of the gradient is refused with a RuntimeError naming them."""
-    m = module(cell, 3, 4)
-    x = torch.randn(5, 2, 3, dtype=F64, requires_grad=True)
-    out, _ = m(x)
-    with pytest.raises(RuntimeError, match=r"graph.STEPS: rnn, lstm, gru.*'" + cell):
-        torch.autograd.grad(out.sum(), x, create_graph=True)
-    (g,) = torch.autograd.grad(m(x)[0].sum(), x)         # first order still fine
-    assert torch.isfinite(g).all()
+@pytest.mark.parametrize("config,packed", DOUBLE)
+def test_a_graph_of_the_gradient_gives_the_same_gradient(cell, config, packed):
+    """create_graph=True runs the out-of-place form of the backward (engine/torch/graph.py):
+    the same first-order gradient as the fast one."""
+    m = module(cell, 3, 4, **config)
+    torch.manual_seed(7)
+    seqs = [torch.randn(n, 3, dtype=F64, requires_grad=True) for n in (2, 4, 1)]
+    x = torch.randn(4, 2, 3, dtype=F64, requires_grad=True)
+    wrt = {**params_of(m), **({f"x{i}": s for i, s in enumerate(seqs)} if packed else {"x": x})}
+
+    def loss():
+        out, state = m(pack_sequence(seqs, enforce_sorted=False) if packed else x)
+        out = out.data if packed else out
+        return (out * torch.linspace(-1, 1, out.numel(), dtype=F64).view_as(out)).sum() + sum(
+            (p * p).sum() for p in flat(state))
+
+    fast = grads_of(loss(), wrt)
+    graph = dict(zip(wrt, torch.autograd.grad(loss(), list(wrt.values()), create_graph=True),
+                     strict=True))
+    assert all(g.requires_grad for g in graph.values())
+    assert_close(graph, fast)
+
+
+@pytest.mark.parametrize("cell", MODULES)
+@pytest.mark.parametrize("config,packed", DOUBLE)
+def test_gradgradcheck(cell, config, packed):
+    check = functools.partial(torch.autograd.gradgradcheck, fast_mode=True)
+    assert derivatives_check(check, module(cell, 2, 3, **config), packed, seed=8)
