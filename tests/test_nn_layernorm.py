@@ -189,6 +189,8 @@ def test_parameters_names_init_and_state_dict(cell, bias):
     kind = m.kind
     assert m._flat_weights_names == param_names(2, True, bias, kind)
     assert set(m.state_dict()) == set(param_names(2, True, bias, kind))
+    flags = "" if bias else ", bias=False"
+    assert repr(m) == f"{type(m).__name__}(3, 4, num_layers=2{flags}, bidirectional=True)"
     for name in param_names(2, True, bias, kind):
         p = m.get_parameter(name)
         if name.startswith("layernorm"):

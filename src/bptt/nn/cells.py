@@ -75,6 +75,11 @@ class RNNCellBase(nn.Module):
             s += f", nonlinearity={self.nonlinearity!r}"
         return s
 
+    def __repr__(self) -> str:
+        """torch.nn's one line (the ParameterDicts holding a cell's own parameters are not
+        listed as submodules)."""
+        return f"{self._get_name()}({self.extra_repr()})"
+
     def _step(self, input: torch.Tensor, hx) -> tuple[torch.Tensor, ...]:
         """One step: the new state's parts, (B, H) each (unbatched: (H,))."""
         name = type(self).__name__

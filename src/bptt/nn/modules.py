@@ -132,6 +132,11 @@ class RNNBase(nn.Module):
                 s += f", {name}={getattr(self, name)}"
         return s
 
+    def __repr__(self) -> str:
+        """torch.nn's one line (the ParameterDicts holding a cell's own parameters are not
+        listed as submodules)."""
+        return f"{self._get_name()}({self.extra_repr()})"
+
     # -- forward ----------------------------------------------------------------------------
     def _state_shapes(self, batch: int) -> tuple[tuple[int, ...], ...]:
         """The shape of each state part: h (L*D, B, S), then c (L*D, B, H) for the LSTM."""
