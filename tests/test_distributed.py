@@ -391,3 +391,20 @@ def test_one_process_never_imports_torch_distributed(tmp_path, corpus):
                           env=subprocess_env())
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_a_silent_rank_under_torchrun_waits_for_rank_zero_to_report(monkeypatch):
+    import time
+
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    for rank, under_torchrun, expected in (("1", False, []), ("0", True, []),
+                                           ("1", True, [distributed.REPORTER_GRACE_S])):
+        monkeypatch.setenv("RANK", rank)
+        if under_torchrun:
+            monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+        waits.clear()
+        distributed.let_the_reporter_speak()
+        assert waits == expected, (rank, under_torchrun)

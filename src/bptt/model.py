@@ -221,9 +221,15 @@ def _cell_params(kind: CellKind, bias: bool, suffix: str) -> list[tuple[str, Cel
 def param_fills(spec: ModelSpec) -> dict[str, float]:
     """The parameters the cell declares itself (``CellKind.params``: a layer norm's gains and
     biases), by name, with the value every initialisation gives them."""
+    return stack_fills(spec.kind, spec.num_layers, spec.bidirectional, spec.bias)
+
+
+def stack_fills(kind: CellKind, num_layers: int = 1, bidirectional: bool = False,
+                bias: bool = True) -> dict[str, float]:
+    """:func:`param_fills` of a stack alone (the names of :func:`stack_shapes`)."""
     return {name: p.fill
-            for layer in range(spec.num_layers) for d in range(spec.directions)
-            for name, p in _cell_params(spec.kind, spec.bias, layer_suffix(layer, d))}
+            for layer in range(num_layers) for d in range(2 if bidirectional else 1)
+            for name, p in _cell_params(kind, bias, layer_suffix(layer, d))}
 
 
 def init_params(

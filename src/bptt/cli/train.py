@@ -233,7 +233,13 @@ def resume_config(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..lm.distributed import ConfigError, PeerError, is_main, restart_count
+    from ..lm.distributed import (
+        ConfigError,
+        PeerError,
+        is_main,
+        let_the_reporter_speak,
+        restart_count,
+    )
     from ..lm.train import Diverged, train
     from ..rundir import RunFolderError
 
@@ -263,6 +269,8 @@ def run(args: argparse.Namespace) -> int:
     except (Diverged, ConfigError, RunFolderError) as e:   # the same on every rank
         if is_main():
             print(f"bptt train: error: {e}", file=sys.stderr)
+        else:
+            let_the_reporter_speak()
         return 3 if isinstance(e, Diverged) else 2
     except PeerError as e:  # this rank's own view: every surviving rank says it
         print(f"bptt train: error: {e}", file=sys.stderr)

@@ -55,6 +55,23 @@ def is_main() -> bool:
     return world_size() <= 1 or _env_int("RANK", 0) == 0
 
 
+# How long a silent rank waits before exiting on an error that every rank sees alike: torchrun
+# stops the whole group as soon as one worker exits with an error, so a silent rank leaving at
+# once can stop rank 0 before it has printed the one line that explains the failure
+REPORTER_GRACE_S = 30.0
+
+
+def let_the_reporter_speak() -> None:
+    """On an error every rank sees alike, a rank other than 0 started by torchrun waits (at
+    most :data:`REPORTER_GRACE_S`) so that rank 0 prints its line first; torchrun ends the
+    wait by stopping this rank once rank 0 has exited. Without torchrun, returns at once."""
+    if is_main() or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import time
+
+    time.sleep(REPORTER_GRACE_S)
+
+
 class Single:
     """One process: every hook hands its input back unchanged."""
 

@@ -9,7 +9,9 @@
 ``RNN``, ``LSTM`` and ``GRU`` (:mod:`bptt.nn.modules`) and the single-step ``RNNCell``,
 ``LSTMCell`` and ``GRUCell`` (:mod:`bptt.nn.cells`) take torch.nn's constructor arguments, hold
 its parameters under its names and compute its forward (packed sequences and ``proj_size``
-included); their gradients come from the torch engine's ``StackFunction``, the same
+included), and so do ``LayerNormLSTM`` and ``LayerNormGRU`` (with ``LayerNormLSTMCell`` and
+``LayerNormGRUCell``), the layer-normalised cells of docs/bptt_layernorm.md, which torch.nn
+lacks; their gradients come from the torch engine's ``StackFunction``, the same
 ``autograd.Function`` the torch engine trains with (the hand-written BPTT of
 docs/bptt.md and docs/bptt_lstm_gru.md).
 
@@ -18,7 +20,8 @@ Importing ``bptt.nn`` imports torch (``import bptt`` does not).
 
 from __future__ import annotations
 
-from .cells import GRUCell, LSTMCell, RNNCell, RNNCellBase
-from .modules import GRU, LSTM, RNN, RNNBase
+from .cells import GRUCell, LayerNormGRUCell, LayerNormLSTMCell, LSTMCell, RNNCell, RNNCellBase
+from .modules import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, RNNBase
 
-__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "LSTMCell", "RNNBase", "RNNCell", "RNNCellBase"]
+__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "LSTMCell", "LayerNormGRU", "LayerNormGRUCell",
+           "LayerNormLSTM", "LayerNormLSTMCell", "RNNBase", "RNNCell", "RNNCellBase"]

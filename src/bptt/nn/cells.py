@@ -7,26 +7,37 @@ The same constructor, parameters (``weight_ih`` (G*H, I), ``weight_hh`` (G*H, H)
 omitted (zeros) or given; RNNCell and GRUCell return h' (B, H), LSTMCell ``(h', c')``. Integer
 input (B,) / () are token ids, one-hot vectors of size ``input_size``.
 
+``LayerNormLSTMCell`` and ``LayerNormGRUCell``: one step of the layer-normalised cells (the
+sequence modules' ``LayerNormLSTM`` and ``LayerNormGRU``), with the cell's own parameters
+``layernorm_ih.weight``, ``layernorm_hh.weight`` (and the LSTM's ``layernorm_c.weight``,
+``layernorm_c.bias``): the registry's names without a layer suffix.
+
 Symbols: B batch, I input size, H hidden size, G gates (1 RNN, 4 LSTM, 3 GRU).
 """
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ..cells import GRU as GRU_KIND
+from ..cells import LNGRU as LNGRU_KIND
+from ..cells import LNLSTM as LNLSTM_KIND
 from ..cells import LSTM as LSTM_KIND
 from ..cells import RNN as RNN_KIND
-from ..cells import CellKind
+from ..cells import CellKind, layer_suffix
+from ..model import stack_fills, stack_shapes
 from .checks import check_constructor, check_token_ids, is_tokens
+from .modules import init_parameters, param_at, set_parameter
 from .run import run_stack
 
-_STACK_NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
-"""The stack's names of a one-layer stack's parameters: a cell's ``weight_ih`` ... in order."""
+
+def cell_name(stack_name: str) -> str:
+    """A one-layer stack's parameter name as the cell names it, without the layer suffix:
+    ``weight_ih_l0`` -> ``weight_ih``, ``layernorm_c_l0.bias`` -> ``layernorm_c.bias``."""
+    return stack_name.replace(layer_suffix(0, 0), "", 1)
 
 
 class RNNCellBase(nn.Module):
@@ -40,23 +51,21 @@ class RNNCellBase(nn.Module):
         check_constructor(self.kind, input_size, hidden_size, 1, bias, False, 0.0, False, 0,
                           nonlinearity)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
-        G = self.kind.num_gates
-        factory = {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty((G * hidden_size, input_size), **factory))
-        self.weight_hh = nn.Parameter(torch.empty((G * hidden_size, hidden_size), **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(G * hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(G * hidden_size, **factory))
-        else:
+        shapes = stack_shapes(self.kind, input_size, hidden_size, bias=bias)
+        self._stack_names = tuple(shapes)                # the one-layer stack's names, in order
+        for name, shape in shapes.items():
+            set_parameter(self, cell_name(name),
+                          nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+        if not bias:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
+        self._fills = {cell_name(n): v for n, v in stack_fills(self.kind, bias=bias).items()}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """torch's initialisation: every parameter U(-1/sqrt(H), 1/sqrt(H)), in torch's order."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        """torch's initialisation: every parameter U(-1/sqrt(H), 1/sqrt(H)), in torch's order;
+        a cell's own (a layer norm's gains and biases) start at the registry's fill."""
+        init_parameters(self, self.hidden_size, self._fills)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -65,6 +74,11 @@ class RNNCellBase(nn.Module):
         if getattr(self, "nonlinearity", "tanh") != "tanh":
             s += f", nonlinearity={self.nonlinearity!r}"
         return s
+
+    def __repr__(self) -> str:
+        """torch.nn's one line (the ParameterDicts holding a cell's own parameters are not
+        listed as submodules)."""
+        return f"{self._get_name()}({self.extra_repr()})"
 
     def _step(self, input: torch.Tensor, hx) -> tuple[torch.Tensor, ...]:
         """One step: the new state's parts, (B, H) each (unbatched: (H,))."""
@@ -85,10 +99,8 @@ class RNNCellBase(nn.Module):
         elif x.dtype != self.weight_ih.dtype and not torch.is_autocast_enabled(x.device.type):
             raise ValueError(f"expected {name} input of dtype {self.weight_ih.dtype} (the "
                              f"parameters'), got {x.dtype}")
-        weights = [self.weight_ih, self.weight_hh]
-        if self.bias:
-            weights += [self.bias_ih, self.bias_hh]
-        _, parts_n = run_stack(self, _STACK_NAMES[:len(weights)], weights, x.unsqueeze(0),
+        weights = [param_at(self, cell_name(n)) for n in self._stack_names]
+        _, parts_n = run_stack(self, self._stack_names, weights, x.unsqueeze(0),
                                None if parts is None else tuple(p.unsqueeze(0) for p in parts))
         return tuple(p[0] if batched else p[0, 0] for p in parts_n)
 
@@ -161,4 +173,20 @@ class GRUCell(RNNCellBase):
         return self._step(input, hx)[0]
 
 
-__all__ = ["GRUCell", "LSTMCell", "RNNCell", "RNNCellBase"]
+class LayerNormLSTMCell(LSTMCell):
+    """One step of :class:`bptt.nn.LayerNormLSTM`: [i|f|g|o] = LN(x W_ih^T) g_ih + b_ih +
+    LN(h W_hh^T) g_hh + b_hh; c' = f * c + i * g; h' = o * tanh(LN(c') g_c + b_c)."""
+
+    kind = LNLSTM_KIND
+
+
+class LayerNormGRUCell(GRUCell):
+    """One step of :class:`bptt.nn.LayerNormGRU`: a = LN(x W_ih^T) g_ih + b_ih, s = LN(h W_hh^T)
+    g_hh + b_hh; r, z = sigmoid(a^{r,z} + s^{r,z}); n = tanh(a^n + r * s^n);
+    h' = (1 - z) * n + z * h."""
+
+    kind = LNGRU_KIND
+
+
+__all__ = ["GRUCell", "LSTMCell", "LayerNormGRUCell", "LayerNormLSTMCell", "RNNCell",
+           "RNNCellBase"]

@@ -16,6 +16,10 @@ row-vector orientation, for layer l, direction d, step t:
     GRU   r_t, z_t = sigmoid(x_t W_i{r,z}^T + b_i{r,z} + h_{t-1} W_h{r,z}^T + b_h{r,z});
           n_t = tanh(x_t W_in^T + b_in + r_t * (h_{t-1} W_hn^T + b_hn));
           h_t = (1 - z_t) * n_t + z_t * h_{t-1}
+    LayerNormLSTM, LayerNormGRU   the LSTM and GRU with LN(x_t W_ih^T) g_ih and
+          LN(h_{t-1} W_hh^T) g_hh in place of the two products (the biases added after), and
+          for the LSTM h_t = o_t * tanh(LN(c_t) g_c + b_c) (docs/bptt_layernorm.md); the gains
+          and biases are ``layernorm_{ih,hh,c}_l{k}.weight`` / ``.bias``, starting at 1 and 0
 
 Layer l >= 1 reads the outputs of layer l - 1 (both directions concatenated), multiplied while
 training by a dropout mask (p = ``dropout``) as torch.nn does.
@@ -44,11 +48,13 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..cells import GRU as GRU_KIND
+from ..cells import LNGRU as LNGRU_KIND
+from ..cells import LNLSTM as LNLSTM_KIND
 from ..cells import LSTM as LSTM_KIND
 from ..cells import RNN as RNN_KIND
 from ..cells import CellKind
 from ..engine.recursion import check_truncate
-from ..model import stack_shapes
+from ..model import stack_fills, stack_shapes
 from .checks import check_constructor, check_sequence_input, check_state, is_tokens, no_projection
 from .run import run_stack
 
@@ -67,8 +73,11 @@ class RNNBase(nn.Module):
         check_constructor(kind, input_size, hidden_size, num_layers, bias, batch_first,
                           dropout, bidirectional, proj_size, nonlinearity)
         check_truncate(bptt_truncate)
+        if proj_size and not kind.projects:
+            raise ValueError(f"expected proj_size 0 for the {kind.title} (it has no "
+                             f"projection), got {proj_size}")
         self.mode = (f"RNN_{nonlinearity.upper()}" if kind.takes_nonlinearity
-                     else kind.torch_name)
+                     else kind.torch_name or kind.name.upper())
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
         self.dropout = float(dropout)
@@ -81,7 +90,9 @@ class RNNBase(nn.Module):
         self._all_weights = [self._flat_weights_names[i:i + per_layer]
                              for i in range(0, len(shapes), per_layer)]
         for name, shape in shapes.items():                # torch's order: the same init draws
-            setattr(self, name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+            set_parameter(self, name, nn.Parameter(torch.empty(shape, device=device,
+                                                               dtype=dtype)))
+        self._fills = stack_fills(kind, num_layers, bidirectional, bias)
         self.reset_parameters()
 
     @property
@@ -91,19 +102,18 @@ class RNNBase(nn.Module):
     @property
     def _flat_weights(self) -> list[torch.Tensor]:
         """The parameters in torch's order (torch.nn keeps this list for cuDNN)."""
-        return [getattr(self, n) for n in self._flat_weights_names]
+        return [param_at(self, n) for n in self._flat_weights_names]
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
         """The parameters per layer and direction, as torch.nn.RNNBase.all_weights."""
-        return [[getattr(self, n) for n in names] for names in self._all_weights]
+        return [[param_at(self, n) for n in names] for names in self._all_weights]
 
     def reset_parameters(self) -> None:
         """torch's initialisation: every parameter U(-1/sqrt(H), 1/sqrt(H)), in torch's order,
-        so the same seed gives the same parameters as torch.nn."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        so the same seed gives the same parameters as torch.nn; a cell's own (a layer norm's
+        gains and biases) start at the registry's fill and draw nothing."""
+        init_parameters(self, self.hidden_size, self._fills)
 
     def flatten_parameters(self) -> None:
         """A no-op: torch.nn packs its weights for cuDNN here; the hand-written loop reads the
@@ -121,6 +131,11 @@ class RNNBase(nn.Module):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         return s
+
+    def __repr__(self) -> str:
+        """torch.nn's one line (the ParameterDicts holding a cell's own parameters are not
+        listed as submodules)."""
+        return f"{self._get_name()}({self.extra_repr()})"
 
     # -- forward ----------------------------------------------------------------------------
     def _state_shapes(self, batch: int) -> tuple[tuple[int, ...], ...]:
@@ -179,6 +194,38 @@ class RNNBase(nn.Module):
                          dropout=self.dropout, batch_sizes=batch_sizes)
 
 
+def set_parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    """Register ``param`` under ``name``; a dotted name (a cell's own parameter,
+    ``layernorm_ih_l0.weight``) goes into a ``ParameterDict`` named by its first part, so the
+    ``state_dict`` keys are the registry's names."""
+    owner, _, leaf = name.rpartition(".")
+    if not owner:
+        module.register_parameter(name, param)
+        return
+    if owner not in module._modules:
+        module.add_module(owner, nn.ParameterDict())
+    module.get_submodule(owner)[leaf] = param
+
+
+def param_at(module: nn.Module, name: str) -> torch.Tensor:
+    """The tensor registered under ``name`` (dotted or not): by attribute, so whatever
+    ``torch.func.functional_call`` put in a parameter's place is what is read."""
+    owner, _, leaf = name.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, leaf)
+
+
+def init_parameters(module: nn.Module, hidden_size: int, fills: dict[str, float]) -> None:
+    """Every parameter U(-1/sqrt(H), 1/sqrt(H)) in registration order (torch's), except those
+    named in ``fills``, set to their value."""
+    bound = 1.0 / math.sqrt(hidden_size)
+    with torch.no_grad():
+        for name, weight in module.named_parameters():
+            if name in fills:
+                weight.fill_(fills[name])
+            else:
+                nn.init.uniform_(weight, -bound, bound)
+
+
 class RNN(RNNBase):
     """torch.nn.RNN (an Elman RNN, tanh or relu) with the hand-written forward and BPTT."""
 
@@ -222,4 +269,22 @@ class GRU(RNNBase):
                          bidirectional, 0, device, dtype, bptt_truncate=bptt_truncate)
 
 
-__all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
+class LayerNormLSTM(LSTM):
+    """The layer-normalised LSTM (``lnlstm``: Ba, Kiros & Hinton 2016 as haste formulates it;
+    docs/bptt_layernorm.md) with torch.nn.LSTM's constructor, forward and outputs, and per layer
+    and direction, beside torch.nn.LSTM's parameters, ``layernorm_ih_l{k}.weight`` (4H,),
+    ``layernorm_hh_l{k}.weight`` (4H,), ``layernorm_c_l{k}.weight`` (H,) and, with ``bias``,
+    ``layernorm_c_l{k}.bias`` (H,). It has no projection: ``proj_size`` must be 0."""
+
+    kind = LNLSTM_KIND
+
+
+class LayerNormGRU(GRU):
+    """The layer-normalised GRU (``lngru``, docs/bptt_layernorm.md) with torch.nn.GRU's
+    constructor, forward and outputs, and per layer and direction, beside torch.nn.GRU's
+    parameters, ``layernorm_ih_l{k}.weight`` (3H,) and ``layernorm_hh_l{k}.weight`` (3H,)."""
+
+    kind = LNGRU_KIND
+
+
+__all__ = ["GRU", "LSTM", "RNN", "LayerNormGRU", "LayerNormLSTM", "RNNBase"]

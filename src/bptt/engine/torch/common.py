@@ -304,6 +304,18 @@ def new_steps(like: torch.Tensor, shape: tuple, batch_sizes: tuple | None) -> to
     return like.new_empty(shape) if batch_sizes is None else like.new_zeros(shape)
 
 
+def stack_steps(rows: list, batch_sizes: tuple | None) -> torch.Tensor:
+    """(T, B, ...) from the T per-step tensors a forward loop made, (b_t, ...) each: stacked,
+    or for packed sequences zeros in the padding rows (the all-at-once products after the loop
+    read them, and 0 * NaN is NaN)."""
+    if batch_sizes is None:
+        return torch.stack(rows)
+    out = rows[0].new_zeros((len(rows), *rows[0].shape))
+    for t, r in enumerate(rows):
+        out[t, :r.shape[0]] = r
+    return out
+
+
 def final_rows(a: torch.Tensor, batch_sizes: tuple | None) -> torch.Tensor:
     """(B, ...): each sequence's row of ``a`` (T, B, ...) at its own last step."""
     return last_rows(a, batch_sizes, torch.cat)

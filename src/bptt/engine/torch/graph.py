@@ -11,9 +11,12 @@ pending gradients by age as :class:`bptt.engine.recursion.Recursion` does, as a 
 (A, b, S) rebuilt at every step.
 
 Per cell, one step forward and one step backward (:data:`STEPS`); the step backward returns the
-gradients of the input-side and the recurrent-side pre-activations (``d_ih``, ``d_hh``: the same
-dz_t for the RNN and the LSTM, da_t and ds_t for the GRU), the state gradients for step t-1
-and any further weight's gradient (the LSTM's W_hr). Every array carries a leading axis of ages.
+gradients of the input term a_t and of the recurrent product (``d_ih``, ``d_hh``: the same dz_t
+for the RNN and the LSTM, da_t and ds_t for the GRU, dz_t and dv_t for the layer-normalised
+cells), the state gradients for step t-1 and any further parameter's gradient (the LSTM's W_hr,
+the layer-normalised cells' recurrent gain and bias). Every array carries a leading axis of
+ages. The input term of every step is made at once before the loop, a_t = x_t W_ih^T + b_ih or
+for the layer-normalised cells LN(x_t W_ih^T) g_ih + b_ih, by the cell's input pair.
 
     rnn   dz_t = dh_t * f'(z_t)                          dh_{t-1} = dz_t W_hh
     lstm  dm_t = dh_t W_hr (or dh_t);  dc_t = dc_{t+1} f_{t+1} + dm_t o_t (1 - tanh^2 c_t)
@@ -21,9 +24,15 @@ and any further weight's gradient (the LSTM's W_hr). Every array carries a leadi
           dh_{t-1} = dz_t W_hh,  dc_{t-1} = dc_t f_t,  dW_hr += dh_t^T m_t
     gru   da^n = dh (1-u)(1-n^2),  da^z = dh (h_{t-1} - n) u(1-u),  da^r = da^n s^n r(1-r)
           ds_t = [da^r | da^z | da^n r],  dh_{t-1} = ds_t W_hh + dh_t u_t
+    lnlstm  dk_t = dh_t o (1 - tanh^2 k_t);  dc_t = dc_{t+1} f_{t+1} + LN'(dk_t g_c);  dz_t as
+          the lstm's with tanh(k_t) for tanh(c_t);  dv_t = LN'(dz_t g_hh);  dh_{t-1} = dv_t W_hh
+    lngru   da_t, ds_t as the gru's;  dv_t = LN'(ds_t g_hh);  dh_{t-1} = dv_t W_hh + dh_t u_t
+    LN'(dy) = rstd (dy - mean(dy) - y^ mean(dy y^)) is the backward of y^ = LN(y)
+    (docs/bptt_layernorm.md).
 
-After the loop, for every cell: dW_ih = sum_t d_ih^T x_t, db_ih = sum d_ih, dW_hh = sum_t d_hh^T
-h_{t-1}, db_hh = sum d_hh, dx_t = d_ih W_ih.
+After the loop, for every cell: dW_ih = sum_t d_xw^T x_t, dx_t = d_xw W_ih, with d_xw = d_ih (or
+LN'(d_ih g_ih)), db_ih = sum d_ih; dW_hh = sum_t d_hh^T h_{t-1}, db_hh = sum d_hh (the
+layer-normalised cells: sum ds_t, from their steps).
 
 Symbols: T steps, B batch, b_t the running rows at step t, S a state part's size, A ages.
 """
@@ -40,10 +49,15 @@ from .. import stack as shared
 from ..layout import check_batch_sizes, state_sizes
 from ..recursion import effective_truncate
 from .common import OPS, is_tokens
+from .layernorm import EPS
 
 
 def _linear(a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     return a @ w.t() if b is None else a @ w.t() + b
+
+
+def _plus(y: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return y if b is None else y + b
 
 
 # -- the cells' steps, out of place ---------------------------------------------------------------
@@ -67,6 +81,45 @@ class GruSaved(NamedTuple):
     u: torch.Tensor           # (b, H) the update gate z_t
     n: torch.Tensor           # (b, H) the candidate
     s_n: torch.Tensor         # (b, H) h_{t-1} W_hn^T + b_hn
+
+
+class Normed(NamedTuple):
+    y: torch.Tensor           # (..., N) y^ = LN(y)
+    rstd: torch.Tensor        # (..., 1) 1 / sqrt(var(y) + eps)
+
+
+class LnLstmSaved(NamedTuple):
+    i: torch.Tensor           # (b, H) the gates after their activations
+    f: torch.Tensor           # (b, H)
+    g: torch.Tensor           # (b, H)
+    o: torch.Tensor           # (b, H)
+    v: Normed                 # LN(h_{t-1} W_hh^T), (b, 4H)
+    c: Normed                 # LN(c_t), (b, H)
+    tanh_k: torch.Tensor      # (b, H) tanh(k_t), k_t = LN(c_t) g_c + b_c
+
+
+class LnGruSaved(NamedTuple):
+    gru: GruSaved             # r, u, n and s^n_t = LN(h_{t-1} W_hh^T)^n g_hh^n + b_hh^n
+    v: Normed                 # LN(h_{t-1} W_hh^T), (b, 3H)
+
+
+def _ln(y: torch.Tensor) -> Normed:
+    """LN(y) over the last axis, out of place, its rstd too a function of y that autograd
+    differentiates (the gradient's graph goes through it)."""
+    centred = y - y.mean(dim=-1, keepdim=True)
+    rstd = torch.rsqrt((centred * centred).mean(dim=-1, keepdim=True) + EPS)
+    return Normed(y=centred * rstd, rstd=rstd)
+
+
+def _ln_backward(dy: torch.Tensor, n: Normed) -> torch.Tensor:
+    """LN'(dy) = rstd (dy - mean(dy) - y^ mean(dy y^)): the gradient reaching y from dy on y^."""
+    return n.rstd * (dy - dy.mean(dim=-1, keepdim=True)
+                     - n.y * (dy * n.y).mean(dim=-1, keepdim=True))
+
+
+def _sum_rows(a: torch.Tensor) -> torch.Tensor:
+    """The sum over every axis but the last (ages and rows): a vector parameter's gradient."""
+    return a.reshape(-1, a.shape[-1]).sum(0)
 
 
 def rnn_forward(a, state, p):
@@ -99,20 +152,30 @@ def lstm_forward(a, state, p):
 def lstm_backward(dstate, saved: LstmSaved, prev, p):
     """k_c = o_t (1 - tanh(c_t)^2), the factor of dc_t."""
     (dh, dc), c_prev = dstate, prev[1]
-    i, f, g, o, tc, m = saved.i, saved.f, saved.g, saved.o, saved.tanh_c, saved.m
+    f, o, tc, m = saved.f, saved.o, saved.tanh_c, saved.m
     w_hr = p.get("weight_hr")
     dm = dh if w_hr is None else dh @ w_hr               # dm_t = dh_t W_hr
     dc = dc + dm * o * (1 - tc * tc)                     # dc_t = dc_{t+1} f_{t+1} + dm_t k_c
-    dz = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
-                    dm * tc * o * (1 - o)], dim=-1)      # dz^i, dz^f, dz^g, dz^o
+    dz = _lstm_dz(dc, dm, c_prev, saved, tc)
     extra = {} if w_hr is None else {"weight_hr": dh.sum(0).t() @ m}  # dW_hr += dh_t^T m_t
     return dz, dz, (dz @ p["weight_hh"], dc * f), extra  # dh_{t-1} = dz_t W_hh, dc_t f_t
+
+
+def _lstm_dz(dc, dm, c_prev, gates, tanh_out):
+    """dz_t from dc_t and the gradient reaching the output product o_t * tanh_out."""
+    i, f, g, o = gates.i, gates.f, gates.g, gates.o
+    return torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
+                      dm * tanh_out * o * (1 - o)], dim=-1)  # dz^i, dz^f, dz^g, dz^o
 
 
 def gru_forward(a, state, p):
     """s_t = h_{t-1} W_hh^T + b_hh; r, u; n_t = tanh(a^n + r s^n); h_t = n + u (h_{t-1} - n)."""
     (h,) = state
-    s = _linear(h, p["weight_hh"], p["bias_hh"])
+    return _gru_gates(a, _linear(h, p["weight_hh"], p["bias_hh"]), h)
+
+
+def _gru_gates(a, s, h):
+    """r, u, n and h_t from the input term a_t and the recurrent term s_t."""
     a_r, a_z, a_n = a.chunk(3, dim=-1)
     s_r, s_z, s_n = s.chunk(3, dim=-1)
     r, u = torch.sigmoid(a_r + s_r), torch.sigmoid(a_z + s_z)
@@ -121,24 +184,108 @@ def gru_forward(a, state, p):
 
 
 def gru_backward(dstate, saved: GruSaved, prev, p):
-    (dh,), (h_prev,) = dstate, prev
+    (dh,) = dstate
+    da, ds = _gru_gates_backward(dh, saved, prev[0])
+    return da, ds, (ds @ p["weight_hh"] + dh * saved.u,), {}  # dh_{t-1} = ds_t W_hh + dh_t u_t
+
+
+def _gru_gates_backward(dh, saved: GruSaved, h_prev):
+    """(da_t, ds_t): the gradients of the input and the recurrent terms."""
     r, u, n, s_n = saved.r, saved.u, saved.n, saved.s_n
     da_n = dh * (1 - u) * (1 - n * n)                    # da^n_t = dh_t (1 - u_t)(1 - n_t^2)
     da_z = dh * (h_prev - n) * u * (1 - u)               # da^z_t = dh_t (h_{t-1} - n_t) u(1-u)
     da_r = da_n * s_n * r * (1 - r)                      # da^r_t = da^n_t s^n_t r_t(1-r_t)
     ds = torch.cat([da_r, da_z, da_n * r], dim=-1)       # ds_t = [da^r | da^z | da^n r_t]
-    da = torch.cat([da_r, da_z, da_n], dim=-1)
-    return da, ds, (ds @ p["weight_hh"] + dh * u,), {}   # dh_{t-1} = ds_t W_hh + dh_t u_t
+    return torch.cat([da_r, da_z, da_n], dim=-1), ds
+
+
+def lnlstm_forward(a, state, p):
+    """z_t = a_t + LN(h_{t-1} W_hh^T) g_hh + b_hh; the gates, c_t, h_t = o_t tanh(k_t)."""
+    h, c = state
+    v = _ln(h @ p["weight_hh"].t())
+    i, f, g, o = _plus(a + v.y * p["ln_weight_hh"], p["bias_hh"]).chunk(4, dim=-1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c = f * c + i * g                                    # c_t = f_t c_{t-1} + i_t g_t
+    c_n = _ln(c)
+    tk = torch.tanh(_plus(c_n.y * p["ln_weight_c"], p["ln_bias_c"]))  # tanh(k_t)
+    return (o * tk, c), LnLstmSaved(i=i, f=f, g=g, o=o, v=v, c=c_n, tanh_k=tk)
+
+
+def lnlstm_backward(dstate, saved: LnLstmSaved, prev, p):
+    (dh, dc), c_prev = dstate, prev[1]
+    tk = saved.tanh_k
+    dk = dh * saved.o * (1 - tk * tk)                    # dk_t = dh_t o_t (1 - tanh(k_t)^2)
+    dc = dc + _ln_backward(dk * p["ln_weight_c"], saved.c)  # dc_t = dc_{t+1} f_{t+1} + LN'
+    dz = _lstm_dz(dc, dh, c_prev, saved, tk)
+    dv = _ln_backward(dz * p["ln_weight_hh"], saved.v)  # dv_t = LN'(dz_t g_hh)
+    extra = {"ln_weight_hh": _sum_rows(dz * saved.v.y), "ln_weight_c": _sum_rows(dk * saved.c.y)}
+    if p["ln_bias_c"] is not None:
+        extra["ln_bias_c"] = _sum_rows(dk)
+    if p["bias_hh"] is not None:
+        extra["bias_hh"] = _sum_rows(dz)
+    return dz, dv, (dv @ p["weight_hh"], dc * saved.f), extra  # dh_{t-1} = dv_t W_hh
+
+
+def lngru_forward(a, state, p):
+    """s_t = LN(h_{t-1} W_hh^T) g_hh + b_hh; then the gru's gates and h_t."""
+    (h,) = state
+    v = _ln(h @ p["weight_hh"].t())
+    s = _plus(v.y * p["ln_weight_hh"], p["bias_hh"])
+    new, gru = _gru_gates(a, s, h)
+    return new, LnGruSaved(gru=gru, v=v)
+
+
+def lngru_backward(dstate, saved: LnGruSaved, prev, p):
+    (dh,) = dstate
+    da, ds = _gru_gates_backward(dh, saved.gru, prev[0])
+    dv = _ln_backward(ds * p["ln_weight_hh"], saved.v)  # dv_t = LN'(ds_t g_hh)
+    extra = {"ln_weight_hh": _sum_rows(ds * saved.v.y)}
+    if p["bias_hh"] is not None:
+        extra["bias_hh"] = _sum_rows(ds)
+    dh_prev = dv @ p["weight_hh"] + dh * saved.gru.u   # dh_{t-1} = dv_t W_hh + dh_t u_t
+    return da, dv, (dh_prev,), extra
+
+
+# -- the input term a_t of every step at once, and its backward ----------------------------------
+
+def affine_input(xw, p):
+    """a_t = x_t W_ih^T + b_ih (nothing kept)."""
+    return _plus(xw, p["bias_ih"]), None
+
+
+def affine_input_backward(da, kept, p):
+    """(d_xw, grads): the gradient of x_t W_ih^T is da_t itself; db_ih = sum da."""
+    return da, ({} if p["bias_ih"] is None else {"bias_ih": _sum_rows(da)})
+
+
+def ln_input(xw, p):
+    """a_t = LN(x_t W_ih^T) g_ih + b_ih; keeps the norm."""
+    u = _ln(xw)
+    return _plus(u.y * p["ln_weight_ih"], p["bias_ih"]), u
+
+
+def ln_input_backward(da, kept: Normed, p):
+    """d_xw = LN'(da g_ih); dg_ih = sum da u^, db_ih = sum da."""
+    grads = {"ln_weight_ih": _sum_rows(da * kept.y)}
+    if p["bias_ih"] is not None:
+        grads["bias_ih"] = _sum_rows(da)
+    return _ln_backward(da * p["ln_weight_ih"], kept), grads
 
 
 class Steps(NamedTuple):
     forward: Callable         # (a_t, state parts, p) -> (new parts, saved)
     backward: Callable        # (dstate by age, saved, prev parts, p) -> (d_ih, d_hh, dprev, extra)
+    input: Callable = affine_input  # (x W_ih^T (T, B, W), p) -> (a (T, B, W), kept)
+    input_backward: Callable = affine_input_backward  # (d_ih, kept, p) -> (d_xw, grads)
 
 
 STEPS: dict[str, Steps] = {"rnn": Steps(rnn_forward, rnn_backward),
                            "lstm": Steps(lstm_forward, lstm_backward),
-                           "gru": Steps(gru_forward, gru_backward)}
+                           "gru": Steps(gru_forward, gru_backward),
+                           "lnlstm": Steps(lnlstm_forward, lnlstm_backward, ln_input,
+                                           ln_input_backward),
+                           "lngru": Steps(lngru_forward, lngru_backward, ln_input,
+                                          ln_input_backward)}
 """Each cell's out-of-place step pair, by its name in :mod:`bptt.cells`."""
 
 
@@ -149,6 +296,7 @@ class Cache(NamedTuple):
 
     x: torch.Tensor            # (T, B, I) floats or (T, B) token ids
     p: dict                    # the layer's weights and options
+    kept: object               # what the input term's backward reads (the LN cells' LN(x W_ih^T))
     prevs: list                # T tuples of state parts before step t, (b_t, S) each
     saved: list                # T per-step records (RnnSaved, ...): what the step's backward reads
     sizes: tuple               # b_t per step
@@ -167,17 +315,18 @@ class GraphCell:
         self.kind, self.steps = kind, STEPS[kind.name]
 
     def forward(self, x, state0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
-                batch_sizes=None, nonlinearity="tanh", weight_hr=None, precision="fp32"):
+                batch_sizes=None, nonlinearity="tanh", weight_hr=None, precision="fp32",
+                **own):
         T, B = x.shape[:2]
         check_batch_sizes(batch_sizes, T, B)
         sizes = batch_sizes or (B,) * T
         p = {"weight_ih": weight_ih, "weight_hh": weight_hh, "bias_ih": bias_ih,
-             "bias_hh": bias_hh, "weight_hr": weight_hr, "nonlinearity": nonlinearity}
+             "bias_hh": bias_hh, "weight_hr": weight_hr, "nonlinearity": nonlinearity, **own}
         S = state_sizes(self.kind, {"weight_hh_l0": weight_hh})
         state = tuple(weight_hh.new_zeros((B, n)) if s is None else s
                       for s, n in zip(state0 or (None,) * len(S), S, strict=True))
-        a = (weight_ih.t()[x] if is_tokens(x) else x @ weight_ih.t())
-        a = a if bias_ih is None else a + bias_ih        # a_t = x_t W_ih^T + b_ih, every t
+        xw = weight_ih.t()[x] if is_tokens(x) else x @ weight_ih.t()  # x_t W_ih^T, every t
+        a, kept = self.steps.input(xw, p)                # a_t, every t
         prevs, saved, outs = [], [], []
         for t, b in enumerate(sizes):
             prev = tuple(s[:b] for s in state)
@@ -187,7 +336,7 @@ class GraphCell:
             outs.append(_pad(new[0], B))
             state = new if b == B else tuple(torch.cat([n, s[b:]]) for n, s in
                                              zip(new, state, strict=True))  # ended: kept
-        cache = Cache(x=x, p=p, prevs=prevs, saved=saved, sizes=sizes, state_sizes=S)
+        cache = Cache(x=x, p=p, kept=kept, prevs=prevs, saved=saved, sizes=sizes, state_sizes=S)
         return torch.stack(outs), state, cache
 
     def backward(self, dhs, dstate_n, cache: Cache, truncate=None, need_dx=True):
@@ -222,16 +371,16 @@ class GraphCell:
         W = d_ih.shape[-1]
         h_prev = torch.stack([_pad(prev[0], B) for prev in cache.prevs])  # h_{t-1}, every t
         grads = {"weight_hh": d_hh.reshape(-1, W).t() @ h_prev.reshape(-1, h_prev.shape[-1])}
-        rows = d_ih.reshape(-1, W)
+        d_xw, in_grads = self.steps.input_backward(d_ih, cache.kept, p)
+        rows = d_xw.reshape(-1, W)
         if is_tokens(x):
             table = rows.new_zeros((p["weight_ih"].shape[1], W)).index_add(0, x.reshape(-1), rows)
             grads["weight_ih"], dx = table.t(), None
         else:
             grads["weight_ih"] = rows.t() @ x.reshape(-1, x.shape[-1])
-            dx = d_ih @ p["weight_ih"] if need_dx else None
-        if p["bias_ih"] is not None:
-            grads["bias_ih"] = d_ih.sum(dim=(0, 1))
-        if p["bias_hh"] is not None:
+            dx = d_xw @ p["weight_ih"] if need_dx else None
+        grads.update(in_grads)
+        if p["bias_hh"] is not None and "bias_hh" not in extras:  # (the LN cells' own: sum ds)
             grads["bias_hh"] = d_hh.sum(dim=(0, 1))
         grads.update(extras)
         return dx, dstate0, grads

@@ -34,10 +34,14 @@ ages, and ds_t is rebuilt from da_t after it. The forward normalisations are tor
 Truncation (``truncate = k``): both paths from h_t to h_{t-1} are one recurrent transition, cut
 together after k of them.
 
+Packed sequences (``batch_sizes``, :mod:`bptt.engine.stack`): step t runs the first b_t rows
+only (every layer norm is per row, so nothing else changes); h_n holds each sequence's state at
+its own last step.
+
 Symbols: T steps, B batch, I input size, H hidden size.
   x       (T, B, I) float, or (T, B) int64 token ids (one-hot input; projected as a gather)
   state0  None (zeros) or the tuple (h0,), h0 (B, H) or None (zeros)
-  hs      (T, B, H): every hidden state; hs[-1] is h_n
+  hs      (T, B, H): every hidden state; hs[-1] is h_n (for packed sequences, each one's last)
 """
 
 from __future__ import annotations
@@ -47,16 +51,19 @@ from typing import NamedTuple
 import torch
 
 from ...cells import LNGRU as KIND
-from ..layout import check_gate_weights, check_own_params
+from ..layout import check_batch_sizes, check_gate_weights, check_own_params, per_step, prev_rows
 from ..recursion import bptt_loop
 from .common import (
     OPS,
     check_sequence,
     check_state_parts,
+    final_rows,
     input_step,
+    new_steps,
     project_inputs,
     project_inputs_backward,
     shifted,
+    stack_steps,
 )
 from .layernorm import affine, centred, gain_and_input_grads, gain_grad, normalize, rowdot
 
@@ -83,6 +90,7 @@ class Cache(NamedTuple):
     ln_weight_hh: torch.Tensor  # (3H,) g_hh
     has_bias_ih: bool
     has_bias_hh: bool
+    batch_sizes: tuple | None   # packed sequences: b_t running at step t (None: all B)
 
 
 def forward(
@@ -94,29 +102,33 @@ def forward(
     bias_hh: torch.Tensor | None = None,
     ln_weight_ih: torch.Tensor | None = None,
     ln_weight_hh: torch.Tensor | None = None,
+    batch_sizes: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor], Cache]:
     """Run the layer over ``x``; return ``(hs, (h_n,), cache)`` with hs (T, B, H), h_n (B, H).
-    The gains are required (``bptt.model`` gives them), the biases optional."""
+    The gains are required (``bptt.model`` gives them), the biases optional; ``batch_sizes``:
+    packed sequences (the module docstring)."""
     H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
     check_own_params(KIND, H, {"ln_weight_ih": ln_weight_ih, "ln_weight_hh": ln_weight_hh})
     T, B = check_sequence(x, weight_ih.shape[1])
+    check_batch_sizes(batch_sizes, T, B)
     (h0,) = check_state_parts(KIND, state0, B, weight_hh)
 
     u_hat, u_rstd = normalize(project_inputs(x, weight_ih, None))  # u^_t = LN(x_t W_ih^T), all t
     gates = affine(u_hat, ln_weight_ih, bias_ih)        # (T, B, 3H): a_t = u^_t g_ih + b_ih
-    s_all = weight_hh.new_empty((T, B, GATES * H))       # s_t for every t
-    hs = weight_hh.new_empty((T, B, H))
+    s_all = new_steps(weight_hh, (T, B, GATES * H), batch_sizes)  # s_t for every t
+    hs = new_steps(weight_hh, (T, B, H), batch_sizes)
+    a, s, h = (per_step(v, batch_sizes) for v in (gates, s_all, hs))
+    h_prev = prev_rows(h0, h, batch_sizes)
     w_hh_t = weight_hh.t()
-    h, kept = h0, []
-    for t in range(T):
-        h, norms = _cell(gates[t], s_all[t], h, w_hh_t, (ln_weight_hh, bias_hh), out=hs[t])
-        kept.append(norms)
-    v_hat, v_rstd = (torch.stack(n) for n in zip(*kept, strict=True))
+    kept = [_cell(a[t], s[t], h_prev[t], w_hh_t, (ln_weight_hh, bias_hh), out=h[t])[1]
+            for t in range(T)]
+    v_hat, v_rstd = (stack_steps(n, batch_sizes) for n in zip(*kept, strict=True))
     cache = Cache(x=x, h0=h0, gates=gates, s_n=s_all[..., 2 * H:], hs=hs, u_hat=u_hat,
                   u_rstd=u_rstd, v_hat=v_hat, v_rstd=v_rstd, weight_ih=weight_ih,
                   weight_hh=weight_hh, ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh,
-                  has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None)
-    return hs, (hs[-1],), cache
+                  has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
+                  batch_sizes=batch_sizes)
+    return hs, (final_rows(hs, batch_sizes),), cache
 
 
 def _cell(a: torch.Tensor, s: torch.Tensor, h: torch.Tensor, w_hh_t: torch.Tensor, own: tuple,
@@ -195,9 +207,9 @@ def backward(
     gates, hs, h0 = cache.gates, cache.hs, cache.h0
     T, B, H = hs.shape
     GH = GATES * H
-    step = _step(_factors(cache), centred(cache.weight_hh))  # W~_hh
+    step = _step(_factors(cache), centred(cache.weight_hh), cache.batch_sizes)  # W~_hh
     dstate_n = check_state_parts(KIND, dstate_n, B, h0, names="d{}_n")
-    out, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, 2 * GH)
+    out, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, 2 * GH, cache.batch_sizes)
     da, dv = out[..., :GH], out[..., GH:]
     ds = da.clone()
     ds[..., 2 * H:].mul_(gates[..., :H])                 # ds_t = [da^r | da^z | da^n r_t]  (2)
@@ -218,23 +230,26 @@ def backward(
     return dx, dstate0, grads
 
 
-def _step(k: _Factors, w_hh: torch.Tensor):
+def _step(k: _Factors, w_hh: torch.Tensor, batch_sizes: tuple | None):
     """The one-step backward :func:`bptt.engine.recursion.bptt_loop` runs: (1)-(4) at step t
-    for every pending age at once, writing [da_t | dv_t] (A, B, 6H); ``w_hh`` is W~_hh."""
+    for every pending age at once, writing [da_t | dv_t] (A, b_t, 6H); ``w_hh`` is W~_hh. Every
+    factor is cut to the running rows b_t (packed sequences)."""
+    Kt, KG, mean2, v_corr, u = (per_step(a, batch_sizes)
+                                for a in (k.K, k.KG, k.mean2, k.v_corr, k.u))
 
     def step(t: int, dstate: tuple, out: torch.Tensor, prev_out: tuple) -> None:
-        (dh,) = dstate                                   # (A, B, H): dh_t by age
+        (dh,) = dstate                                   # (A, b, H): dh_t by age
         A, B, H = dh.shape
         GH = GATES * H
         dh4 = dh.unsqueeze(2)
-        torch.mul(dh4, k.K[t], out=out[..., :GH].view(A, B, GATES, H))  # da_t            (1)
+        torch.mul(dh4, Kt[t], out=out[..., :GH].view(A, B, GATES, H))  # da_t            (1)
         dv = out[..., GH:]
-        torch.mul(dh4, k.KG[t], out=dv.view(A, B, GATES, H))  # dv_t                      (3)
-        dv.addcmul_(k.v_corr[t], rowdot(dh, k.mean2[t]).unsqueeze(-1), value=-1.0)
+        torch.mul(dh4, KG[t], out=dv.view(A, B, GATES, H))  # dv_t                        (3)
+        dv.addcmul_(v_corr[t], rowdot(dh, mean2[t]).unsqueeze(-1), value=-1.0)
         (dh_prev,) = prev_out
         K = dh_prev.shape[0]
         if K:
-            torch.mul(dh[:K], k.u[t], out=dh_prev)       # dh_t * u_t
+            torch.mul(dh[:K], u[t], out=dh_prev)       # dh_t * u_t
             dh_prev.view(-1, H).addmm_(dv[:K].reshape(K * B, GH), w_hh)  # + dv_t W~_hh   (4)
 
     return step

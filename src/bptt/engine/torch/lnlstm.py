@@ -40,10 +40,14 @@ here.
 Truncation (``truncate = k``): one transition is one step of the pair (h, c); both paths are cut
 together after k transitions.
 
+Packed sequences (``batch_sizes``, :mod:`bptt.engine.stack`): step t runs the first b_t rows
+only (every layer norm is per row, so nothing else changes); (h_n, c_n) hold each sequence's
+state at its own last step.
+
 Symbols: T steps, B batch, I input size, H hidden size.
   x       (T, B, I) float, or (T, B) int64 token ids (one-hot input; projected as a gather)
   state0  None (zeros) or the pair (h0, c0), each (B, H) or None (zeros)
-  hs      (T, B, H): every hidden state; hs[-1] is h_n
+  hs      (T, B, H): every hidden state; hs[-1] is h_n (for packed sequences, each one's last)
 """
 
 from __future__ import annotations
@@ -53,16 +57,26 @@ from typing import NamedTuple
 import torch
 
 from ...cells import LNLSTM as KIND
-from ..layout import check_gate_weights, check_own_params, sum_biases
+from ..layout import (
+    check_batch_sizes,
+    check_gate_weights,
+    check_own_params,
+    per_step,
+    prev_rows,
+    sum_biases,
+)
 from ..recursion import bptt_loop
 from .common import (
     OPS,
     check_sequence,
     check_state_parts,
+    final_rows,
     input_step,
+    new_steps,
     project_inputs,
     project_inputs_backward,
     shifted,
+    stack_steps,
 )
 from .layernorm import (
     affine,
@@ -103,6 +117,7 @@ class Cache(NamedTuple):
     has_bias_ih: bool
     has_bias_hh: bool
     has_ln_bias_c: bool
+    batch_sizes: tuple | None   # packed sequences: b_t running at step t (None: all B)
 
 
 def forward(
@@ -116,34 +131,35 @@ def forward(
     ln_weight_hh: torch.Tensor | None = None,
     ln_weight_c: torch.Tensor | None = None,
     ln_bias_c: torch.Tensor | None = None,
+    batch_sizes: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], Cache]:
     """Run the layer over ``x``; return ``(hs, (h_n, c_n), cache)``, hs (T, B, H). The gains
-    are required (``bptt.model`` gives them), the biases optional."""
+    are required (``bptt.model`` gives them), the biases optional; ``batch_sizes``: packed
+    sequences (the module docstring)."""
     H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
     check_own_params(KIND, H, {"ln_weight_ih": ln_weight_ih, "ln_weight_hh": ln_weight_hh,
                                "ln_weight_c": ln_weight_c, "ln_bias_c": ln_bias_c})
     T, B = check_sequence(x, weight_ih.shape[1])
+    check_batch_sizes(batch_sizes, T, B)
     h0, c0 = check_state_parts(KIND, state0, B, weight_hh)
 
     u_hat, u_rstd = normalize(project_inputs(x, weight_ih, None))  # u^_t = LN(x_t W_ih^T), all t
     gates = affine(u_hat, ln_weight_ih, sum_biases(bias_ih, bias_hh))  # u^_t g_ih + b, all t
-    hs = weight_hh.new_empty((T, B, H))
-    cs = weight_hh.new_empty((T, B, H))
-    tanh_k = weight_hh.new_empty((T, B, H))
+    hs, cs, tanh_k = (new_steps(weight_hh, (T, B, H), batch_sizes) for _ in range(3))
+    z, h, c, tk = (per_step(a, batch_sizes) for a in (gates, hs, cs, tanh_k))
+    h_prev, c_prev = prev_rows(h0, h, batch_sizes), prev_rows(c0, c, batch_sizes)
     w_hh_t = weight_hh.t()
     own = (ln_weight_hh, ln_weight_c, ln_bias_c)
-    h, c, kept = h0, c0, []
-    for t in range(T):
-        h, c, norms = _cell(gates[t], h, c, w_hh_t, own, out=(hs[t], cs[t], tanh_k[t]))
-        kept.append(norms)
-    v_hat, v_rstd, c_hat, c_rstd = (torch.stack(n) for n in zip(*kept, strict=True))
+    kept = [_cell(z[t], h_prev[t], c_prev[t], w_hh_t, own, out=(h[t], c[t], tk[t]))[2]
+            for t in range(T)]
+    v_hat, v_rstd, c_hat, c_rstd = (stack_steps(n, batch_sizes) for n in zip(*kept, strict=True))
     cache = Cache(x=x, h0=h0, c0=c0, gates=gates, hs=hs, cs=cs, u_hat=u_hat, u_rstd=u_rstd,
                   v_hat=v_hat, v_rstd=v_rstd, c_hat=c_hat, c_rstd=c_rstd, tanh_k=tanh_k,
                   weight_ih=weight_ih, weight_hh=weight_hh, ln_weight_ih=ln_weight_ih,
                   ln_weight_hh=ln_weight_hh, ln_weight_c=ln_weight_c,
                   has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
-                  has_ln_bias_c=ln_bias_c is not None)
-    return hs, (hs[-1], cs[-1]), cache
+                  has_ln_bias_c=ln_bias_c is not None, batch_sizes=batch_sizes)
+    return hs, (final_rows(hs, batch_sizes), final_rows(cs, batch_sizes)), cache
 
 
 def _cell(z: torch.Tensor, h: torch.Tensor, c_prev: torch.Tensor, w_hh_t: torch.Tensor,
@@ -226,7 +242,8 @@ def backward(
     GH = GATES * H
     step = _step(_factors(cache), cache, centred(cache.weight_hh))  # W~_hh
     dstate_n = check_state_parts(KIND, dstate_n, B, cache.h0, names="d{}_n")
-    out, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, 2 * GH + H)
+    out, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, 2 * GH + H,
+                             cache.batch_sizes)
     dz, dv, dk = out[..., :GH], out[..., GH:2 * GH], out[..., 2 * GH:]
 
     h_prev = shifted(cache.h0, cache.hs).mul_(cache.v_rstd)  # rstd_v h_{t-1}: dv_t = rstd_v dv
@@ -253,24 +270,26 @@ def backward(
 
 def _step(k: _Factors, cache: Cache, w_hh: torch.Tensor):
     """The one-step backward :func:`bptt.engine.recursion.bptt_loop` runs: (1)-(5) at step t
-    for every pending age at once, writing [dz_t | dv_t / rstd_v | dk_t] (A, B, 9H); ``w_hh``
-    is W~_hh."""
-    g_hh, v_hat, v_rstd = cache.ln_weight_hh, cache.v_hat, cache.v_rstd
-    g_c, c_hat, c_rstd = cache.ln_weight_c, cache.c_hat, cache.c_rstd
+    for every pending age at once, writing [dz_t | dv_t / rstd_v | dk_t] (A, b_t, 9H); ``w_hh``
+    is W~_hh. Every per-step factor is cut to the running rows b_t (packed sequences)."""
+    g_hh, g_c = cache.ln_weight_hh, cache.ln_weight_c
+    F, f, dk_f, v_hat, v_rstd, c_hat, c_rstd = (
+        per_step(a, cache.batch_sizes)
+        for a in (k.F, k.f, k.dk, cache.v_hat, cache.v_rstd, cache.c_hat, cache.c_rstd))
 
     def step(t: int, dstate: tuple, out: torch.Tensor, prev_out: tuple) -> None:
-        dh, dc = dstate                                  # (A, B, H): dh_t, dc_{t+1} f_{t+1}
+        dh, dc = dstate                                  # (A, b, H): dh_t, dc_{t+1} f_{t+1}
         A, B, H = dh.shape
         GH = GATES * H
         dz, dv, dk = out[..., :GH], out[..., GH:2 * GH], out[..., 2 * GH:]
-        torch.mul(dh, k.dk[t], out=dk)                   # dk_t                           (1)
+        torch.mul(dh, dk_f[t], out=dk)                   # dk_t                           (1)
         dc_h = dk * g_c                                  # dc^                            (2)
         mean2 = rowdot(dc_h, c_hat[t]).unsqueeze(-1)     # H mean(dc^ c^_t)
         dc_h.sub_(dc_h.mean(dim=-1, keepdim=True)).addcmul_(c_hat[t], mean2, value=-1.0 / H)
         dc.addcmul_(dc_h, c_rstd[t])                     # dc_t                           (2)
         dz4 = dz.view(A, B, GATES, H)
-        torch.mul(dc.unsqueeze(2), k.F[t, :, :3], out=dz4[:, :, :3])  # dz^i, dz^f, dz^g  (3)
-        torch.mul(dh, k.F[t, :, 3], out=dz4[:, :, 3])    # dz^o_t                         (3)
+        torch.mul(dc.unsqueeze(2), F[t][:, :3], out=dz4[:, :, :3])  # dz^i, dz^f, dz^g    (3)
+        torch.mul(dh, F[t][:, 3], out=dz4[:, :, 3])      # dz^o_t                         (3)
         scale_backward(torch.mul(dz, g_hh, out=dv), v_hat[t])  # dv_t / rstd_v            (4)
         dh_prev, dc_prev = prev_out
         K = dh_prev.shape[0]
@@ -278,6 +297,6 @@ def _step(k: _Factors, cache: Cache, w_hh: torch.Tensor):
             torch.mm(dv[:K].reshape(K * B, GH), w_hh,
                      out=dh_prev.view(-1, H))            # dh_{t-1} = dv_t W~_hh          (5)
             dh_prev.mul_(v_rstd[t])
-            torch.mul(dc[:K], k.f[t], out=dc_prev)       # dc_t f_t, for step t-1         (5)
+            torch.mul(dc[:K], f[t], out=dc_prev)       # dc_t f_t, for step t-1         (5)
 
     return step
