@@ -1067,4 +1067,7 @@ static double softmax_xent(int dtype, void *logits, long N, long V, const int64_
     return xent_t((float *)logits, N, V, y, nth, team);
 }
 
-static const Impl IMPL = {ISA_NAME, NATIVE_BF16, pack, forward, backward, gemm, softmax_xent};
+#include "ln.hpp"
+
+static const Impl IMPL = {ISA_NAME, NATIVE_BF16, pack, forward, backward, gemm, softmax_xent,
+                         ln_forward, ln_backward};

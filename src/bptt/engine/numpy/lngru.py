@@ -56,8 +56,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ...cells import LNGRU as KIND
+from .. import kernel
 from ..layout import check_gate_weights, check_own_params
-from ..recursion import bptt_loop
+from ..recursion import bptt_loop, effective_truncate
 from .common import (
     OPS,
     Upstream,
@@ -69,7 +70,15 @@ from .common import (
     sigmoid_,
     upstream_array,
 )
-from .layernorm import affine, centred, column_dot, gain_and_input_grads_, rowdot, scale
+from .layernorm import (
+    EPS,
+    affine,
+    centred,
+    column_dot,
+    gain_and_input_grads_,
+    rowdot,
+    scale,
+)
 
 GATES = KIND.num_gates
 PRECISIONS = ("fp32",)
@@ -122,11 +131,15 @@ def forward(
     s_n = np.empty((T, B, H), dtype=dtype)
     v_hat = np.empty((T, B, GATES * H), dtype=dtype)
     v_rstd = np.empty((T, B, 1), dtype=dtype)
-    s = np.empty((B, GATES * H), dtype=dtype)
-    for t in range(T):
-        _cell(gates[t], h_buf[t], w_hh.T, (ln_weight_hh, bias_hh), s,
-              out=(h_buf[t + 1], v_hat[t], v_rstd[t]))
-        s_n[t] = s[:, 2 * H:]
+    if kernel.covers(gates, h_buf, w_hh, ln_weight_hh, *([] if bias_hh is None else [bias_hh])):
+        kernel.ln_forward(KIND, gates, h_buf[0], h_buf[1:], w_hh, v_hat, v_rstd, ln_weight_hh,
+                          eps=EPS, b_hh=bias_hh, s_n=s_n)  # the loop below, compiled
+    else:
+        s = np.empty((B, GATES * H), dtype=dtype)
+        for t in range(T):
+            _cell(gates[t], h_buf[t], w_hh.T, (ln_weight_hh, bias_hh), s,
+                  out=(h_buf[t + 1], v_hat[t], v_rstd[t]))
+            s_n[t] = s[:, 2 * H:]
     cache = Cache(x=x, gates=gates, s_n=s_n, h_buf=h_buf, u_hat=u_hat, u_rstd=u_rstd,
                   v_hat=v_hat, v_rstd=v_rstd, w_ih=w_ih, w_hh=w_hh, ln_weight_ih=ln_weight_ih,
                   ln_weight_hh=ln_weight_hh, has_bias_ih=bias_ih is not None,
@@ -199,10 +212,16 @@ def backward(
     T, B, GH = gates.shape
     H = GH // GATES
     dtype = gates.dtype
-    step = _step(_factors(cache), cache)
     dstate_n = check_state_parts(KIND, dstate_n, B, H, dtype, names="d{}_n")
     dhs = upstream_array(dhs, T, B, H, dtype)           # a head's lazy gradient, all rows
-    out, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, 2 * GH)
+    compiled = None
+    if effective_truncate(truncate, T) is None:
+        compiled = _compiled_loop(cache, dhs, dstate_n)  # the steps of _step, compiled
+    if compiled is not None:
+        out, dstate0 = compiled
+    else:
+        out, dstate0 = bptt_loop(OPS, _step(_factors(cache), cache), dhs, dstate_n, T,
+                                 truncate, 2 * GH)
     da, dv = out[..., :GH], out[..., GH:]
     ds = da.copy()
     ds[..., 2 * H:] *= gates[..., :H]                    # ds_t = [da^r_t | da^z_t | da^n_t r_t]
@@ -223,6 +242,22 @@ def backward(
     dx, dw_ih = project_inputs_backward(du, cache.x, cache.w_ih, need_dx)  # dx_t = du_t W~_ih
     grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum_t du_t^T x_t)
     return dx, dstate0, grads
+
+
+def _compiled_loop(cache: Cache, dhs: np.ndarray | None, dstate_n: tuple) -> tuple | None:
+    """The backward recursion without truncation in the compiled kernel: ``(out (T, B, 6H),
+    (dh0,))`` as :func:`bptt.engine.recursion.bptt_loop` gives them from :func:`_step`, or None
+    where the kernel does not compute on these arrays."""
+    if not kernel.covers(cache.gates, cache.h_buf, cache.w_hh, cache.ln_weight_hh, *dstate_n,
+                         *([] if dhs is None else [dhs])):
+        return None
+    T, B, GH = cache.gates.shape
+    out = np.empty((T, B, 2 * GH), dtype=cache.gates.dtype)
+    dh = np.array(dstate_n[0], dtype=out.dtype)         # in: dL/dh_n; out: dL/dh_0
+    kernel.ln_backward(KIND, cache.w_hh, out=out, carry_h=dh, gates=cache.gates,
+                       v=cache.v_hat, v_rstd=cache.v_rstd, g_hh=cache.ln_weight_hh,
+                       h0=cache.h_buf[0], hs=cache.h_buf[1:], s_n=cache.s_n, dhs=dhs)
+    return out, (dh,)
 
 
 def _step(k: _Factors, cache: Cache):

@@ -62,8 +62,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ...cells import LNLSTM as KIND
+from .. import kernel
 from ..layout import check_gate_weights, check_own_params, sum_biases
-from ..recursion import bptt_loop
+from ..recursion import bptt_loop, effective_truncate
 from .common import (
     OPS,
     Upstream,
@@ -76,6 +77,7 @@ from .common import (
     upstream_array,
 )
 from .layernorm import (
+    EPS,
     affine,
     centred,
     column_dot,
@@ -148,11 +150,16 @@ def forward(
     c_rstd = np.empty((T, B, 1), dtype=dtype)
     tanh_k = np.empty((T, B, H), dtype=dtype)
     own = (ln_weight_hh, ln_weight_c, ln_bias_c)
-    scratch = (np.empty((B, GATES * H), dtype=dtype), np.empty((B, H), dtype=dtype))
-    for t in range(T):
-        _cell(gates[t], h_buf[t], c_buf[t], w_hh.T, own, scratch,
-              out=(h_buf[t + 1], c_buf[t + 1], v_hat[t], v_rstd[t], c_hat[t], c_rstd[t],
-                   tanh_k[t]))
+    if kernel.covers(gates, h_buf, c_buf, w_hh, *(p for p in own if p is not None)):
+        kernel.ln_forward(KIND, gates, h_buf[0], h_buf[1:], w_hh, v_hat, v_rstd, ln_weight_hh,
+                          eps=EPS, c0=c_buf[0], cs=c_buf[1:], c_hat=c_hat, c_rstd=c_rstd,
+                          tanh_k=tanh_k, g_c=ln_weight_c, b_c=ln_bias_c)  # the loop, compiled
+    else:
+        scratch = (np.empty((B, GATES * H), dtype=dtype), np.empty((B, H), dtype=dtype))
+        for t in range(T):
+            _cell(gates[t], h_buf[t], c_buf[t], w_hh.T, own, scratch,
+                  out=(h_buf[t + 1], c_buf[t + 1], v_hat[t], v_rstd[t], c_hat[t], c_rstd[t],
+                       tanh_k[t]))
     cache = Cache(x=x, gates=gates, h_buf=h_buf, c_buf=c_buf, u_hat=u_hat, u_rstd=u_rstd,
                   v_hat=v_hat, v_rstd=v_rstd, c_hat=c_hat, c_rstd=c_rstd, tanh_k=tanh_k,
                   w_ih=w_ih, w_hh=w_hh, ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh,
@@ -237,11 +244,16 @@ def backward(
     T, B, GH = cache.gates.shape
     H = GH // GATES
     dtype = cache.gates.dtype
-    k = _factors(cache)
-    step = _step(k, cache)
     dstate_n = check_state_parts(KIND, dstate_n, B, H, dtype, names="d{}_n")
     dhs = upstream_array(dhs, T, B, H, dtype)           # a head's lazy gradient, all rows
-    out, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, 2 * GH + H)
+    compiled = None
+    if effective_truncate(truncate, T) is None:
+        compiled = _compiled_loop(cache, dhs, dstate_n)  # the steps of _step, compiled
+    if compiled is not None:
+        out, dstate0 = compiled
+    else:
+        out, dstate0 = bptt_loop(OPS, _step(_factors(cache), cache), dhs, dstate_n, T,
+                                 truncate, 2 * GH + H)
     dz, dv, dk = out[..., :GH], out[..., GH:2 * GH], out[..., 2 * GH:]
 
     h_prev = cache.h_buf[:-1] * cache.v_rstd             # rstd_v h_{t-1}: dv_t = rstd_v * dv
@@ -265,6 +277,24 @@ def backward(
     if cache.has_ln_bias_c:
         grads["ln_bias_c"] = dk.sum(axis=(0, 1))         # db_c = sum_t sum_b dk_t
     return dx, dstate0, grads
+
+
+def _compiled_loop(cache: Cache, dhs: np.ndarray | None, dstate_n: tuple) -> tuple | None:
+    """The backward recursion without truncation in the compiled kernel: ``(out (T, B, 9H),
+    (dh0, dc0))`` as :func:`bptt.engine.recursion.bptt_loop` gives them from :func:`_step`, or
+    None where the kernel does not compute on these arrays."""
+    own = [cache.ln_weight_hh, cache.ln_weight_c]
+    if not kernel.covers(cache.gates, cache.h_buf, cache.c_buf, cache.w_hh, *own, *dstate_n,
+                         *([] if dhs is None else [dhs])):
+        return None
+    T, B, GH = cache.gates.shape
+    out = np.empty((T, B, 2 * GH + GH // GATES), dtype=cache.gates.dtype)
+    dh, dc = (np.array(d, dtype=out.dtype) for d in dstate_n)  # in: dL/d(h_n, c_n); out: h0, c0
+    kernel.ln_backward(KIND, cache.w_hh, out=out, carry_h=dh, carry_c=dc, gates=cache.gates,
+                       v=cache.v_hat, v_rstd=cache.v_rstd, g_hh=cache.ln_weight_hh,
+                       c0=cache.c_buf[0], cs=cache.c_buf[1:], c_hat=cache.c_hat,
+                       c_rstd=cache.c_rstd, tanh_k=cache.tanh_k, g_c=cache.ln_weight_c, dhs=dhs)
+    return out, (dh, dc)
 
 
 def _step(k: _Factors, cache: Cache):
