@@ -51,21 +51,31 @@ from typing import NamedTuple
 import torch
 
 from ...cells import LNGRU as KIND
+from .. import kernel
 from ..layout import check_batch_sizes, check_gate_weights, check_own_params, per_step, prev_rows
-from ..recursion import bptt_loop
+from ..recursion import bptt_loop, effective_truncate
 from .common import (
     OPS,
     check_sequence,
     check_state_parts,
     final_rows,
     input_step,
+    kernel_views,
     new_steps,
     project_inputs,
     project_inputs_backward,
     shifted,
     stack_steps,
 )
-from .layernorm import affine, centred, gain_and_input_grads, gain_grad, normalize, rowdot
+from .layernorm import (
+    EPS,
+    affine,
+    centred,
+    gain_and_input_grads,
+    gain_grad,
+    normalize,
+    rowdot,
+)
 
 GATES = KIND.num_gates
 PRECISIONS = ("fp32",)
@@ -115,20 +125,40 @@ def forward(
 
     u_hat, u_rstd = normalize(project_inputs(x, weight_ih, None))  # u^_t = LN(x_t W_ih^T), all t
     gates = affine(u_hat, ln_weight_ih, bias_ih)        # (T, B, 3H): a_t = u^_t g_ih + b_ih
-    s_all = new_steps(weight_hh, (T, B, GATES * H), batch_sizes)  # s_t for every t
     hs = new_steps(weight_hh, (T, B, H), batch_sizes)
-    a, s, h = (per_step(v, batch_sizes) for v in (gates, s_all, hs))
-    h_prev = prev_rows(h0, h, batch_sizes)
-    w_hh_t = weight_hh.t()
-    kept = [_cell(a[t], s[t], h_prev[t], w_hh_t, (ln_weight_hh, bias_hh), out=h[t])[1]
-            for t in range(T)]
-    v_hat, v_rstd = (stack_steps(n, batch_sizes) for n in zip(*kept, strict=True))
-    cache = Cache(x=x, h0=h0, gates=gates, s_n=s_all[..., 2 * H:], hs=hs, u_hat=u_hat,
+    kept = _compiled_forward(gates, h0, hs, weight_hh, (ln_weight_hh, bias_hh)) \
+        if batch_sizes is None else None
+    if kept is None:
+        s_all = new_steps(weight_hh, (T, B, GATES * H), batch_sizes)  # s_t for every t
+        a, s, h = (per_step(v, batch_sizes) for v in (gates, s_all, hs))
+        h_prev = prev_rows(h0, h, batch_sizes)
+        w_hh_t = weight_hh.t()
+        kept = [stack_steps(n, batch_sizes) for n in zip(
+            *(_cell(a[t], s[t], h_prev[t], w_hh_t, (ln_weight_hh, bias_hh), out=h[t])[1]
+              for t in range(T)), strict=True)] + [s_all[..., 2 * H:]]
+    v_hat, v_rstd, s_n = kept
+    cache = Cache(x=x, h0=h0, gates=gates, s_n=s_n, hs=hs, u_hat=u_hat,
                   u_rstd=u_rstd, v_hat=v_hat, v_rstd=v_rstd, weight_ih=weight_ih,
                   weight_hh=weight_hh, ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh,
                   has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
                   batch_sizes=batch_sizes)
     return hs, (final_rows(hs, batch_sizes),), cache
+
+
+def _compiled_forward(gates, h0, hs, weight_hh, own) -> list | None:
+    """The forward loop in the compiled kernel (the steps of :func:`_cell`, on W~_hh): writes
+    ``gates`` and ``hs`` and returns ``[v^, rstd_v, s^n]`` (T, B, ...), or None where the
+    kernel does not compute on these tensors (CUDA, a dtype, no kernel)."""
+    T, B, GH = gates.shape
+    H = GH // GATES
+    made = [gates.new_empty(shape) for shape in ((T, B, GH), (T, B, 1), (T, B, H))]
+    views = kernel_views(gates, h0.contiguous(), hs, centred(weight_hh).contiguous(), *made,
+                         *own)
+    if views is None:
+        return None
+    g, h0v, hsv, w, v, vr, sn, g_hh, b_hh = views
+    kernel.ln_forward(KIND, g, h0v, hsv, w, v, vr, g_hh, eps=EPS, b_hh=b_hh, s_n=sn)
+    return made
 
 
 def _cell(a: torch.Tensor, s: torch.Tensor, h: torch.Tensor, w_hh_t: torch.Tensor, own: tuple,
@@ -207,9 +237,16 @@ def backward(
     gates, hs, h0 = cache.gates, cache.hs, cache.h0
     T, B, H = hs.shape
     GH = GATES * H
-    step = _step(_factors(cache), centred(cache.weight_hh), cache.batch_sizes)  # W~_hh
+    w_hh = centred(cache.weight_hh)                      # W~_hh
     dstate_n = check_state_parts(KIND, dstate_n, B, h0, names="d{}_n")
-    out, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, 2 * GH, cache.batch_sizes)
+    compiled = None
+    if effective_truncate(truncate, T) is None and cache.batch_sizes is None:
+        compiled = _compiled_loop(cache, w_hh, dhs, dstate_n)  # the steps of _step, compiled
+    if compiled is not None:
+        out, dstate0 = compiled
+    else:
+        out, dstate0 = bptt_loop(OPS, _step(_factors(cache), w_hh, cache.batch_sizes), dhs,
+                                 dstate_n, T, truncate, 2 * GH, cache.batch_sizes)
     da, dv = out[..., :GH], out[..., GH:]
     ds = da.clone()
     ds[..., 2 * H:].mul_(gates[..., :H])                 # ds_t = [da^r | da^z | da^n r_t]  (2)
@@ -228,6 +265,26 @@ def backward(
     if cache.has_bias_hh:
         grads["bias_hh"] = ds.sum(dim=(0, 1))            # db_hh = sum_t sum_b ds_t        (5)
     return dx, dstate0, grads
+
+
+def _compiled_loop(cache: Cache, w_hh: torch.Tensor, dhs: torch.Tensor | None,
+                   dstate_n: tuple) -> tuple | None:
+    """The backward recursion without truncation in the compiled kernel: ``(out (T, B, 6H),
+    (dh0,))`` as :func:`bptt.engine.recursion.bptt_loop` gives them from :func:`_step` ([da_t |
+    dv_t]), or None where the kernel does not compute on these tensors."""
+    T, B, GH = cache.gates.shape
+    out = cache.gates.new_empty((T, B, 2 * GH))
+    dh = dstate_n[0].detach().to(out.dtype, copy=True).contiguous()
+    views = kernel_views(cache.gates, cache.v_hat, cache.v_rstd, cache.ln_weight_hh,
+                         cache.h0.contiguous(), cache.hs, cache.s_n.contiguous(),
+                         w_hh.contiguous(), out, dh, None if dhs is None else dhs.contiguous())
+    if views is None:
+        return None
+    g, v, vr, g_hh, h0, hs, sn, w, outv, dhv, dhsv = views
+    kernel.ln_backward(KIND, w, out=outv, carry_h=dhv, gates=g, v=v, v_rstd=vr, g_hh=g_hh,
+                       h0=h0, hs=hs, s_n=sn, dhs=dhsv)
+    out[..., GH:].mul_(cache.v_rstd)                     # dv_t: the kernel keeps dv_t / rstd_v
+    return out, (dh,)
 
 
 def _step(k: _Factors, w_hh: torch.Tensor, batch_sizes: tuple | None):

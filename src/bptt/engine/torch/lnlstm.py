@@ -57,6 +57,7 @@ from typing import NamedTuple
 import torch
 
 from ...cells import LNLSTM as KIND
+from .. import kernel
 from ..layout import (
     check_batch_sizes,
     check_gate_weights,
@@ -65,13 +66,14 @@ from ..layout import (
     prev_rows,
     sum_biases,
 )
-from ..recursion import bptt_loop
+from ..recursion import bptt_loop, effective_truncate
 from .common import (
     OPS,
     check_sequence,
     check_state_parts,
     final_rows,
     input_step,
+    kernel_views,
     new_steps,
     project_inputs,
     project_inputs_backward,
@@ -79,6 +81,7 @@ from .common import (
     stack_steps,
 )
 from .layernorm import (
+    EPS,
     affine,
     centred,
     gain_and_input_grads,
@@ -146,13 +149,17 @@ def forward(
     u_hat, u_rstd = normalize(project_inputs(x, weight_ih, None))  # u^_t = LN(x_t W_ih^T), all t
     gates = affine(u_hat, ln_weight_ih, sum_biases(bias_ih, bias_hh))  # u^_t g_ih + b, all t
     hs, cs, tanh_k = (new_steps(weight_hh, (T, B, H), batch_sizes) for _ in range(3))
-    z, h, c, tk = (per_step(a, batch_sizes) for a in (gates, hs, cs, tanh_k))
-    h_prev, c_prev = prev_rows(h0, h, batch_sizes), prev_rows(c0, c, batch_sizes)
-    w_hh_t = weight_hh.t()
     own = (ln_weight_hh, ln_weight_c, ln_bias_c)
-    kept = [_cell(z[t], h_prev[t], c_prev[t], w_hh_t, own, out=(h[t], c[t], tk[t]))[2]
-            for t in range(T)]
-    v_hat, v_rstd, c_hat, c_rstd = (stack_steps(n, batch_sizes) for n in zip(*kept, strict=True))
+    kept = _compiled_forward(gates, h0, c0, hs, cs, tanh_k, weight_hh, own) \
+        if batch_sizes is None else None
+    if kept is None:
+        z, h, c, tk = (per_step(a, batch_sizes) for a in (gates, hs, cs, tanh_k))
+        h_prev, c_prev = prev_rows(h0, h, batch_sizes), prev_rows(c0, c, batch_sizes)
+        w_hh_t = weight_hh.t()
+        kept = [stack_steps(n, batch_sizes) for n in zip(
+            *(_cell(z[t], h_prev[t], c_prev[t], w_hh_t, own, out=(h[t], c[t], tk[t]))[2]
+              for t in range(T)), strict=True)]
+    v_hat, v_rstd, c_hat, c_rstd = kept
     cache = Cache(x=x, h0=h0, c0=c0, gates=gates, hs=hs, cs=cs, u_hat=u_hat, u_rstd=u_rstd,
                   v_hat=v_hat, v_rstd=v_rstd, c_hat=c_hat, c_rstd=c_rstd, tanh_k=tanh_k,
                   weight_ih=weight_ih, weight_hh=weight_hh, ln_weight_ih=ln_weight_ih,
@@ -160,6 +167,23 @@ def forward(
                   has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
                   has_ln_bias_c=ln_bias_c is not None, batch_sizes=batch_sizes)
     return hs, (final_rows(hs, batch_sizes), final_rows(cs, batch_sizes)), cache
+
+
+def _compiled_forward(gates, h0, c0, hs, cs, tanh_k, weight_hh, own) -> list | None:
+    """The forward loop in the compiled kernel (the steps of :func:`_cell`, on W~_hh): writes
+    ``gates``, ``hs``, ``cs``, ``tanh_k`` and returns ``[v^, rstd_v, c^, rstd_c]`` (T, B, ...),
+    or None where the kernel does not compute on these tensors (CUDA, a dtype, no kernel)."""
+    T, B, GH = gates.shape
+    H = GH // GATES
+    made = [gates.new_empty(shape) for shape in ((T, B, GH), (T, B, 1), (T, B, H), (T, B, 1))]
+    views = kernel_views(gates, h0.contiguous(), c0.contiguous(), hs, cs, tanh_k,
+                         centred(weight_hh).contiguous(), *made, *own)
+    if views is None:
+        return None
+    g, h0v, c0v, hsv, csv, tkv, w, v, vr, ch, cr, g_hh, g_c, b_c = views
+    kernel.ln_forward(KIND, g, h0v, hsv, w, v, vr, g_hh, eps=EPS, c0=c0v, cs=csv, c_hat=ch,
+                      c_rstd=cr, tanh_k=tkv, g_c=g_c, b_c=b_c)
+    return made
 
 
 def _cell(z: torch.Tensor, h: torch.Tensor, c_prev: torch.Tensor, w_hh_t: torch.Tensor,
@@ -240,10 +264,16 @@ def backward(
     """
     T, B, H = cache.hs.shape
     GH = GATES * H
-    step = _step(_factors(cache), cache, centred(cache.weight_hh))  # W~_hh
+    w_hh = centred(cache.weight_hh)                      # W~_hh
     dstate_n = check_state_parts(KIND, dstate_n, B, cache.h0, names="d{}_n")
-    out, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, 2 * GH + H,
-                             cache.batch_sizes)
+    compiled = None
+    if effective_truncate(truncate, T) is None and cache.batch_sizes is None:
+        compiled = _compiled_loop(cache, w_hh, dhs, dstate_n)  # the steps of _step, compiled
+    if compiled is not None:
+        out, dstate0 = compiled
+    else:
+        out, dstate0 = bptt_loop(OPS, _step(_factors(cache), cache, w_hh), dhs, dstate_n, T,
+                                 truncate, 2 * GH + H, cache.batch_sizes)
     dz, dv, dk = out[..., :GH], out[..., GH:2 * GH], out[..., 2 * GH:]
 
     h_prev = shifted(cache.h0, cache.hs).mul_(cache.v_rstd)  # rstd_v h_{t-1}: dv_t = rstd_v dv
@@ -266,6 +296,27 @@ def backward(
         if cache.has_bias_hh:
             grads["bias_hh"] = db.clone() if cache.has_bias_ih else db
     return dx, dstate0, grads
+
+
+def _compiled_loop(cache: Cache, w_hh: torch.Tensor, dhs: torch.Tensor | None,
+                   dstate_n: tuple) -> tuple | None:
+    """The backward recursion without truncation in the compiled kernel: ``(out (T, B, 9H),
+    (dh0, dc0))`` as :func:`bptt.engine.recursion.bptt_loop` gives them from :func:`_step`, or
+    None where the kernel does not compute on these tensors."""
+    T, B, GH = cache.gates.shape
+    out = cache.gates.new_empty((T, B, 2 * GH + GH // GATES))
+    dh, dc = (d.detach().to(out.dtype, copy=True).contiguous() for d in dstate_n)
+    views = kernel_views(cache.gates, cache.v_hat, cache.v_rstd, cache.ln_weight_hh,
+                         cache.c0.contiguous(), cache.cs, cache.c_hat, cache.c_rstd,
+                         cache.tanh_k, cache.ln_weight_c, w_hh.contiguous(), out, dh, dc,
+                         None if dhs is None else dhs.contiguous())
+    if views is None:
+        return None
+    g, v, vr, g_hh, c0, cs, ch, cr, tk, g_c, w, outv, dhv, dcv, dhsv = views
+    kernel.ln_backward(KIND, w, out=outv, carry_h=dhv, carry_c=dcv, gates=g, v=v, v_rstd=vr,
+                       g_hh=g_hh, c0=c0, cs=cs, c_hat=ch, c_rstd=cr, tanh_k=tk, g_c=g_c,
+                       dhs=dhsv)
+    return out, (dh, dc)
 
 
 def _step(k: _Factors, cache: Cache, w_hh: torch.Tensor):
