@@ -1,7 +1,8 @@
 """The compiled kernel (``bptt.engine._kernel``): when it applies, and its calls on arrays.
 
 The kernel runs a recurrent layer's whole loop over time in C++ -- every step's product and its
-gate non-linearities fused, forward and backward, for the RNN, LSTM and GRU -- and the large
+gate non-linearities fused, forward and backward, for the RNN, LSTM and GRU and the
+layer-normalised LSTM and GRU (their norms fused too: :func:`ln_forward`) -- and the large
 products around the loops (input projections, weight gradients, the head) and the softmax
 cross-entropy. It implements the same labelled equations as the cells' Python code
 (``engine/numpy/<cell>.py``), which stays as the reference and the fallback: the cells call

@@ -18,6 +18,7 @@
  *                one product per panel of units, its gates computed right after it (the
  *                epilogue), one barrier per step across the threads
  *   softmax      cross-entropy's loss and gradient in place on the logits
+ *   ln.hpp       (included at the end) the layer-normalised LSTM and GRU's loops over time
  *
  * The equations are the Python cells' (engine/numpy/<cell>.py), labelled as there.
  */
