@@ -19,6 +19,18 @@ template <class T> struct LnFwd {
     long ldb;
 };
 
+/* bf16: two (B, ldb) buffers of a step product's rows, buf[1] right after buf[0], with h0
+ * (B, H) as bf16 in buf[0] when given; 0 on success */
+template <class T>
+static int ln_bf16_rows(uint16_t *buf[2], long B, long ldb, const T *h0, long H) {
+    buf[0] = (uint16_t *)alloc64(2 * (size_t)B * ldb * 2);
+    if (!buf[0]) return -1;
+    buf[1] = buf[0] + (size_t)B * ldb;
+    for (long b = 0; h0 && b < B; b++)
+        for (long u = 0; u < H; u++) buf[0][b * ldb + u] = bf16_one((float)h0[b * H + u]);
+    return 0;
+}
+
 template <class T> static inline T hsum(typename Vec<T>::v x) {
     T s = 0;
     for (int i = 0; i < Vec<T>::L; i++) s += x[i];
@@ -176,20 +188,9 @@ template <class T> static int lnf_chunks(void *vctx, int step) {
 
 template <class T, int CELL>
 static void ln_forward_t(const LnFwdArgs *a, int nth, const TeamOps *team) {
-    LnFwd<T> ctx;
-    ctx.w = a->w;
-    ctx.a = a;
-    ctx.hb[0] = ctx.hb[1] = 0;
-    ctx.ldb = a->w->Kp;
+    LnFwd<T> ctx = {a->w, a, {0, 0}, a->w->Kp};
     const Packed *w = a->w;
-    if (w->bf16) {
-        ctx.hb[0] = (uint16_t *)alloc64(2 * (size_t)a->B * ctx.ldb * 2);
-        if (!ctx.hb[0]) return;
-        ctx.hb[1] = ctx.hb[0] + (size_t)a->B * ctx.ldb;
-        for (long b = 0; b < a->B; b++)                 // h0 as bf16
-            for (long u = 0; u < a->H; u++)
-                ctx.hb[0][b * ctx.ldb + u] = bf16_one((float)((const T *)a->h0)[b * a->H + u]);
-    }
+    if (w->bf16 && ln_bf16_rows<T>(ctx.hb, a->B, ctx.ldb, (const T *)a->h0, a->H)) return;
     int n = useful_threads(nth, 2.0 * a->B * w->K * w->G * w->H, w->npanels);
     sched_run(n, 2 * a->T, lnf_chunks<T>, lnf_work<T, CELL>, &ctx, team);
     free(ctx.hb[0]);
@@ -357,17 +358,9 @@ template <class T, int CELL> static void lnb_work(void *vctx, int step, int chun
 
 template <class T, int CELL>
 static void ln_backward_t(const LnBwdArgs *a, int nth, const TeamOps *team) {
-    LnBwd<T> ctx;
-    ctx.w = a->w;
-    ctx.a = a;
-    ctx.db[0] = ctx.db[1] = 0;
-    ctx.ldb = a->w->Kp;
-    if (a->w->bf16) {
-        ctx.db[0] = (uint16_t *)alloc64(2 * (size_t)a->B * ctx.ldb * 2);
-        if (!ctx.db[0]) return;
-        ctx.db[1] = ctx.db[0] + (size_t)a->B * ctx.ldb;
-    }
+    LnBwd<T> ctx = {a->w, a, {0, 0}, a->w->Kp};
     const Packed *w = a->w;
+    if (w->bf16 && ln_bf16_rows<T>(ctx.db, a->B, ctx.ldb, (const T *)nullptr, a->H)) return;
     int n = useful_threads(nth, 2.0 * a->B * w->K * w->H, w->npanels);
     sched_run(n, 2 * a->T + 1, lnb_chunks<T>, lnb_work<T, CELL>, &ctx, team);
     free(ctx.db[0]);

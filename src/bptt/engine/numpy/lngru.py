@@ -59,7 +59,7 @@ from ...cells import LNGRU as KIND
 from .. import kernel
 from ..layout import check_gate_weights, check_own_params
 from ..products import bf16_round, matmul
-from ..recursion import bptt_loop, effective_truncate
+from ..recursion import compiled_or_loop
 from .common import (
     OPS,
     Upstream,
@@ -224,14 +224,9 @@ def backward(
     dtype = gates.dtype
     dstate_n = check_state_parts(KIND, dstate_n, B, H, dtype, names="d{}_n")
     dhs = upstream_array(dhs, T, B, H, dtype)           # a head's lazy gradient, all rows
-    compiled = None
-    if effective_truncate(truncate, T) is None:
-        compiled = _compiled_loop(cache, dhs, dstate_n)  # the steps of _step, compiled
-    if compiled is not None:
-        out, dstate0 = compiled
-    else:
-        out, dstate0 = bptt_loop(OPS, _step(_factors(cache), cache), dhs, dstate_n, T,
-                                 truncate, 2 * GH)
+    out, dstate0 = compiled_or_loop(
+        OPS, lambda: _compiled_loop(cache, dhs, dstate_n),  # the steps of _step, compiled
+        lambda: _step(_factors(cache), cache), dhs, dstate_n, T, truncate, 2 * GH)
     da, dv = out[..., :GH], out[..., GH:]
     ds = da.copy()
     ds[..., 2 * H:] *= gates[..., :H]                    # ds_t = [da^r_t | da^z_t | da^n_t r_t]

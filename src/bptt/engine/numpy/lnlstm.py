@@ -65,7 +65,7 @@ from ...cells import LNLSTM as KIND
 from .. import kernel
 from ..layout import check_gate_weights, check_own_params, sum_biases
 from ..products import bf16_round, matmul
-from ..recursion import bptt_loop, effective_truncate
+from ..recursion import compiled_or_loop
 from .common import (
     OPS,
     Upstream,
@@ -257,14 +257,9 @@ def backward(
     dtype = cache.gates.dtype
     dstate_n = check_state_parts(KIND, dstate_n, B, H, dtype, names="d{}_n")
     dhs = upstream_array(dhs, T, B, H, dtype)           # a head's lazy gradient, all rows
-    compiled = None
-    if effective_truncate(truncate, T) is None:
-        compiled = _compiled_loop(cache, dhs, dstate_n)  # the steps of _step, compiled
-    if compiled is not None:
-        out, dstate0 = compiled
-    else:
-        out, dstate0 = bptt_loop(OPS, _step(_factors(cache), cache), dhs, dstate_n, T,
-                                 truncate, 2 * GH + H)
+    out, dstate0 = compiled_or_loop(
+        OPS, lambda: _compiled_loop(cache, dhs, dstate_n),  # the steps of _step, compiled
+        lambda: _step(_factors(cache), cache), dhs, dstate_n, T, truncate, 2 * GH + H)
     dz, dv, dk = out[..., :GH], out[..., GH:2 * GH], out[..., 2 * GH:]
 
     h_prev = cache.h_buf[:-1] * cache.v_rstd             # rstd_v h_{t-1}: dv_t = rstd_v * dv

@@ -53,7 +53,7 @@ import torch
 from ...cells import LNGRU as KIND
 from .. import kernel
 from ..layout import check_batch_sizes, check_gate_weights, check_own_params, per_step, prev_rows
-from ..recursion import bptt_loop, effective_truncate
+from ..recursion import compiled_or_loop
 from .common import (
     OPS,
     check_sequence,
@@ -253,22 +253,17 @@ def backward(
     GH = GATES * H
     w_hh = centred(cache.weight_hh)                      # W~_hh
     dstate_n = check_state_parts(KIND, dstate_n, B, h0, names="d{}_n")
-    compiled = None
-    if effective_truncate(truncate, T) is None and cache.batch_sizes is None:
-        compiled = _compiled_loop(cache, w_hh, dhs, dstate_n)  # the steps of _step, compiled
-    if compiled is not None:
-        out, dstate0 = compiled
-    else:
-        out, dstate0 = bptt_loop(OPS, _step(_factors(cache), w_hh, cache.batch_sizes,
-                                       low_dtype(cache.precision)), dhs,
-                                 dstate_n, T, truncate, 2 * GH, cache.batch_sizes)
+    out, dstate0 = compiled_or_loop(
+        OPS, lambda: _compiled_loop(cache, w_hh, dhs, dstate_n),  # the steps of _step, compiled
+        lambda: _step(_factors(cache), w_hh, cache.batch_sizes, low_dtype(cache.precision)),
+        dhs, dstate_n, T, truncate, 2 * GH, cache.batch_sizes)
     da, dv = out[..., :GH], out[..., GH:]
     ds = da.clone()
     ds[..., 2 * H:].mul_(gates[..., :H])                 # ds_t = [da^r | da^z | da^n r_t]  (2)
 
     dw_hh = matmul(dv.reshape(-1, GH).t(), shifted(h0, hs).view(-1, H), cache.precision)
     grads = {"weight_hh": centred(dw_hh)}                # dW_hh = centred(sum dv_t^T h_{t-1}) (5)
-    work = torch.empty_like(cache.u_hat)                 # one (T, B, 3H) temporary for all
+    work = dv                 # the (T, B, 3H) temporaries where dv was, spent by dW_hh
     grads["ln_weight_hh"] = gain_grad(ds, cache.v_hat, work)  # dg_hh = sum ds_t v^_t      (5)
     grads["ln_weight_ih"], du = gain_and_input_grads(
         da, cache.u_hat, cache.u_rstd, cache.ln_weight_ih, work)  # dg_ih (8), du_t       (6)

@@ -66,7 +66,7 @@ from ..layout import (
     prev_rows,
     sum_biases,
 )
-from ..recursion import bptt_loop, effective_truncate
+from ..recursion import compiled_or_loop
 from .common import (
     OPS,
     check_sequence,
@@ -280,35 +280,33 @@ def backward(
     GH = GATES * H
     w_hh = centred(cache.weight_hh)                      # W~_hh
     dstate_n = check_state_parts(KIND, dstate_n, B, cache.h0, names="d{}_n")
-    compiled = None
-    if effective_truncate(truncate, T) is None and cache.batch_sizes is None:
-        compiled = _compiled_loop(cache, w_hh, dhs, dstate_n)  # the steps of _step, compiled
-    if compiled is not None:
-        out, dstate0 = compiled
-    else:
-        out, dstate0 = bptt_loop(OPS, _step(_factors(cache), cache, w_hh), dhs, dstate_n, T,
-                                 truncate, 2 * GH + H, cache.batch_sizes)
+    out, dstate0 = compiled_or_loop(
+        OPS, lambda: _compiled_loop(cache, w_hh, dhs, dstate_n),  # the steps of _step, compiled
+        lambda: _step(_factors(cache), cache, w_hh), dhs, dstate_n, T, truncate, 2 * GH + H,
+        cache.batch_sizes)
     dz, dv, dk = out[..., :GH], out[..., GH:2 * GH], out[..., 2 * GH:]
 
     h_prev = shifted(cache.h0, cache.hs).mul_(cache.v_rstd)  # rstd_v h_{t-1}: dv_t = rstd_v dv
     dw_hh = matmul(dv.reshape(-1, GH).t(), h_prev.view(-1, H), cache.precision)
     grads = {"weight_hh": centred(dw_hh)}                # dW_hh = centred(sum dv_t^T h_{t-1}) (6)
-    work = torch.empty_like(cache.u_hat)                 # one (T, B, 4H) temporary for all
+    # the (T, B, 4H) temporaries below are made where dv was (spent by dW_hh), the (T, B, H)
+    # one where dz was: fresh large memory costs page faults, more than the arithmetic in it
+    work = dv
     grads["ln_weight_hh"] = gain_grad(dz, cache.v_hat, work)  # dg_hh = sum dz_t v^_t      (10)
     grads["ln_weight_ih"], du = gain_and_input_grads(
         dz, cache.u_hat, cache.u_rstd, cache.ln_weight_ih, work)  # dg_ih (10), du_t      (7)
     dx, dw_ih = project_inputs_backward(du, cache.x, centred(cache.weight_ih),
                                         need_dx, cache.precision)  # dx_t = du_t W~_ih   (8)
     grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum du_t^T x_t) (8)
-    grads["ln_weight_c"] = gain_grad(dk, cache.c_hat, torch.empty_like(cache.c_hat))  # (11)
-    if cache.has_ln_bias_c:
-        grads["ln_bias_c"] = dk.sum(dim=(0, 1))          # db_c = sum_t sum_b dk_t         (11)
     if cache.has_bias_ih or cache.has_bias_hh:
         db = dz.sum(dim=(0, 1))                          # db_ih = db_hh = sum_t sum_b dz_t (9)
         if cache.has_bias_ih:
             grads["bias_ih"] = db
         if cache.has_bias_hh:
             grads["bias_hh"] = db.clone() if cache.has_bias_ih else db
+    grads["ln_weight_c"] = gain_grad(dk, cache.c_hat, dz[..., :H])  # dg_c              (11)
+    if cache.has_ln_bias_c:
+        grads["ln_bias_c"] = dk.sum(dim=(0, 1))          # db_c = sum_t sum_b dk_t         (11)
     return dx, dstate0, grads
 
 
