@@ -90,8 +90,9 @@ typedef struct {
     const void *c0, *cs, *c_hat, *c_rstd, *tanh_k, *g_c;  /* lstm */
     const void *dhs;    /* (T, B, H) dL/dh_t, or NULL */
     void *out;          /* (T, B, out_ld) out: lstm [dz_t | dv_t / rstd_v | dk_t] (9H),
-                           gru [da_t | dv_t / rstd_v] (6H) */
+                           gru [da_t | dv_t / rstd_v] (6H); dv_t itself when dv_scaled */
     long out_ld;
+    int dv_scaled;
     void *carry_h;      /* (B, H) in: dL/dh_n; out: dL/dh_0 */
     void *carry_c;      /* lstm (B, H) in: dL/dc_n; out: dL/dc_0 */
 } LnBwdArgs;

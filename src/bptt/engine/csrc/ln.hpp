@@ -214,7 +214,8 @@ template <class T> struct LnBwd {
 };
 
 /* step 2i (t = T - 1 - i; i = T: t = -1): panel q of the product dv_{t+1} W~_hh (the rows of
- * out hold dv_{t+1} / rstd_v), into carry_h: dh_t = rstd_v dv_{t+1} W~_hh + carry_h + dL/dh_t */
+ * out hold dv_{t+1} / rstd_v, or dv_{t+1} when dv_scaled), into carry_h:
+ * dh_t = dv_{t+1} W~_hh + carry_h + dL/dh_t */
 template <class T, int CELL> static void lnb_product(const LnBwd<T> *ctx, int t, int q) {
     constexpr int NV = 2;
     typedef typename Vec<T>::v V;
@@ -235,7 +236,7 @@ template <class T, int CELL> static void lnb_product(const LnBwd<T> *ctx, int t,
         }
         for (int r = 0; r < mr; r++) {
             const long b = m0 + r;
-            const T rs = prod ? ((const T *)a->v_rstd)[(t + 1) * B + b] : (T)0;
+            const T rs = !prod ? (T)0 : a->dv_scaled ? (T)1 : ((const T *)a->v_rstd)[(t + 1) * B + b];
             for (int j = 0; j < w->U; j += L) {
                 const long u = (long)q * w->U + j;
                 const int n = imin(L, H - u);
@@ -335,8 +336,15 @@ template <class T, int CELL> static void lnb_row(const LnBwd<T> *ctx, int t, int
             store_n(ch + u, dh * uu, n);                // dh_{t-1} = dv_t W~_hh + dh_t * u_t
         }
     }
-    // dv_t = rstd_v (dv^ - v^_t mean(dv^ v^_t))  (kept without rstd_v)
+    // dv_t = rstd_v (dv^ - v^_t mean(dv^ v^_t))  (kept without rstd_v, unless dv_scaled)
     ln_scale_back<T>(dv, vh, GH);
+    if (a->dv_scaled) {
+        const T rv = ((const T *)a->v_rstd)[row];
+        for (long u = 0; u < GH; u += L) {
+            const int n = imin(L, GH - u);
+            store_n(dv + u, load_n<V>(dv + u, n) * rv, n);
+        }
+    }
     if (a->w->bf16) {
         uint16_t *d = ctx->db[t & 1] + b * ctx->ldb;
         for (long u = 0; u < GH; u += L) store_bf16_n(d + u, load_n<V>(dv + u, imin(L, GH - u)),

@@ -532,14 +532,14 @@ static PyObject *py_ln_forward(PyObject *, PyObject *args) {
 }
 
 /* ln_backward(cell, packed, T, B, gates, v, v_rstd, g_hh, h0, hs, s_n, c0, cs, c_hat, c_rstd,
- *             tanh_k, g_c, dhs, out, carry_h, carry_c, threads) */
+ *             tanh_k, g_c, dhs, out, carry_h, carry_c, dv_scaled, threads) */
 static PyObject *py_ln_backward(PyObject *, PyObject *args) {
-    int cell, T, B, threads;
+    int cell, T, B, dv_scaled, threads;
     PyObject *cap, *og, *ov, *ovr, *ogh, *oh0, *ohs, *osn, *oc0, *ocs, *och, *ocr, *otk, *ogc,
         *odhs, *oout, *ocah, *ocac;
-    if (!PyArg_ParseTuple(args, "iOiiOOOOOOOOOOOOOOOOOi", &cell, &cap, &T, &B, &og, &ov, &ovr,
+    if (!PyArg_ParseTuple(args, "iOiiOOOOOOOOOOOOOOOOOpi", &cell, &cap, &T, &B, &og, &ov, &ovr,
                           &ogh, &oh0, &ohs, &osn, &oc0, &ocs, &och, &ocr, &otk, &ogc, &odhs,
-                          &oout, &ocah, &ocac, &threads))
+                          &oout, &ocah, &ocac, &dv_scaled, &threads))
         return nullptr;
     const Packed *w = get_packed(cap);
     if (!w || !ln_cell_ok(cell, w, DIR_BACKWARD, T, B)) return nullptr;
@@ -566,8 +566,8 @@ static PyObject *py_ln_backward(PyObject *, PyObject *args) {
         || get_arr(ocac, "carry_c", dt, B, H, true, !lstm, &cac))
         return nullptr;
     LnBwdArgs a = {w, T, B, H, g.ptr, v.ptr, vr.ptr, gh.ptr, h0.ptr, hs.ptr, sn.ptr, c0.ptr,
-                   cs.ptr, ch.ptr, cr.ptr, tk.ptr, gc.ptr, dhs.ptr, out.ptr, W, cah.ptr,
-                   lstm ? cac.ptr : nullptr};
+                   cs.ptr, ch.ptr, cr.ptr, tk.ptr, gc.ptr, dhs.ptr, out.ptr, W, dv_scaled,
+                   cah.ptr, lstm ? cac.ptr : nullptr};
     Py_BEGIN_ALLOW_THREADS
     IMPL->ln_backward(cell, &a, threads, team_for(threads));
     Py_END_ALLOW_THREADS

@@ -293,8 +293,8 @@ def _compiled_loop(cache: Cache, w_hh: torch.Tensor, dhs: torch.Tensor | None,
         return None
     g, v, vr, g_hh, h0, hs, sn, w, outv, dhv, dhsv = views
     kernel.ln_backward(KIND, w, out=outv, carry_h=dhv, gates=g, v=v, v_rstd=vr, g_hh=g_hh,
-                       h0=h0, hs=hs, s_n=sn, dhs=dhsv, precision=cache.precision)
-    out[..., GH:].mul_(cache.v_rstd)                     # dv_t: the kernel keeps dv_t / rstd_v
+                       h0=h0, hs=hs, s_n=sn, dhs=dhsv, dv_scaled=True,
+                       precision=cache.precision)       # dv_t itself, as _step keeps it
     return out, (dh,)
 
 
