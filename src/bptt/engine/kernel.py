@@ -209,15 +209,19 @@ def ln_backward(kind: CellKind, weight_hh: np.ndarray, *, out: np.ndarray, carry
                 gates: np.ndarray, v: np.ndarray, v_rstd: np.ndarray, g_hh: np.ndarray,
                 h0=None, hs=None, s_n=None, c0=None, cs=None, c_hat=None, c_rstd=None,
                 tanh_k=None, g_c=None, dhs=None, carry_c=None, dv_scaled: bool = False,
-                precision: str = "fp32") -> None:
+                precision: str = "fp32", u_hat=None, u_rstd=None, g_ih=None,
+                sums=None) -> None:
     """The layer-normalised cells' backward loop over time without truncation (kernel.h,
     ``LnBwdArgs``): writes every step's row of ``out`` -- the LSTM's [dz_t | dv_t / rstd_v |
     dk_t] (9H), the GRU's [da_t | dv_t / rstd_v] (6H), as the Python step's (``dv_scaled``:
     dv_t itself, as the torch engine's GRU step keeps it); ``carry_h``
-    (``carry_c``) enter as dL/dh_n (dL/dc_n) and leave as dL/dh_0 (dL/dc_0)."""
+    (``carry_c``) enter as dL/dh_n (dL/dc_n) and leave as dL/dh_0 (dL/dc_0). With ``sums``
+    (the LSTM's 14H, the GRU's 12H; kernel.h) and ``u_hat``, ``u_rstd``, ``g_ih``, the rows
+    also do the input norm's backward (out's first G*H become du_t) and sum the gains' and
+    biases' gradients into ``sums``."""
     T, B = out.shape[:2]
     packed = pack(weight_hh, kind, BACKWARD, precision)
     _load().ln_backward(LN_CELL_CODES[kind.name], packed, T, B, _c(gates), _c(v), _c(v_rstd),
                         _c(g_hh), _c(h0), _c(hs), _c(s_n), _c(c0), _c(cs), _c(c_hat),
                         _c(c_rstd), _c(tanh_k), _c(g_c), _c(dhs), out, carry_h, carry_c,
-                        dv_scaled, threads())
+                        dv_scaled, threads(), _c(u_hat), _c(u_rstd), _c(g_ih), sums)

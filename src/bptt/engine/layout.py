@@ -287,3 +287,26 @@ def last_rows(a, batch_sizes: tuple[int, ...] | None, concat) -> object:
     pieces = [a[length - 1, r0:r1]                       # h_n[b] = h_{L_b - 1}[b]
               for length, r0, r1 in sequence_groups(batch_sizes)]
     return pieces[0] if len(pieces) == 1 else concat(pieces)
+
+
+def ln_sum_grads(kind: CellKind, sums, has_bias_ih: bool, has_bias_hh: bool,
+                 has_ln_bias_c: bool = False) -> dict:
+    """The gains' and biases' gradients of a layer-normalised cell as views of ``sums``, the
+    compiled backward's sums over all steps and rows (``kernel.h``, ``LnBwdArgs``): the LSTM's
+    [dg_hh | dg_ih | db | dg_c | db_c] (4H 4H 4H H H), the GRU's [dg_hh | dg_ih | db_ih |
+    db_hh] (3H each). Keys as the cells' ``backward`` gives them."""
+    G = kind.num_gates
+    H = sums.shape[0] // (14 if G == 4 else 12)
+    GH = G * H
+    grads = {"ln_weight_hh": sums[:GH], "ln_weight_ih": sums[GH:2 * GH]}
+    bias_ih, bias_hh = sums[2 * GH:3 * GH], sums[3 * GH:4 * GH]
+    if G == 4:                                           # one db for both biases
+        bias_hh = bias_ih * 1 if has_bias_ih else bias_ih  # (a copy, NumPy or torch)
+        grads["ln_weight_c"] = sums[3 * GH:3 * GH + H]
+        if has_ln_bias_c:
+            grads["ln_bias_c"] = sums[3 * GH + H:]
+    if has_bias_ih:
+        grads["bias_ih"] = bias_ih
+    if has_bias_hh:
+        grads["bias_hh"] = bias_hh
+    return grads

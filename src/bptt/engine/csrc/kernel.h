@@ -95,6 +95,10 @@ typedef struct {
     int dv_scaled;
     void *carry_h;      /* (B, H) in: dL/dh_n; out: dL/dh_0 */
     void *carry_c;      /* lstm (B, H) in: dL/dc_n; out: dL/dc_0 */
+    /* or all NULL: the input norm's backward and the gains' and biases' sums in the rows */
+    const void *u_hat, *u_rstd, *g_ih;  /* (T, B, G*H), (T, B), (G*H): out's first G*H -> du_t */
+    void *sums;         /* out: lstm [dg_hh | dg_ih | db | dg_c | db_c] (4H 4H 4H H H),
+                           gru [dg_hh | dg_ih | db_ih | db_hh] (3H each) */
 } LnBwdArgs;
 
 /* C (M, N) = A (M, K) B (K, N) [+ C]: element (m, k) of A at A[m * rsa + k * csa], (k, n) of

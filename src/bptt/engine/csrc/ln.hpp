@@ -211,6 +211,8 @@ template <class T> struct LnBwd {
     const LnBwdArgs *a;
     uint16_t *db[2];    // bf16: dv_t / rstd_v of step t in db[t & 1]
     long ldb;
+    T *acc;             // a->sums: per thread S wide (lnb_sums), ld apart, or NULL
+    long S, ld;
 };
 
 /* step 2i (t = T - 1 - i; i = T: t = -1): panel q of the product dv_{t+1} W~_hh (the rows of
@@ -262,9 +264,64 @@ template <class T> static inline void ln_scale_back(T *dy, const T *y, long n) {
     }
 }
 
+/* the sums over t and b of the gains' and biases' gradients, row `row`'s share into this
+ * thread's acc: lstm (10) dg_hh += dz_t v^_t, dg_ih += dz_t u^_t, (9) db += dz_t,
+ * (11) dg_c += dk_t c^_t, db_c += dk_t; gru dg_hh += ds_t v^_t, dg_ih += da_t u^_t,
+ * db_ih += da_t, db_hh += ds_t (ds_t = [da^r_t | da^z_t | da^n_t r_t]) */
+template <class T, int CELL>
+static inline void lnb_sums(const LnBwd<T> *ctx, long row, const T *dz, int tid) {
+    typedef typename Vec<T>::v V;
+    const int L = Vec<T>::L;
+    const LnBwdArgs *a = ctx->a;
+    const long H = a->H, GH = (long)ctx->w->G * H;
+    T *acc = ctx->acc + tid * ctx->ld;
+    const T *vh = (const T *)a->v + row * GH, *uh = (const T *)a->u_hat + row * GH;
+    const T *r = (const T *)a->gates + row * GH;   // gru: r_t
+    for (int g = 0; g < ctx->w->G; g++)
+        for (long u = 0; u < H; u += L) {
+            const int n = imin(L, H - u);
+            const long o = g * H + u;
+            V d = load_n<V>(dz + o, n), s = d;
+            if (CELL == CELL_GRU && g == 2) s = d * load_n<V>(r + u, n);
+            store_n(acc + o, load_n<V>(acc + o, n) + s * load_n<V>(vh + o, n), n);
+            store_n(acc + GH + o, load_n<V>(acc + GH + o, n) + d * load_n<V>(uh + o, n), n);
+            store_n(acc + 2 * GH + o, load_n<V>(acc + 2 * GH + o, n) + d, n);
+            if (CELL == CELL_GRU) store_n(acc + 3 * GH + o, load_n<V>(acc + 3 * GH + o, n) + s, n);
+        }
+    if constexpr (CELL == CELL_LSTM) {
+        const T *dk = dz + 2 * GH, *chat = (const T *)a->c_hat + row * H;
+        T *ac = acc + 3 * GH;
+        for (long u = 0; u < H; u += L) {
+            const int n = imin(L, H - u);
+            V d = load_n<V>(dk + u, n);
+            store_n(ac + u, load_n<V>(ac + u, n) + d * load_n<V>(chat + u, n), n);
+            store_n(ac + H + u, load_n<V>(ac + H + u, n) + d, n);
+        }
+    }
+}
+
+/* dz_t -> du_t in place, n wide: du_t = rstd_u (du^ - u^_t mean(du^ u^_t)), du^ = dz_t g_ih
+ * (lstm (7); gru (6), with da_t) */
+template <class T>
+static inline void lnb_input(T *dz, const T *uh, const T *gi, T rstd, long n) {
+    typedef typename Vec<T>::v V;
+    const int L = Vec<T>::L;
+    V acc = (V){};
+    for (long i = 0; i < n; i += L) {
+        const int k = imin(L, n - i);
+        acc += load_n<V>(dz + i, k) * load_n<V>(gi + i, k) * load_n<V>(uh + i, k);
+    }
+    const T m = hsum<T>(acc) / (T)n;                   // mean(du^ u^_t)
+    for (long i = 0; i < n; i += L) {
+        const int k = imin(L, n - i);
+        V du = load_n<V>(dz + i, k) * load_n<V>(gi + i, k);
+        store_n(dz + i, rstd * (du - load_n<V>(uh + i, k) * m), k);
+    }
+}
+
 /* step 2i + 1: row b of step t = T - 1 - i. carry_h holds dh_t and leaves as what reaches
  * h_{t-1} besides the next product (the GRU's dh_t * u_t); carry_c: dc_{t+1} f_{t+1} -> dc_t f_t */
-template <class T, int CELL> static void lnb_row(const LnBwd<T> *ctx, int t, int b) {
+template <class T, int CELL> static void lnb_row(const LnBwd<T> *ctx, int t, int b, int tid) {
     typedef typename Vec<T>::v V;
     const int L = Vec<T>::L;
     const LnBwdArgs *a = ctx->a;
@@ -336,6 +393,11 @@ template <class T, int CELL> static void lnb_row(const LnBwd<T> *ctx, int t, int
             store_n(ch + u, dh * uu, n);                // dh_{t-1} = dv_t W~_hh + dh_t * u_t
         }
     }
+    if (ctx->acc) {                                     // the sums, then dz_t -> du_t
+        lnb_sums<T, CELL>(ctx, row, dz, tid);
+        lnb_input<T>(dz, (const T *)a->u_hat + row * GH, (const T *)a->g_ih,
+                     ((const T *)a->u_rstd)[row], GH);
+    }
     // dv_t = rstd_v (dv^ - v^_t mean(dv^ v^_t))  (kept without rstd_v, unless dv_scaled)
     ln_scale_back<T>(dv, vh, GH);
     if (a->dv_scaled) {
@@ -357,20 +419,37 @@ template <class T> static int lnb_chunks(void *vctx, int step) {
     return step % 2 == 0 ? ctx->w->npanels : ctx->a->B;
 }
 
-template <class T, int CELL> static void lnb_work(void *vctx, int step, int chunk, int) {
+template <class T, int CELL> static void lnb_work(void *vctx, int step, int chunk, int tid) {
     const LnBwd<T> *ctx = (const LnBwd<T> *)vctx;
     const int t = ctx->a->T - 1 - step / 2;
     if (step % 2 == 0) lnb_product<T, CELL>(ctx, t, chunk);
-    else lnb_row<T, CELL>(ctx, t, chunk);
+    else lnb_row<T, CELL>(ctx, t, chunk, tid);
+}
+
+/* acc: n threads' sums, zeroed (alloc64), 14H (lstm) or 12H (gru) each, rounded up to 64
+ * values apart; 0 on success */
+template <class T, int CELL> static int ln_sums_alloc(LnBwd<T> *ctx, int n) {
+    ctx->S = CELL == CELL_LSTM ? 14L * ctx->a->H : 12L * ctx->a->H;
+    ctx->ld = (ctx->S + 63) / 64 * 64;
+    ctx->acc = (T *)alloc64((size_t)n * ctx->ld * sizeof(T));
+    return ctx->acc ? 0 : -1;
 }
 
 template <class T, int CELL>
 static void ln_backward_t(const LnBwdArgs *a, int nth, const TeamOps *team) {
-    LnBwd<T> ctx = {a->w, a, {0, 0}, a->w->Kp};
+    LnBwd<T> ctx = {a->w, a, {0, 0}, a->w->Kp, nullptr, 0, 0};
     const Packed *w = a->w;
     if (w->bf16 && ln_bf16_rows<T>(ctx.db, a->B, ctx.ldb, (const T *)nullptr, a->H)) return;
     int n = useful_threads(nth, 2.0 * a->B * w->K * w->H, w->npanels);
+    n = n < 1 ? 1 : (n > MAXT ? MAXT : n);            // as sched_run: tid < n
+    if (a->sums && ln_sums_alloc<T, CELL>(&ctx, n)) { free(ctx.db[0]); return; }
     sched_run(n, 2 * a->T + 1, lnb_chunks<T>, lnb_work<T, CELL>, &ctx, team);
+    for (long i = 0; ctx.acc && i < ctx.S; i++) {     // the threads' sums, added
+        T s = 0;
+        for (int k = 0; k < n; k++) s += ctx.acc[k * ctx.ld + i];
+        ((T *)a->sums)[i] = s;
+    }
+    free(ctx.acc);
     free(ctx.db[0]);
 }
 

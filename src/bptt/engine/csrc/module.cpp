@@ -532,14 +532,17 @@ static PyObject *py_ln_forward(PyObject *, PyObject *args) {
 }
 
 /* ln_backward(cell, packed, T, B, gates, v, v_rstd, g_hh, h0, hs, s_n, c0, cs, c_hat, c_rstd,
- *             tanh_k, g_c, dhs, out, carry_h, carry_c, dv_scaled, threads) */
+ *             tanh_k, g_c, dhs, out, carry_h, carry_c, dv_scaled, threads
+ *             [, u_hat, u_rstd, g_ih, sums]) */
 static PyObject *py_ln_backward(PyObject *, PyObject *args) {
     int cell, T, B, dv_scaled, threads;
     PyObject *cap, *og, *ov, *ovr, *ogh, *oh0, *ohs, *osn, *oc0, *ocs, *och, *ocr, *otk, *ogc,
-        *odhs, *oout, *ocah, *ocac;
-    if (!PyArg_ParseTuple(args, "iOiiOOOOOOOOOOOOOOOOOpi", &cell, &cap, &T, &B, &og, &ov, &ovr,
-                          &ogh, &oh0, &ohs, &osn, &oc0, &ocs, &och, &ocr, &otk, &ogc, &odhs,
-                          &oout, &ocah, &ocac, &dv_scaled, &threads))
+        *odhs, *oout, *ocah, *ocac, *ouh = Py_None, *our = Py_None, *ogi = Py_None,
+        *osum = Py_None;
+    if (!PyArg_ParseTuple(args, "iOiiOOOOOOOOOOOOOOOOOpi|OOOO", &cell, &cap, &T, &B, &og, &ov,
+                          &ovr, &ogh, &oh0, &ohs, &osn, &oc0, &ocs, &och, &ocr, &otk, &ogc,
+                          &odhs, &oout, &ocah, &ocac, &dv_scaled, &threads, &ouh, &our, &ogi,
+                          &osum))
         return nullptr;
     const Packed *w = get_packed(cap);
     if (!w || !ln_cell_ok(cell, w, DIR_BACKWARD, T, B)) return nullptr;
@@ -565,9 +568,17 @@ static PyObject *py_ln_backward(PyObject *, PyObject *args) {
         || get_arr(ocah, "carry_h", dt, B, H, true, false, &cah)
         || get_arr(ocac, "carry_c", dt, B, H, true, !lstm, &cac))
         return nullptr;
+    const bool fused = osum != Py_None;                // the sums and du_t in the rows
+    Arr uh, ur, gi, sums;
+    if (get_arr(ouh, "u_hat", dt, TB, GH, false, !fused, &uh)
+        || get_arr(our, "u_rstd", dt, TB, 1, false, !fused, &ur)
+        || get_arr(ogi, "g_ih", dt, 1, GH, false, !fused, &gi)
+        || get_arr(osum, "sums", dt, 1, lstm ? 14L * H : 12L * H, true, true, &sums))
+        return nullptr;
     LnBwdArgs a = {w, T, B, H, g.ptr, v.ptr, vr.ptr, gh.ptr, h0.ptr, hs.ptr, sn.ptr, c0.ptr,
                    cs.ptr, ch.ptr, cr.ptr, tk.ptr, gc.ptr, dhs.ptr, out.ptr, W, dv_scaled,
-                   cah.ptr, lstm ? cac.ptr : nullptr};
+                   cah.ptr, lstm ? cac.ptr : nullptr, fused ? uh.ptr : nullptr,
+                   fused ? ur.ptr : nullptr, fused ? gi.ptr : nullptr, sums.ptr};
     Py_BEGIN_ALLOW_THREADS
     IMPL->ln_backward(cell, &a, threads, team_for(threads));
     Py_END_ALLOW_THREADS

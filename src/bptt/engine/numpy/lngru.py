@@ -57,7 +57,7 @@ import numpy as np
 
 from ...cells import LNGRU as KIND
 from .. import kernel
-from ..layout import check_gate_weights, check_own_params
+from ..layout import check_gate_weights, check_own_params, ln_sum_grads
 from ..products import bf16_round, matmul
 from ..recursion import compiled_or_loop
 from .common import (
@@ -224,16 +224,33 @@ def backward(
     dtype = gates.dtype
     dstate_n = check_state_parts(KIND, dstate_n, B, H, dtype, names="d{}_n")
     dhs = upstream_array(dhs, T, B, H, dtype)           # a head's lazy gradient, all rows
+    fused: list = []                                     # the kernel's sums, when it ran
     out, dstate0 = compiled_or_loop(
-        OPS, lambda: _compiled_loop(cache, dhs, dstate_n),  # the steps of _step, compiled
+        OPS, lambda: _compiled_loop(cache, dhs, dstate_n, fused),  # the steps of _step, compiled
         lambda: _step(_factors(cache), cache), dhs, dstate_n, T, truncate, 2 * GH)
     da, dv = out[..., :GH], out[..., GH:]
-    ds = da.copy()
-    ds[..., 2 * H:] *= gates[..., :H]                    # ds_t = [da^r_t | da^z_t | da^n_t r_t]
-
-    h_prev = cache.h_buf[:-1] * cache.v_rstd             # rstd_v h_{t-1}: dv_t = rstd_v * dv
+    # dv_t itself where the kernel's rows did (5)'s sums, (6) and (8) (da became du_t), else
+    # dv_t / rstd_v
+    h_prev = cache.h_buf[:-1] if fused else cache.h_buf[:-1] * cache.v_rstd
     # dW_hh = centred(sum_t dv_t^T h_{t-1})
     grads = {"weight_hh": centred(prev_weight_grad(dv, h_prev, cache.precision))}
+    if fused:
+        grads.update(ln_sum_grads(KIND, fused[0], cache.has_bias_ih, cache.has_bias_hh))
+        du = da
+    else:
+        du = _sums_and_du(cache, da, dv, grads)
+    dx, dw_ih = project_inputs_backward(du, cache.x, cache.w_ih, need_dx,
+                                        cache.precision)  # dx_t = du_t W~_ih
+    grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum_t du_t^T x_t)
+    return dx, dstate0, grads
+
+
+def _sums_and_du(cache: Cache, da: np.ndarray, dv: np.ndarray, grads: dict) -> np.ndarray:
+    """The gains' and biases' gradients into ``grads`` and du_t after the Python loop; return
+    du_t, made where dv was (spent by dW_hh; da becomes du^)."""
+    H = da.shape[-1] // GATES
+    ds = da.copy()
+    ds[..., 2 * H:] *= cache.gates[..., :H]              # ds_t = [da^r_t | da^z_t | da^n_t r_t]
     grads["ln_weight_hh"] = column_dot(ds, cache.v_hat)  # dg_hh = sum_t sum_b ds_t v^_t
     if cache.has_bias_ih:
         grads["bias_ih"] = da.sum(axis=(0, 1))           # db_ih = sum_t sum_b da_t
@@ -241,29 +258,31 @@ def backward(
         grads["bias_hh"] = ds.sum(axis=(0, 1))           # db_hh = sum_t sum_b ds_t
     # dg_ih = sum_t sum_b da_t u^_t
     # du_t = rstd_u (du^ - u^_t mean(du^ u^_t)),  du^ = da_t g_ih
-    # (both made where dv was, spent by dW_hh; da becomes du^)
     grads["ln_weight_ih"], du = gain_and_input_grads_(da, cache.u_hat, cache.u_rstd,
                                                       cache.ln_weight_ih, dv)
-    dx, dw_ih = project_inputs_backward(du, cache.x, cache.w_ih, need_dx,
-                                        cache.precision)  # dx_t = du_t W~_ih
-    grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum_t du_t^T x_t)
-    return dx, dstate0, grads
+    return du
 
 
-def _compiled_loop(cache: Cache, dhs: np.ndarray | None, dstate_n: tuple) -> tuple | None:
+def _compiled_loop(cache: Cache, dhs: np.ndarray | None, dstate_n: tuple,
+                   fused: list) -> tuple | None:
     """The backward recursion without truncation in the compiled kernel: ``(out (T, B, 6H),
     (dh0,))`` as :func:`bptt.engine.recursion.bptt_loop` gives them from :func:`_step`, or None
-    where the kernel does not compute on these arrays."""
+    where the kernel does not compute on these arrays. Its rows also do the gains' and
+    biases' sums and du_t and keep dv_t itself: out's da becomes du_t and ``fused`` gets the
+    sums (12H,)."""
     if not kernel.covers(cache.gates, cache.h_buf, cache.w_hh, cache.ln_weight_hh, *dstate_n,
                          *([] if dhs is None else [dhs]), precision=cache.precision):
         return None
     T, B, GH = cache.gates.shape
     out = np.empty((T, B, 2 * GH), dtype=cache.gates.dtype)
     dh = np.array(dstate_n[0], dtype=out.dtype)         # in: dL/dh_n; out: dL/dh_0
+    sums = np.empty(12 * (GH // GATES), dtype=out.dtype)
     kernel.ln_backward(KIND, cache.w_hh, out=out, carry_h=dh, gates=cache.gates,
                        v=cache.v_hat, v_rstd=cache.v_rstd, g_hh=cache.ln_weight_hh,
                        h0=cache.h_buf[0], hs=cache.h_buf[1:], s_n=cache.s_n, dhs=dhs,
-                       precision=cache.precision)
+                       dv_scaled=True, precision=cache.precision, u_hat=cache.u_hat,
+                       u_rstd=cache.u_rstd, g_ih=cache.ln_weight_ih, sums=sums)
+    fused.append(sums)
     return out, (dh,)
 
 

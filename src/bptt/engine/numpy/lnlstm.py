@@ -63,7 +63,7 @@ import numpy as np
 
 from ...cells import LNLSTM as KIND
 from .. import kernel
-from ..layout import check_gate_weights, check_own_params, sum_biases
+from ..layout import check_gate_weights, check_own_params, ln_sum_grads, sum_biases
 from ..products import bf16_round, matmul
 from ..recursion import compiled_or_loop
 from .common import (
@@ -257,14 +257,31 @@ def backward(
     dtype = cache.gates.dtype
     dstate_n = check_state_parts(KIND, dstate_n, B, H, dtype, names="d{}_n")
     dhs = upstream_array(dhs, T, B, H, dtype)           # a head's lazy gradient, all rows
+    fused: list = []                                     # the kernel's sums, when it ran
     out, dstate0 = compiled_or_loop(
-        OPS, lambda: _compiled_loop(cache, dhs, dstate_n),  # the steps of _step, compiled
+        OPS, lambda: _compiled_loop(cache, dhs, dstate_n, fused),  # the steps of _step, compiled
         lambda: _step(_factors(cache), cache), dhs, dstate_n, T, truncate, 2 * GH + H)
     dz, dv, dk = out[..., :GH], out[..., GH:2 * GH], out[..., 2 * GH:]
-
-    h_prev = cache.h_buf[:-1] * cache.v_rstd             # rstd_v h_{t-1}: dv_t = rstd_v * dv
+    # dv_t itself where the kernel's rows did (7), (9)-(11) (dz became du_t), else dv_t / rstd_v
+    h_prev = cache.h_buf[:-1] if fused else cache.h_buf[:-1] * cache.v_rstd
     # dW_hh = centred(sum_t dv_t^T h_{t-1})
     grads = {"weight_hh": centred(prev_weight_grad(dv, h_prev, cache.precision))}
+    if fused:
+        grads.update(ln_sum_grads(KIND, fused[0], cache.has_bias_ih, cache.has_bias_hh,
+                                  cache.has_ln_bias_c))
+        du = dz
+    else:
+        du = _sums_and_du(cache, dz, dv, dk, grads)
+    dx, dw_ih = project_inputs_backward(du, cache.x, cache.w_ih, need_dx,
+                                        cache.precision)  # dx_t = du_t W~_ih
+    grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum_t du_t^T x_t)
+    return dx, dstate0, grads
+
+
+def _sums_and_du(cache: Cache, dz: np.ndarray, dv: np.ndarray, dk: np.ndarray,
+                 grads: dict) -> np.ndarray:
+    """(9)-(11) into ``grads`` and (7) after the Python loop; return du_t, made where dv was
+    (spent by dW_hh; dz becomes du^)."""
     if cache.has_bias_ih or cache.has_bias_hh:
         db = dz.sum(axis=(0, 1))                         # db_ih = db_hh = sum_t sum_b dz_t
         if cache.has_bias_ih:
@@ -272,36 +289,37 @@ def backward(
         if cache.has_bias_hh:
             grads["bias_hh"] = db.copy() if cache.has_bias_ih else db
     grads["ln_weight_hh"] = column_dot(dz, cache.v_hat)  # dg_hh = sum_t sum_b dz_t v^_t
-    # dg_ih = sum_t sum_b dz_t u^_t
-    # du_t = rstd_u (du^ - u^_t mean(du^ u^_t)),  du^ = dz_t g_ih
-    # (both made where dv was, spent by dW_hh; dz becomes du^)
-    grads["ln_weight_ih"], du = gain_and_input_grads_(dz, cache.u_hat, cache.u_rstd,
-                                                      cache.ln_weight_ih, dv)
-    dx, dw_ih = project_inputs_backward(du, cache.x, cache.w_ih, need_dx,
-                                        cache.precision)  # dx_t = du_t W~_ih
-    grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum_t du_t^T x_t)
     grads["ln_weight_c"] = column_dot(dk, cache.c_hat)  # dg_c = sum_t sum_b dk_t c^_t
     if cache.has_ln_bias_c:
         grads["ln_bias_c"] = dk.sum(axis=(0, 1))         # db_c = sum_t sum_b dk_t
-    return dx, dstate0, grads
+    # dg_ih = sum_t sum_b dz_t u^_t
+    # du_t = rstd_u (du^ - u^_t mean(du^ u^_t)),  du^ = dz_t g_ih
+    grads["ln_weight_ih"], du = gain_and_input_grads_(dz, cache.u_hat, cache.u_rstd,
+                                                      cache.ln_weight_ih, dv)
+    return du
 
 
-def _compiled_loop(cache: Cache, dhs: np.ndarray | None, dstate_n: tuple) -> tuple | None:
+def _compiled_loop(cache: Cache, dhs: np.ndarray | None, dstate_n: tuple,
+                   fused: list) -> tuple | None:
     """The backward recursion without truncation in the compiled kernel: ``(out (T, B, 9H),
     (dh0, dc0))`` as :func:`bptt.engine.recursion.bptt_loop` gives them from :func:`_step`, or
-    None where the kernel does not compute on these arrays."""
-    own = [cache.ln_weight_hh, cache.ln_weight_c]
+    None where the kernel does not compute on these arrays. Its rows also do (7) and (9)-(11)
+    and keep dv_t itself: out's dz becomes du_t and ``fused`` gets the sums (14H,)."""
+    own = [cache.ln_weight_hh, cache.ln_weight_c, cache.ln_weight_ih]
     if not kernel.covers(cache.gates, cache.h_buf, cache.c_buf, cache.w_hh, *own, *dstate_n,
                          *([] if dhs is None else [dhs]), precision=cache.precision):
         return None
     T, B, GH = cache.gates.shape
     out = np.empty((T, B, 2 * GH + GH // GATES), dtype=cache.gates.dtype)
     dh, dc = (np.array(d, dtype=out.dtype) for d in dstate_n)  # in: dL/d(h_n, c_n); out: h0, c0
+    sums = np.empty(14 * (GH // GATES), dtype=out.dtype)
     kernel.ln_backward(KIND, cache.w_hh, out=out, carry_h=dh, carry_c=dc, gates=cache.gates,
                        v=cache.v_hat, v_rstd=cache.v_rstd, g_hh=cache.ln_weight_hh,
                        c0=cache.c_buf[0], cs=cache.c_buf[1:], c_hat=cache.c_hat,
                        c_rstd=cache.c_rstd, tanh_k=cache.tanh_k, g_c=cache.ln_weight_c, dhs=dhs,
-                       precision=cache.precision)
+                       dv_scaled=True, precision=cache.precision, u_hat=cache.u_hat,
+                       u_rstd=cache.u_rstd, g_ih=cache.ln_weight_ih, sums=sums)
+    fused.append(sums)
     return out, (dh, dc)
 
 

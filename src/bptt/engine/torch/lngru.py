@@ -52,7 +52,14 @@ import torch
 
 from ...cells import LNGRU as KIND
 from .. import kernel
-from ..layout import check_batch_sizes, check_gate_weights, check_own_params, per_step, prev_rows
+from ..layout import (
+    check_batch_sizes,
+    check_gate_weights,
+    check_own_params,
+    ln_sum_grads,
+    per_step,
+    prev_rows,
+)
 from ..recursion import compiled_or_loop
 from .common import (
     OPS,
@@ -248,53 +255,71 @@ def backward(
     layer has). ``truncate=k`` lets the loss at step t reach back through at most k recurrent
     steps.
     """
-    gates, hs, h0 = cache.gates, cache.hs, cache.h0
+    hs, h0 = cache.hs, cache.h0
     T, B, H = hs.shape
     GH = GATES * H
     w_hh = centred(cache.weight_hh)                      # W~_hh
     dstate_n = check_state_parts(KIND, dstate_n, B, h0, names="d{}_n")
+    fused: list = []                                     # the kernel's sums, when it ran
     out, dstate0 = compiled_or_loop(
-        OPS, lambda: _compiled_loop(cache, w_hh, dhs, dstate_n),  # the steps of _step, compiled
+        OPS, lambda: _compiled_loop(cache, w_hh, dhs, dstate_n, fused),  # _step, compiled
         lambda: _step(_factors(cache), w_hh, cache.batch_sizes, low_dtype(cache.precision)),
         dhs, dstate_n, T, truncate, 2 * GH, cache.batch_sizes)
     da, dv = out[..., :GH], out[..., GH:]
-    ds = da.clone()
-    ds[..., 2 * H:].mul_(gates[..., :H])                 # ds_t = [da^r | da^z | da^n r_t]  (2)
 
     dw_hh = matmul(dv.reshape(-1, GH).t(), shifted(h0, hs).view(-1, H), cache.precision)
     grads = {"weight_hh": centred(dw_hh)}                # dW_hh = centred(sum dv_t^T h_{t-1}) (5)
-    work = dv                 # the (T, B, 3H) temporaries where dv was, spent by dW_hh
-    grads["ln_weight_hh"] = gain_grad(ds, cache.v_hat, work)  # dg_hh = sum ds_t v^_t      (5)
-    grads["ln_weight_ih"], du = gain_and_input_grads(
-        da, cache.u_hat, cache.u_rstd, cache.ln_weight_ih, work)  # dg_ih (8), du_t       (6)
+    if fused:   # the kernel's rows did dg_hh, db_hh (5), du_t (6), dg_ih, db_ih (8): da -> du_t
+        grads.update(ln_sum_grads(KIND, fused[0], cache.has_bias_ih, cache.has_bias_hh))
+        du = da
+    else:
+        du = _sums_and_du(cache, da, dv, grads)
     dx, dw_ih = project_inputs_backward(du, cache.x, centred(cache.weight_ih),
                                         need_dx, cache.precision)  # dx_t = du_t W~_ih   (7)
     grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum du_t^T x_t) (7)
+    return dx, dstate0, grads
+
+
+def _sums_and_du(cache: Cache, da: torch.Tensor, dv: torch.Tensor, grads: dict) -> torch.Tensor:
+    """The gains' and biases' gradients into ``grads`` and du_t after the Python loop; return
+    du_t. The (T, B, 3H) temporaries are made where dv was, spent by dW_hh."""
+    H = da.shape[-1] // GATES
+    ds = da.clone()
+    ds[..., 2 * H:].mul_(cache.gates[..., :H])           # ds_t = [da^r | da^z | da^n r_t]  (2)
+    work = dv
+    grads["ln_weight_hh"] = gain_grad(ds, cache.v_hat, work)  # dg_hh = sum ds_t v^_t      (5)
+    grads["ln_weight_ih"], du = gain_and_input_grads(
+        da, cache.u_hat, cache.u_rstd, cache.ln_weight_ih, work)  # dg_ih (8), du_t       (6)
     if cache.has_bias_ih:
         grads["bias_ih"] = da.sum(dim=(0, 1))            # db_ih = sum_t sum_b da_t        (8)
     if cache.has_bias_hh:
         grads["bias_hh"] = ds.sum(dim=(0, 1))            # db_hh = sum_t sum_b ds_t        (5)
-    return dx, dstate0, grads
+    return du
 
 
 def _compiled_loop(cache: Cache, w_hh: torch.Tensor, dhs: torch.Tensor | None,
-                   dstate_n: tuple) -> tuple | None:
+                   dstate_n: tuple, fused: list) -> tuple | None:
     """The backward recursion without truncation in the compiled kernel: ``(out (T, B, 6H),
     (dh0,))`` as :func:`bptt.engine.recursion.bptt_loop` gives them from :func:`_step` ([da_t |
-    dv_t]), or None where the kernel does not compute on these tensors."""
+    dv_t]), or None where the kernel does not compute on these tensors. Its rows also do the
+    gains' and biases' sums and du_t: out's da becomes du_t and ``fused`` gets the sums (12H,)."""
     T, B, GH = cache.gates.shape
     out = cache.gates.new_empty((T, B, 2 * GH))
+    sums = out.new_empty(12 * (GH // GATES))
     dh = dstate_n[0].detach().to(out.dtype, copy=True).contiguous()
     views = kernel_views(cache.gates, cache.v_hat, cache.v_rstd, cache.ln_weight_hh,
                          cache.h0.contiguous(), cache.hs, cache.s_n.contiguous(),
                          w_hh.contiguous(), out, dh, None if dhs is None else dhs.contiguous(),
-                         precision=cache.precision)
+                         cache.u_hat.contiguous(), cache.u_rstd.contiguous(),
+                         cache.ln_weight_ih.contiguous(), sums, precision=cache.precision)
     if views is None:
         return None
-    g, v, vr, g_hh, h0, hs, sn, w, outv, dhv, dhsv = views
+    g, v, vr, g_hh, h0, hs, sn, w, outv, dhv, dhsv, uh, ur, g_ih, sv = views
     kernel.ln_backward(KIND, w, out=outv, carry_h=dhv, gates=g, v=v, v_rstd=vr, g_hh=g_hh,
                        h0=h0, hs=hs, s_n=sn, dhs=dhsv, dv_scaled=True,
-                       precision=cache.precision)       # dv_t itself, as _step keeps it
+                       precision=cache.precision,  # dv_t itself, as _step keeps it
+                       u_hat=uh, u_rstd=ur, g_ih=g_ih, sums=sv)
+    fused.append(sums)
     return out, (dh,)
 
 

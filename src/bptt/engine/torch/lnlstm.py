@@ -62,6 +62,7 @@ from ..layout import (
     check_batch_sizes,
     check_gate_weights,
     check_own_params,
+    ln_sum_grads,
     per_step,
     prev_rows,
     sum_biases,
@@ -280,24 +281,40 @@ def backward(
     GH = GATES * H
     w_hh = centred(cache.weight_hh)                      # W~_hh
     dstate_n = check_state_parts(KIND, dstate_n, B, cache.h0, names="d{}_n")
+    fused: list = []                                     # the kernel's sums, when it ran
     out, dstate0 = compiled_or_loop(
-        OPS, lambda: _compiled_loop(cache, w_hh, dhs, dstate_n),  # the steps of _step, compiled
+        OPS, lambda: _compiled_loop(cache, w_hh, dhs, dstate_n, fused),  # _step, compiled
         lambda: _step(_factors(cache), cache, w_hh), dhs, dstate_n, T, truncate, 2 * GH + H,
         cache.batch_sizes)
     dz, dv, dk = out[..., :GH], out[..., GH:2 * GH], out[..., 2 * GH:]
 
-    h_prev = shifted(cache.h0, cache.hs).mul_(cache.v_rstd)  # rstd_v h_{t-1}: dv_t = rstd_v dv
+    h_prev = shifted(cache.h0, cache.hs)                 # h_{t-1}
+    if not fused:
+        h_prev.mul_(cache.v_rstd)                        # rstd_v h_{t-1}: dv_t = rstd_v dv
     dw_hh = matmul(dv.reshape(-1, GH).t(), h_prev.view(-1, H), cache.precision)
     grads = {"weight_hh": centred(dw_hh)}                # dW_hh = centred(sum dv_t^T h_{t-1}) (6)
-    # the (T, B, 4H) temporaries below are made where dv was (spent by dW_hh), the (T, B, H)
-    # one where dz was: fresh large memory costs page faults, more than the arithmetic in it
+    if fused:   # the kernel's rows did (7), (9)-(11): dz became du_t, dv is dv_t itself
+        grads.update(ln_sum_grads(KIND, fused[0], cache.has_bias_ih, cache.has_bias_hh,
+                                  cache.has_ln_bias_c))
+        du = dz
+    else:
+        du = _sums_and_du(cache, dz, dv, dk, grads)
+    dx, dw_ih = project_inputs_backward(du, cache.x, centred(cache.weight_ih),
+                                        need_dx, cache.precision)  # dx_t = du_t W~_ih   (8)
+    grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum du_t^T x_t) (8)
+    return dx, dstate0, grads
+
+
+def _sums_and_du(cache: Cache, dz: torch.Tensor, dv: torch.Tensor, dk: torch.Tensor,
+                 grads: dict) -> torch.Tensor:
+    """(9)-(11) into ``grads`` and (7) after the Python loop; return du_t. The (T, B, 4H)
+    temporaries are made where dv was (spent by dW_hh), the (T, B, H) one where dz was: fresh
+    large memory costs page faults, more than the arithmetic in it."""
+    H = dk.shape[-1]
     work = dv
     grads["ln_weight_hh"] = gain_grad(dz, cache.v_hat, work)  # dg_hh = sum dz_t v^_t      (10)
     grads["ln_weight_ih"], du = gain_and_input_grads(
         dz, cache.u_hat, cache.u_rstd, cache.ln_weight_ih, work)  # dg_ih (10), du_t      (7)
-    dx, dw_ih = project_inputs_backward(du, cache.x, centred(cache.weight_ih),
-                                        need_dx, cache.precision)  # dx_t = du_t W~_ih   (8)
-    grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum du_t^T x_t) (8)
     if cache.has_bias_ih or cache.has_bias_hh:
         db = dz.sum(dim=(0, 1))                          # db_ih = db_hh = sum_t sum_b dz_t (9)
         if cache.has_bias_ih:
@@ -307,27 +324,33 @@ def backward(
     grads["ln_weight_c"] = gain_grad(dk, cache.c_hat, dz[..., :H])  # dg_c              (11)
     if cache.has_ln_bias_c:
         grads["ln_bias_c"] = dk.sum(dim=(0, 1))          # db_c = sum_t sum_b dk_t         (11)
-    return dx, dstate0, grads
+    return du
 
 
 def _compiled_loop(cache: Cache, w_hh: torch.Tensor, dhs: torch.Tensor | None,
-                   dstate_n: tuple) -> tuple | None:
+                   dstate_n: tuple, fused: list) -> tuple | None:
     """The backward recursion without truncation in the compiled kernel: ``(out (T, B, 9H),
     (dh0, dc0))`` as :func:`bptt.engine.recursion.bptt_loop` gives them from :func:`_step`, or
-    None where the kernel does not compute on these tensors."""
+    None where the kernel does not compute on these tensors. Its rows also do (7) and
+    (9)-(11) and keep dv_t itself: out's dz becomes du_t and ``fused`` gets the sums (14H,)."""
     T, B, GH = cache.gates.shape
     out = cache.gates.new_empty((T, B, 2 * GH + GH // GATES))
+    sums = out.new_empty(14 * (GH // GATES))
     dh, dc = (d.detach().to(out.dtype, copy=True).contiguous() for d in dstate_n)
     views = kernel_views(cache.gates, cache.v_hat, cache.v_rstd, cache.ln_weight_hh,
                          cache.c0.contiguous(), cache.cs, cache.c_hat, cache.c_rstd,
                          cache.tanh_k, cache.ln_weight_c, w_hh.contiguous(), out, dh, dc,
-                         None if dhs is None else dhs.contiguous(), precision=cache.precision)
+                         None if dhs is None else dhs.contiguous(), cache.u_hat.contiguous(),
+                         cache.u_rstd.contiguous(), cache.ln_weight_ih.contiguous(), sums,
+                         precision=cache.precision)
     if views is None:
         return None
-    g, v, vr, g_hh, c0, cs, ch, cr, tk, g_c, w, outv, dhv, dcv, dhsv = views
+    g, v, vr, g_hh, c0, cs, ch, cr, tk, g_c, w, outv, dhv, dcv, dhsv, uh, ur, g_ih, sv = views
     kernel.ln_backward(KIND, w, out=outv, carry_h=dhv, carry_c=dcv, gates=g, v=v, v_rstd=vr,
                        g_hh=g_hh, c0=c0, cs=cs, c_hat=ch, c_rstd=cr, tanh_k=tk, g_c=g_c,
-                       dhs=dhsv, precision=cache.precision)
+                       dhs=dhsv, dv_scaled=True, precision=cache.precision, u_hat=uh,
+                       u_rstd=ur, g_ih=g_ih, sums=sv)
+    fused.append(sums)
     return out, (dh, dc)
 
 
