@@ -38,7 +38,8 @@ of (3) (a row dot of dh_t with one vector); all are computed for every step at o
 loop, so a step is one element-wise product for da_t, one for dv_t and its correction, and one
 product, whose (B, H) rows take the factor rstd_v. The step writes [da_t | dv_t / rstd_v]
 (width 6H) for the loop's sum over truncation ages; ds_t is rebuilt from da_t after the loop,
-as the GRU's.
+as the GRU's. The compiled kernel's rows also sum the gains' and biases' gradients and make
+du_t themselves, keeping dv_t (docs/bptt_layernorm.md, "The compiled kernel").
 
 Truncation (``truncate = k``): both paths from h_t to h_{t-1} (through s_t and through
 ``u_t * h_{t-1}``) are one recurrent transition, cut together after k of them.

@@ -44,7 +44,8 @@ The gates' factors and those of (1)-(2) are computed for all steps at once befor
 step keeps dv_t / rstd_v (width 4H) and applies rstd_v to the product's (B, H) rows instead,
 (5); (6) takes it as rstd_v h_{t-1}. The step writes [dz_t | dv_t / rstd_v | dk_t] (width 9H),
 so the loop's sum over truncation ages gives all three; (6)-(11) are a few products and
-reductions over all steps after it.
+reductions over all steps after it. The compiled kernel's rows do (7) and (9)-(11) themselves
+and keep dv_t (docs/bptt_layernorm.md, "The compiled kernel"): only (6) and (8) follow.
 
 Truncation (``truncate = k``): one transition is one step of the pair (h, c), as the LSTM's;
 both paths are cut together after k transitions.

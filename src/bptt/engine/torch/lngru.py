@@ -28,8 +28,10 @@ its 3H rows (the centring folded into the weights, :mod:`bptt.engine.torch.layer
 
 da_t, rstd_v dv^_t and the mean of (3) are dh_t times factors computed for every step at once
 before the loop; the step writes [da_t | dv_t] (width 6H) for the loop's sum over truncation
-ages, and ds_t is rebuilt from da_t after it. The forward normalisations are torch's kernel
-(:func:`bptt.engine.torch.layernorm.normalize`); every gradient is written here.
+ages, and ds_t is rebuilt from da_t after it (the compiled kernel's rows sum the gains' and
+biases' gradients and make du_t themselves: docs/bptt_layernorm.md). The forward
+normalisations are torch's kernel (:func:`bptt.engine.torch.layernorm.normalize`); every
+gradient is written here.
 
 Truncation (``truncate = k``): both paths from h_t to h_{t-1} are one recurrent transition, cut
 together after k of them.

@@ -33,9 +33,10 @@ weights, :mod:`bptt.engine.torch.layernorm`):
 The factors of (1), (3) and (5) that do not depend on the incoming gradient are computed for
 every step at once before the loop. A step keeps dv_t / rstd_v and applies rstd_v to the
 product's (B, H) rows, (5); (6) takes it as rstd_v h_{t-1}. The step writes [dz_t | dv_t /
-rstd_v | dk_t] (width 9H) for the loop's sum over truncation ages. The forward normalisations
-are torch's kernel (:func:`bptt.engine.torch.layernorm.normalize`); every gradient is written
-here.
+rstd_v | dk_t] (width 9H) for the loop's sum over truncation ages (the compiled kernel's rows
+keep dv_t itself and do (7), (9)-(11) themselves: docs/bptt_layernorm.md). The forward
+normalisations are torch's kernel (:func:`bptt.engine.torch.layernorm.normalize`); every
+gradient is written here.
 
 Truncation (``truncate = k``): one transition is one step of the pair (h, c); both paths are cut
 together after k transitions.
