@@ -25,6 +25,10 @@ def get_engine(name: str, spec: ModelSpec, *, device: str | None = None,
         raise ValueError(f"expected engine one of {', '.join(ENGINES)}, got {name!r}")
     if dtype not in ("float32", "float64"):
         raise ValueError(f"expected dtype 'float32' or 'float64', got {dtype!r}")
+    if name in ("numpy", "torch") and device in (None, "cpu"):
+        from .heap import keep_freed_memory
+
+        keep_freed_memory()           # a step's large arrays: reused memory, not fresh pages
     if name == "numpy":
         from .numpy.model import NumpyEngine
 
