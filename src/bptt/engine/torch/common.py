@@ -378,7 +378,9 @@ def project_inputs_backward(
         V = weight_ih.shape[1]
         if V <= 4 * T * B:
             dW_t = dz.new_zeros((V, GH))
-            dW_t.index_add_(0, x.reshape(-1), dz2)
+            # rows with gaps between them (a view of a wider row): index_add_ takes a slow
+            # path on those, 3x the time of a copy and the dense one (H 256: 1.4 ms, 0.4 ms)
+            dW_t.index_add_(0, x.reshape(-1), dz2 if dz2.is_contiguous() else dz2.contiguous())
             return None, dW_t.t().contiguous()
         dW = dz.new_zeros((GH, V))                    # a large vocabulary: into the columns,
         dW.index_add_(1, x.reshape(-1), dz2.t())      # no (V, GH) gradient to transpose
