@@ -232,7 +232,9 @@ def backward(
     da, dv = out[..., :GH], out[..., GH:]
     # dv_t itself where the kernel's rows did (5)'s sums, (6) and (8) (da became du_t), else
     # dv_t / rstd_v
-    h_prev = cache.h_buf[:-1] if fused else cache.h_buf[:-1] * cache.v_rstd
+    h_prev = cache.h_buf[:-1]
+    if not fused:
+        h_prev = h_prev * cache.v_rstd                   # rstd_v h_{t-1}: dv_t = rstd_v * dv
     # dW_hh = centred(sum_t dv_t^T h_{t-1})
     grads = {"weight_hh": centred(prev_weight_grad(dv, h_prev, cache.precision))}
     if fused:

@@ -264,7 +264,9 @@ def backward(
         lambda: _step(_factors(cache), cache), dhs, dstate_n, T, truncate, 2 * GH + H)
     dz, dv, dk = out[..., :GH], out[..., GH:2 * GH], out[..., 2 * GH:]
     # dv_t itself where the kernel's rows did (7), (9)-(11) (dz became du_t), else dv_t / rstd_v
-    h_prev = cache.h_buf[:-1] if fused else cache.h_buf[:-1] * cache.v_rstd
+    h_prev = cache.h_buf[:-1]
+    if not fused:
+        h_prev = h_prev * cache.v_rstd                   # rstd_v h_{t-1}: dv_t = rstd_v * dv
     # dW_hh = centred(sum_t dv_t^T h_{t-1})
     grads = {"weight_hh": centred(prev_weight_grad(dv, h_prev, cache.precision))}
     if fused:
