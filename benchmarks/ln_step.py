@@ -1,23 +1,25 @@
 """The layer-normalised cells against their plain twins, one training step at a time: the CPU
-time (this thread's) and the wall time of the bench's training step (``loss_and_grads``, the
+time and the wall time of the bench's training step (``loss_and_grads``, the
 gradient clipping, SGD) per engine, cell and configuration, interleaved call by call so that a
 shared machine's load falls on every subject alike; the medians and the LN / plain ratios.
 
     python benchmarks/ln_step.py [--configs small,book] [--engines numpy,torch] [--calls 25]
+                                 [--threads 1]
 
-One thread (``bptt.engine.threads``). The CPU time is what other processes' load disturbs
-least; the wall time is what ``bptt bench`` measures.
+``--threads`` threads in every pool, as ``bptt bench --threads`` gives its workers (the bench's
+subjects read ``BPTT_BENCH_THREADS``). The CPU time is the process's (every thread's), what
+other processes' load disturbs least; the wall time is what ``bptt bench`` measures.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
-from bptt.bench.settings import CONFIGS
+from bptt.bench.settings import CONFIGS, THREADS_ENV
 from bptt.bench.subjects import EngineSubject
-from bptt.engine.threads import set_threads
 
 PAIRS = (("lnlstm", "lstm"), ("lngru", "gru"))
 
@@ -28,9 +30,9 @@ def measure(subjects: dict, calls: int, warm: int = 2) -> dict:
     times: dict = {k: ([], []) for k in subjects}
     for r in range(warm + calls):
         for k, s in subjects.items():
-            c0, w0 = time.thread_time(), time.perf_counter()
+            c0, w0 = time.process_time(), time.perf_counter()
             s.train(1)
-            c1, w1 = time.thread_time(), time.perf_counter()
+            c1, w1 = time.process_time(), time.perf_counter()
             if r >= warm:
                 times[k][0].append(c1 - c0)
                 times[k][1].append(w1 - w0)
@@ -42,8 +44,9 @@ def main() -> None:
     p.add_argument("--configs", default="small,book")
     p.add_argument("--engines", default="numpy,torch")
     p.add_argument("--calls", type=int, default=25)
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    set_threads(1)
+    os.environ[THREADS_ENV] = str(args.threads)         # every subject's pools (set_threads)
     subjects = {(c, e, cell): EngineSubject(e, CONFIGS[c], cell=cell)
                 for c in args.configs.split(",") for e in args.engines.split(",")
                 for pair in PAIRS for cell in pair}
