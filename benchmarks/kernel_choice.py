@@ -256,6 +256,9 @@ def measure(args) -> dict:
         for hidden in map(int, args.hidden.split(",")):
             for layers in map(int, args.layers.split(",")):
                 rows.append(config_row(args, subjects, cell, hidden, layers))
+                print(f"kernel_choice: threads {threads} {cell} H={hidden} L={layers}: "
+                      + ", ".join(f"{s} {r:.2f}x" for s, r in rows[-1]["ratio"].items()),
+                      file=sys.stderr, flush=True)
     return {"threads": threads, "machine": machine_info(), "loadavg": list(os.getloadavg()),
             "rows": rows}
 
