@@ -1,5 +1,5 @@
 """Why a C++ extension: the recurrent layers' training work under each way of compiling it, side
-by side in one process per thread count, timed interleaved.
+by side in one process, timed interleaved.
 
 One step is a layer stack's forward over T steps and its backward over T steps with the weight
 gradients (the loss sum(out * dout) for a fixed dout; a dense (T, B, V) input, no input
@@ -16,8 +16,9 @@ gradient), float32, for each subject:
   torch.nn           torch.nn.LSTM / GRU (oneDNN's fused primitive): the reference
 
 A subject whose package is missing is skipped with one line. First calls (numba's and
-Inductor's compilation, in a fresh Inductor cache per run) are timed apart; every subject's
-weight gradients are compared with the kernel's on that first call.
+Inductor's compilation, into a fresh Inductor cache) are timed apart -- under the first thread
+count; later ones reuse what was compiled -- and every subject's weight gradients are compared
+with the kernel's on its first call of each configuration.
 
     python benchmarks/kernel_choice.py [--cells lstm,gru] [--hidden 256,512] [--layers 1,2]
         [--threads 1,2] [--subjects ...] [--repeats 7] [--numba-site DIR] [--json out.json]
@@ -27,9 +28,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +48,7 @@ def main() -> None:
     p.add_argument("--cells", default="lstm,gru")
     p.add_argument("--hidden", default="256,512")
     p.add_argument("--layers", default="1,2")
-    p.add_argument("--threads", default="1,2", help="one process per thread count")
+    p.add_argument("--threads", default="1,2", help="thread counts, in turn")
     p.add_argument("--subjects", default=",".join(SUBJECTS))
     p.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
     p.add_argument("--steps", type=int, default=3, help="steps per subject and round")
@@ -55,37 +56,22 @@ def main() -> None:
     p.add_argument("--steps-t", type=int, default=T, help="the sequence length T")
     p.add_argument("--numba-site", metavar="DIR", help="a folder with numba and scipy")
     p.add_argument("--json", metavar="PATH")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.child:
-        json.dump(measure(args), sys.stdout)
-        return
-    out = {"runs": []}
+    counts = [int(n) for n in args.threads.split(",")]
+    if args.numba_site:                                  # after the project's own packages
+        sys.path.append(args.numba_site)
     with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
-        for n in args.threads.split(","):
-            out["runs"].append(child(args, int(n), cache))
+        # before torch loads: every pool as large as the most threads asked for, waiting
+        # passively; Inductor compiles into an empty cache (its first calls are cold)
+        from bptt.engine.threads import child_environment
+
+        os.environ.update(child_environment(max(counts)))
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache)
+        out = {"runs": [measure(args, n) for n in counts]}
     out["machine"] = out["runs"][0]["machine"]
     print(report(out))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
-
-
-def child(args, threads: int, cache: str) -> dict:
-    """One thread count in its own process: every pool sized at its start (OpenMP, OpenBLAS
-    read their environment when they load), one Inductor cache shared by the runs (the first
-    run's first calls compile cold, later runs' read that cache)."""
-    from bptt.engine.threads import child_environment
-
-    env = {**os.environ, **child_environment(threads), "TORCHINDUCTOR_CACHE_DIR": cache}
-    argv = ["--cells", args.cells, "--hidden", args.hidden, "--layers", args.layers,
-            "--subjects", args.subjects, "--repeats", str(args.repeats), "--steps",
-            str(args.steps), "--batch", str(args.batch), "--steps-t", str(args.steps_t),
-            "--threads", str(threads), "--child"]
-    if args.numba_site:
-        argv += ["--numba-site", args.numba_site]
-    res = subprocess.run([sys.executable, __file__, *argv], env=env, stdout=subprocess.PIPE,
-                         check=True, text=True)
-    return json.loads(res.stdout)
 
 
 # -- the subjects ---------------------------------------------------------------------------
@@ -182,7 +168,6 @@ def autograd_subject(cell, params, layers, x, dout, mode: str | None = "eager"):
 def numba_subject(cell, params, layers, x, dout, site: str | None):
     if site is None:
         raise ImportError("no --numba-site given")
-    sys.path.append(site)
     import numba
     import numpy as np
 
@@ -241,13 +226,16 @@ def make(subject: str, cell: str, hidden: int, layers: int, x, dout, site) -> Ca
 
 # -- the measurement ------------------------------------------------------------------------
 
-def measure(args) -> dict:
+def measure(args, threads: int) -> dict:
+    """Every configuration with ``threads`` threads in every pool (the kernel's, torch's and
+    its OpenMP's, which Inductor's code uses, and the BLAS numba's np.dot calls)."""
     import torch
 
     from bptt.bench.measure import machine_info
     from bptt.engine.threads import set_threads
 
-    threads = set_threads(int(args.threads))
+    set_threads(threads)
+    _scipy_blas_threads(threads)
     with contextlib.suppress(AttributeError):
         torch._dynamo.config.cache_size_limit = 64       # a compiled layer per shape and mode
     subjects = args.subjects.split(",")
@@ -261,6 +249,21 @@ def measure(args) -> dict:
                       file=sys.stderr, flush=True)
     return {"threads": threads, "machine": machine_info(), "loadavg": list(os.getloadavg()),
             "rows": rows}
+
+
+def _scipy_blas_threads(n: int) -> None:
+    """The threads of SciPy's bundled OpenBLAS (numba's np.dot), where SciPy is importable."""
+    try:
+        import scipy
+    except ImportError:
+        return
+    libs = Path(scipy.__file__).resolve().parent.parent / "scipy.libs"
+    for path in libs.glob("libscipy_openblas*"):
+        lib = ctypes.CDLL(str(path))
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads"):
+            if hasattr(lib, name):
+                getattr(lib, name)(ctypes.c_int(n))
+                return
 
 
 def config_row(args, subjects, cell: str, hidden: int, layers: int) -> dict:
@@ -311,7 +314,7 @@ def report(out: dict) -> str:
     lines = [f"{m.get('cpu', '?')}, {m['cores']} cores; torch {m.get('torch')}, numpy "
              f"{m['numpy']}; kernel {m['kernel']}",
              "speed as a ratio to torch.nn (paired medians of interleaved rounds; higher is "
-             "faster), then first-call seconds"]
+             "faster), then first-call seconds (compilation: cold under the first thread count)"]
     for run in out["runs"]:
         subjects = [s for s in SUBJECTS if any(s in r["median_ms"] for r in run["rows"])]
         lines.append(f"\nthreads {run['threads']}  (load average before {run['loadavg'][0]:.2f})")
