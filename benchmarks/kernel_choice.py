@@ -16,12 +16,20 @@ gradient), float32, for each subject:
   torch.nn           torch.nn.LSTM / GRU (oneDNN's fused primitive): the reference
 
 A subject whose package is missing is skipped with one line. First calls (numba's and
-Inductor's compilation, into a fresh Inductor cache) are timed apart -- under the first thread
-count; later ones reuse what was compiled -- and every subject's weight gradients are compared
-with the kernel's on its first call of each configuration.
+Inductor's compilation, into a fresh Inductor cache; torch compiles again when the thread count
+changes) are timed apart, and every subject's weight gradients are compared with the kernel's
+on its first call of each configuration. A layer's compiled graph serves every configuration
+with its shapes: the L=2 rows' first calls compile the second layer only. The default subjects
+leave out ``inductor-autotune`` (as fast as the default mode here, and as long to compile).
 
     python benchmarks/kernel_choice.py [--cells lstm,gru] [--hidden 256,512] [--layers 1,2]
         [--threads 1,2] [--subjects ...] [--repeats 7] [--numba-site DIR] [--json out.json]
+
+numba, in a folder of its own (never a dependency of bptt; numba 0.68.1 with llvmlite 0.50.0
+took numpy 2.4.6 here), then the run (about 5 minutes on a quiet 2-core machine):
+
+    python -m venv /tmp/numba-venv && /tmp/numba-venv/bin/pip install numba scipy
+    python benchmarks/kernel_choice.py --numba-site /tmp/numba-venv/lib/python3.11/site-packages
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 SUBJECTS = ("kernel", "inductor", "inductor-autotune", "autograd", "numba", "torch.nn")
+DEFAULT = ("kernel", "inductor", "autograd", "numba", "torch.nn")   # autotune: --subjects
 REFERENCE = "torch.nn"
 MODES = {"inductor": None, "inductor-autotune": "max-autotune-no-cudagraphs"}
 V, B, T = 28, 32, 35
@@ -49,7 +58,8 @@ def main() -> None:
     p.add_argument("--hidden", default="256,512")
     p.add_argument("--layers", default="1,2")
     p.add_argument("--threads", default="1,2", help="thread counts, in turn")
-    p.add_argument("--subjects", default=",".join(SUBJECTS))
+    p.add_argument("--subjects", default=",".join(DEFAULT),
+                   help=f"among {','.join(SUBJECTS)} (inductor-autotune doubles the compiling)")
     p.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
     p.add_argument("--steps", type=int, default=3, help="steps per subject and round")
     p.add_argument("--batch", type=int, default=B)
@@ -314,7 +324,7 @@ def report(out: dict) -> str:
     lines = [f"{m.get('cpu', '?')}, {m['cores']} cores; torch {m.get('torch')}, numpy "
              f"{m['numpy']}; kernel {m['kernel']}",
              "speed as a ratio to torch.nn (paired medians of interleaved rounds; higher is "
-             "faster), then first-call seconds (compilation: cold under the first thread count)"]
+             "faster), then first-call seconds (compiling; again for a new thread count)"]
     for run in out["runs"]:
         subjects = [s for s in SUBJECTS if any(s in r["median_ms"] for r in run["rows"])]
         lines.append(f"\nthreads {run['threads']}  (load average before {run['loadavg'][0]:.2f})")
