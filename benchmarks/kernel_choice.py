@@ -26,7 +26,8 @@ leave out ``inductor-autotune`` (as fast as the default mode here, and as long t
         [--threads 1,2] [--subjects ...] [--repeats 7] [--numba-site DIR] [--json out.json]
 
 numba, in a folder of its own (never a dependency of bptt; numba 0.68.1 with llvmlite 0.50.0
-took numpy 2.4.6 here), then the run (about 5 minutes on a quiet 2-core machine):
+took numpy 2.4.6 here), then the run (17 minutes on the shared 2-core machine with
+inductor-autotune; the default subjects compile half as much, most of the time it takes):
 
     python -m venv /tmp/numba-venv && /tmp/numba-venv/bin/pip install numba scipy
     python benchmarks/kernel_choice.py --numba-site /tmp/numba-venv/lib/python3.11/site-packages
