@@ -86,3 +86,22 @@ def test_fullgraph_compile_of_token_ids():
     torch.testing.assert_close(compiled(ids)[0], gru(ids)[0], rtol=1e-6, atol=1e-6)
     with pytest.raises(RuntimeError, match=r"expected token ids in \[0, 6\)"):
         compiled(torch.tensor([[1, 6]]))
+
+
+def test_plans_are_kept_for_the_most_recent_shapes_only(monkeypatch):
+    """One plan per input shape, the oldest dropped past PLANS_KEPT: a model fed packed batches
+    of every length does not collect them for ever; a backward still finds its recent plan."""
+    monkeypatch.setattr(library, "_PLANS", type(library._PLANS)())
+    monkeypatch.setattr(library, "PLANS_KEPT", 2)
+    torch.manual_seed(0)
+    gru = bnn.GRU(3, 4)
+    weights = [w.detach().clone().requires_grad_() for w in gru._flat_weights]
+    settings = library.Settings("gru", ",".join(gru._flat_weights_names), 1, False, "tanh",
+                                0.0, False, None, "fp32", None)
+    losses = [library.stack_forward(torch.randn(T, 2, 3), None, None, weights, *settings)[0].sum()
+              for T in (2, 3, 4)]
+    assert len(library._PLANS) == 2
+    losses[-1].backward()                                # the newest plan is kept
+    assert all(w.grad.abs().sum() > 0 for w in weights)
+    with pytest.raises(RuntimeError, match="among the last 2 stack shapes, got it evicted"):
+        losses[0].backward()

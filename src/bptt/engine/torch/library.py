@@ -27,6 +27,7 @@ these operators; eager :class:`.stack.StackFunction` has it (:mod:`.graph`).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import NamedTuple
 
 import torch
@@ -69,7 +70,28 @@ class _Plan(NamedTuple):
     sources: tuple             # one ("in" | "out", index) per slot
 
 
-_PLANS: dict = {}
+_PLANS: OrderedDict = OrderedDict()
+PLANS_KEPT = 512
+"""Plans kept, the most recently used: each is a few kilobytes, and a model fed many shapes
+(packed batches of every length) would otherwise collect one per shape for ever. A backward
+runs long after its forward only when hundreds of other forwards ran in between."""
+
+
+def _keep_plan(key: tuple, plan: _Plan) -> None:
+    _PLANS[key] = plan
+    _PLANS.move_to_end(key)
+    while len(_PLANS) > PLANS_KEPT:
+        _PLANS.popitem(last=False)
+
+
+def _plan(key: tuple) -> _Plan:
+    plan = _PLANS.get(key)
+    if plan is None:
+        raise RuntimeError(f"expected the plan of this backward's forward among the last "
+                           f"{PLANS_KEPT} stack shapes, got it evicted: more than {PLANS_KEPT} "
+                           f"other input shapes ran between the forward and its backward")
+    _PLANS.move_to_end(key)
+    return plan
 
 
 def _signature(inputs: list, s: Settings) -> tuple:
@@ -141,7 +163,7 @@ def _run_forward(x, h0, c0, weights, settings: Settings):
     inputs = [x, h0, c0, *weights]
     outs, sources = _outputs(inputs, [out, parts_n[0], c_n], tensors)
     if x.device.type != "meta":                          # the plan of the real run
-        _PLANS.setdefault(_signature(inputs, settings), _Plan(skeleton, sources))
+        _keep_plan(_signature(inputs, settings), _Plan(skeleton, sources))
     return outs
 
 
@@ -187,7 +209,7 @@ def stack_backward(dout: torch.Tensor | None, dh_n: torch.Tensor | None,
     settings = Settings(cell, names, num_layers, bidirectional, nonlinearity, dropout,
                         training, truncate, precision, batch_sizes)
     inputs = [x, h0, c0, *weights]
-    plan = _PLANS[_signature(inputs, settings)]
+    plan = _plan(_signature(inputs, settings))
     kind = get_cell(cell)
     cache = stack._unflatten(plan.skeleton, [inputs[i] if src == "in" else saved[i]
                                              for src, i in plan.sources])
