@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import replace
 
+from ..engine.heap import keep_freed_memory
 from ..engine.threads import child_environment, default_threads
 from .memory import measure_memory
 from .settings import THREADS_ENV, BenchConfig
@@ -52,6 +53,7 @@ def _library() -> dict:
 def worker_main() -> int:
     """Serve JSON requests, one a line on stdin, one reply a line on the original stdout."""
     reply_to = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    keep_freed_memory()         # every subject, torch.nn's included: one allocator for all
     sys.stdout = sys.stderr                                  # library prints cannot corrupt replies
     subject = None
     for line in sys.stdin:
