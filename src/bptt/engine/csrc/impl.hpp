@@ -790,9 +790,12 @@ template <class T> static long kc_len(const Gemm<T> *g, long kb) {
     return kc + g->KC < g->a->K ? g->KC : g->a->K - kc;
 }
 
+#include "gemm_pack.hpp"
+
 /* rows [m0, m0 + mm) x K block kb of A, as slabs of MR rows (bf16: pairs along k) */
 template <class T> static void pack_a(const Gemm<T> *g, long m0, long mm, long kb, void *out) {
     const GemmArgs *a = g->a;
+    if (pack_a_fast(g, m0, mm, kb, out)) return;
     const long kc = kb * g->KC, kk = kc_len(g, kb), MR = g->MR;
     const long nslab = (mm + MR - 1) / MR;
     if (g->bf) {
@@ -834,6 +837,7 @@ template <class T> static void pack_a(const Gemm<T> *g, long m0, long mm, long k
 /* columns [n0, n0 + nn) x K block kb of B, as panels of NR columns (bf16: pairs along k) */
 template <class T> static void pack_b(const Gemm<T> *g, long n0, long nn, long kb, void *out) {
     const GemmArgs *a = g->a;
+    if (pack_b_fast(g, n0, nn, kb, out)) return;
     const long kc = kb * g->KC, kk = kc_len(g, kb), NR = g->NR;
     const long npan = (nn + NR - 1) / NR;
     if (g->bf) {
@@ -966,13 +970,14 @@ template <class T> static void gemm_t(const GemmArgs *a, int nth, const TeamOps 
     g.nkc = (a->K + g.KC - 1) / g.KC;
     g.split_m = a->M >= a->N;
     g.nshared = g.split_m ? (a->N + g.NR - 1) / g.NR : (a->M + g.MR - 1) / g.MR;
+    double flops = 2.0 * a->M * a->N * a->K;
+    int n = (int)(flops / 4e6);
+    n = n < 1 ? 1 : (n < nth ? n : nth);
+    if (g.split_m) g.MC = block_rows(a->M, g.MR, n);
     g.nblocks = g.split_m ? (a->M + g.MC - 1) / g.MC : (a->N + g.NC - 1) / g.NC;
     const long span = g.nshared * (g.split_m ? g.NR : g.MR);
     g.shared = alloc64((size_t)g.nkc * g.KC * span * esz_of(g.bf, sizeof(T)));
     if (!g.shared) return;
-    double flops = 2.0 * a->M * a->N * a->K;
-    int n = (int)(flops / 4e6);
-    n = n < 1 ? 1 : (n < nth ? n : nth);
     n = n < g.nblocks ? n : (int)g.nblocks;
     sched_run(n, 2, gemm_chunks<T>, gemm_work<T>, &g, team);
     for (int i = 0; i < MAXT; i++) free(g.own[i]);

@@ -1,0 +1,157 @@
+/* The general product's bf16 packing, vectorised (included by impl.hpp after Gemm and kc_len).
+ *
+ * pack_a and pack_b copy an operand block into the micro-kernel's layout; with bf16 they also
+ * round every float32 element to bfloat16. Done one element at a time through the operand's
+ * strides, that cost as much as the product itself on the word model's head (its operands are
+ * 10,000 x 200 and 400 x 10,000 floats, rounded on every call). Here the two layouts an operand
+ * comes in -- its rows contiguous (a plain matrix) or its columns contiguous (a transposed
+ * view) -- are read and rounded a vector at a time (bf16_bits: the same rounding to nearest
+ * even as bf16_one, so the packed values are the same, bit for bit); float operands and any
+ * other strides return false and take the element-wise loops.
+ *
+ * Layouts (impl.hpp): A's slabs: uint32 Ap[s][k2][r], the pair (a[m][2 k2], a[m][2 k2 + 1]),
+ * low half first; B's panels: uint32 Bp[p][k2][c], the pair (b[2 k2][n], b[2 k2 + 1][n]).
+ */
+
+/* lanes [0, n) of p: a whole vector when `whole` (the memory is there), else lane by lane */
+static inline vf load_lanes(const float *p, int n, bool whole) {
+    if (whole || n >= LF) return load<vf>(p);
+    return load_n<vf>(p, n);
+}
+
+/* lanes at or past n set to zero */
+static inline vu32 keep_lanes(vu32 x, int n) {
+    if (n >= LF) return x;
+    vi32 lane;
+    for (int i = 0; i < LF; i++) lane[i] = i;
+    return (vi32)(lane < n) ? x : (vu32){};
+}
+
+/* pairs of bfloat16 bits: lane i = bits(lo[i]) | bits(hi[i]) << 16 */
+static inline vu32 bf16_pairs(vf lo, vf hi) { return bf16_bits(lo) | bf16_bits(hi) << 16; }
+
+/* n2 (<= LF / 2) consecutive pairs of a contiguous run of floats (a zero past n floats), as
+ * uint32 pairs into out */
+static inline void bf16_run(const float *p, long n, uint32_t *out, int n2) {
+    const int nf = imin(2L * n2, n);
+    vh16 h = __builtin_convertvector(bf16_bits(load_lanes(p, nf, false)), vh16);
+    memcpy(out, &h, (size_t)n2 * 4);
+}
+
+/* bf16: A's rows contiguous (csa == 1) or its columns (rsa == 1): rows [m0, m0 + mm), K block
+ * kb */
+template <class T>
+static bool pack_a_fast(const Gemm<T> *g, long m0, long mm, long kb, void *out) {
+    const GemmArgs *a = g->a;
+    if constexpr (sizeof(T) != 4) {
+        return false;
+    } else {
+        const long kc = kb * g->KC, kk = kc_len(g, kb), MR = g->MR;
+        const long nslab = (mm + MR - 1) / MR;
+        const float *A = (const float *)a->A;
+        if (a->csa == 1 && g->bf) {                     // rows contiguous: pairs along k
+            const long kk2 = (kk + 1) / 2;
+            uint32_t tmp[LF / 2];
+            for (long s = 0; s < nslab; s++)
+                for (long r = 0; r < MR; r++) {
+                    const long m = s * MR + r;
+                    uint32_t *d = (uint32_t *)out + s * kk2 * MR + r;
+                    if (m >= mm) {
+                        for (long k = 0; k < kk2; k++) d[k * MR] = 0;
+                        continue;
+                    }
+                    const float *p = A + (m0 + m) * a->rsa + kc;
+                    for (long k2 = 0; k2 < kk2; k2 += LF / 2) {
+                        const int n2 = imin(LF / 2, kk2 - k2);
+                        bf16_run(p + 2 * k2, kk - 2 * k2, tmp, n2);
+                        for (int i = 0; i < n2; i++) d[(k2 + i) * MR] = tmp[i];
+                    }
+                }
+            return true;
+        }
+        if (a->rsa != 1 || !g->bf) return false;
+        // columns contiguous (a transposed view): a slab's MR rows of one k lie side by side
+        for (long s = 0; s < nslab; s++) {
+            const long rows = mm - s * MR < MR ? mm - s * MR : MR;
+            const float *col = A + m0 + s * MR + kc * a->csa;  // (m0 + s MR, kc)
+            for (long r = 0; r < MR; r += LF) {
+                const int n = imin(LF, rows - r), w = imin(LF, MR - r);
+                // a whole vector is readable when its lanes lie inside A's M rows
+                const bool whole = m0 + s * MR + r + LF <= a->M;
+                const long kk2 = (kk + 1) / 2;
+                uint32_t *d = (uint32_t *)out + s * kk2 * MR + r;
+                for (long k2 = 0; k2 < kk2; k2++) {
+                    const float *lo = col + 2 * k2 * a->csa + r;
+                    vf vlo = n > 0 ? load_lanes(lo, n, whole) : (vf){};
+                    vf vhi = n > 0 && 2 * k2 + 1 < kk ? load_lanes(lo + a->csa, n, whole)
+                                                      : (vf){};
+                    vu32 v = keep_lanes(bf16_pairs(vlo, vhi), n);
+                    memcpy(d + k2 * MR, &v, (size_t)w * 4);
+                }
+            }
+        }
+        return true;
+    }
+}
+
+/* B's rows contiguous (csb == 1, bf16) or its columns (rsb == 1, bf16): columns [n0, n0 + nn),
+ * K block kb (float B with contiguous rows is already a plain copy in pack_b) */
+template <class T>
+static bool pack_b_fast(const Gemm<T> *g, long n0, long nn, long kb, void *out) {
+    const GemmArgs *a = g->a;
+    if (!g->bf) return false;
+    const long kc = kb * g->KC, kk = kc_len(g, kb), kk2 = (kk + 1) / 2, NR = g->NR;
+    const long npan = (nn + NR - 1) / NR;
+    const float *Bm = (const float *)a->B;
+    uint32_t *Bp = (uint32_t *)out;
+    if (a->csb == 1) {                                  // rows contiguous: pairs of two rows
+        for (long p = 0; p < npan; p++) {
+            const long ncol = nn - p * NR < NR ? nn - p * NR : NR;
+            for (long k2 = 0; k2 < kk2; k2++) {
+                const float *lo = Bm + (kc + 2 * k2) * a->rsb + n0 + p * NR;
+                uint32_t *d = Bp + (p * kk2 + k2) * NR;
+                for (long c = 0; c < NR; c += LF) {
+                    const int n = imin(LF, ncol - c);
+                    const bool whole = n0 + p * NR + c + LF <= a->N;
+                    vf vlo = n > 0 ? load_lanes(lo + c, n, whole) : (vf){};
+                    vf vhi = n > 0 && 2 * k2 + 1 < kk ? load_lanes(lo + a->rsb + c, n, whole)
+                                                      : (vf){};
+                    vu32 v = keep_lanes(bf16_pairs(vlo, vhi), n);
+                    memcpy(d + c, &v, sizeof v);
+                }
+            }
+        }
+        return true;
+    }
+    if (a->rsb != 1) return false;
+    uint32_t tmp[LF / 2];                               // columns contiguous: pairs along k
+    for (long p = 0; p < npan; p++) {
+        const long ncol = nn - p * NR < NR ? nn - p * NR : NR;
+        for (long c = 0; c < NR; c++) {
+            uint32_t *d = Bp + p * kk2 * NR + c;
+            if (c >= ncol) {
+                for (long k2 = 0; k2 < kk2; k2++) d[k2 * NR] = 0;
+                continue;
+            }
+            const float *src = Bm + (n0 + p * NR + c) * a->csb + kc;
+            for (long k2 = 0; k2 < kk2; k2 += LF / 2) {
+                const int n2 = imin(LF / 2, kk2 - k2);
+                bf16_run(src + 2 * k2, kk - 2 * k2, tmp, n2);
+                for (int i = 0; i < n2; i++) d[(k2 + i) * NR] = tmp[i];
+            }
+        }
+    }
+    return true;
+}
+
+/* MC, the rows of a block when the product is cut into blocks of rows: 8 slabs of MR, or, when
+ * that leaves fewer than 4 blocks a thread, as many blocks as a multiple of the nth threads,
+ * so that no thread waits for another's last block (400 rows of 12 on 2 threads: 6 blocks of
+ * 72 rows rather than 4 of 96 and one of 16) */
+static long block_rows(long M, int MR, int nth) {
+    const long slabs = (M + MR - 1) / MR;
+    long nb = (slabs + 7) / 8;
+    if (nb >= 4L * nth) return 8L * MR;
+    nb = (nb + nth - 1) / nth * nth;
+    return (slabs + nb - 1) / nb * MR;
+}

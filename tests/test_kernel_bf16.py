@@ -1,0 +1,64 @@
+"""The compiled kernel's bf16 products: every operand layout (a plain matrix, a transposed
+view, other strides), odd and blocked sizes, the rows split among threads, equal to the product
+of the operands rounded to bfloat16 (the Python path's definition), accumulated in float32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bptt.engine import kernel, products
+from bptt.engine import threads as threads_mod
+
+pytestmark = pytest.mark.skipif(not kernel.enabled(), reason="the compiled kernel is off")
+
+
+def _operand(rng, rows: int, cols: int, layout: str) -> np.ndarray:
+    """A (rows, cols) float32 matrix: C-contiguous, a transposed view, or every other column."""
+    if layout == "plain":
+        return rng.standard_normal((rows, cols), dtype=np.float32)
+    if layout == "transposed":
+        return rng.standard_normal((cols, rows), dtype=np.float32).T
+    return rng.standard_normal((rows, 2 * cols), dtype=np.float32)[:, ::2]
+
+
+def _reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return products.bf16_round(a).astype(np.float64) @ products.bf16_round(b).astype(np.float64)
+
+
+LAYOUTS = ("plain", "transposed", "strided")
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3])
+@pytest.mark.parametrize(("M", "K", "N"), [(400, 200, 200), (37, 1031, 45), (13, 7, 300),
+                                           (70, 300, 200), (1, 2, 1)])
+def test_bf16_products_equal_rounded_operands_in_every_layout(monkeypatch, nth, M, K, N):
+    monkeypatch.setattr(threads_mod, "_SETTING", [nth])
+    rng = np.random.default_rng(M * K + N)
+    for la in LAYOUTS:
+        for lb in LAYOUTS:
+            a, b = _operand(rng, M, K, la), _operand(rng, K, N, lb)
+            ref = _reference(a, b)
+            out = kernel.matmul(a, b, precision="bf16")
+            scale = np.abs(products.bf16_round(a)).astype(np.float64) @ np.abs(
+                products.bf16_round(b))                      # float32 accumulation's bound
+            assert np.all(np.abs(out - ref) <= 1e-6 * K * scale + 1e-30), (la, lb)
+            acc = np.ones_like(out)
+            kernel.matmul(a, b, acc, accumulate=True, precision="bf16")
+            assert np.allclose(acc, out + 1, rtol=1e-6, atol=1e-5), (la, lb)
+
+
+def test_bf16_products_round_to_nearest_even_and_keep_nan(monkeypatch):
+    monkeypatch.setattr(threads_mod, "_SETTING", [2])
+    for la in ("plain", "transposed"):
+        for lb in ("plain", "transposed"):
+            a = np.full((20, 40), 1 + 2 ** -8, dtype=np.float32)   # rounds to 1 (even)
+            b = np.full((40, 50), 1 + 3 * 2 ** -8, dtype=np.float32)  # rounds up to 1 + 2^-6
+            a, b = (np.ascontiguousarray(a.T).T if la == "transposed" else a,
+                    np.ascontiguousarray(b.T).T if lb == "transposed" else b)
+            out = kernel.matmul(a, b, precision="bf16")
+            assert np.all(out == np.float32(40 * (1 + 2 ** -6))), (la, lb)
+            a = a.copy()
+            a[3, 5] = np.nan
+            out = kernel.matmul(a, b, precision="bf16")
+            assert np.isnan(out[3]).all() and not np.isnan(np.delete(out, 3, axis=0)).any()
