@@ -13,31 +13,6 @@
  * low half first; B's panels: uint32 Bp[p][k2][c], the pair (b[2 k2][n], b[2 k2 + 1][n]).
  */
 
-/* lanes [0, n) of p: a whole vector when `whole` (the memory is there), else lane by lane */
-static inline vf load_lanes(const float *p, int n, bool whole) {
-    if (whole || n >= LF) return load<vf>(p);
-    return load_n<vf>(p, n);
-}
-
-/* lanes at or past n set to zero */
-static inline vu32 keep_lanes(vu32 x, int n) {
-    if (n >= LF) return x;
-    vi32 lane;
-    for (int i = 0; i < LF; i++) lane[i] = i;
-    return (vi32)(lane < n) ? x : (vu32){};
-}
-
-/* pairs of bfloat16 bits: lane i = bits(lo[i]) | bits(hi[i]) << 16 */
-static inline vu32 bf16_pairs(vf lo, vf hi) { return bf16_bits(lo) | bf16_bits(hi) << 16; }
-
-/* n2 (<= LF / 2) consecutive pairs of a contiguous run of floats (a zero past n floats), as
- * uint32 pairs into out */
-static inline void bf16_run(const float *p, long n, uint32_t *out, int n2) {
-    const int nf = imin(2L * n2, n);
-    vh16 h = __builtin_convertvector(bf16_bits(load_lanes(p, nf, false)), vh16);
-    memcpy(out, &h, (size_t)n2 * 4);
-}
-
 /* bf16: A's rows contiguous (csa == 1) or its columns (rsa == 1): rows [m0, m0 + mm), K block
  * kb */
 template <class T>
@@ -94,52 +69,20 @@ static bool pack_a_fast(const Gemm<T> *g, long m0, long mm, long kb, void *out) 
     }
 }
 
-/* B's rows contiguous (csb == 1, bf16) or its columns (rsb == 1, bf16): columns [n0, n0 + nn),
- * K block kb (float B with contiguous rows is already a plain copy in pack_b) */
+/* bf16: B's rows contiguous (csb == 1) or its columns (rsb == 1): columns [n0, n0 + nn), K
+ * block kb */
 template <class T>
 static bool pack_b_fast(const Gemm<T> *g, long n0, long nn, long kb, void *out) {
     const GemmArgs *a = g->a;
-    if (!g->bf) return false;
+    if (!g->bf || (a->csb != 1 && a->rsb != 1)) return false;
     const long kc = kb * g->KC, kk = kc_len(g, kb), kk2 = (kk + 1) / 2, NR = g->NR;
     const long npan = (nn + NR - 1) / NR;
-    const float *Bm = (const float *)a->B;
-    uint32_t *Bp = (uint32_t *)out;
-    if (a->csb == 1) {                                  // rows contiguous: pairs of two rows
-        for (long p = 0; p < npan; p++) {
-            const long ncol = nn - p * NR < NR ? nn - p * NR : NR;
-            for (long k2 = 0; k2 < kk2; k2++) {
-                const float *lo = Bm + (kc + 2 * k2) * a->rsb + n0 + p * NR;
-                uint32_t *d = Bp + (p * kk2 + k2) * NR;
-                for (long c = 0; c < NR; c += LF) {
-                    const int n = imin(LF, ncol - c);
-                    const bool whole = n0 + p * NR + c + LF <= a->N;
-                    vf vlo = n > 0 ? load_lanes(lo + c, n, whole) : (vf){};
-                    vf vhi = n > 0 && 2 * k2 + 1 < kk ? load_lanes(lo + a->rsb + c, n, whole)
-                                                      : (vf){};
-                    vu32 v = keep_lanes(bf16_pairs(vlo, vhi), n);
-                    memcpy(d + c, &v, sizeof v);
-                }
-            }
-        }
-        return true;
-    }
-    if (a->rsb != 1) return false;
-    uint32_t tmp[LF / 2];                               // columns contiguous: pairs along k
     for (long p = 0; p < npan; p++) {
-        const long ncol = nn - p * NR < NR ? nn - p * NR : NR;
-        for (long c = 0; c < NR; c++) {
-            uint32_t *d = Bp + p * kk2 * NR + c;
-            if (c >= ncol) {
-                for (long k2 = 0; k2 < kk2; k2++) d[k2 * NR] = 0;
-                continue;
-            }
-            const float *src = Bm + (n0 + p * NR + c) * a->csb + kc;
-            for (long k2 = 0; k2 < kk2; k2 += LF / 2) {
-                const int n2 = imin(LF / 2, kk2 - k2);
-                bf16_run(src + 2 * k2, kk - 2 * k2, tmp, n2);
-                for (int i = 0; i < n2; i++) d[(k2 + i) * NR] = tmp[i];
-            }
-        }
+        const long c0 = n0 + p * NR, ncol = nn - p * NR < NR ? nn - p * NR : NR;
+        uint32_t *d = (uint32_t *)out + p * kk2 * NR;
+        const float *B = (const float *)a->B + kc * a->rsb + c0 * a->csb;
+        if (a->csb == 1) bf16_panel_rows(B, a->rsb, kk, ncol, a->N - c0, NR, d);
+        else bf16_panel_cols(B, a->csb, kk, ncol, NR, NR, d);
     }
     return true;
 }

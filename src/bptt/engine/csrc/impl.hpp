@@ -293,6 +293,8 @@ static void *alloc64(size_t bytes) {
 
 // -- packing the recurrent weight ------------------------------------------------------------
 
+#include "bf16_pack.hpp"
+
 static int fwd_nv(int G) { return G == 1 ? 2 : G; }    // one vector of units per gate (rnn: 2)
 
 template <class T>
@@ -318,6 +320,12 @@ static int pack_impl(Packed *p, const T *w) {
     if (!p->data) return -1;
     (void)N;
     const int U = p->U, NR = p->NR, K = p->K;
+    if constexpr (sizeof(T) == 4) {
+        if (p->bf16) {
+            pack_w_bf16(p, (const float *)w);
+            return 0;
+        }
+    }
     for (int q = 0; q < p->npanels; q++) {
         for (int col = 0; col < NR; col++) {
             // the weight element (k) feeding panel column col: forward (gate g, unit u) reads
