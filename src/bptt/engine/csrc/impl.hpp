@@ -785,6 +785,7 @@ template <class T> struct Gemm {
     int bf, MR, NR;
     long KC, MC, NC, nkc;
     int split_m;               // blocks of rows (B shared) or of columns (A shared)
+    int kb_steps;              // a step per K block (kb_steps_of) rather than all in one
     long nshared;              // panels (split_m) or slabs of the shared operand per KC block
     long nblocks;
     void *shared;              // the shared operand, packed: KC block after KC block
@@ -951,7 +952,10 @@ template <class T> static void gemm_work(void *vctx, int step, int chunk, int ti
         g->own[tid] = alloc64((size_t)g->KC * span * esz);
         if (!g->own[tid]) return;                        // out of memory: C stays unfinished
     }
-    for (long kb = 0; kb < g->nkc; kb++) {
+    // one K block a step (the shared operand's block stays in cache across the blocks of C;
+    // a block's C adds K block kb after kb - 1), or every K block in step 1
+    const long kb0 = g->kb_steps ? step - 1 : 0, kb1 = g->kb_steps ? step : g->nkc;
+    for (long kb = kb0; kb < kb1; kb++) {
         const char *sh = (const char *)g->shared + shared_offset(g, kb) * esz;
         if (g->split_m) {
             const long mc = (long)chunk * g->MC, mm = mc + g->MC < a->M ? g->MC : a->M - mc;
@@ -987,7 +991,8 @@ template <class T> static void gemm_t(const GemmArgs *a, int nth, const TeamOps 
     g.shared = alloc64((size_t)g.nkc * g.KC * span * esz_of(g.bf, sizeof(T)));
     if (!g.shared) return;
     n = n < g.nblocks ? n : (int)g.nblocks;
-    sched_run(n, 2, gemm_chunks<T>, gemm_work<T>, &g, team);
+    g.kb_steps = kb_steps_of(g.nkc, (size_t)span * g.KC * esz_of(g.bf, sizeof(T)));
+    sched_run(n, g.kb_steps ? 1 + (int)g.nkc : 2, gemm_chunks<T>, gemm_work<T>, &g, team);
     for (int i = 0; i < MAXT; i++) free(g.own[i]);
     free(g.shared);
 }
