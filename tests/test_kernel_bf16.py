@@ -1,6 +1,7 @@
-"""The compiled kernel's bf16 products: every operand layout (a plain matrix, a transposed
-view, other strides), odd and blocked sizes, the rows split among threads, equal to the product
-of the operands rounded to bfloat16 (the Python path's definition), accumulated in float32."""
+"""The compiled kernel's products: every operand layout (a plain matrix, a transposed view,
+other strides), odd and blocked sizes, the rows split among threads, equal to the product of
+the operands (bf16: rounded to bfloat16, the Python path's definition) accumulated in float32;
+and the kernel's bf16 loops against the Python path's."""
 
 from __future__ import annotations
 
@@ -22,29 +23,31 @@ def _operand(rng, rows: int, cols: int, layout: str) -> np.ndarray:
     return rng.standard_normal((rows, 2 * cols), dtype=np.float32)[:, ::2]
 
 
-def _reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return products.bf16_round(a).astype(np.float64) @ products.bf16_round(b).astype(np.float64)
+def _rounded(a: np.ndarray, precision: str) -> np.ndarray:
+    """The operand as the product takes it, in float64: rounded to bfloat16 under bf16."""
+    return (products.bf16_round(a) if precision == "bf16" else a).astype(np.float64)
 
 
 LAYOUTS = ("plain", "transposed", "strided")
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
 @pytest.mark.parametrize("nth", [1, 2, 3])
 @pytest.mark.parametrize(("M", "K", "N"), [(400, 200, 200), (37, 1031, 45), (13, 7, 300),
-                                           (70, 300, 200), (1, 2, 1)])
-def test_bf16_products_equal_rounded_operands_in_every_layout(monkeypatch, nth, M, K, N):
+                                           (70, 300, 200), (300, 600, 40), (1, 2, 1)])
+def test_products_equal_rounded_operands_in_every_layout(monkeypatch, precision, nth, M, K, N):
+    """Blocks of rows or of columns, one K block or several (a step each), every layout."""
     monkeypatch.setattr(threads_mod, "_SETTING", [nth])
     rng = np.random.default_rng(M * K + N)
     for la in LAYOUTS:
         for lb in LAYOUTS:
             a, b = _operand(rng, M, K, la), _operand(rng, K, N, lb)
-            ref = _reference(a, b)
-            out = kernel.matmul(a, b, precision="bf16")
-            scale = np.abs(products.bf16_round(a)).astype(np.float64) @ np.abs(
-                products.bf16_round(b))                      # float32 accumulation's bound
-            assert np.all(np.abs(out - ref) <= 1e-6 * K * scale + 1e-30), (la, lb)
+            ra, rb = _rounded(a, precision), _rounded(b, precision)
+            out = kernel.matmul(a, b, precision=precision)
+            scale = np.abs(ra) @ np.abs(rb)                   # float32 accumulation's bound
+            assert np.all(np.abs(out - ra @ rb) <= 1e-6 * K * scale + 1e-30), (la, lb)
             acc = np.ones_like(out)
-            kernel.matmul(a, b, acc, accumulate=True, precision="bf16")
+            kernel.matmul(a, b, acc, accumulate=True, precision=precision)
             assert np.allclose(acc, out + 1, rtol=1e-6, atol=1e-5), (la, lb)
 
 
