@@ -107,3 +107,11 @@ static long block_rows(long M, int MR, int nth) {
 static int kb_steps_of(long nkc, size_t block_bytes) {
     return nkc > 1 && block_bytes <= ((size_t)512 << 10);
 }
+
+/* KC for K in nkc blocks of near-equal depth, a multiple of 8 (bf16 pairs stay aligned): the
+ * LSTM's weight gradient over T B = 1,120 rows in blocks of 376, 376 and 368 rather than 512,
+ * 512 and a short 96 */
+static long even_kc(long K, long nkc) {
+    const long kc = (K + nkc - 1) / nkc;
+    return (kc + 7) / 8 * 8;
+}

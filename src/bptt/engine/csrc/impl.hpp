@@ -980,6 +980,8 @@ template <class T> static void gemm_t(const GemmArgs *a, int nth, const TeamOps 
     g.MC = (long)g.MR * 8;
     g.NC = (long)g.NR * 32;
     g.nkc = (a->K + g.KC - 1) / g.KC;
+    g.KC = even_kc(a->K, g.nkc);
+    g.nkc = (a->K + g.KC - 1) / g.KC;
     g.split_m = a->M >= a->N;
     g.nshared = g.split_m ? (a->N + g.NR - 1) / g.NR : (a->M + g.MR - 1) / g.MR;
     double flops = 2.0 * a->M * a->N * a->K;
