@@ -99,3 +99,28 @@ def test_bf16_kernel_loops_match_the_python_path(engine_name, cell):
     for name in gp:
         err = float(np.linalg.norm(gk[name] - gp[name]) / np.linalg.norm(gp[name]))
         assert err <= 1e-2, (name, err)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("V", [37, 1000, 10_001])
+def test_softmax_cross_entropy_kernel_matches_python(dtype, V):
+    """The kernel's softmax cross-entropy (the row maximum a vector at a time) against the
+    Python lines it replaces: the maximum anywhere in a row (first, in the vector part, in the
+    tail), a huge logit, the same loss and gradient."""
+    from bptt.engine.numpy.loss import softmax_cross_entropy_
+
+    rng = np.random.default_rng(V)
+    logits = (3.0 * rng.standard_normal((9, V))).astype(dtype)
+    for row, col in enumerate((0, V // 2, V - 1, V - 2)):
+        logits[row, col] = 40.0 + row
+    logits[5, 3] = 1e4                                    # exp never overflows
+    targets = rng.integers(0, V, 9)
+    got = []
+    for off in (False, True):
+        with kernel.disabled(off):
+            buf = logits.copy()
+            got.append(softmax_cross_entropy_(buf, targets))
+    (lk, gk), (lp, gp) = got
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert abs(lk - lp) <= tol * abs(lp)
+    assert np.abs(gk - gp).max() <= tol * np.abs(gp).max()

@@ -1029,6 +1029,26 @@ template <class T> static int xent_chunks(void *vctx, int) {
     return (int)((x->N + XENT_ROWS - 1) / XENT_ROWS);
 }
 
+/* the largest of s[0..V), a vector of lanes at a time (a NaN among them: the row's loss and
+ * gradient are NaN either way) */
+template <class T> static inline T row_max(const T *s, long V) {
+    typedef typename Vec<T>::v Vv;
+    const int L = Vec<T>::L;
+    T mx = s[0];
+    long v = 1;
+    if (V >= 2 * L) {
+        Vv m = load<Vv>(s);
+        for (v = L; v + L <= V; v += L) {
+            Vv x = load<Vv>(s + v);
+            m = x > m ? x : m;
+        }
+        mx = m[0];
+        for (int i = 1; i < L; i++) mx = m[i] > mx ? m[i] : mx;
+    }
+    for (; v < V; v++) mx = s[v] > mx ? s[v] : mx;
+    return mx;
+}
+
 /* rows of one chunk: p = softmax(s), loss -= log p[y]; s becomes dL/ds = (p - onehot(y)) / N */
 template <class T> static void xent_work(void *vctx, int, int chunk, int) {
     typedef typename Vec<T>::v Vv;
@@ -1039,8 +1059,7 @@ template <class T> static void xent_work(void *vctx, int, int chunk, int) {
     double loss = 0;
     for (long r = r0; r < r1; r++) {
         T *s = ctx->s + r * V;
-        T mx = s[0];
-        for (long v = 1; v < V; v++) mx = s[v] > mx ? s[v] : mx;  // s - max: exp never overflows
+        const T mx = row_max(s, V);                     // s - max: exp never overflows
         const T sy = s[ctx->y[r]] - mx;
         Vv acc = (Vv){};
         long v = 0;
