@@ -99,13 +99,15 @@ static long block_rows(long M, int MR, int nth) {
     return (slabs + nb - 1) / nb * MR;
 }
 
-/* Whether the general product runs one K block a step: when there are several and the shared
- * operand's K block (block_bytes) fits in a core's L2 while the whole of it may not. Step by
- * step, each block of C reads the shared K block from L2; all K blocks in one step, each block
- * of C reads the whole shared operand again from memory (the word model's dh = dy W, W 10,000
- * x 200: 4.5 MB of bfloat16 read once per block of rows). */
-static int kb_steps_of(long nkc, size_t block_bytes) {
-    return nkc > 1 && block_bytes <= ((size_t)512 << 10);
+/* Whether the general product runs one K block a step: when there are several, the shared
+ * operand's K block (block_bytes) fits in a core's L2 and so does C (c_bytes), which each step
+ * then reads and writes again. Step by step, each block of C reads the shared K block from L2;
+ * all K blocks in one step, each block of C reads the whole shared operand again from memory
+ * (the word model's dh = dy W: the 10,000 x 200 weight, 4.5 MB of bfloat16, once per block of
+ * rows, for a C of 400 x 200). A large C (the weight gradients of the character models) keeps
+ * the one step: its blocks stay in cache across their K blocks. */
+static int kb_steps_of(long nkc, size_t block_bytes, size_t c_bytes) {
+    return nkc > 1 && block_bytes <= ((size_t)512 << 10) && c_bytes <= ((size_t)512 << 10);
 }
 
 /* KC for K in nkc blocks of near-equal depth, a multiple of 8 (bf16 pairs stay aligned): the

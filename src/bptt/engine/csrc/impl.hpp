@@ -993,7 +993,8 @@ template <class T> static void gemm_t(const GemmArgs *a, int nth, const TeamOps 
     g.shared = alloc64((size_t)g.nkc * g.KC * span * esz_of(g.bf, sizeof(T)));
     if (!g.shared) return;
     n = n < g.nblocks ? n : (int)g.nblocks;
-    g.kb_steps = kb_steps_of(g.nkc, (size_t)span * g.KC * esz_of(g.bf, sizeof(T)));
+    g.kb_steps = kb_steps_of(g.nkc, (size_t)span * g.KC * esz_of(g.bf, sizeof(T)),
+                             (size_t)a->M * a->N * sizeof(T));
     sched_run(n, g.kb_steps ? 1 + (int)g.nkc : 2, gemm_chunks<T>, gemm_work<T>, &g, team);
     for (int i = 0; i < MAXT; i++) free(g.own[i]);
     free(g.shared);
