@@ -980,21 +980,23 @@ template <class T> static void gemm_t(const GemmArgs *a, int nth, const TeamOps 
     g.MC = (long)g.MR * 8;
     g.NC = (long)g.NR * 32;
     g.nkc = (a->K + g.KC - 1) / g.KC;
-    g.KC = even_kc(a->K, g.nkc);
-    g.nkc = (a->K + g.KC - 1) / g.KC;
+    if (g.bf) {                // the bf16 blocking (gemm_pack.hpp); float keeps the one it had
+        g.KC = even_kc(a->K, g.nkc);
+        g.nkc = (a->K + g.KC - 1) / g.KC;
+    }
     g.split_m = a->M >= a->N;
     g.nshared = g.split_m ? (a->N + g.NR - 1) / g.NR : (a->M + g.MR - 1) / g.MR;
     double flops = 2.0 * a->M * a->N * a->K;
     int n = (int)(flops / 4e6);
     n = n < 1 ? 1 : (n < nth ? n : nth);
-    if (g.split_m) g.MC = block_rows(a->M, g.MR, n);
+    if (g.split_m && g.bf) g.MC = block_rows(a->M, g.MR, n);
     g.nblocks = g.split_m ? (a->M + g.MC - 1) / g.MC : (a->N + g.NC - 1) / g.NC;
     const long span = g.nshared * (g.split_m ? g.NR : g.MR);
     g.shared = alloc64((size_t)g.nkc * g.KC * span * esz_of(g.bf, sizeof(T)));
     if (!g.shared) return;
     n = n < g.nblocks ? n : (int)g.nblocks;
-    g.kb_steps = kb_steps_of(g.nkc, (size_t)span * g.KC * esz_of(g.bf, sizeof(T)),
-                             (size_t)a->M * a->N * sizeof(T));
+    g.kb_steps = g.bf && kb_steps_of(g.nkc, (size_t)span * g.KC * 2,
+                                     (size_t)a->M * a->N * sizeof(T));
     sched_run(n, g.kb_steps ? 1 + (int)g.nkc : 2, gemm_chunks<T>, gemm_work<T>, &g, team);
     for (int i = 0; i < MAXT; i++) free(g.own[i]);
     free(g.shared);
