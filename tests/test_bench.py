@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from bptt import bench
 from bptt.cli import main
-from bptt.engine import as_numpy, get_engine
+from bptt.engine import as_numpy, get_engine, kernel
 from bptt.engine.numpy import rnn
 from bptt.engine.numpy.loss import softmax_cross_entropy, softmax_cross_entropy_
 from bptt.engine.numpy.model import NumpyEngine
@@ -380,12 +380,19 @@ def test_numpy_engine_bf16_needs_float32():
 # -- bf16 -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("engine_name", ["torch", "numpy"])
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "lnlstm", "lngru"])
 @pytest.mark.parametrize("truncate", [None, 3])
 def test_bf16_engines_within_bf16_tolerance_of_fp32(engine_name, cell, truncate):
     """precision='bf16': products in bfloat16, float32 master weights, state and loss -- every
     cell, both hand-written engines (compiled kernel or Python path, whichever runs)."""
-    assert_bf16_near_fp32(engine_name, lm_spec(V=28, H=64, cell=cell, L=2), truncate)
+    assert_bf16_near_fp32(engine_name, lm_spec(V=28, H=64, cell=cell, L=2), truncate,
+                          BF16_GRAD_TOL.get(cell, 5e-2))
+
+
+BF16_GRAD_TOL = {"lnlstm": 1.5e-1, "lngru": 1.5e-1}
+"""The layer norms rescale small pre-activations to unit spread, and the bf16 rounding with
+them: at initialisation the LN-LSTM's gradients differ from fp32 by 3 to 9% (by seed, kernel
+and Python path alike), the plain cells' by under 1%."""
 
 
 @pytest.mark.parametrize("engine_name", ["torch", "numpy"])
@@ -398,13 +405,15 @@ def test_bf16_projected_lstm_runs_the_python_path(engine_name):
 
 @pytest.mark.parametrize("engine_name", ["torch", "numpy"])
 @pytest.mark.parametrize("cell", ["lnlstm", "lngru"])
-def test_bf16_is_refused_for_the_layer_normalised_cells(engine_name, cell):
-    with pytest.raises(ValueError, match=f"expected precision 'fp32', got 'bf16' for the {cell} "
-                       r"cell \(bfloat16 products are implemented for the rnn, lstm, gru cells"):
-        get_engine(engine_name, lm_spec(cell=cell, V=28), device="cpu", precision="bf16")
+def test_bf16_layer_normalised_cells_on_the_python_path(engine_name, cell):
+    """The layer-normalised cells take bf16 where the compiled kernel does not run too (it
+    used to refuse them in one line)."""
+    with kernel.disabled():
+        assert_bf16_near_fp32(engine_name, lm_spec(V=28, H=64, cell=cell, L=2), None,
+                              BF16_GRAD_TOL[cell])
 
 
-def assert_bf16_near_fp32(engine_name, spec, truncate):
+def assert_bf16_near_fp32(engine_name, spec, truncate, grad_tol=5e-2):
     """Loss, gradients and state under bf16 within bf16 tolerance of fp32, all float32."""
     params = init_params(spec, rng=10)
     X, Y, _ = batch(28, 8, 12, seed=11)
@@ -423,7 +432,7 @@ def assert_bf16_near_fp32(engine_name, spec, truncate):
     assert abs(l16 - l32) <= 1e-2 * abs(l32)
     for name in g32:
         err = float(np.linalg.norm(g16[name] - g32[name]) / np.linalg.norm(g32[name]))
-        assert err <= 5e-2, (name, err)
+        assert err <= grad_tol, (name, err)
     assert float(np.abs(s16 - s32).max() / np.abs(s32).max()) <= 5e-2
 
 

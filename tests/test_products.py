@@ -70,3 +70,15 @@ def test_every_candidate_computes_the_same_product(fresh, monkeypatch, precision
     assert np.isnan(products.bf16_round(np.float32([np.nan]))[0])
     if not kernel.enabled():                                           # the Python path alone
         assert kernel.status().startswith(("not available", "off"))
+
+
+def test_a_product_of_a_view_with_gaps_is_chosen_apart():
+    """A slice of a wider array's columns (the layer-normalised cells' dv, 9H apart) runs
+    fastest on another product than the dense operand of the same shape: its own choice."""
+    wide = np.ones((6, 9), dtype=np.float32)
+    dense, b = np.ones((6, 4), dtype=np.float32), np.ones((6, 3), dtype=np.float32)
+    gapped = wide[:, 2:6]
+    assert products.shape_key(dense.T, b, "fp32") == products.shape_key(
+        np.ascontiguousarray(dense.T), b, "fp32")
+    assert products.shape_key(gapped.T, b, "fp32") == (products.shape_key(dense.T, b, "fp32")
+                                                        + "|gaps")

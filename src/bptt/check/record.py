@@ -43,8 +43,8 @@ class CheckRow:
     input gradient; ``dh0``: the initial-state gradient (h0 and, for the LSTM, c0). A column
     is None where the method does not measure it (finite differences have no forward to
     compare). ``kernel``: the engine ran with its compiled kernel on and the kernel covers the
-    row's layers (the RNN, LSTM and GRU without projection; a truncated backward stays
-    Python), or not (the Python path, the reference).
+    row's layers (the RNN, LSTM and GRU without projection, the LN-LSTM and LN-GRU; a truncated
+    backward stays Python), or not (the Python path, the reference).
     """
 
     cell: str

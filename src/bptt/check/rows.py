@@ -188,5 +188,6 @@ def _rows(quick: bool, wanted: set, torch: bool) -> list[CheckRow]:
         rows += [r for r in torch_engine.rows(quick) if r.cell in wanted]
     on = kernel.enabled()
     for r in rows:                  # the kernel runs the layers of these cells, unprojected
-        r.kernel = on and r.cell in kernel.CELL_CODES and not r.proj_size
+        r.kernel = on and (r.cell in kernel.CELL_CODES or r.cell in kernel.LN_CELL_CODES) \
+            and not r.proj_size
     return rows

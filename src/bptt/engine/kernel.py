@@ -1,7 +1,8 @@
 """The compiled kernel (``bptt.engine._kernel``): when it applies, and its calls on arrays.
 
 The kernel runs a recurrent layer's whole loop over time in C++ -- every step's product and its
-gate non-linearities fused, forward and backward, for the RNN, LSTM and GRU -- and the large
+gate non-linearities fused, forward and backward, for the RNN, LSTM and GRU and the
+layer-normalised LSTM and GRU (their norms fused too: :func:`ln_forward`) -- and the large
 products around the loops (input projections, weight gradients, the head) and the softmax
 cross-entropy. It implements the same labelled equations as the cells' Python code
 (``engine/numpy/<cell>.py``), which stays as the reference and the fallback: the cells call
@@ -34,6 +35,7 @@ from .threads import beside_kernel, threads
 
 ENV = "BPTT_KERNEL"
 CELL_CODES = {"rnn": 0, "lstm": 1, "gru": 2}
+LN_CELL_CODES = {"lnlstm": 1, "lngru": 2}   # the layer-normalised twins of the LSTM and GRU
 FORWARD, BACKWARD = 0, 1
 _STATE: dict = {}                   # "module": the extension or None, "why": why not
 
@@ -185,3 +187,37 @@ def softmax_xent(logits: np.ndarray, targets: np.ndarray) -> float:
     ``logits`` becomes dL/dlogits (``bptt.engine.numpy.loss.softmax_cross_entropy_``)."""
     return _load().softmax_xent(logits, np.ascontiguousarray(targets, dtype=np.int64),
                                 threads())
+
+
+def ln_forward(kind: CellKind, x: np.ndarray, h0: np.ndarray, hs: np.ndarray,
+               weight_hh: np.ndarray, v: np.ndarray, v_rstd: np.ndarray, g_hh: np.ndarray, *,
+               eps: float, c0=None, cs=None, c_hat=None, c_rstd=None, tanh_k=None, g_c=None,
+               b_c=None, b_hh=None, s_n=None, precision: str = "fp32") -> None:
+    """The layer-normalised LSTM's or GRU's forward loop over time, in place (kernel.h,
+    ``LnFwdArgs``; ``engine/numpy/lnlstm.py``, ``lngru.py``): ``weight_hh`` is W~_hh (centred
+    over its rows); ``x`` (T, B, G*H) holds u^_t g_ih + b and becomes the gates; ``hs``, ``v``
+    (v^_t), ``v_rstd`` (T, B, 1) and the LSTM's ``cs``, ``c_hat``, ``c_rstd``, ``tanh_k``, the
+    GRU's ``s_n`` are written."""
+    T, B = hs.shape[:2]
+    packed = pack(weight_hh, kind, FORWARD, precision)
+    _load().ln_forward(LN_CELL_CODES[kind.name], packed, T, B, eps, x, _c(h0), hs, v, v_rstd,
+                       _c(g_hh), _c(c0), cs, c_hat, c_rstd, tanh_k, _c(g_c), _c(b_c), _c(b_hh),
+                       s_n, threads())
+
+
+def ln_backward(kind: CellKind, weight_hh: np.ndarray, *, out: np.ndarray, carry_h: np.ndarray,
+                gates: np.ndarray, v: np.ndarray, v_rstd: np.ndarray, g_hh: np.ndarray,
+                h0=None, hs=None, s_n=None, c0=None, cs=None, c_hat=None, c_rstd=None,
+                tanh_k=None, g_c=None, dhs=None, carry_c=None, dv_scaled: bool = False,
+                precision: str = "fp32") -> None:
+    """The layer-normalised cells' backward loop over time without truncation (kernel.h,
+    ``LnBwdArgs``): writes every step's row of ``out`` -- the LSTM's [dz_t | dv_t / rstd_v |
+    dk_t] (9H), the GRU's [da_t | dv_t / rstd_v] (6H), as the Python step's (``dv_scaled``:
+    dv_t itself, as the torch engine's GRU step keeps it); ``carry_h``
+    (``carry_c``) enter as dL/dh_n (dL/dc_n) and leave as dL/dh_0 (dL/dc_0)."""
+    T, B = out.shape[:2]
+    packed = pack(weight_hh, kind, BACKWARD, precision)
+    _load().ln_backward(LN_CELL_CODES[kind.name], packed, T, B, _c(gates), _c(v), _c(v_rstd),
+                        _c(g_hh), _c(h0), _c(hs), _c(s_n), _c(c0), _c(cs), _c(c_hat),
+                        _c(c_rstd), _c(tanh_k), _c(g_c), _c(dhs), out, carry_h, carry_c,
+                        dv_scaled, threads())

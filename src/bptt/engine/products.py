@@ -154,7 +154,16 @@ def shape_key(a, b, precision: str) -> str:
     M, K = a.shape
     N = b.shape[1]
     dtype = str(a.dtype).removeprefix("torch.")
-    return f"{dtype}|{precision}|{_bucket(M)}x{_bucket(K)}x{_bucket(N)}"
+    gaps = "|gaps" if not (_dense(a) and _dense(b)) else ""
+    return f"{dtype}|{precision}|{_bucket(M)}x{_bucket(K)}x{_bucket(N)}{gaps}"
+
+
+def _dense(a) -> bool:
+    """A matrix or its transpose is contiguous: not a view with gaps between its rows (a
+    slice of a wider array's columns, which some products first copy: chosen separately)."""
+    if hasattr(a, "is_contiguous"):
+        return a.is_contiguous() or a.t().is_contiguous()
+    return a.flags.c_contiguous or a.flags.f_contiguous
 
 
 def chosen() -> dict[str, str]:

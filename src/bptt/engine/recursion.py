@@ -206,3 +206,18 @@ def bptt_loop(ops: ArrayOps, step: Step, dhs, dstate_n: tuple, T: int, truncate:
     dz = ops.empty(ref, (T, ref.shape[0], width))
     rec.run(step, dhs, dz)
     return dz, rec.dstate0()
+
+
+def compiled_or_loop(ops: ArrayOps, compiled: Callable[[], tuple | None],
+                     step: Callable[[], Step], dhs, dstate_n: tuple, T: int,
+                     truncate: int | None, width: int,
+                     batch_sizes: tuple[int, ...] | None = None) -> tuple[object, tuple]:
+    """:func:`bptt_loop`'s result from the compiled kernel's loop where it runs: ``compiled()``
+    (None where the kernel does not cover the arrays) when nothing is truncated nor packed,
+    else (or on None) :func:`bptt_loop` with ``step()``, the cell's one-step backward, made
+    only then."""
+    if effective_truncate(truncate, T) is None and batch_sizes is None:
+        done = compiled()
+        if done is not None:
+            return done
+    return bptt_loop(ops, step(), dhs, dstate_n, T, truncate, width, batch_sizes)

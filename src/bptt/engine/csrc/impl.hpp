@@ -18,6 +18,7 @@
  *                one product per panel of units, its gates computed right after it (the
  *                epilogue), one barrier per step across the threads
  *   softmax      cross-entropy's loss and gradient in place on the logits
+ *   ln.hpp       (included at the end) the layer-normalised LSTM and GRU's loops over time
  *
  * The equations are the Python cells' (engine/numpy/<cell>.py), labelled as there.
  */
@@ -1109,4 +1110,7 @@ static double softmax_xent(int dtype, void *logits, long N, long V, const int64_
     return xent_t((float *)logits, N, V, y, nth, team);
 }
 
-static const Impl IMPL = {ISA_NAME, NATIVE_BF16, pack, forward, backward, gemm, softmax_xent};
+#include "ln.hpp"
+
+static const Impl IMPL = {ISA_NAME, NATIVE_BF16, pack, forward, backward, gemm, softmax_xent,
+                         ln_forward, ln_backward};

@@ -63,6 +63,40 @@ typedef struct {
     void *carry_c;      /* lstm (B, H) in: dL/dc_n; out: dL/dc_0 */
 } BwdArgs;
 
+/* The layer-normalised LSTM and GRU (ln.hpp; engine/numpy/lnlstm.py, lngru.py): w packs
+ * W~_hh, W_hh centred over its G*H rows. Arrays as above; v_rstd and c_rstd (T, B). */
+typedef struct {
+    const Packed *w;    /* DIR_FORWARD */
+    int T, B, H;
+    double eps;
+    void *x;            /* (T, B, G*H) in: u^_t g_ih + b (lstm: b_ih + b_hh; gru: a_t); out:
+                           the gates after their activations */
+    const void *h0;     /* (B, H) */
+    void *hs;           /* (T, B, H) out: h_t */
+    void *v, *v_rstd;   /* (T, B, G*H), (T, B) out: v^_t = LN(h_{t-1} W_hh^T), its rstd_v */
+    const void *g_hh;   /* (G*H) */
+    const void *c0;     /* lstm (B, H) */
+    void *cs, *c_hat, *c_rstd, *tanh_k;  /* lstm out: c_t, c^_t = LN(c_t), rstd_c, tanh(k_t) */
+    const void *g_c, *b_c;               /* lstm (H), b_c or NULL */
+    const void *b_hh;   /* gru (3H) or NULL */
+    void *s_n;          /* gru (T, B, H) out: s^n_t */
+} LnFwdArgs;
+
+typedef struct {
+    const Packed *w;    /* DIR_BACKWARD */
+    int T, B, H;
+    const void *gates, *v, *v_rstd, *g_hh;  /* the forward's */
+    const void *h0, *hs, *s_n;              /* gru */
+    const void *c0, *cs, *c_hat, *c_rstd, *tanh_k, *g_c;  /* lstm */
+    const void *dhs;    /* (T, B, H) dL/dh_t, or NULL */
+    void *out;          /* (T, B, out_ld) out: lstm [dz_t | dv_t / rstd_v | dk_t] (9H),
+                           gru [da_t | dv_t / rstd_v] (6H); dv_t itself when dv_scaled */
+    long out_ld;
+    int dv_scaled;
+    void *carry_h;      /* (B, H) in: dL/dh_n; out: dL/dh_0 */
+    void *carry_c;      /* lstm (B, H) in: dL/dc_n; out: dL/dc_0 */
+} LnBwdArgs;
+
 /* C (M, N) = A (M, K) B (K, N) [+ C]: element (m, k) of A at A[m * rsa + k * csa], (k, n) of
  * B at B[k * rsb + n * csb], (m, n) of C at C[m * ldc + n]. */
 typedef struct {
@@ -92,6 +126,8 @@ typedef struct {
     void (*gemm)(const GemmArgs *a, int nth, const TeamOps *team);
     double (*softmax_xent)(int dtype, void *logits, long N, long V, const int64_t *targets,
                            int nth, const TeamOps *team);
+    void (*ln_forward)(int cell, const LnFwdArgs *a, int nth, const TeamOps *team);
+    void (*ln_backward)(int cell, const LnBwdArgs *a, int nth, const TeamOps *team);
 } Impl;
 
 #endif

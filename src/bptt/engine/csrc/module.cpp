@@ -476,6 +476,104 @@ static PyObject *py_softmax_xent(PyObject *, PyObject *args) {
     return PyFloat_FromDouble(loss);
 }
 
+// -- the layer-normalised cells --------------------------------------------------------------
+
+static bool ln_cell_ok(int cell, const Packed *w, int dir, int T, int B) {
+    if ((cell != CELL_LSTM && cell != CELL_GRU) || w->G != gates_of(cell) || w->dir != dir
+        || T < 1 || B < 1) {
+        PyErr_SetString(PyExc_ValueError, dir == DIR_FORWARD
+                        ? "expected a forward-packed weight of the cell's gates"
+                        : "expected a backward-packed weight of the cell's gates");
+        return false;
+    }
+    return true;
+}
+
+/* ln_forward(cell, packed, T, B, eps, x, h0, hs, v, v_rstd, g_hh, c0, cs, c_hat, c_rstd, tanh_k,
+ *            g_c, b_c, b_hh, s_n, threads) */
+static PyObject *py_ln_forward(PyObject *, PyObject *args) {
+    int cell, T, B, threads;
+    double eps;
+    PyObject *cap, *ox, *oh0, *ohs, *ov, *ovr, *ogh, *oc0, *ocs, *och, *ocr, *otk, *ogc, *obc,
+        *obh, *osn;
+    if (!PyArg_ParseTuple(args, "iOiidOOOOOOOOOOOOOOOi", &cell, &cap, &T, &B, &eps, &ox, &oh0,
+                          &ohs, &ov, &ovr, &ogh, &oc0, &ocs, &och, &ocr, &otk, &ogc, &obc, &obh,
+                          &osn, &threads))
+        return nullptr;
+    const Packed *w = get_packed(cap);
+    if (!w || !ln_cell_ok(cell, w, DIR_FORWARD, T, B)) return nullptr;
+    const int G = w->G, H = w->H, dt = w->dtype;
+    const bool lstm = cell == CELL_LSTM, gru = !lstm;
+    const long TB = (long)T * B;
+    Arr x, h0, hs, v, vr, gh, c0, cs, ch, cr, tk, gc, bc, bh, sn;
+    if (get_arr(ox, "x", dt, TB, (long)G * H, true, false, &x)
+        || get_arr(oh0, "h0", dt, B, H, false, false, &h0)
+        || get_arr(ohs, "hs", dt, TB, H, true, false, &hs)
+        || get_arr(ov, "v", dt, TB, (long)G * H, true, false, &v)
+        || get_arr(ovr, "v_rstd", dt, TB, 1, true, false, &vr)
+        || get_arr(ogh, "g_hh", dt, 1, (long)G * H, false, false, &gh)
+        || get_arr(oc0, "c0", dt, B, H, false, !lstm, &c0)
+        || get_arr(ocs, "cs", dt, TB, H, true, !lstm, &cs)
+        || get_arr(och, "c_hat", dt, TB, H, true, !lstm, &ch)
+        || get_arr(ocr, "c_rstd", dt, TB, 1, true, !lstm, &cr)
+        || get_arr(otk, "tanh_k", dt, TB, H, true, !lstm, &tk)
+        || get_arr(ogc, "g_c", dt, 1, H, false, !lstm, &gc)
+        || get_arr(obc, "b_c", dt, 1, H, false, true, &bc)
+        || get_arr(obh, "b_hh", dt, 1, 3L * H, false, true, &bh)
+        || get_arr(osn, "s_n", dt, TB, H, true, !gru, &sn))
+        return nullptr;
+    LnFwdArgs a = {w, T, B, H, eps, x.ptr, h0.ptr, hs.ptr, v.ptr, vr.ptr, gh.ptr,
+                   lstm ? c0.ptr : nullptr, cs.ptr, ch.ptr, cr.ptr, tk.ptr, gc.ptr,
+                   lstm ? bc.ptr : nullptr, gru ? bh.ptr : nullptr, sn.ptr};
+    Py_BEGIN_ALLOW_THREADS
+    IMPL->ln_forward(cell, &a, threads, team_for(threads));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* ln_backward(cell, packed, T, B, gates, v, v_rstd, g_hh, h0, hs, s_n, c0, cs, c_hat, c_rstd,
+ *             tanh_k, g_c, dhs, out, carry_h, carry_c, dv_scaled, threads) */
+static PyObject *py_ln_backward(PyObject *, PyObject *args) {
+    int cell, T, B, dv_scaled, threads;
+    PyObject *cap, *og, *ov, *ovr, *ogh, *oh0, *ohs, *osn, *oc0, *ocs, *och, *ocr, *otk, *ogc,
+        *odhs, *oout, *ocah, *ocac;
+    if (!PyArg_ParseTuple(args, "iOiiOOOOOOOOOOOOOOOOOpi", &cell, &cap, &T, &B, &og, &ov, &ovr,
+                          &ogh, &oh0, &ohs, &osn, &oc0, &ocs, &och, &ocr, &otk, &ogc, &odhs,
+                          &oout, &ocah, &ocac, &dv_scaled, &threads))
+        return nullptr;
+    const Packed *w = get_packed(cap);
+    if (!w || !ln_cell_ok(cell, w, DIR_BACKWARD, T, B)) return nullptr;
+    const int G = w->G, H = w->H, dt = w->dtype;
+    const bool lstm = cell == CELL_LSTM, gru = !lstm;
+    const long TB = (long)T * B, GH = (long)G * H, W = lstm ? 2 * GH + H : 2 * GH;
+    Arr g, v, vr, gh, h0, hs, sn, c0, cs, ch, cr, tk, gc, dhs, out, cah, cac;
+    if (get_arr(og, "gates", dt, TB, GH, false, false, &g)
+        || get_arr(ov, "v", dt, TB, GH, false, false, &v)
+        || get_arr(ovr, "v_rstd", dt, TB, 1, false, false, &vr)
+        || get_arr(ogh, "g_hh", dt, 1, GH, false, false, &gh)
+        || get_arr(oh0, "h0", dt, B, H, false, !gru, &h0)
+        || get_arr(ohs, "hs", dt, TB, H, false, !gru, &hs)
+        || get_arr(osn, "s_n", dt, TB, H, false, !gru, &sn)
+        || get_arr(oc0, "c0", dt, B, H, false, !lstm, &c0)
+        || get_arr(ocs, "cs", dt, TB, H, false, !lstm, &cs)
+        || get_arr(och, "c_hat", dt, TB, H, false, !lstm, &ch)
+        || get_arr(ocr, "c_rstd", dt, TB, 1, false, !lstm, &cr)
+        || get_arr(otk, "tanh_k", dt, TB, H, false, !lstm, &tk)
+        || get_arr(ogc, "g_c", dt, 1, H, false, !lstm, &gc)
+        || get_arr(odhs, "dhs", dt, TB, H, false, true, &dhs)
+        || get_arr(oout, "out", dt, TB, W, true, false, &out)
+        || get_arr(ocah, "carry_h", dt, B, H, true, false, &cah)
+        || get_arr(ocac, "carry_c", dt, B, H, true, !lstm, &cac))
+        return nullptr;
+    LnBwdArgs a = {w, T, B, H, g.ptr, v.ptr, vr.ptr, gh.ptr, h0.ptr, hs.ptr, sn.ptr, c0.ptr,
+                   cs.ptr, ch.ptr, cr.ptr, tk.ptr, gc.ptr, dhs.ptr, out.ptr, W, dv_scaled,
+                   cah.ptr, lstm ? cac.ptr : nullptr};
+    Py_BEGIN_ALLOW_THREADS
+    IMPL->ln_backward(cell, &a, threads, team_for(threads));
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_isa(PyObject *, PyObject *) { return PyUnicode_FromString(IMPL->name); }
 
 static PyObject *py_native_bf16(PyObject *, PyObject *) {
@@ -491,6 +589,10 @@ static PyMethodDef METHODS[] = {
      "softmax_xent(logits, targets, threads) -> mean loss; logits become the gradient"},
     {"isa", py_isa, METH_NOARGS, "the instruction set the kernel runs"},
     {"native_bf16", py_native_bf16, METH_NOARGS, "bf16 products in hardware (AVX512-BF16)"},
+    {"ln_forward", py_ln_forward, METH_VARARGS,
+     "a layer-normalised LSTM or GRU layer's loop over time, forward"},
+    {"ln_backward", py_ln_backward, METH_VARARGS,
+     "a layer-normalised LSTM or GRU layer's loop over time, backward"},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_kernel",

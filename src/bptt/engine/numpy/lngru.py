@@ -56,23 +56,35 @@ from typing import NamedTuple
 import numpy as np
 
 from ...cells import LNGRU as KIND
+from .. import kernel
 from ..layout import check_gate_weights, check_own_params
-from ..recursion import bptt_loop
+from ..products import bf16_round, matmul
+from ..recursion import compiled_or_loop
 from .common import (
     OPS,
     Upstream,
+    check_precision,
     check_sequence,
     check_state_parts,
     prev_weight_grad,
     project_inputs,
     project_inputs_backward,
     sigmoid_,
+    step_product,
     upstream_array,
 )
-from .layernorm import affine, centred, column_dot, gain_and_input_grads_, rowdot, scale
+from .layernorm import (
+    EPS,
+    affine,
+    centred,
+    column_dot,
+    gain_and_input_grads_,
+    rowdot,
+    scale,
+)
 
 GATES = KIND.num_gates
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "bf16")
 """The precisions this cell implements (``bptt.engine.numpy.stack``)."""
 
 
@@ -93,6 +105,7 @@ class Cache(NamedTuple):
     ln_weight_hh: np.ndarray  # (3H,) g_hh
     has_bias_ih: bool
     has_bias_hh: bool
+    precision: str = "fp32"   # fp32 | bf16: the products' operands
 
 
 def forward(
@@ -104,9 +117,11 @@ def forward(
     bias_hh: np.ndarray | None = None,
     ln_weight_ih: np.ndarray | None = None,
     ln_weight_hh: np.ndarray | None = None,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, tuple[np.ndarray], Cache]:
     """Run the layer over ``x``; return ``(hs, (h_n,), cache)`` with hs (T, B, H), h_n (B, H).
     The gains are required (``bptt.model`` gives them), the biases optional."""
+    check_precision(precision, weight_hh)
     H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
     check_own_params(KIND, H, {"ln_weight_ih": ln_weight_ih, "ln_weight_hh": ln_weight_hh})
     T, B = check_sequence(x, weight_ih.shape[1])
@@ -114,7 +129,8 @@ def forward(
     (h0,) = check_state_parts(KIND, state0, B, H, dtype)
 
     w_ih, w_hh = centred(weight_ih), centred(weight_hh)  # W~: the centring in the products
-    u_hat = project_inputs(x, w_ih, None)                # (T, B, 3H): u_t = x_t W~_ih^T, all t
+    # (T, B, 3H): u_t = x_t W~_ih^T, all t
+    u_hat = project_inputs(x, w_ih, None, precision=precision)
     u_rstd = scale(u_hat)                                # u^_t = u_t rstd_u = LN(x_t W_ih^T)
     gates = affine(u_hat, ln_weight_ih, bias_ih)         # a_t = u^_t g_ih + b_ih, all t
     h_buf = np.empty((T + 1, B, H), dtype=dtype)         # h_buf[0] = h0, h_buf[t + 1] = h_t
@@ -122,26 +138,33 @@ def forward(
     s_n = np.empty((T, B, H), dtype=dtype)
     v_hat = np.empty((T, B, GATES * H), dtype=dtype)
     v_rstd = np.empty((T, B, 1), dtype=dtype)
-    s = np.empty((B, GATES * H), dtype=dtype)
-    for t in range(T):
-        _cell(gates[t], h_buf[t], w_hh.T, (ln_weight_hh, bias_hh), s,
-              out=(h_buf[t + 1], v_hat[t], v_rstd[t]))
-        s_n[t] = s[:, 2 * H:]
+    if kernel.covers(gates, h_buf, w_hh, ln_weight_hh, *([] if bias_hh is None else [bias_hh]),
+                     precision=precision):
+        kernel.ln_forward(KIND, gates, h_buf[0], h_buf[1:], w_hh, v_hat, v_rstd, ln_weight_hh,
+                          eps=EPS, b_hh=bias_hh, s_n=s_n,
+                          precision=precision)  # the loop below, compiled
+    else:
+        s = np.empty((B, GATES * H), dtype=dtype)
+        w_hh_t = w_hh.T if precision == "fp32" else bf16_round(w_hh.T)
+        for t in range(T):
+            _cell(gates[t], h_buf[t], w_hh_t, (ln_weight_hh, bias_hh), s,
+                  out=(h_buf[t + 1], v_hat[t], v_rstd[t]), precision=precision)
+            s_n[t] = s[:, 2 * H:]
     cache = Cache(x=x, gates=gates, s_n=s_n, h_buf=h_buf, u_hat=u_hat, u_rstd=u_rstd,
                   v_hat=v_hat, v_rstd=v_rstd, w_ih=w_ih, w_hh=w_hh, ln_weight_ih=ln_weight_ih,
                   ln_weight_hh=ln_weight_hh, has_bias_ih=bias_ih is not None,
-                  has_bias_hh=bias_hh is not None)
+                  has_bias_hh=bias_hh is not None, precision=precision)
     return h_buf[1:], (h_buf[-1],), cache
 
 
 def _cell(a: np.ndarray, h: np.ndarray, w_hh_t: np.ndarray, own: tuple, s: np.ndarray,
-          out: tuple) -> None:
+          out: tuple, precision: str = "fp32") -> None:
     """One step in place: ``a`` (B, 3H) holds a_t and becomes [r_t | u_t | n_t], ``s`` (B, 3H)
     receives s_t; ``w_hh_t`` is W~_hh^T; ``own`` = (g_hh, b_hh or None); ``out`` = (h_t, v^_t,
     rstd_v), written."""
     H = h.shape[1]
     h_new, v, v_rstd = out
-    np.matmul(h, w_hh_t, out=v)                          # v_t = h_{t-1} W~_hh^T
+    step_product(h, w_hh_t, v, precision)               # v_t = h_{t-1} W~_hh^T
     v_rstd[...] = scale(v)                               # v^_t = v_t rstd_v
     affine(v, *own, out=s)                               # s_t = v^_t g_hh + b_hh
     a[:, :2 * H] += s[:, :2 * H]
@@ -199,17 +222,18 @@ def backward(
     T, B, GH = gates.shape
     H = GH // GATES
     dtype = gates.dtype
-    step = _step(_factors(cache), cache)
     dstate_n = check_state_parts(KIND, dstate_n, B, H, dtype, names="d{}_n")
     dhs = upstream_array(dhs, T, B, H, dtype)           # a head's lazy gradient, all rows
-    out, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, 2 * GH)
+    out, dstate0 = compiled_or_loop(
+        OPS, lambda: _compiled_loop(cache, dhs, dstate_n),  # the steps of _step, compiled
+        lambda: _step(_factors(cache), cache), dhs, dstate_n, T, truncate, 2 * GH)
     da, dv = out[..., :GH], out[..., GH:]
     ds = da.copy()
     ds[..., 2 * H:] *= gates[..., :H]                    # ds_t = [da^r_t | da^z_t | da^n_t r_t]
 
     h_prev = cache.h_buf[:-1] * cache.v_rstd             # rstd_v h_{t-1}: dv_t = rstd_v * dv
     # dW_hh = centred(sum_t dv_t^T h_{t-1})
-    grads = {"weight_hh": centred(prev_weight_grad(dv, h_prev))}
+    grads = {"weight_hh": centred(prev_weight_grad(dv, h_prev, cache.precision))}
     grads["ln_weight_hh"] = column_dot(ds, cache.v_hat)  # dg_hh = sum_t sum_b ds_t v^_t
     if cache.has_bias_ih:
         grads["bias_ih"] = da.sum(axis=(0, 1))           # db_ih = sum_t sum_b da_t
@@ -220,15 +244,36 @@ def backward(
     # (both made where dv was, spent by dW_hh; da becomes du^)
     grads["ln_weight_ih"], du = gain_and_input_grads_(da, cache.u_hat, cache.u_rstd,
                                                       cache.ln_weight_ih, dv)
-    dx, dw_ih = project_inputs_backward(du, cache.x, cache.w_ih, need_dx)  # dx_t = du_t W~_ih
+    dx, dw_ih = project_inputs_backward(du, cache.x, cache.w_ih, need_dx,
+                                        cache.precision)  # dx_t = du_t W~_ih
     grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum_t du_t^T x_t)
     return dx, dstate0, grads
+
+
+def _compiled_loop(cache: Cache, dhs: np.ndarray | None, dstate_n: tuple) -> tuple | None:
+    """The backward recursion without truncation in the compiled kernel: ``(out (T, B, 6H),
+    (dh0,))`` as :func:`bptt.engine.recursion.bptt_loop` gives them from :func:`_step`, or None
+    where the kernel does not compute on these arrays."""
+    if not kernel.covers(cache.gates, cache.h_buf, cache.w_hh, cache.ln_weight_hh, *dstate_n,
+                         *([] if dhs is None else [dhs]), precision=cache.precision):
+        return None
+    T, B, GH = cache.gates.shape
+    out = np.empty((T, B, 2 * GH), dtype=cache.gates.dtype)
+    dh = np.array(dstate_n[0], dtype=out.dtype)         # in: dL/dh_n; out: dL/dh_0
+    kernel.ln_backward(KIND, cache.w_hh, out=out, carry_h=dh, gates=cache.gates,
+                       v=cache.v_hat, v_rstd=cache.v_rstd, g_hh=cache.ln_weight_hh,
+                       h0=cache.h_buf[0], hs=cache.h_buf[1:], s_n=cache.s_n, dhs=dhs,
+                       precision=cache.precision)
+    return out, (dh,)
 
 
 def _step(k: _Factors, cache: Cache):
     """The one-step backward :func:`bptt.engine.recursion.bptt_loop` runs: (1)-(4) at step t
     for every pending age at once, writing [da_t | dv_t / rstd_v] (A, B, 6H)."""
     w_hh, v_hat, v_rstd = cache.w_hh, cache.v_hat, cache.v_rstd
+    prec = cache.precision
+    if prec == "bf16":
+        w_hh = bf16_round(w_hh)                          # rounded once for every step
     scratch: dict[int, np.ndarray] = {}
 
     def step(t: int, dstate: tuple, out: np.ndarray, prev_out: tuple) -> None:
@@ -247,7 +292,7 @@ def _step(k: _Factors, cache: Cache):
         (dh_prev,) = prev_out
         K = dh_prev.shape[0]
         if K:                                            # dh_{t-1} = dv_t W~_hh + dh_t * u_t
-            np.matmul(dv[:K].reshape(K * B, GH), w_hh, out=dh_prev.reshape(K * B, H))
+            step_product(dv[:K].reshape(K * B, GH), w_hh, dh_prev.reshape(K * B, H), prec)
             dh_prev *= v_rstd[t]
             dh_prev += dh[:K] * k.u[t]
 
@@ -263,6 +308,7 @@ def step(
     bias_hh: np.ndarray | None = None,
     ln_weight_ih: np.ndarray | None = None,
     ln_weight_hh: np.ndarray | None = None,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray]:
     """One step, no checks and no cache (generation): (h_t,) from x_t and (h_{t-1},), (B, H).
 
@@ -275,11 +321,12 @@ def step(
     if x.dtype.kind in "iu":
         u = w_ih.T[x]                                    # one-hot x_t W~_ih^T: a row gather
     else:
-        u = x.astype(w_ih.dtype, copy=False) @ w_ih.T
+        u = matmul(x.astype(w_ih.dtype, copy=False), w_ih.T, precision=precision)
     scale(u)                                             # u^_t
     a = affine(u, ln_weight_ih, bias_ih)                 # a_t = u^_t g_ih + b_ih
     out = (np.empty((B, H), dtype=h.dtype), np.empty((B, GATES * H), dtype=h.dtype),
            np.empty((B, 1), dtype=h.dtype))
-    _cell(a, h, centred(weight_hh).T, (ln_weight_hh, bias_hh),
+    w_hh_t = centred(weight_hh).T
+    _cell(a, h, w_hh_t if precision == "fp32" else bf16_round(w_hh_t), (ln_weight_hh, bias_hh),
           np.empty((B, GATES * H), dtype=h.dtype), out)
     return (out[0],)

@@ -62,20 +62,25 @@ from typing import NamedTuple
 import numpy as np
 
 from ...cells import LNLSTM as KIND
+from .. import kernel
 from ..layout import check_gate_weights, check_own_params, sum_biases
-from ..recursion import bptt_loop
+from ..products import bf16_round, matmul
+from ..recursion import compiled_or_loop
 from .common import (
     OPS,
     Upstream,
+    check_precision,
     check_sequence,
     check_state_parts,
     prev_weight_grad,
     project_inputs,
     project_inputs_backward,
     sigmoid_,
+    step_product,
     upstream_array,
 )
 from .layernorm import (
+    EPS,
     affine,
     centred,
     column_dot,
@@ -86,7 +91,7 @@ from .layernorm import (
 )
 
 GATES = KIND.num_gates
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "bf16")
 """The precisions this cell implements (``bptt.engine.numpy.stack``)."""
 
 
@@ -112,6 +117,7 @@ class Cache(NamedTuple):
     has_bias_ih: bool
     has_bias_hh: bool
     has_ln_bias_c: bool
+    precision: str = "fp32"   # fp32 | bf16: the products' operands
 
 
 def forward(
@@ -125,9 +131,11 @@ def forward(
     ln_weight_hh: np.ndarray | None = None,
     ln_weight_c: np.ndarray | None = None,
     ln_bias_c: np.ndarray | None = None,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], Cache]:
     """Run the layer over ``x``; return ``(hs, (h_n, c_n), cache)``, hs (T, B, H). The gains
     are required (``bptt.model`` gives them), the biases optional."""
+    check_precision(precision, weight_hh)
     H = check_gate_weights(KIND, weight_ih, weight_hh, bias_ih, bias_hh)
     check_own_params(KIND, H, {"ln_weight_ih": ln_weight_ih, "ln_weight_hh": ln_weight_hh,
                                "ln_weight_c": ln_weight_c, "ln_bias_c": ln_bias_c})
@@ -136,7 +144,8 @@ def forward(
     h0, c0 = check_state_parts(KIND, state0, B, H, dtype)
 
     w_ih, w_hh = centred(weight_ih), centred(weight_hh)  # W~: the centring in the products
-    u_hat = project_inputs(x, w_ih, None)                # (T, B, 4H): u_t = x_t W~_ih^T, all t
+    # (T, B, 4H): u_t = x_t W~_ih^T, all t
+    u_hat = project_inputs(x, w_ih, None, precision=precision)
     u_rstd = scale(u_hat)                                # u^_t = u_t rstd_u = LN(x_t W_ih^T)
     gates = affine(u_hat, ln_weight_ih, sum_biases(bias_ih, bias_hh))  # u^_t g_ih + b, all t
     h_buf = np.empty((T + 1, B, H), dtype=dtype)         # h_buf[0] = h0, h_buf[t + 1] = h_t
@@ -148,21 +157,30 @@ def forward(
     c_rstd = np.empty((T, B, 1), dtype=dtype)
     tanh_k = np.empty((T, B, H), dtype=dtype)
     own = (ln_weight_hh, ln_weight_c, ln_bias_c)
-    scratch = (np.empty((B, GATES * H), dtype=dtype), np.empty((B, H), dtype=dtype))
-    for t in range(T):
-        _cell(gates[t], h_buf[t], c_buf[t], w_hh.T, own, scratch,
-              out=(h_buf[t + 1], c_buf[t + 1], v_hat[t], v_rstd[t], c_hat[t], c_rstd[t],
-                   tanh_k[t]))
+    if kernel.covers(gates, h_buf, c_buf, w_hh, *(p for p in own if p is not None),
+                     precision=precision):
+        kernel.ln_forward(KIND, gates, h_buf[0], h_buf[1:], w_hh, v_hat, v_rstd, ln_weight_hh,
+                          eps=EPS, c0=c_buf[0], cs=c_buf[1:], c_hat=c_hat, c_rstd=c_rstd,
+                          tanh_k=tanh_k, g_c=ln_weight_c, b_c=ln_bias_c,
+                          precision=precision)  # the loop below, compiled
+    else:
+        scratch = (np.empty((B, GATES * H), dtype=dtype), np.empty((B, H), dtype=dtype))
+        w_hh_t = w_hh.T if precision == "fp32" else bf16_round(w_hh.T)
+        for t in range(T):
+            _cell(gates[t], h_buf[t], c_buf[t], w_hh_t, own, scratch,
+                  out=(h_buf[t + 1], c_buf[t + 1], v_hat[t], v_rstd[t], c_hat[t], c_rstd[t],
+                       tanh_k[t]), precision=precision)
     cache = Cache(x=x, gates=gates, h_buf=h_buf, c_buf=c_buf, u_hat=u_hat, u_rstd=u_rstd,
                   v_hat=v_hat, v_rstd=v_rstd, c_hat=c_hat, c_rstd=c_rstd, tanh_k=tanh_k,
                   w_ih=w_ih, w_hh=w_hh, ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh,
                   ln_weight_c=ln_weight_c, has_bias_ih=bias_ih is not None,
-                  has_bias_hh=bias_hh is not None, has_ln_bias_c=ln_bias_c is not None)
+                  has_bias_hh=bias_hh is not None, has_ln_bias_c=ln_bias_c is not None,
+                  precision=precision)
     return h_buf[1:], (h_buf[-1], c_buf[-1]), cache
 
 
 def _cell(z: np.ndarray, h: np.ndarray, c_prev: np.ndarray, w_hh_t: np.ndarray, own: tuple,
-          scratch: tuple, out: tuple) -> None:
+          scratch: tuple, out: tuple, precision: str = "fp32") -> None:
     """One step in place: ``z`` (B, 4H) holds u^_t g_ih + b and becomes [i_t | f_t | g_t |
     o_t]; ``w_hh_t`` is W~_hh^T; ``own`` = (g_hh, g_c, b_c or None); ``scratch`` two arrays
     (B, 4H), (B, H); ``out`` = (h_t, c_t, v^_t, rstd_v, c^_t, rstd_c, tanh(k_t)), written."""
@@ -170,7 +188,7 @@ def _cell(z: np.ndarray, h: np.ndarray, c_prev: np.ndarray, w_hh_t: np.ndarray, 
     g_hh, g_c, b_c = own
     rec, ig = scratch
     h_new, c, v, v_rstd, c_hat, c_rstd, tanh_k = out
-    np.matmul(h, w_hh_t, out=v)                          # v_t = h_{t-1} W~_hh^T
+    step_product(h, w_hh_t, v, precision)               # v_t = h_{t-1} W~_hh^T
     v_rstd[...] = scale(v)                               # v^_t = v_t rstd_v
     np.multiply(v, g_hh, out=rec)
     z += rec                                             # z_t = u^_t g_ih + b + v^_t g_hh
@@ -237,16 +255,16 @@ def backward(
     T, B, GH = cache.gates.shape
     H = GH // GATES
     dtype = cache.gates.dtype
-    k = _factors(cache)
-    step = _step(k, cache)
     dstate_n = check_state_parts(KIND, dstate_n, B, H, dtype, names="d{}_n")
     dhs = upstream_array(dhs, T, B, H, dtype)           # a head's lazy gradient, all rows
-    out, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, 2 * GH + H)
+    out, dstate0 = compiled_or_loop(
+        OPS, lambda: _compiled_loop(cache, dhs, dstate_n),  # the steps of _step, compiled
+        lambda: _step(_factors(cache), cache), dhs, dstate_n, T, truncate, 2 * GH + H)
     dz, dv, dk = out[..., :GH], out[..., GH:2 * GH], out[..., 2 * GH:]
 
     h_prev = cache.h_buf[:-1] * cache.v_rstd             # rstd_v h_{t-1}: dv_t = rstd_v * dv
     # dW_hh = centred(sum_t dv_t^T h_{t-1})
-    grads = {"weight_hh": centred(prev_weight_grad(dv, h_prev))}
+    grads = {"weight_hh": centred(prev_weight_grad(dv, h_prev, cache.precision))}
     if cache.has_bias_ih or cache.has_bias_hh:
         db = dz.sum(axis=(0, 1))                         # db_ih = db_hh = sum_t sum_b dz_t
         if cache.has_bias_ih:
@@ -259,7 +277,8 @@ def backward(
     # (both made where dv was, spent by dW_hh; dz becomes du^)
     grads["ln_weight_ih"], du = gain_and_input_grads_(dz, cache.u_hat, cache.u_rstd,
                                                       cache.ln_weight_ih, dv)
-    dx, dw_ih = project_inputs_backward(du, cache.x, cache.w_ih, need_dx)  # dx_t = du_t W~_ih
+    dx, dw_ih = project_inputs_backward(du, cache.x, cache.w_ih, need_dx,
+                                        cache.precision)  # dx_t = du_t W~_ih
     grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum_t du_t^T x_t)
     grads["ln_weight_c"] = column_dot(dk, cache.c_hat)  # dg_c = sum_t sum_b dk_t c^_t
     if cache.has_ln_bias_c:
@@ -267,10 +286,32 @@ def backward(
     return dx, dstate0, grads
 
 
+def _compiled_loop(cache: Cache, dhs: np.ndarray | None, dstate_n: tuple) -> tuple | None:
+    """The backward recursion without truncation in the compiled kernel: ``(out (T, B, 9H),
+    (dh0, dc0))`` as :func:`bptt.engine.recursion.bptt_loop` gives them from :func:`_step`, or
+    None where the kernel does not compute on these arrays."""
+    own = [cache.ln_weight_hh, cache.ln_weight_c]
+    if not kernel.covers(cache.gates, cache.h_buf, cache.c_buf, cache.w_hh, *own, *dstate_n,
+                         *([] if dhs is None else [dhs]), precision=cache.precision):
+        return None
+    T, B, GH = cache.gates.shape
+    out = np.empty((T, B, 2 * GH + GH // GATES), dtype=cache.gates.dtype)
+    dh, dc = (np.array(d, dtype=out.dtype) for d in dstate_n)  # in: dL/d(h_n, c_n); out: h0, c0
+    kernel.ln_backward(KIND, cache.w_hh, out=out, carry_h=dh, carry_c=dc, gates=cache.gates,
+                       v=cache.v_hat, v_rstd=cache.v_rstd, g_hh=cache.ln_weight_hh,
+                       c0=cache.c_buf[0], cs=cache.c_buf[1:], c_hat=cache.c_hat,
+                       c_rstd=cache.c_rstd, tanh_k=cache.tanh_k, g_c=cache.ln_weight_c, dhs=dhs,
+                       precision=cache.precision)
+    return out, (dh, dc)
+
+
 def _step(k: _Factors, cache: Cache):
     """The one-step backward :func:`bptt.engine.recursion.bptt_loop` runs: (1)-(5) at step t
     for every pending age at once, writing [dz_t | dv_t / rstd_v | dk_t] (A, B, 9H)."""
     w_hh, g_hh, v_hat, v_rstd = cache.w_hh, cache.ln_weight_hh, cache.v_hat, cache.v_rstd
+    prec = cache.precision
+    if prec == "bf16":
+        w_hh = bf16_round(w_hh)                          # rounded once for every step
     g_c, c_hat, c_rstd = cache.ln_weight_c, cache.c_hat, cache.c_rstd
     scratch: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -300,7 +341,7 @@ def _step(k: _Factors, cache: Cache):
         dh_prev, dc_prev = prev_out
         K = dh_prev.shape[0]
         if K:                                            # dh_{t-1} = dv_t W~_hh,  dc_t f_t
-            np.matmul(dv[:K].reshape(K * B, GH), w_hh, out=dh_prev.reshape(K * B, H))
+            step_product(dv[:K].reshape(K * B, GH), w_hh, dh_prev.reshape(K * B, H), prec)
             dh_prev *= v_rstd[t]
             np.multiply(dc[:K], k.f[t], out=dc_prev)
 
@@ -318,6 +359,7 @@ def step(
     ln_weight_hh: np.ndarray | None = None,
     ln_weight_c: np.ndarray | None = None,
     ln_bias_c: np.ndarray | None = None,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One step, no checks and no cache (generation): (h_t, c_t) from x_t and (h_{t-1}, c_{t-1}).
 
@@ -330,10 +372,12 @@ def step(
     if x.dtype.kind in "iu":
         u = w_ih.T[x]                                    # one-hot x_t W~_ih^T: a row gather
     else:
-        u = x.astype(w_ih.dtype, copy=False) @ w_ih.T
+        u = matmul(x.astype(w_ih.dtype, copy=False), w_ih.T, precision=precision)
     scale(u)                                             # u^_t
     z = affine(u, ln_weight_ih, sum_biases(bias_ih, bias_hh))
     out = tuple(np.empty((B, n), dtype=h.dtype) for n in (H, H, GATES * H, 1, H, 1, H))
     scratch = (np.empty((B, GATES * H), dtype=h.dtype), np.empty((B, H), dtype=h.dtype))
-    _cell(z, h, c, centred(weight_hh).T, (ln_weight_hh, ln_weight_c, ln_bias_c), scratch, out)
+    w_hh_t = centred(weight_hh).T
+    _cell(z, h, c, w_hh_t if precision == "fp32" else bf16_round(w_hh_t),
+          (ln_weight_hh, ln_weight_c, ln_bias_c), scratch, out, precision)
     return out[0], out[1]

@@ -70,3 +70,9 @@ def gain_and_input_grads(dy: torch.Tensor, y: torch.Tensor, rstd: torch.Tensor,
     m = (work.view(-1, N) @ gain).view(*y.shape[:-1], 1)  # N mean(dy gain y), per row
     dx = torch.mul(dy, gain, out=work).addcmul_(y, m, value=-1.0 / N)
     return dgain, dx.mul_(rstd)
+
+
+def low_mm(a: torch.Tensor, b: torch.Tensor, low: torch.dtype | None) -> torch.Tensor:
+    """``a @ b``, or with ``low`` (bf16; ``b`` already in bfloat16) on bfloat16 operands, in
+    ``a``'s dtype: a step's product on the cells' Python path."""
+    return a @ b if low is None else (a.to(low) @ b).to(a.dtype)

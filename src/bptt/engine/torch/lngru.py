@@ -51,24 +51,37 @@ from typing import NamedTuple
 import torch
 
 from ...cells import LNGRU as KIND
+from .. import kernel
 from ..layout import check_batch_sizes, check_gate_weights, check_own_params, per_step, prev_rows
-from ..recursion import bptt_loop
+from ..recursion import compiled_or_loop
 from .common import (
     OPS,
     check_sequence,
     check_state_parts,
     final_rows,
     input_step,
+    kernel_views,
+    low_dtype,
+    matmul,
     new_steps,
     project_inputs,
     project_inputs_backward,
     shifted,
     stack_steps,
 )
-from .layernorm import affine, centred, gain_and_input_grads, gain_grad, normalize, rowdot
+from .layernorm import (
+    EPS,
+    affine,
+    centred,
+    gain_and_input_grads,
+    gain_grad,
+    low_mm,
+    normalize,
+    rowdot,
+)
 
 GATES = KIND.num_gates
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "bf16")
 """The torch engine's precisions this cell implements (``bptt.engine.torch.stack``)."""
 
 
@@ -91,6 +104,7 @@ class Cache(NamedTuple):
     has_bias_ih: bool
     has_bias_hh: bool
     batch_sizes: tuple | None   # packed sequences: b_t running at step t (None: all B)
+    precision: str = "fp32"     # fp32 | bf16: the products' operands
 
 
 def forward(
@@ -103,6 +117,7 @@ def forward(
     ln_weight_ih: torch.Tensor | None = None,
     ln_weight_hh: torch.Tensor | None = None,
     batch_sizes: tuple[int, ...] | None = None,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, tuple[torch.Tensor], Cache]:
     """Run the layer over ``x``; return ``(hs, (h_n,), cache)`` with hs (T, B, H), h_n (B, H).
     The gains are required (``bptt.model`` gives them), the biases optional; ``batch_sizes``:
@@ -111,33 +126,58 @@ def forward(
     check_own_params(KIND, H, {"ln_weight_ih": ln_weight_ih, "ln_weight_hh": ln_weight_hh})
     T, B = check_sequence(x, weight_ih.shape[1])
     check_batch_sizes(batch_sizes, T, B)
+    low = low_dtype(precision)
     (h0,) = check_state_parts(KIND, state0, B, weight_hh)
 
-    u_hat, u_rstd = normalize(project_inputs(x, weight_ih, None))  # u^_t = LN(x_t W_ih^T), all t
+    # u^_t = LN(x_t W_ih^T), all t
+    u_hat, u_rstd = normalize(project_inputs(x, weight_ih, None, precision))
     gates = affine(u_hat, ln_weight_ih, bias_ih)        # (T, B, 3H): a_t = u^_t g_ih + b_ih
-    s_all = new_steps(weight_hh, (T, B, GATES * H), batch_sizes)  # s_t for every t
     hs = new_steps(weight_hh, (T, B, H), batch_sizes)
-    a, s, h = (per_step(v, batch_sizes) for v in (gates, s_all, hs))
-    h_prev = prev_rows(h0, h, batch_sizes)
-    w_hh_t = weight_hh.t()
-    kept = [_cell(a[t], s[t], h_prev[t], w_hh_t, (ln_weight_hh, bias_hh), out=h[t])[1]
-            for t in range(T)]
-    v_hat, v_rstd = (stack_steps(n, batch_sizes) for n in zip(*kept, strict=True))
-    cache = Cache(x=x, h0=h0, gates=gates, s_n=s_all[..., 2 * H:], hs=hs, u_hat=u_hat,
+    kept = None
+    if batch_sizes is None:
+        kept = _compiled_forward(gates, h0, hs, weight_hh, (ln_weight_hh, bias_hh), precision)
+    if kept is None:
+        s_all = new_steps(weight_hh, (T, B, GATES * H), batch_sizes)  # s_t for every t
+        a, s, h = (per_step(v, batch_sizes) for v in (gates, s_all, hs))
+        h_prev = prev_rows(h0, h, batch_sizes)
+        w_hh_t = weight_hh.t() if low is None else weight_hh.t().to(low)
+        kept = [stack_steps(n, batch_sizes) for n in zip(
+            *(_cell(a[t], s[t], h_prev[t], w_hh_t, (ln_weight_hh, bias_hh), out=h[t],
+                    low=low)[1]
+              for t in range(T)), strict=True)] + [s_all[..., 2 * H:]]
+    v_hat, v_rstd, s_n = kept
+    cache = Cache(x=x, h0=h0, gates=gates, s_n=s_n, hs=hs, u_hat=u_hat,
                   u_rstd=u_rstd, v_hat=v_hat, v_rstd=v_rstd, weight_ih=weight_ih,
                   weight_hh=weight_hh, ln_weight_ih=ln_weight_ih, ln_weight_hh=ln_weight_hh,
                   has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
-                  batch_sizes=batch_sizes)
+                  batch_sizes=batch_sizes, precision=precision)
     return hs, (final_rows(hs, batch_sizes),), cache
 
 
+def _compiled_forward(gates, h0, hs, weight_hh, own, precision) -> list | None:
+    """The forward loop in the compiled kernel (the steps of :func:`_cell`, on W~_hh): writes
+    ``gates`` and ``hs`` and returns ``[v^, rstd_v, s^n]`` (T, B, ...), or None where the
+    kernel does not compute on these tensors (CUDA, a dtype, no kernel)."""
+    T, B, GH = gates.shape
+    H = GH // GATES
+    made = [gates.new_empty(shape) for shape in ((T, B, GH), (T, B, 1), (T, B, H))]
+    views = kernel_views(gates, h0.contiguous(), hs, centred(weight_hh).contiguous(), *made,
+                         *own, precision=precision)
+    if views is None:
+        return None
+    g, h0v, hsv, w, v, vr, sn, g_hh, b_hh = views
+    kernel.ln_forward(KIND, g, h0v, hsv, w, v, vr, g_hh, eps=EPS, b_hh=b_hh, s_n=sn,
+                      precision=precision)
+    return made
+
+
 def _cell(a: torch.Tensor, s: torch.Tensor, h: torch.Tensor, w_hh_t: torch.Tensor, own: tuple,
-          out: torch.Tensor) -> tuple:
+          out: torch.Tensor, low: torch.dtype | None = None) -> tuple:
     """One step in place, returning ``(h_t, (v^_t, rstd_v))``: ``a`` (B, 3H) holds a_t and
     becomes [r_t | u_t | n_t], ``s`` (B, 3H) receives s_t, ``out`` (B, H) receives h_t;
     ``own`` = (g_hh, b_hh or None); ``w_hh_t`` is W_hh^T."""
     H = h.shape[1]
-    v_hat, v_rstd = normalize(h @ w_hh_t)                # v^_t = LN(h_{t-1} W_hh^T)
+    v_hat, v_rstd = normalize(low_mm(h, w_hh_t, low))    # v^_t = LN(h_{t-1} W_hh^T)
     affine(v_hat, *own, out=s)                          # s_t = v^_t g_hh + b_hh
     a[:, :2 * H].add_(s[:, :2 * H]).sigmoid_()           # r_t, u_t = sigmoid(a_t + s_t) (r, z)
     r, u, n = a[:, :H], a[:, H:2 * H], a[:, 2 * H:]
@@ -149,13 +189,17 @@ def _cell(a: torch.Tensor, s: torch.Tensor, h: torch.Tensor, w_hh_t: torch.Tenso
 def step(x: torch.Tensor, state: tuple[torch.Tensor], weight_ih: torch.Tensor,
          weight_hh: torch.Tensor, bias_ih: torch.Tensor | None = None,
          bias_hh: torch.Tensor | None = None, ln_weight_ih: torch.Tensor | None = None,
-         ln_weight_hh: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+         ln_weight_hh: torch.Tensor | None = None,
+         precision: str = "fp32") -> tuple[torch.Tensor]:
     """One step, no checks and no cache (generation): (h_t,) from x_t (B,) int64 token ids or
     (B, I) features and (h_{t-1},), (B, H); the operations of one step of :func:`forward`."""
     (h,) = state
-    a = affine(normalize(input_step(x, weight_ih, None))[0], ln_weight_ih, bias_ih)  # a_t
-    h_new, _ = _cell(a, a.new_empty(a.shape), h, weight_hh.t(), (ln_weight_hh, bias_hh),
-                     out=h.new_empty(h.shape))
+    low = low_dtype(precision)
+    a = affine(normalize(input_step(x, weight_ih, None, precision))[0], ln_weight_ih,
+               bias_ih)                                  # a_t
+    w_hh_t = weight_hh.t() if low is None else weight_hh.t().to(low)
+    h_new, _ = _cell(a, a.new_empty(a.shape), h, w_hh_t, (ln_weight_hh, bias_hh),
+                     out=h.new_empty(h.shape), low=low)
     return (h_new,)
 
 
@@ -207,21 +251,24 @@ def backward(
     gates, hs, h0 = cache.gates, cache.hs, cache.h0
     T, B, H = hs.shape
     GH = GATES * H
-    step = _step(_factors(cache), centred(cache.weight_hh), cache.batch_sizes)  # W~_hh
+    w_hh = centred(cache.weight_hh)                      # W~_hh
     dstate_n = check_state_parts(KIND, dstate_n, B, h0, names="d{}_n")
-    out, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, 2 * GH, cache.batch_sizes)
+    out, dstate0 = compiled_or_loop(
+        OPS, lambda: _compiled_loop(cache, w_hh, dhs, dstate_n),  # the steps of _step, compiled
+        lambda: _step(_factors(cache), w_hh, cache.batch_sizes, low_dtype(cache.precision)),
+        dhs, dstate_n, T, truncate, 2 * GH, cache.batch_sizes)
     da, dv = out[..., :GH], out[..., GH:]
     ds = da.clone()
     ds[..., 2 * H:].mul_(gates[..., :H])                 # ds_t = [da^r | da^z | da^n r_t]  (2)
 
-    dw_hh = dv.reshape(-1, GH).t() @ shifted(h0, hs).view(-1, H)
+    dw_hh = matmul(dv.reshape(-1, GH).t(), shifted(h0, hs).view(-1, H), cache.precision)
     grads = {"weight_hh": centred(dw_hh)}                # dW_hh = centred(sum dv_t^T h_{t-1}) (5)
-    work = torch.empty_like(cache.u_hat)                 # one (T, B, 3H) temporary for all
+    work = dv                 # the (T, B, 3H) temporaries where dv was, spent by dW_hh
     grads["ln_weight_hh"] = gain_grad(ds, cache.v_hat, work)  # dg_hh = sum ds_t v^_t      (5)
     grads["ln_weight_ih"], du = gain_and_input_grads(
         da, cache.u_hat, cache.u_rstd, cache.ln_weight_ih, work)  # dg_ih (8), du_t       (6)
     dx, dw_ih = project_inputs_backward(du, cache.x, centred(cache.weight_ih),
-                                        need_dx)         # dx_t = du_t W~_ih              (7)
+                                        need_dx, cache.precision)  # dx_t = du_t W~_ih   (7)
     grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum du_t^T x_t) (7)
     if cache.has_bias_ih:
         grads["bias_ih"] = da.sum(dim=(0, 1))            # db_ih = sum_t sum_b da_t        (8)
@@ -230,12 +277,36 @@ def backward(
     return dx, dstate0, grads
 
 
-def _step(k: _Factors, w_hh: torch.Tensor, batch_sizes: tuple | None):
+def _compiled_loop(cache: Cache, w_hh: torch.Tensor, dhs: torch.Tensor | None,
+                   dstate_n: tuple) -> tuple | None:
+    """The backward recursion without truncation in the compiled kernel: ``(out (T, B, 6H),
+    (dh0,))`` as :func:`bptt.engine.recursion.bptt_loop` gives them from :func:`_step` ([da_t |
+    dv_t]), or None where the kernel does not compute on these tensors."""
+    T, B, GH = cache.gates.shape
+    out = cache.gates.new_empty((T, B, 2 * GH))
+    dh = dstate_n[0].detach().to(out.dtype, copy=True).contiguous()
+    views = kernel_views(cache.gates, cache.v_hat, cache.v_rstd, cache.ln_weight_hh,
+                         cache.h0.contiguous(), cache.hs, cache.s_n.contiguous(),
+                         w_hh.contiguous(), out, dh, None if dhs is None else dhs.contiguous(),
+                         precision=cache.precision)
+    if views is None:
+        return None
+    g, v, vr, g_hh, h0, hs, sn, w, outv, dhv, dhsv = views
+    kernel.ln_backward(KIND, w, out=outv, carry_h=dhv, gates=g, v=v, v_rstd=vr, g_hh=g_hh,
+                       h0=h0, hs=hs, s_n=sn, dhs=dhsv, dv_scaled=True,
+                       precision=cache.precision)       # dv_t itself, as _step keeps it
+    return out, (dh,)
+
+
+def _step(k: _Factors, w_hh: torch.Tensor, batch_sizes: tuple | None,
+          low: torch.dtype | None = None):
     """The one-step backward :func:`bptt.engine.recursion.bptt_loop` runs: (1)-(4) at step t
     for every pending age at once, writing [da_t | dv_t] (A, b_t, 6H); ``w_hh`` is W~_hh. Every
     factor is cut to the running rows b_t (packed sequences)."""
     Kt, KG, mean2, v_corr, u = (per_step(a, batch_sizes)
                                 for a in (k.K, k.KG, k.mean2, k.v_corr, k.u))
+    if low is not None:
+        w_hh = w_hh.to(low)                              # rounded once for every step
 
     def step(t: int, dstate: tuple, out: torch.Tensor, prev_out: tuple) -> None:
         (dh,) = dstate                                   # (A, b, H): dh_t by age
@@ -250,6 +321,7 @@ def _step(k: _Factors, w_hh: torch.Tensor, batch_sizes: tuple | None):
         K = dh_prev.shape[0]
         if K:
             torch.mul(dh[:K], u[t], out=dh_prev)       # dh_t * u_t
-            dh_prev.view(-1, H).addmm_(dv[:K].reshape(K * B, GH), w_hh)  # + dv_t W~_hh   (4)
+            # + dv_t W~_hh                                                             (4)
+            dh_prev.view(-1, H).add_(low_mm(dv[:K].reshape(K * B, GH), w_hh, low))
 
     return step

@@ -57,6 +57,7 @@ from typing import NamedTuple
 import torch
 
 from ...cells import LNLSTM as KIND
+from .. import kernel
 from ..layout import (
     check_batch_sizes,
     check_gate_weights,
@@ -65,13 +66,16 @@ from ..layout import (
     prev_rows,
     sum_biases,
 )
-from ..recursion import bptt_loop
+from ..recursion import compiled_or_loop
 from .common import (
     OPS,
     check_sequence,
     check_state_parts,
     final_rows,
     input_step,
+    kernel_views,
+    low_dtype,
+    matmul,
     new_steps,
     project_inputs,
     project_inputs_backward,
@@ -79,17 +83,19 @@ from .common import (
     stack_steps,
 )
 from .layernorm import (
+    EPS,
     affine,
     centred,
     gain_and_input_grads,
     gain_grad,
+    low_mm,
     normalize,
     rowdot,
     scale_backward,
 )
 
 GATES = KIND.num_gates
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "bf16")
 """The torch engine's precisions this cell implements (``bptt.engine.torch.stack``)."""
 
 
@@ -118,6 +124,7 @@ class Cache(NamedTuple):
     has_bias_hh: bool
     has_ln_bias_c: bool
     batch_sizes: tuple | None   # packed sequences: b_t running at step t (None: all B)
+    precision: str = "fp32"     # fp32 | bf16: the products' operands
 
 
 def forward(
@@ -132,6 +139,7 @@ def forward(
     ln_weight_c: torch.Tensor | None = None,
     ln_bias_c: torch.Tensor | None = None,
     batch_sizes: tuple[int, ...] | None = None,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], Cache]:
     """Run the layer over ``x``; return ``(hs, (h_n, c_n), cache)``, hs (T, B, H). The gains
     are required (``bptt.model`` gives them), the biases optional; ``batch_sizes``: packed
@@ -141,36 +149,63 @@ def forward(
                                "ln_weight_c": ln_weight_c, "ln_bias_c": ln_bias_c})
     T, B = check_sequence(x, weight_ih.shape[1])
     check_batch_sizes(batch_sizes, T, B)
+    low = low_dtype(precision)
     h0, c0 = check_state_parts(KIND, state0, B, weight_hh)
 
-    u_hat, u_rstd = normalize(project_inputs(x, weight_ih, None))  # u^_t = LN(x_t W_ih^T), all t
+    # u^_t = LN(x_t W_ih^T), all t
+    u_hat, u_rstd = normalize(project_inputs(x, weight_ih, None, precision))
     gates = affine(u_hat, ln_weight_ih, sum_biases(bias_ih, bias_hh))  # u^_t g_ih + b, all t
     hs, cs, tanh_k = (new_steps(weight_hh, (T, B, H), batch_sizes) for _ in range(3))
-    z, h, c, tk = (per_step(a, batch_sizes) for a in (gates, hs, cs, tanh_k))
-    h_prev, c_prev = prev_rows(h0, h, batch_sizes), prev_rows(c0, c, batch_sizes)
-    w_hh_t = weight_hh.t()
     own = (ln_weight_hh, ln_weight_c, ln_bias_c)
-    kept = [_cell(z[t], h_prev[t], c_prev[t], w_hh_t, own, out=(h[t], c[t], tk[t]))[2]
-            for t in range(T)]
-    v_hat, v_rstd, c_hat, c_rstd = (stack_steps(n, batch_sizes) for n in zip(*kept, strict=True))
+    kept = None
+    if batch_sizes is None:
+        kept = _compiled_forward(gates, h0, c0, hs, cs, tanh_k, weight_hh, own, precision)
+    if kept is None:
+        z, h, c, tk = (per_step(a, batch_sizes) for a in (gates, hs, cs, tanh_k))
+        h_prev, c_prev = prev_rows(h0, h, batch_sizes), prev_rows(c0, c, batch_sizes)
+        w_hh_t = weight_hh.t() if low is None else weight_hh.t().to(low)
+        kept = [stack_steps(n, batch_sizes) for n in zip(
+            *(_cell(z[t], h_prev[t], c_prev[t], w_hh_t, own, out=(h[t], c[t], tk[t]), low=low)[2]
+              for t in range(T)), strict=True)]
+    v_hat, v_rstd, c_hat, c_rstd = kept
     cache = Cache(x=x, h0=h0, c0=c0, gates=gates, hs=hs, cs=cs, u_hat=u_hat, u_rstd=u_rstd,
                   v_hat=v_hat, v_rstd=v_rstd, c_hat=c_hat, c_rstd=c_rstd, tanh_k=tanh_k,
                   weight_ih=weight_ih, weight_hh=weight_hh, ln_weight_ih=ln_weight_ih,
                   ln_weight_hh=ln_weight_hh, ln_weight_c=ln_weight_c,
                   has_bias_ih=bias_ih is not None, has_bias_hh=bias_hh is not None,
-                  has_ln_bias_c=ln_bias_c is not None, batch_sizes=batch_sizes)
+                  has_ln_bias_c=ln_bias_c is not None, batch_sizes=batch_sizes,
+                  precision=precision)
     return hs, (final_rows(hs, batch_sizes), final_rows(cs, batch_sizes)), cache
 
 
+def _compiled_forward(gates, h0, c0, hs, cs, tanh_k, weight_hh, own,
+                      precision) -> list | None:
+    """The forward loop in the compiled kernel (the steps of :func:`_cell`, on W~_hh): writes
+    ``gates``, ``hs``, ``cs``, ``tanh_k`` and returns ``[v^, rstd_v, c^, rstd_c]`` (T, B, ...),
+    or None where the kernel does not compute on these tensors (CUDA, a dtype, no kernel)."""
+    T, B, GH = gates.shape
+    H = GH // GATES
+    made = [gates.new_empty(shape) for shape in ((T, B, GH), (T, B, 1), (T, B, H), (T, B, 1))]
+    views = kernel_views(gates, h0.contiguous(), c0.contiguous(), hs, cs, tanh_k,
+                         centred(weight_hh).contiguous(), *made, *own,
+                         precision=precision)
+    if views is None:
+        return None
+    g, h0v, c0v, hsv, csv, tkv, w, v, vr, ch, cr, g_hh, g_c, b_c = views
+    kernel.ln_forward(KIND, g, h0v, hsv, w, v, vr, g_hh, eps=EPS, c0=c0v, cs=csv, c_hat=ch,
+                      c_rstd=cr, tanh_k=tkv, g_c=g_c, b_c=b_c, precision=precision)
+    return made
+
+
 def _cell(z: torch.Tensor, h: torch.Tensor, c_prev: torch.Tensor, w_hh_t: torch.Tensor,
-          own: tuple, out: tuple) -> tuple:
+          own: tuple, out: tuple, low: torch.dtype | None = None) -> tuple:
     """One step in place, returning ``(h_t, c_t, (v^_t, rstd_v, c^_t, rstd_c))``: ``z`` (B, 4H)
     holds u^_t g_ih + b and becomes [i_t | f_t | g_t | o_t]; ``own`` = (g_hh, g_c, b_c or
     None); ``out`` = (h_t, c_t, tanh(k_t)) (B, H) each, written; ``w_hh_t`` is W_hh^T."""
     H = h.shape[1]
     g_hh, g_c, b_c = own
     h_new, c, tanh_k = out
-    v_hat, v_rstd = normalize(h @ w_hh_t)                # v^_t = LN(h_{t-1} W_hh^T)
+    v_hat, v_rstd = normalize(low_mm(h, w_hh_t, low))    # v^_t = LN(h_{t-1} W_hh^T)
     z.addcmul_(v_hat, g_hh)                              # z_t = u^_t g_ih + b + v^_t g_hh
     z[:, :2 * H].sigmoid_()                              # i_t, f_t = sigmoid(z^i_t, z^f_t)
     z[:, 2 * H:3 * H].tanh_()                            # g_t = tanh(z^g_t)
@@ -188,15 +223,18 @@ def step(x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], weight_ih: t
          weight_hh: torch.Tensor, bias_ih: torch.Tensor | None = None,
          bias_hh: torch.Tensor | None = None, ln_weight_ih: torch.Tensor | None = None,
          ln_weight_hh: torch.Tensor | None = None, ln_weight_c: torch.Tensor | None = None,
-         ln_bias_c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+         ln_bias_c: torch.Tensor | None = None,
+         precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """One step, no checks and no cache (generation): (h_t, c_t) from x_t (B,) int64 token ids
     or (B, I) features and (h_{t-1}, c_{t-1}), (B, H) each; the operations of one step of
     :func:`forward`."""
     h, c = state
-    u_hat = normalize(input_step(x, weight_ih, None))[0]  # u^_t = LN(x_t W_ih^T)
+    low = low_dtype(precision)
+    u_hat = normalize(input_step(x, weight_ih, None, precision))[0]  # u^_t = LN(x_t W_ih^T)
     z = affine(u_hat, ln_weight_ih, sum_biases(bias_ih, bias_hh))
-    h_new, c_new, _ = _cell(z, h, c, weight_hh.t(), (ln_weight_hh, ln_weight_c, ln_bias_c),
-                            out=tuple(h.new_empty(h.shape) for _ in range(3)))
+    w_hh_t = weight_hh.t() if low is None else weight_hh.t().to(low)
+    h_new, c_new, _ = _cell(z, h, c, w_hh_t, (ln_weight_hh, ln_weight_c, ln_bias_c),
+                            out=tuple(h.new_empty(h.shape) for _ in range(3)), low=low)
     return h_new, c_new
 
 
@@ -240,32 +278,57 @@ def backward(
     """
     T, B, H = cache.hs.shape
     GH = GATES * H
-    step = _step(_factors(cache), cache, centred(cache.weight_hh))  # W~_hh
+    w_hh = centred(cache.weight_hh)                      # W~_hh
     dstate_n = check_state_parts(KIND, dstate_n, B, cache.h0, names="d{}_n")
-    out, dstate0 = bptt_loop(OPS, step, dhs, dstate_n, T, truncate, 2 * GH + H,
-                             cache.batch_sizes)
+    out, dstate0 = compiled_or_loop(
+        OPS, lambda: _compiled_loop(cache, w_hh, dhs, dstate_n),  # the steps of _step, compiled
+        lambda: _step(_factors(cache), cache, w_hh), dhs, dstate_n, T, truncate, 2 * GH + H,
+        cache.batch_sizes)
     dz, dv, dk = out[..., :GH], out[..., GH:2 * GH], out[..., 2 * GH:]
 
     h_prev = shifted(cache.h0, cache.hs).mul_(cache.v_rstd)  # rstd_v h_{t-1}: dv_t = rstd_v dv
-    dw_hh = dv.reshape(-1, GH).t() @ h_prev.view(-1, H)
+    dw_hh = matmul(dv.reshape(-1, GH).t(), h_prev.view(-1, H), cache.precision)
     grads = {"weight_hh": centred(dw_hh)}                # dW_hh = centred(sum dv_t^T h_{t-1}) (6)
-    work = torch.empty_like(cache.u_hat)                 # one (T, B, 4H) temporary for all
+    # the (T, B, 4H) temporaries below are made where dv was (spent by dW_hh), the (T, B, H)
+    # one where dz was: fresh large memory costs page faults, more than the arithmetic in it
+    work = dv
     grads["ln_weight_hh"] = gain_grad(dz, cache.v_hat, work)  # dg_hh = sum dz_t v^_t      (10)
     grads["ln_weight_ih"], du = gain_and_input_grads(
         dz, cache.u_hat, cache.u_rstd, cache.ln_weight_ih, work)  # dg_ih (10), du_t      (7)
     dx, dw_ih = project_inputs_backward(du, cache.x, centred(cache.weight_ih),
-                                        need_dx)         # dx_t = du_t W~_ih              (8)
+                                        need_dx, cache.precision)  # dx_t = du_t W~_ih   (8)
     grads["weight_ih"] = centred(dw_ih)                  # dW_ih = centred(sum du_t^T x_t) (8)
-    grads["ln_weight_c"] = gain_grad(dk, cache.c_hat, torch.empty_like(cache.c_hat))  # (11)
-    if cache.has_ln_bias_c:
-        grads["ln_bias_c"] = dk.sum(dim=(0, 1))          # db_c = sum_t sum_b dk_t         (11)
     if cache.has_bias_ih or cache.has_bias_hh:
         db = dz.sum(dim=(0, 1))                          # db_ih = db_hh = sum_t sum_b dz_t (9)
         if cache.has_bias_ih:
             grads["bias_ih"] = db
         if cache.has_bias_hh:
             grads["bias_hh"] = db.clone() if cache.has_bias_ih else db
+    grads["ln_weight_c"] = gain_grad(dk, cache.c_hat, dz[..., :H])  # dg_c              (11)
+    if cache.has_ln_bias_c:
+        grads["ln_bias_c"] = dk.sum(dim=(0, 1))          # db_c = sum_t sum_b dk_t         (11)
     return dx, dstate0, grads
+
+
+def _compiled_loop(cache: Cache, w_hh: torch.Tensor, dhs: torch.Tensor | None,
+                   dstate_n: tuple) -> tuple | None:
+    """The backward recursion without truncation in the compiled kernel: ``(out (T, B, 9H),
+    (dh0, dc0))`` as :func:`bptt.engine.recursion.bptt_loop` gives them from :func:`_step`, or
+    None where the kernel does not compute on these tensors."""
+    T, B, GH = cache.gates.shape
+    out = cache.gates.new_empty((T, B, 2 * GH + GH // GATES))
+    dh, dc = (d.detach().to(out.dtype, copy=True).contiguous() for d in dstate_n)
+    views = kernel_views(cache.gates, cache.v_hat, cache.v_rstd, cache.ln_weight_hh,
+                         cache.c0.contiguous(), cache.cs, cache.c_hat, cache.c_rstd,
+                         cache.tanh_k, cache.ln_weight_c, w_hh.contiguous(), out, dh, dc,
+                         None if dhs is None else dhs.contiguous(), precision=cache.precision)
+    if views is None:
+        return None
+    g, v, vr, g_hh, c0, cs, ch, cr, tk, g_c, w, outv, dhv, dcv, dhsv = views
+    kernel.ln_backward(KIND, w, out=outv, carry_h=dhv, carry_c=dcv, gates=g, v=v, v_rstd=vr,
+                       g_hh=g_hh, c0=c0, cs=cs, c_hat=ch, c_rstd=cr, tanh_k=tk, g_c=g_c,
+                       dhs=dhsv, precision=cache.precision)
+    return out, (dh, dc)
 
 
 def _step(k: _Factors, cache: Cache, w_hh: torch.Tensor):
@@ -273,6 +336,9 @@ def _step(k: _Factors, cache: Cache, w_hh: torch.Tensor):
     for every pending age at once, writing [dz_t | dv_t / rstd_v | dk_t] (A, b_t, 9H); ``w_hh``
     is W~_hh. Every per-step factor is cut to the running rows b_t (packed sequences)."""
     g_hh, g_c = cache.ln_weight_hh, cache.ln_weight_c
+    low = low_dtype(cache.precision)
+    if low is not None:
+        w_hh = w_hh.to(low)                              # rounded once for every step
     F, f, dk_f, v_hat, v_rstd, c_hat, c_rstd = (
         per_step(a, cache.batch_sizes)
         for a in (k.F, k.f, k.dk, cache.v_hat, cache.v_rstd, cache.c_hat, cache.c_rstd))
@@ -294,8 +360,8 @@ def _step(k: _Factors, cache: Cache, w_hh: torch.Tensor):
         dh_prev, dc_prev = prev_out
         K = dh_prev.shape[0]
         if K:
-            torch.mm(dv[:K].reshape(K * B, GH), w_hh,
-                     out=dh_prev.view(-1, H))            # dh_{t-1} = dv_t W~_hh          (5)
+            dh_prev.view(-1, H).copy_(low_mm(dv[:K].reshape(K * B, GH), w_hh,
+                                             low))       # dh_{t-1} = dv_t W~_hh          (5)
             dh_prev.mul_(v_rstd[t])
             torch.mul(dc[:K], f[t], out=dc_prev)       # dc_t f_t, for step t-1         (5)
 
