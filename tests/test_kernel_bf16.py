@@ -71,8 +71,9 @@ def test_bf16_products_round_to_nearest_even_and_keep_nan(monkeypatch):
             assert np.isnan(out[3]).all() and not np.isnan(np.delete(out, 3, axis=0)).any()
 
 
-@pytest.mark.parametrize("engine_name", ["numpy", "torch"])
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize(("engine_name", "cell"), [
+    (e, c) for e in ("numpy", "torch") for c in ("rnn", "lstm", "gru")] + [
+    ("numpy", "lnlstm"), ("numpy", "lngru")])
 def test_bf16_kernel_loops_match_the_python_path(engine_name, cell):
     """The kernel's bf16 loops (the recurrent weight packed to bfloat16 a vector at a time, H
     not a multiple of a panel) against the Python path's bf16 (operands rounded, float32
