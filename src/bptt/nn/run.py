@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..cells import CellKind
-from ..engine.torch import stack
+from ..engine.torch import library, stack
 from ..engine.torch.common import is_tokens
 
 
@@ -73,7 +73,9 @@ def run_stack(module, names: tuple[str, ...], weights: list[torch.Tensor], x: to
     hx = None if parts is None else kind.from_parts(parts)
     off = torch.autocast(device_type, enabled=False) if autocast else contextlib.nullcontext()
     with off:
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+        if torch.compiler.is_compiling():               # one opaque operator: no graph break
+            out, state_n = library.apply(cfg, x, params, hx)
+        elif torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (x, *weights, *(parts or ()))):
             out, state_n, _ = stack.apply(cfg, x, params, hx)
         else:                                            # no graph wanted: the forward alone
