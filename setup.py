@@ -24,7 +24,8 @@ kernel = Extension(
     "bptt.engine._kernel",
     sources=[f"{CSRC}/{name}.cpp" for name in
              ("module", "isa_base", "isa_avx2", "isa_avx512", "isa_avx512bf16")],
-    depends=[f"{CSRC}/{name}" for name in ("kernel.h", "impl.hpp", "ln.hpp", "isa.inc")],
+    depends=[f"{CSRC}/{name}" for name in ("kernel.h", "impl.hpp", "ln.hpp", "isa.inc",
+                                           "bf16_pack.hpp", "gemm_pack.hpp")],
     language="c++",
     extra_compile_args=FLAGS,
     optional=True,

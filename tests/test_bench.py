@@ -562,3 +562,17 @@ def test_a_closed_worker_leaves_no_open_pipe():
     w.close()
     assert w.proc.returncode is not None
     assert w.proc.stdin.closed and w.proc.stdout.closed
+
+
+def test_kernel_parts_time_each_call_of_the_kernel():
+    from bptt.bench.rates import kernel_parts
+    from bptt.engine import kernel
+
+    parts = kernel_parts("numpy-bf16", bench.QUICK_CONFIGS["word"], steps=2)
+    if not kernel.enabled():
+        assert parts == {}
+        return
+    assert kernel._load() is kernel._STATE["module"]        # the module is given back
+    assert {"step", "forward lstm", "backward lstm", "softmax_xent"} <= set(parts)
+    assert any(k.startswith("gemm ") and k.endswith(" bf16") for k in parts)
+    assert parts["step"] >= max(v for k, v in parts.items() if k != "step") > 0

@@ -3,6 +3,7 @@ docs/performance.md).
 
   profile_step        cProfile of a few training steps of one subject
   torch_profile_step  torch.profiler's operator table of a few steps of a torch subject
+  kernel_parts        milliseconds per step in each of the compiled kernel's calls
   gemm_rates          GFLOP/s of the products one training step is made of (gemm_shapes), in
                       NumPy, torch.mm and torch's oneDNN linear, float32 and bfloat16
 """
@@ -44,6 +45,58 @@ def torch_profile_step(subject: str, cfg: BenchConfig, steps: int = 3, top: int 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         sub.train(steps)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+
+
+class _Timed:
+    """The compiled kernel's module with each call's seconds added to ``parts`` under a name:
+    the loops by function and cell, the products by shape and operand layout."""
+
+    CALLS = ("pack", "forward", "backward", "gemm", "softmax_xent")
+
+    def __init__(self, module, parts: dict) -> None:
+        self._module, self._parts = module, parts
+
+    def __getattr__(self, name: str):
+        fn = getattr(self._module, name)
+        if name not in self.CALLS:
+            return fn
+
+        def timed(*args):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            key = name
+            if name == "gemm":                        # gemm(a, b, c, accumulate, bf16, threads)
+                a, b = args[0], args[1]
+                layout = "".join("T" if x.strides[0] < x.strides[1] else "N" for x in (a, b))
+                key = (f"gemm {a.shape[0]}x{a.shape[1]}x{b.shape[1]} {layout} "
+                       f"{'bf16' if args[4] else str(a.dtype)}")
+            elif name in ("forward", "backward"):     # the cell's code first
+                key = f"{name} {('rnn', 'lstm', 'gru')[args[0]]}"
+            self._parts[key] = self._parts.get(key, 0.0) + time.perf_counter() - t0
+            return out
+
+        return timed
+
+
+def kernel_parts(subject: str, cfg: BenchConfig, steps: int = 10) -> dict[str, float]:
+    """Milliseconds per training step of one subject in each call of the compiled kernel (its
+    loops, its products by shape and layout (N: a matrix, T: a transposed view), the softmax),
+    and ``step``, the whole step (the rest is Python and the libraries); empty without the
+    kernel."""
+    if not kernel.enabled():
+        return {}
+    sub = make_subject(subject, cfg, cell=cfg.cell)
+    sub.train(1)
+    parts: dict[str, float] = {}
+    module = kernel._load()
+    kernel._STATE["module"] = _Timed(module, parts)
+    try:
+        t0 = time.perf_counter()
+        sub.train(steps)
+        parts["step"] = time.perf_counter() - t0
+    finally:
+        kernel._STATE["module"] = module
+    return {k: v * 1e3 / steps for k, v in sorted(parts.items(), key=lambda kv: -kv[1])}
 
 
 def _rate(fn, flop: float, min_seconds: float = 0.2) -> float:

@@ -78,9 +78,11 @@ def cpu_model() -> str:
 
 def _machine() -> str:
     torch = sys.modules.get("torch")
-    # v2: NumPy's BLAS runs one thread beside the kernel (threads.set_blas_threads)
+    # v2: NumPy's BLAS runs one thread beside the kernel (threads.set_blas_threads); v3 (in
+    # the key, so choices measured against the slower kernel are measured again): the kernel's
+    # bf16 products pack and round their operands a vector at a time
     return (f"{cpu_model()}|numpy {np.__version__}|torch {getattr(torch, '__version__', '-')}|"
-            f"kernel {kernel.status()}|threads {threads()}")
+            f"kernel {kernel.status()} v3|threads {threads()}")
 
 
 def _cache_path() -> Path:

@@ -294,6 +294,8 @@ static void *alloc64(size_t bytes) {
 
 // -- packing the recurrent weight ------------------------------------------------------------
 
+#include "bf16_pack.hpp"
+
 static int fwd_nv(int G) { return G == 1 ? 2 : G; }    // one vector of units per gate (rnn: 2)
 
 template <class T>
@@ -319,6 +321,12 @@ static int pack_impl(Packed *p, const T *w) {
     if (!p->data) return -1;
     (void)N;
     const int U = p->U, NR = p->NR, K = p->K;
+    if constexpr (sizeof(T) == 4) {
+        if (p->bf16) {
+            pack_w_bf16(p, (const float *)w);
+            return 0;
+        }
+    }
     for (int q = 0; q < p->npanels; q++) {
         for (int col = 0; col < NR; col++) {
             // the weight element (k) feeding panel column col: forward (gate g, unit u) reads
@@ -778,6 +786,7 @@ template <class T> struct Gemm {
     int bf, MR, NR;
     long KC, MC, NC, nkc;
     int split_m;               // blocks of rows (B shared) or of columns (A shared)
+    int kb_steps;              // a step per K block (kb_steps_of) rather than all in one
     long nshared;              // panels (split_m) or slabs of the shared operand per KC block
     long nblocks;
     void *shared;              // the shared operand, packed: KC block after KC block
@@ -791,9 +800,12 @@ template <class T> static long kc_len(const Gemm<T> *g, long kb) {
     return kc + g->KC < g->a->K ? g->KC : g->a->K - kc;
 }
 
+#include "gemm_pack.hpp"
+
 /* rows [m0, m0 + mm) x K block kb of A, as slabs of MR rows (bf16: pairs along k) */
 template <class T> static void pack_a(const Gemm<T> *g, long m0, long mm, long kb, void *out) {
     const GemmArgs *a = g->a;
+    if (pack_a_fast(g, m0, mm, kb, out)) return;
     const long kc = kb * g->KC, kk = kc_len(g, kb), MR = g->MR;
     const long nslab = (mm + MR - 1) / MR;
     if (g->bf) {
@@ -835,6 +847,7 @@ template <class T> static void pack_a(const Gemm<T> *g, long m0, long mm, long k
 /* columns [n0, n0 + nn) x K block kb of B, as panels of NR columns (bf16: pairs along k) */
 template <class T> static void pack_b(const Gemm<T> *g, long n0, long nn, long kb, void *out) {
     const GemmArgs *a = g->a;
+    if (pack_b_fast(g, n0, nn, kb, out)) return;
     const long kc = kb * g->KC, kk = kc_len(g, kb), NR = g->NR;
     const long npan = (nn + NR - 1) / NR;
     if (g->bf) {
@@ -940,7 +953,10 @@ template <class T> static void gemm_work(void *vctx, int step, int chunk, int ti
         g->own[tid] = alloc64((size_t)g->KC * span * esz);
         if (!g->own[tid]) return;                        // out of memory: C stays unfinished
     }
-    for (long kb = 0; kb < g->nkc; kb++) {
+    // one K block a step (the shared operand's block stays in cache across the blocks of C;
+    // a block's C adds K block kb after kb - 1), or every K block in step 1
+    const long kb0 = g->kb_steps ? step - 1 : 0, kb1 = g->kb_steps ? step : g->nkc;
+    for (long kb = kb0; kb < kb1; kb++) {
         const char *sh = (const char *)g->shared + shared_offset(g, kb) * esz;
         if (g->split_m) {
             const long mc = (long)chunk * g->MC, mm = mc + g->MC < a->M ? g->MC : a->M - mc;
@@ -965,17 +981,24 @@ template <class T> static void gemm_t(const GemmArgs *a, int nth, const TeamOps 
     g.MC = (long)g.MR * 8;
     g.NC = (long)g.NR * 32;
     g.nkc = (a->K + g.KC - 1) / g.KC;
+    if (g.bf) {                // the bf16 blocking (gemm_pack.hpp); float keeps the one it had
+        g.KC = even_kc(a->K, g.nkc);
+        g.nkc = (a->K + g.KC - 1) / g.KC;
+    }
     g.split_m = a->M >= a->N;
     g.nshared = g.split_m ? (a->N + g.NR - 1) / g.NR : (a->M + g.MR - 1) / g.MR;
+    double flops = 2.0 * a->M * a->N * a->K;
+    int n = (int)(flops / 4e6);
+    n = n < 1 ? 1 : (n < nth ? n : nth);
+    if (g.split_m && g.bf) g.MC = block_rows(a->M, g.MR, n);
     g.nblocks = g.split_m ? (a->M + g.MC - 1) / g.MC : (a->N + g.NC - 1) / g.NC;
     const long span = g.nshared * (g.split_m ? g.NR : g.MR);
     g.shared = alloc64((size_t)g.nkc * g.KC * span * esz_of(g.bf, sizeof(T)));
     if (!g.shared) return;
-    double flops = 2.0 * a->M * a->N * a->K;
-    int n = (int)(flops / 4e6);
-    n = n < 1 ? 1 : (n < nth ? n : nth);
     n = n < g.nblocks ? n : (int)g.nblocks;
-    sched_run(n, 2, gemm_chunks<T>, gemm_work<T>, &g, team);
+    g.kb_steps = g.bf && kb_steps_of(g.nkc, (size_t)span * g.KC * 2,
+                                     (size_t)a->M * a->N * sizeof(T));
+    sched_run(n, g.kb_steps ? 1 + (int)g.nkc : 2, gemm_chunks<T>, gemm_work<T>, &g, team);
     for (int i = 0; i < MAXT; i++) free(g.own[i]);
     free(g.shared);
 }
@@ -1010,6 +1033,26 @@ template <class T> static int xent_chunks(void *vctx, int) {
     return (int)((x->N + XENT_ROWS - 1) / XENT_ROWS);
 }
 
+/* the largest of s[0..V), a vector of lanes at a time (a NaN among them: the row's loss and
+ * gradient are NaN either way) */
+template <class T> static inline T row_max(const T *s, long V) {
+    typedef typename Vec<T>::v Vv;
+    const int L = Vec<T>::L;
+    T mx = s[0];
+    long v = 1;
+    if (V >= 2 * L) {
+        Vv m = load<Vv>(s);
+        for (v = L; v + L <= V; v += L) {
+            Vv x = load<Vv>(s + v);
+            m = x > m ? x : m;
+        }
+        mx = m[0];
+        for (int i = 1; i < L; i++) mx = m[i] > mx ? m[i] : mx;
+    }
+    for (; v < V; v++) mx = s[v] > mx ? s[v] : mx;
+    return mx;
+}
+
 /* rows of one chunk: p = softmax(s), loss -= log p[y]; s becomes dL/ds = (p - onehot(y)) / N */
 template <class T> static void xent_work(void *vctx, int, int chunk, int) {
     typedef typename Vec<T>::v Vv;
@@ -1020,8 +1063,7 @@ template <class T> static void xent_work(void *vctx, int, int chunk, int) {
     double loss = 0;
     for (long r = r0; r < r1; r++) {
         T *s = ctx->s + r * V;
-        T mx = s[0];
-        for (long v = 1; v < V; v++) mx = s[v] > mx ? s[v] : mx;  // s - max: exp never overflows
+        const T mx = row_max(s, V);                     // s - max: exp never overflows
         const T sy = s[ctx->y[r]] - mx;
         Vv acc = (Vv){};
         long v = 0;
