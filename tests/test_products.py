@@ -82,3 +82,26 @@ def test_a_product_of_a_view_with_gaps_is_chosen_apart():
         np.ascontiguousarray(dense.T), b, "fp32")
     assert products.shape_key(gapped.T, b, "fp32") == (products.shape_key(dense.T, b, "fp32")
                                                         + "|gaps")
+
+
+def test_torch_bf16_products_keep_a_float32_result_whatever_the_timing(fresh, monkeypatch):
+    """torch's own bfloat16 products round their result to bfloat16; under bf16 the torch
+    engine's large products stay in the kernel (float32 result, the contract), so no measured
+    choice can change the numbers. Without the kernel, torch's product is the fallback."""
+    torch = pytest.importorskip("torch")
+    from bptt.engine.torch.common import matmul
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(400, 200, generator=g)
+    b = torch.randn(10_000, 200, generator=g).t()                      # the head's W^T
+    ref = (a.bfloat16().double() @ b.bfloat16().double())
+    rounded = (a.bfloat16() @ b.bfloat16()).float()
+    assert (rounded.double() - ref).abs().max() > 1e-3                   # what the fallback does
+    for forced in ("kernel", "library"):
+        monkeypatch.setenv(products.ENV, forced)
+        out = matmul(a, b, precision="bf16")
+        err = (out.double() - ref).abs().max().item()
+        if kernel.enabled():
+            assert out.dtype == torch.float32 and err <= 1e-4, forced
+        else:
+            assert (out - rounded).abs().max() <= 0.02 * ref.abs().max(), forced

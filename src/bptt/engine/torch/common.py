@@ -193,7 +193,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor, precision: str = "fp32") -> torch.T
     On the CPU in float32 and float64 by the product this machine runs fastest
     (:mod:`bptt.engine.products`: the compiled kernel, oneDNN or torch.mm, measured at first
     use); elsewhere torch.mm. ``precision="bf16"``: bfloat16 operands, float32 accumulation,
-    float32 result.
+    float32 result -- the kernel's, whenever it runs (torch's own bfloat16 products, the
+    fallback without it, round their result to bfloat16).
     """
     low = low_dtype(precision)
     runners = {}
@@ -211,6 +212,11 @@ def matmul(a: torch.Tensor, b: torch.Tensor, precision: str = "fp32") -> torch.T
         runners["mm"] = lambda: a @ b
     else:
         runners["mm"] = lambda: (a.to(low) @ b.to(low)).to(a.dtype)
+    if low is not None and "kernel" in runners:
+        # torch's CPU products on bfloat16 operands (oneDNN's, torch.mm's) round their result
+        # to bfloat16; the kernel's keeps it float32, the contract above. Choosing among them
+        # by speed would make the numbers depend on the timing, so bf16 stays in the kernel.
+        return runners["kernel"]()
     if len(runners) == 1 or a.shape[0] * a.shape[1] * b.shape[1] < 1 << 15:
         return runners["mm"]()
     return runners[products.choose("torch", products.shape_key(a, b, precision), runners)]()
