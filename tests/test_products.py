@@ -86,9 +86,11 @@ def test_a_product_of_a_view_with_gaps_is_chosen_apart():
 
 def test_torch_bf16_products_keep_a_float32_result_whatever_the_timing(fresh, monkeypatch):
     """torch's own bfloat16 products round their result to bfloat16; under bf16 the torch
-    engine's large products stay in the kernel (float32 result, the contract), so no measured
-    choice can change the numbers. Without the kernel, torch's product is the fallback."""
+    engine's large products are chosen between the kernel and MKL's float32-result product
+    only, so no measured choice can change more than the float32 summation order. Without
+    both, torch's product is the fallback."""
     torch = pytest.importorskip("torch")
+    from bptt.engine.torch import mkl
     from bptt.engine.torch.common import matmul
 
     g = torch.Generator().manual_seed(0)
@@ -97,11 +99,42 @@ def test_torch_bf16_products_keep_a_float32_result_whatever_the_timing(fresh, mo
     ref = (a.bfloat16().double() @ b.bfloat16().double())
     rounded = (a.bfloat16() @ b.bfloat16()).float()
     assert (rounded.double() - ref).abs().max() > 1e-3                   # what the fallback does
-    for forced in ("kernel", "library"):
-        monkeypatch.setenv(products.ENV, forced)
+    seen = set()
+    for forced in ("kernel", "library", None):
+        if forced is None:
+            monkeypatch.delenv(products.ENV, raising=False)
+        else:
+            monkeypatch.setenv(products.ENV, forced)
         out = matmul(a, b, precision="bf16")
         err = (out.double() - ref).abs().max().item()
-        if kernel.enabled():
+        seen |= set(products.chosen().values())
+        if kernel.enabled() or mkl.available():
             assert out.dtype == torch.float32 and err <= 1e-4, forced
         else:
             assert (out - rounded).abs().max() <= 0.02 * ref.abs().max(), forced
+    assert not seen & {"onednn", "mm"} or not (kernel.enabled() or mkl.available())
+
+
+@pytest.mark.parametrize("layout", ["plain", "a transposed", "b transposed", "both", "sliced"])
+def test_mkl_bf16_product_in_every_layout(layout):
+    """MKL's bfloat16 product with a float32 result (where libtorch has it) equals the product
+    of the operands rounded to bfloat16, for plain, transposed and sliced operands."""
+    torch = pytest.importorskip("torch")
+    from bptt.engine.torch import mkl
+
+    if not mkl.available():
+        pytest.skip("this torch build has no MKL bf16 product")
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(37, 53, generator=g)
+    b = torch.randn(53, 29, generator=g)
+    if layout in ("a transposed", "both"):
+        a = a.t().contiguous().t()
+    if layout in ("b transposed", "both"):
+        b = b.t().contiguous().t()
+    if layout == "sliced":
+        a = torch.randn(37, 80, generator=g)[:, 10:63]
+    out = mkl.bf16_matmul(a, b)
+    ref = a.bfloat16().double() @ b.bfloat16().double()
+    assert out.dtype == torch.float32 and out.shape == (37, 29)
+    assert (out.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+    assert mkl.bf16_matmul(a[:, :0], b[:0]).abs().max() == 0

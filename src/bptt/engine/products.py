@@ -5,8 +5,10 @@ A training step's products outside the recurrent loops -- the input projection o
 the weight gradients, the head's three products -- are single large products. Several
 libraries can compute each (:data:`CANDIDATES`): the compiled kernel (``bptt.engine.kernel``),
 NumPy's BLAS (OpenBLAS), and for CPU torch tensors torch's oneDNN linear and ``torch.mm``
-(MKL). Which is fastest depends on the CPU (MKL takes slower code paths on AMD; oneDNN uses
-AMX on Intel Sapphire Rapids and later; OpenBLAS's kernels vary by model), on the shape and on
+(MKL), and under bf16 MKL's float32-result bfloat16 product (``engine/torch/mkl.py``: AMX
+on the Intel CPUs that have it). Which is fastest depends on the CPU (MKL takes slower code
+paths on AMD; oneDNN uses AMX on Intel Sapphire Rapids and later; OpenBLAS's kernels vary by
+model), on the shape and on
 the threads, so none is fixed here: the first product of a kind of shape (M, K, N rounded to
 powers of two) times every candidate on the real operands and keeps the fastest, in memory and
 in a file (``$BPTT_CACHE_DIR`` or ``~/.cache/bptt``, keyed by CPU model, library versions and
@@ -39,7 +41,7 @@ from .threads import threads
 
 ENV = "BPTT_PRODUCTS"
 CACHE_ENV = "BPTT_CACHE_DIR"
-CANDIDATES = {"numpy": ("kernel", "numpy"), "torch": ("kernel", "onednn", "mm")}
+CANDIDATES = {"numpy": ("kernel", "numpy"), "torch": ("kernel", "onednn", "mm", "mkl")}
 """The implementations each kind of operand may use, in order of preference on a tie."""
 
 ROUNDS = 5

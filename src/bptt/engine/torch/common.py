@@ -25,6 +25,7 @@ from ...cells import NONLINEARITIES, CellKind
 from .. import kernel, products
 from ..layout import last_rows, sequence_groups, state_parts
 from ..recursion import check_truncate  # noqa: F401 (re-exported: the torch modules' check)
+from . import mkl
 
 
 class TorchOps:
@@ -193,8 +194,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor, precision: str = "fp32") -> torch.T
     On the CPU in float32 and float64 by the product this machine runs fastest
     (:mod:`bptt.engine.products`: the compiled kernel, oneDNN or torch.mm, measured at first
     use); elsewhere torch.mm. ``precision="bf16"``: bfloat16 operands, float32 accumulation,
-    float32 result -- the kernel's, whenever it runs (torch's own bfloat16 products, the
-    fallback without it, round their result to bfloat16).
+    float32 result -- the kernel's or MKL's (:mod:`.mkl`), measured, wherever either runs
+    (torch's own bfloat16 products, the fallback without both, round their result to bfloat16).
     """
     low = low_dtype(precision)
     runners = {}
@@ -212,13 +213,16 @@ def matmul(a: torch.Tensor, b: torch.Tensor, precision: str = "fp32") -> torch.T
         runners["mm"] = lambda: a @ b
     else:
         runners["mm"] = lambda: (a.to(low) @ b.to(low)).to(a.dtype)
-    if low is not None and "kernel" in runners:
+    if low is not None and a.device.type == "cpu" and a.dtype == torch.float32 and (
+            mkl.available()):
+        runners["mkl"] = lambda: mkl.bf16_matmul(a, b)
+    if low is not None and runners.keys() & {"kernel", "mkl"}:
         # torch's CPU products on bfloat16 operands (oneDNN's, torch.mm's) round their result
-        # to bfloat16; the kernel's keeps it float32, the contract above. Choosing among them
-        # by speed would make the numbers depend on the timing, so bf16 stays in the kernel.
-        return runners["kernel"]()
+        # to bfloat16; the kernel's and MKL's keep it float32, the contract above. Choosing
+        # between those and torch's by speed would make the numbers depend on the timing.
+        runners = {n: r for n, r in runners.items() if n in ("kernel", "mkl")}
     if len(runners) == 1 or a.shape[0] * a.shape[1] * b.shape[1] < 1 << 15:
-        return runners["mm"]()
+        return runners.get("mm", next(iter(runners.values())))()
     return runners[products.choose("torch", products.shape_key(a, b, precision), runners)]()
 
 
