@@ -198,29 +198,33 @@ def matmul(a: torch.Tensor, b: torch.Tensor, precision: str = "fp32") -> torch.T
     (torch's own bfloat16 products, the fallback without both, round their result to bfloat16).
     """
     low = low_dtype(precision)
+    cpu = a.device.type == "cpu"
     runners = {}
-    if a.device.type == "cpu" and a.dtype in _KERNEL_DTYPES and kernel.computes(
+    if cpu and a.dtype in _KERNEL_DTYPES and kernel.computes(
             str(a.dtype).removeprefix("torch."), precision):
-        out = a.new_empty((a.shape[0], b.shape[1]))
-        an, bn, on = a.detach().numpy(), b.detach().numpy(), out.numpy()
-        runners["kernel"] = lambda: (kernel.matmul(an, bn, on, precision=precision), out)[1]
-    if _use_onednn(a, b) and (a.dtype == torch.float32 or low is not None):
-        def onednn():
-            al, bl = (a, b) if low is None else (a.to(low), b.to(low))
-            return _onednn()[0](al, bl.t(), None, "none", [], "").to(a.dtype)
-        runners["onednn"] = onednn
-    if low is None:
-        runners["mm"] = lambda: a @ b
-    else:
-        runners["mm"] = lambda: (a.to(low) @ b.to(low)).to(a.dtype)
-    if low is not None and a.device.type == "cpu" and a.dtype == torch.float32 and (
-            mkl.available()):
+        an, bn = a.detach().numpy(), b.detach().numpy()
+
+        def compiled():
+            out = a.new_empty((a.shape[0], b.shape[1]))
+            kernel.matmul(an, bn, out.numpy(), precision=precision)
+            return out
+        runners["kernel"] = compiled
+    if low is not None and cpu and a.dtype == torch.float32 and mkl.available():
         runners["mkl"] = lambda: mkl.bf16_matmul(a, b)
-    if low is not None and runners.keys() & {"kernel", "mkl"}:
+    if low is None or not runners:
         # torch's CPU products on bfloat16 operands (oneDNN's, torch.mm's) round their result
         # to bfloat16; the kernel's and MKL's keep it float32, the contract above. Choosing
-        # between those and torch's by speed would make the numbers depend on the timing.
-        runners = {n: r for n, r in runners.items() if n in ("kernel", "mkl")}
+        # between those and torch's by speed would make the numbers depend on the timing, so
+        # under bf16 torch's run only where neither of the others does.
+        if _use_onednn(a, b) and (a.dtype == torch.float32 or low is not None):
+            def onednn():
+                al, bl = (a, b) if low is None else (a.to(low), b.to(low))
+                return _onednn()[0](al, bl.t(), None, "none", [], "").to(a.dtype)
+            runners["onednn"] = onednn
+        if low is None:
+            runners["mm"] = lambda: a @ b
+        else:
+            runners["mm"] = lambda: (a.to(low) @ b.to(low)).to(a.dtype)
     if len(runners) == 1 or a.shape[0] * a.shape[1] * b.shape[1] < 1 << 15:
         return runners.get("mm", next(iter(runners.values())))()
     return runners[products.choose("torch", products.shape_key(a, b, precision), runners)]()
